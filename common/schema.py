@@ -1,0 +1,127 @@
+"""Typed, validated loading of nested mappings (parsed TOML) into frozen dataclasses.
+
+Every error names the offending key by its dotted path and says how to fix it, so a typo in a
+study file is caught before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any, Literal, Mapping, TypeVar, Union
+
+from common.errors import UserError
+
+T = TypeVar("T")
+
+
+def bounded(default: Any, *, min: float | None = None, max: float | None = None, doc: str = "") -> Any:
+    """A dataclass field with an inclusive numeric range checked at load time."""
+    return dataclasses.field(default=default, metadata={"min": min, "max": max, "doc": doc})
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    if tp is type(None):
+        return "absent"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(tp):
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except UserError:
+                continue
+        raise _wrong_type(value, tp, where)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(
+                f"`{where}` is {value!r}, which is not a known choice{hint}.",
+                f"set `{where}` to one of: {', '.join(repr(a) for a in allowed)}.",
+            )
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _wrong_type(value, tp, where)
+        item_type = typing.get_args(tp)[0]
+        return tuple(_coerce(item, item_type, f"{where}[{i}]") for i, item in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise _wrong_type(value, tp, where)
+        return parse_dataclass(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _wrong_type(value, tp, where)
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _wrong_type(value, tp, where)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise _wrong_type(value, tp, where)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _wrong_type(value, tp, where)
+    raise TypeError(f"unsupported schema type {tp!r} at {where}")
+
+
+def _wrong_type(value: Any, tp: Any, where: str) -> UserError:
+    return UserError(
+        f"`{where}` is {value!r} ({type(value).__name__}), but it must be {_type_name(tp)}.",
+        f"change `{where}` in the study file to {_type_name(tp)}.",
+    )
+
+
+def parse_dataclass(cls: type[T], mapping: Mapping[str, Any], where: str = "") -> T:
+    """Build ``cls`` from ``mapping``, rejecting unknown keys, wrong types and out-of-range values."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    prefix = f"{where}." if where else ""
+    for key in mapping:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"did you mean `{prefix}{close[0]}`?" if close else f"known keys: {', '.join(fields)}."
+            raise UserError(f"Unknown key `{prefix}{key}`.", f"remove it or correct the spelling; {hint}")
+    kwargs: dict[str, Any] = {}
+    for name, field in fields.items():
+        key = f"{prefix}{name}"
+        if name not in mapping:
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                raise UserError(f"Missing required key `{key}`.", f"add `{name} = ...` ({_type_name(hints[name])}).")
+            continue
+        value = _coerce(mapping[name], hints[name], key)
+        low, high = field.metadata.get("min"), field.metadata.get("max")
+        for number in value if isinstance(value, tuple) else (value,):
+            if isinstance(number, (int, float)) and not isinstance(number, bool):
+                if (low is not None and number < low) or (high is not None and number > high):
+                    span = f"between {low} and {high}" if low is not None and high is not None else (
+                        f"at least {low}" if low is not None else f"at most {high}")
+                    raise UserError(f"`{key}` is {number}, out of range.", f"set `{key}` {span}.")
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except UserError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise UserError(f"Invalid table `{where or 'study'}`: {error}.", "check the values in that table.") from None

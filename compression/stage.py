@@ -1,0 +1,94 @@
+"""What a stage is: a frozen config, a function ``(model, config, context) -> model``, and the forms it accepts.
+
+A model moves through forms as a pipeline runs: float (trainable) -> qat (fake-quant, trainable)
+-> quantized (int8, frozen) -> lowered (a runtime artifact). A stage states which forms it accepts
+and which it produces, so a pipeline can reject an impossible order before spending any compute.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from typing import Callable, ClassVar, Literal, Protocol, TypeVar
+
+from torch import nn
+
+from compression.training import EpochEndHook
+from datasources.loaders import DataBundle
+
+
+class ModelForm(enum.Enum):
+    FLOAT = "float"
+    QAT = "qat"
+    QUANTIZED = "quantized"
+    LOWERED = "lowered"
+
+
+Runtime = Literal["eager", "torchscript", "executorch"]
+Backend = Literal["x86", "fbgemm", "qnnpack", "xnnpack"]
+
+
+@dataclass(frozen=True)
+class CompressedModel:
+    """A model and what it has become: its form, the quantization backend, the runtime it targets."""
+
+    module: nn.Module
+    form: ModelForm = ModelForm.FLOAT
+    backend: Backend | None = None
+    runtime: Runtime = "eager"
+    # Bytes of the lowered artifact (TorchScript or .pte) once a graph stage has produced one.
+    artifact: bytes | None = None
+
+    def evolve(self, **changes: object) -> "CompressedModel":
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """Everything a stage may need besides the model: data, the teacher, the seed, hooks."""
+
+    data: DataBundle
+    teacher: nn.Module | None = None
+    seed: int = 0
+    progress: bool = False
+    # Called after every fine-tune epoch with (epoch, val top-1); the search uses it to stop hopeless trials.
+    epoch_end_hooks: tuple[EpochEndHook, ...] = ()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.data.classes)
+
+
+class StageConfig(Protocol):
+    """Every stage config is a frozen dataclass with these class-level declarations."""
+
+    kind: ClassVar[str]
+    accepts: ClassVar[frozenset[ModelForm]]
+
+    def produces(self, form: ModelForm) -> ModelForm: ...
+
+    def describe(self) -> str: ...
+
+
+C = TypeVar("C")
+StageFunction = Callable[[CompressedModel, C, StageContext], CompressedModel]
+_STAGES: dict[type, StageFunction] = {}
+
+
+def register_stage(config_type: type[C]) -> Callable[[StageFunction], StageFunction]:
+    """Declare ``fn`` as the implementation of ``config_type``; stages are looked up by config type."""
+
+    def decorate(fn: StageFunction) -> StageFunction:
+        _STAGES[config_type] = fn
+        return fn
+
+    return decorate
+
+
+def apply_stage(model: CompressedModel, config: StageConfig, context: StageContext) -> CompressedModel:
+    """Run one stage. The input model is never mutated; the stage works on a copy."""
+    try:
+        fn = _STAGES[type(config)]
+    except KeyError:
+        raise TypeError(f"no stage is registered for {type(config).__name__}") from None
+    return fn(model, config, context)

@@ -1,0 +1,111 @@
+"""The one training loop: baseline training and every fine-tuning stage (with optional distillation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from datasources.loaders import BatchLoader
+from evaluators.accuracy import evaluate_accuracy
+from models.config import TrainConfig
+
+# Called before each epoch with (model, epoch); used by gradual pruning and QAT schedules.
+EpochStartHook = Callable[[nn.Module, int], None]
+# Called after each epoch with (epoch, validation top-1); may raise to stop a hopeless run.
+EpochEndHook = Callable[[int, float], None]
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """``alpha * T^2 * KL(student_T || teacher_T) + (1 - alpha) * CE``."""
+
+    teacher: nn.Module
+    alpha: float
+    temperature: float
+
+
+@dataclass
+class TrainHistory:
+    train_loss: list[float] = field(default_factory=list)
+    val_top1: list[float] = field(default_factory=list)
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      alpha: float, temperature: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    hard = F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
+    soft = F.kl_div(
+        F.log_softmax(student_logits / temperature, dim=1),
+        F.log_softmax(teacher_logits / temperature, dim=1),
+        reduction="batchmean", log_target=True,
+    )
+    return alpha * temperature**2 * soft + (1.0 - alpha) * hard
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    total = max(1, config.epochs * steps_per_epoch)
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=0.25)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def fit(model: nn.Module, train: BatchLoader, config: TrainConfig, *, val: BatchLoader | None = None,
+        num_classes: int = 10, distillation: Distillation | None = None,
+        on_epoch_start: Sequence[EpochStartHook] = (), on_epoch_end: Sequence[EpochEndHook] = (),
+        seed: int = 0, progress: bool = True, description: str = "train") -> TrainHistory:
+    """Train ``model`` in place with SGD (Nesterov) and the configured schedule; returns the history."""
+    torch.manual_seed(seed)
+    steps = len(train) if not config.max_batches_per_epoch else min(len(train), config.max_batches_per_epoch)
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            # Weight decay on BatchNorm and biases only hurts small networks.
+            (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+    optimizer = torch.optim.SGD(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0,
+    )
+    scheduler = _scheduler(optimizer, config, steps)
+    if distillation is not None:
+        distillation.teacher.eval()
+    history = TrainHistory()
+    bar = tqdm(total=config.epochs * steps, desc=description, disable=not progress, leave=False, unit="batch")
+    for epoch in range(config.epochs):
+        for hook in on_epoch_start:
+            hook(model, epoch)
+        model.train()
+        running, seen = 0.0, 0
+        for step, (images, labels) in enumerate(train):
+            if step >= steps:
+                break
+            logits = model(images)
+            if distillation is None:
+                loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+            else:
+                with torch.no_grad():
+                    teacher_logits = distillation.teacher(images)
+                loss = distillation_loss(logits, teacher_logits, labels, distillation.alpha,
+                                         distillation.temperature, config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            running += float(loss) * len(labels)
+            seen += len(labels)
+            bar.update(1)
+        history.train_loss.append(running / max(1, seen))
+        if val is not None:
+            top1 = evaluate_accuracy(model, val, num_classes).top1
+            history.val_top1.append(top1)
+            bar.set_postfix(loss=f"{history.train_loss[-1]:.3f}", val_top1=f"{top1:.3f}")
+            for end_hook in on_epoch_end:
+                end_hook(epoch, top1)
+    bar.close()
+    model.eval()
+    return history

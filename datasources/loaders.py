@@ -1,0 +1,189 @@
+"""Decoded, cached image tensors and the batch loaders every training and evaluation loop uses.
+
+Images are decoded once into uint8 tensors (cached on disk, keyed by what was read), so epochs
+never re-decode JPEGs; augmentation runs on whole batches of tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from common.errors import UserError
+from common.files import save_torch
+from datasources import cifar100, imagefolder
+from datasources.config import DataConfig
+
+
+@dataclass(frozen=True)
+class Split:
+    images: torch.Tensor  # uint8, N×3×H×W
+    labels: torch.Tensor  # int64, N
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+
+class BatchLoader:
+    """Iterates (normalised float images, labels) batches; reshuffles each epoch from a seeded generator."""
+
+    def __init__(self, split: Split, batch_size: int, mean: tuple[float, ...], std: tuple[float, ...],
+                 *, shuffle: bool, augment: bool, seed: int, limit: int = 0) -> None:
+        self.split = split if not limit else Split(split.images[:limit], split.labels[:limit])
+        self.batch_size = batch_size
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.shuffle = shuffle
+        self.augment = augment
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return (len(self.split) + self.batch_size - 1) // self.batch_size
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.split)
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float().div_(255.0) - self.mean) / self.std
+
+    def _augment(self, images: torch.Tensor) -> torch.Tensor:
+        # Random crop with 4-pixel reflect padding, then horizontal flip: the standard CIFAR recipe.
+        n, _, h, w = images.shape
+        padded = torch.nn.functional.pad(images, (4, 4, 4, 4), mode="reflect")
+        dx = torch.randint(0, 9, (n,), generator=self._generator)
+        dy = torch.randint(0, 9, (n,), generator=self._generator)
+        rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).view(n, 1, h, 1).expand(n, 3, h, w + 8)
+        cropped = padded.gather(2, rows)
+        cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).view(n, 1, 1, w).expand(n, 3, h, w)
+        cropped = cropped.gather(3, cols)
+        flip = torch.rand(n, generator=self._generator) < 0.5
+        cropped[flip] = cropped[flip].flip(3)
+        return cropped
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.split)
+        order = torch.randperm(n, generator=self._generator) if self.shuffle else torch.arange(n)
+        for start in range(0, n, self.batch_size):
+            index = order[start:start + self.batch_size]
+            images = self.normalise(self.split.images[index])
+            if self.augment:
+                images = self._augment(images)
+            yield images.contiguous(), self.split.labels[index]
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    classes: tuple[str, ...]
+    train: Split
+    val: Split
+    test: Split
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    config: DataConfig
+    seed: int
+
+    def loader(self, split: str, *, train: bool = False, limit: int = 0, seed_offset: int = 0) -> BatchLoader:
+        """``train=True`` gives shuffled, augmented batches; otherwise a fixed-order evaluation pass."""
+        data = {"train": self.train, "val": self.val, "test": self.test}[split]
+        return BatchLoader(
+            data,
+            self.config.batch_size if train else self.config.eval_batch_size,
+            self.mean, self.std,
+            shuffle=train, augment=train and self.config.augment, seed=self.seed + seed_offset, limit=limit,
+        )
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (1, 3, self.config.image_size, self.config.image_size)
+
+
+def _read_source(config: DataConfig, split: str) -> tuple[tuple[str, ...], Split]:
+    """Decode one original split."""
+    root = Path(config.root)
+    per_class = config.train_per_class if split == "train" else config.test_per_class
+    if config.source == "cifar100-household":
+        root.mkdir(parents=True, exist_ok=True)
+        images, labels = cifar100.load_household(root, split, config.download, per_class)
+        return cifar100.HOUSEHOLD_CLASSES, Split(images, labels)
+    root = imagefolder.ensure_root(root, config.archive)
+    classes, items = imagefolder.list_split(root, split, per_class)
+    images, labels = imagefolder.decode(items, config.image_size)
+    return tuple(classes), Split(images, labels)
+
+
+def _fingerprint(config: DataConfig, split: str) -> str:
+    """Identifies the decoded tensors: the config plus the names, sizes and times of the source files."""
+    root = Path(config.root).resolve()
+    hasher = hashlib.sha256(json.dumps([config.source, str(root), split, config.train_per_class,
+                                        config.test_per_class, config.image_size]).encode())
+    base = root / (cifar100.FOLDER_NAME if config.source == "cifar100-household" else split)
+    if base.is_dir():
+        for path in sorted(base.rglob("*")):
+            if path.is_file():
+                stat = path.stat()
+                hasher.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    else:
+        return ""
+    return hasher.hexdigest()[:20]
+
+
+def _cached_split(config: DataConfig, split: str, cache_dir: Path | None) -> tuple[tuple[str, ...], Split]:
+    key = _fingerprint(config, split) if cache_dir else ""
+    cache_file = cache_dir / f"{split}-{key}.pt" if cache_dir and key else None
+    if cache_file and cache_file.is_file():
+        try:
+            payload = torch.load(cache_file, weights_only=True)
+            return tuple(payload["classes"]), Split(payload["images"], payload["labels"])
+        except Exception:  # a damaged cache is rebuilt, never trusted
+            cache_file.unlink(missing_ok=True)
+    classes, data = _read_source(config, split)
+    if cache_dir:
+        key = key or _fingerprint(config, split)
+        if key:
+            save_torch(cache_dir / f"{split}-{key}.pt",
+                       {"classes": list(classes), "images": data.images, "labels": data.labels})
+    return classes, data
+
+
+def stratified_split(data: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """Carve a validation set holding ``fraction`` of every class, with a fixed seed."""
+    generator = torch.Generator().manual_seed(seed)
+    val_index: list[torch.Tensor] = []
+    for label in data.labels.unique():
+        members = (data.labels == label).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        val_index.append(members[: max(1, round(len(members) * fraction))])
+    val_mask = torch.zeros(len(data), dtype=torch.bool)
+    val_mask[torch.cat(val_index)] = True
+    return (Split(data.images[~val_mask], data.labels[~val_mask]),
+            Split(data.images[val_mask], data.labels[val_mask]))
+
+
+def channel_stats(data: Split) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    pixels = data.images.float().div(255.0).permute(1, 0, 2, 3).reshape(3, -1)
+    return tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).tolist())
+
+
+def load_data(config: DataConfig, seed: int, cache_dir: Path | None = None) -> DataBundle:
+    """Load train/val/test for a study: val is carved from train; test is the original test split."""
+    classes, train_full = _cached_split(config, "train", cache_dir)
+    test_classes, test = _cached_split(config, "test", cache_dir)
+    if test_classes != classes:
+        raise UserError(
+            f"The train and test splits have different classes ({list(classes)} vs {list(test_classes)}).",
+            "give both splits the same class folders.",
+        )
+    if train_full.images.shape[-1] != config.image_size:
+        raise UserError(
+            f"The images are {train_full.images.shape[-1]} pixels wide but `data.image_size` is {config.image_size}.",
+            f"set `data.image_size = {train_full.images.shape[-1]}`.",
+        )
+    train, val = stratified_split(train_full, config.val_fraction, seed)
+    mean, std = (config.mean, config.std) if config.mean else channel_stats(train)
+    return DataBundle(classes, train, val, test, tuple(mean), tuple(std), config, seed)

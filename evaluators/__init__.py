@@ -1,0 +1,1 @@
+"""Honest measurements of what ships: accuracy, artifact size, latency, FLOPs, memory."""

@@ -1,0 +1,38 @@
+"""What a study says about the baseline network and how to train it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from common.errors import UserError
+from common.schema import bounded
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the baseline (the ``[model]`` table)."""
+
+    arch: Literal["mobilenet_v3_small"] = "mobilenet_v3_small"
+    width_mult: float = bounded(1.0, min=0.1, max=2.0)
+    input_resolution: int = bounded(0, min=0, max=512, doc="0: the native data size; else resized inside the model")
+    pretrained: Literal["none", "imagenet"] = "none"
+    weights_file: str = ""
+    dropout: float = bounded(0.2, min=0.0, max=0.9)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One fine-tuning or training run (the ``[baseline]`` table, and fine-tune stages)."""
+
+    epochs: int = bounded(30, min=0, max=1000)
+    lr: float = bounded(0.05, min=1e-6, max=10.0)
+    momentum: float = bounded(0.9, min=0.0, max=0.999)
+    weight_decay: float = bounded(5e-5, min=0.0, max=0.1)
+    label_smoothing: float = bounded(0.1, min=0.0, max=0.5)
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    max_batches_per_epoch: int = bounded(0, min=0, doc="0: whole epochs; >0 caps batches (smoke tests)")
+
+    def __post_init__(self) -> None:
+        if self.schedule == "onecycle" and self.epochs == 0:
+            raise UserError("A one-cycle schedule needs at least one epoch.", "set `epochs` >= 1.")

@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny but real data and models, so every test runs real computations in seconds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from datasources.config import DataConfig
+from datasources.loaders import DataBundle, Split, channel_stats, stratified_split
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def make_pattern_images(per_class: int, classes: int, size: int, seed: int) -> Split:
+    """Images whose class sets a colour and a stripe orientation: learnable within a few epochs."""
+    generator = torch.Generator().manual_seed(seed)
+    images, labels = [], []
+    grid = torch.arange(size).float()
+    for label in range(classes):
+        colour = torch.rand(3, 1, 1, generator=generator) * 200 + 30
+        angle = label * 3.14159 / classes
+        stripes = torch.sin((grid.view(-1, 1) * torch.cos(torch.tensor(angle)) + grid.view(1, -1) * torch.sin(torch.tensor(angle))) / 2)
+        for _ in range(per_class):
+            noise = torch.randn(3, size, size, generator=generator) * 25
+            image = colour + 40 * stripes + noise
+            images.append(image.clamp(0, 255).to(torch.uint8))
+            labels.append(label)
+    return Split(torch.stack(images), torch.tensor(labels))
+
+
+def make_bundle(per_class: int = 24, classes: int = 4, size: int = 32, seed: int = 0) -> DataBundle:
+    train_full = make_pattern_images(per_class, classes, size, seed)
+    test = make_pattern_images(max(4, per_class // 3), classes, size, seed + 1)
+    train, val = stratified_split(train_full, 0.2, seed)
+    mean, std = channel_stats(train)
+    config = DataConfig(source="imagefolder", root="unused", image_size=size, batch_size=16, eval_batch_size=32)
+    return DataBundle(tuple(f"class{i}" for i in range(classes)), train, val, test, mean, std, config, seed)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle() -> DataBundle:
+    return make_bundle()
+
+
+@pytest.fixture()
+def tiny_model():
+    """A narrow MobileNetV3-Small (real architecture: SE blocks, hardswish) for 4 classes."""
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.mobilenet_v3_small(num_classes=4, width_mult=0.25).eval()
