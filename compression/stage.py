@@ -1,8 +1,8 @@
 """What a stage is: a frozen config, a function ``(model, config, context) -> model``, and the forms it accepts.
 
-A model moves through forms as a pipeline runs: float (trainable) -> qat (fake-quant, trainable)
--> quantized (int8, frozen) -> lowered (a runtime artifact). A stage states which forms it accepts
-and which it produces, so a pipeline can reject an impossible order before spending any compute.
+A model moves through forms as a pipeline runs: float (trainable) -> quantized (int8, frozen)
+-> lowered (a runtime artifact). Each stage config maps a Signature (form, backend) to the next
+one, so a pipeline can reject an impossible order before spending any compute.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from typing import Callable, ClassVar, Literal, Protocol, TypeVar
 
 from torch import nn
 
+from common.errors import IncompatiblePipelineError
 from compression.training import EpochEndHook
 from datasources.loaders import DataBundle
 
 
 class ModelForm(enum.Enum):
     FLOAT = "float"
-    QAT = "qat"
     QUANTIZED = "quantized"
     LOWERED = "lowered"
 
@@ -59,15 +59,37 @@ class StageContext:
         return len(self.data.classes)
 
 
+@dataclass(frozen=True)
+class Signature:
+    """What a pipeline knows about a model before running anything: its form and quantization backend."""
+
+    form: ModelForm = ModelForm.FLOAT
+    backend: Backend | None = None
+
+
 class StageConfig(Protocol):
-    """Every stage config is a frozen dataclass with these class-level declarations."""
+    """Every stage config is a frozen dataclass that can say, without compute, what it does to a model."""
 
     kind: ClassVar[str]
-    accepts: ClassVar[frozenset[ModelForm]]
 
-    def produces(self, form: ModelForm) -> ModelForm: ...
+    def transition(self, signature: Signature) -> Signature:
+        """The signature after this stage; raises IncompatiblePipelineError if it cannot run on ``signature``."""
+        ...
 
-    def describe(self) -> str: ...
+    def describe(self) -> str:
+        """A short readable form, e.g. ``prune(l1, 0.50)``."""
+        ...
+
+
+def require_form(config: StageConfig, signature: Signature, *allowed: ModelForm) -> None:
+    """Raise IncompatiblePipelineError unless ``signature.form`` is one of ``allowed``."""
+    if signature.form not in allowed:
+        raise IncompatiblePipelineError(
+            f"`{config.describe()}` cannot run on a {signature.form.value} model "
+            f"(it needs {' or '.join(f.value for f in allowed)}).",
+            "reorder the pipeline: training and pruning stages come before quantization, "
+            "and lowering to a runtime comes last.",
+        )
 
 
 C = TypeVar("C")

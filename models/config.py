@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from common.errors import UserError
 from common.schema import bounded
 
 
@@ -32,7 +31,3 @@ class TrainConfig:
     label_smoothing: float = bounded(0.1, min=0.0, max=0.5)
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
     max_batches_per_epoch: int = bounded(0, min=0, doc="0: whole epochs; >0 caps batches (smoke tests)")
-
-    def __post_init__(self) -> None:
-        if self.schedule == "onecycle" and self.epochs == 0:
-            raise UserError("A one-cycle schedule needs at least one epoch.", "set `epochs` >= 1.")

@@ -1,0 +1,5 @@
+"""Compression techniques as composable pipeline stages.
+
+Importing this package registers every stage. Each stage is a frozen config plus a function
+``(CompressedModel, config, StageContext) -> CompressedModel`` that never mutates its input.
+"""
