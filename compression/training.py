@@ -96,7 +96,7 @@ def fit(model: nn.Module, train: BatchLoader, config: TrainConfig, *, val: Batch
             loss.backward()
             optimizer.step()
             scheduler.step()
-            running += float(loss) * len(labels)
+            running += float(loss.detach()) * len(labels)
             seen += len(labels)
             bar.update(1)
         history.train_loss.append(running / max(1, seen))

@@ -1,0 +1,84 @@
+"""Knowledge distillation: a student learns from the teacher's softened outputs as well as the labels.
+
+The student is either the current model (recovering accuracy lost by earlier stages) or a fresh,
+narrower MobileNetV3-Small that replaces it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torchvision
+from torch import nn
+
+from common.errors import UserError
+from common.schema import bounded
+from compression.finetune import finetune
+from compression.stage import (CompressedModel, ModelForm, Signature, StageContext, register_stage,
+                               require_form)
+from compression.training import Distillation
+from models.config import TrainConfig
+from models.mobilenet import ResizeInput
+
+
+@dataclass(frozen=True)
+class DistillationConfig:
+    """Fine-tune on ``alpha * T^2 * KL(student_T || teacher_T) + (1 - alpha) * CE``."""
+
+    kind: ClassVar[str] = "distill"
+
+    alpha: float = bounded(0.7, min=0.0, max=1.0)
+    temperature: float = bounded(4.0, min=0.1, max=100.0)
+    student_width: float = bounded(0.0, min=0.0, max=2.0, doc="0: distil into the current model")
+    finetune: TrainConfig = TrainConfig(epochs=5, lr=0.05)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise UserError(f"`alpha` is {self.alpha}, out of range.", "set `alpha` between 0 and 1.")
+        if self.temperature <= 0:
+            raise UserError(f"`temperature` is {self.temperature}.", "set `temperature` above 0 (typically 2 to 8).")
+        # torchvision rounds channels to multiples of 8, so widths under 0.1 all give the same network.
+        if self.student_width and not 0.1 <= self.student_width <= 2.0:
+            raise UserError(f"`student_width` is {self.student_width}, out of range.",
+                            "set `student_width` to 0 (distil into the current model) or between 0.1 and 2.")
+
+    def transition(self, signature: Signature) -> Signature:
+        require_form(self, signature, ModelForm.FLOAT)
+        return signature
+
+    def describe(self) -> str:
+        width = f", width={self.student_width:g}" if self.student_width else ""
+        return f"distill(T={self.temperature:g}, α={self.alpha:g}{width})"
+
+
+def _input_resize(module: nn.Module) -> ResizeInput | None:
+    if isinstance(module, nn.Sequential) and len(module) and isinstance(module[0], ResizeInput):
+        return module[0]
+    return None
+
+
+def build_student(current: nn.Module, width: float, num_classes: int, seed: int) -> nn.Module:
+    """A fresh MobileNetV3-Small of ``width`` that takes the same input as ``current``."""
+    # Seeded without touching the global generator, so the student does not depend on what ran before.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        student: nn.Module = torchvision.models.mobilenet_v3_small(num_classes=num_classes, width_mult=width)
+    resize = _input_resize(current)
+    return nn.Sequential(ResizeInput(resize.size), student) if resize is not None else student
+
+
+@register_stage(DistillationConfig)
+def distill(model: CompressedModel, config: DistillationConfig, context: StageContext) -> CompressedModel:
+    if context.teacher is None:
+        raise UserError(f"`{config.describe()}` needs a teacher, and none was given.",
+                        "train or load the baseline first and pass it as the teacher, or remove the distill stage.")
+    if config.student_width:
+        student = build_student(model.module, config.student_width, context.num_classes, context.seed)
+    else:
+        student = copy.deepcopy(model.module)
+    finetune(student, config.finetune, context, description=config.describe(),
+             distillation=Distillation(context.teacher, config.alpha, config.temperature))
+    return model.evolve(module=student)

@@ -1,0 +1,106 @@
+"""A study definition: one TOML file in ``studies/``, validated completely before any work starts."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from common.errors import UserError
+from common.schema import bounded, parse_dataclass
+from datasources.config import DataConfig
+from models.config import ModelConfig, TrainConfig
+from spaces.space import SpaceConfig
+
+Runtime = Literal["eager", "torchscript", "executorch"]
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """How models are measured (the ``[evaluation]`` table)."""
+
+    latency_runs: int = bounded(100, min=3, max=100000)
+    latency_warmup: int = bounded(10, min=0, max=10000)
+    threads: int = bounded(1, min=1, max=256)
+    runtimes: tuple[Runtime, ...] = ("eager", "torchscript", "executorch")
+    float_runtime: Runtime = "executorch"
+
+
+@dataclass(frozen=True)
+class TargetsConfig:
+    """What the app team asked for, relative to the baseline in the same runtime (``[targets]``)."""
+
+    size_reduction: float = bounded(0.30, min=0.0, max=0.99)
+    latency_reduction: float = bounded(0.40, min=0.0, max=0.99)
+    max_accuracy_drop: float = bounded(0.05, min=0.0, max=1.0)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Budget, sampler and early stopping of the search (``[search]``)."""
+
+    n_trials: int = bounded(40, min=1, max=100000)
+    timeout_minutes: float = bounded(0.0, min=0.0, doc="0: no time limit")
+    sampler: Literal["nsga2", "tpe", "random", "nsga3"] = "nsga2"
+    population_size: int = bounded(12, min=2, max=1000)
+    early_stopping: bool = True
+    # Stop a trial whose val accuracy is this far below what completed trials had at the same step.
+    patience_margin: float = bounded(0.15, min=0.0, max=1.0)
+    default_pick: Literal["knee", "smallest", "fastest", "most-accurate"] = "knee"
+    latency_runs: int = bounded(60, min=3, max=10000, doc="runs per trial latency measurement")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str
+    data: DataConfig
+    seed: int = 0
+    storage: str = ""
+    runs_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    baseline: TrainConfig = field(default_factory=TrainConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    targets: TargetsConfig = field(default_factory=TargetsConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+
+    def __post_init__(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
+            raise UserError(f"Study name {self.name!r} is not usable as a folder name.",
+                            "use letters, digits, '-', '_' or '.' only.")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{self.run_dir / 'study.db'}"
+
+
+def parse_study(mapping: Mapping[str, Any]) -> StudyConfig:
+    return parse_dataclass(StudyConfig, mapping)
+
+
+def load_study(path: str | Path, overrides: Mapping[str, Any] | None = None) -> StudyConfig:
+    """Read and validate a study file. ``overrides`` maps dotted keys (``data.root``) to values."""
+    path = Path(path)
+    if not path.is_file():
+        known = sorted(p.name for p in Path("studies").glob("*.toml")) if Path("studies").is_dir() else []
+        raise UserError(f"The study file {path} does not exist.",
+                        f"pass one of: {', '.join('studies/' + k for k in known) or 'a path to a .toml study file'}.")
+    try:
+        mapping = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is not valid TOML: {error}.", "fix the syntax at the position shown.") from None
+    for dotted, value in (overrides or {}).items():
+        table = mapping
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            table = table.setdefault(key, {})
+        table[leaf] = value
+    try:
+        return parse_study(mapping)
+    except UserError as error:
+        raise UserError(f"{path}: {error.problem}", error.fix) from None

@@ -1,0 +1,59 @@
+"""Everything a study's commands share: its data, its trained baseline and the baseline's measurements."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.files import write_json
+from datasources.loaders import DataBundle, load_data
+from evaluators.profile import profile_float_model
+from models.baseline import Baseline, ensure_baseline
+from search.study import StudyConfig
+
+
+@dataclass(frozen=True)
+class Workspace:
+    study: StudyConfig
+    data: DataBundle
+    baseline: Baseline
+    metrics: dict[str, Any]
+
+    @property
+    def example_input(self) -> torch.Tensor:
+        return self.data.loader("test").normalise(self.data.test.images[:1]).contiguous()
+
+
+def _read_metrics(path: Path, key: str) -> dict[str, Any] | None:
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return metrics if metrics.get("baseline_key") == key else None
+
+
+def open_workspace(study: StudyConfig, *, progress: bool = True) -> Workspace:
+    """Load data, train or reuse the baseline, and measure it (once per baseline) into metrics.json."""
+    cache_dir = Path(study.runs_dir) / "cache"
+    data = load_data(study.data, study.seed, cache_dir)
+    baseline = ensure_baseline(study.model, study.baseline, data, study.run_dir / "baseline", progress=progress)
+    metrics_path = baseline.directory / "metrics.json"
+    metrics = None if not baseline.reused else _read_metrics(metrics_path, baseline.key)
+    if metrics is None:
+        evaluation = study.evaluation
+        metrics = {
+            "study": study.name,
+            "baseline_key": baseline.key,
+            "train_seconds": baseline.train_seconds,
+            "train": {"epochs": study.baseline.epochs, "samples": len(data.train), "val_samples": len(data.val),
+                      "test_samples": len(data.test)},
+            **profile_float_model(baseline.model, data, runtimes=evaluation.runtimes,
+                                  latency_runs=evaluation.latency_runs, latency_warmup=evaluation.latency_warmup,
+                                  threads=evaluation.threads, progress=progress),
+        }
+        write_json(metrics_path, metrics)
+    return Workspace(study, data, baseline, metrics)

@@ -1,0 +1,108 @@
+"""Turn an Optuna trial into a compression pipeline (define-by-run: parameters exist only if their stage does)."""
+
+from __future__ import annotations
+
+import itertools
+
+import optuna
+
+from common.errors import IncompatiblePipelineError
+from compression.distillation import DistillationConfig
+from compression.graph import FuseConfig
+from compression.pipeline import Pipeline
+from compression.pruning import GradualPruningConfig, StructuredPruningConfig, UnstructuredPruningConfig
+from compression.quantization import DynamicQuantConfig, QATConfig, StaticQuantConfig
+from compression.resolution import ResolutionConfig
+from compression.stage import StageConfig
+from models.config import TrainConfig
+from spaces.space import SpaceConfig, StageFamily
+
+_TRAINING_FAMILIES = frozenset({"distill", "prune", "channels", "resolution"})
+
+
+def orders(space: SpaceConfig) -> list[str]:
+    """Every permutation of the space's stage families, as ``a>b>c`` strings (the choices of ``order``)."""
+    return [">".join(p) for p in itertools.permutations(space.stages)]
+
+
+def _finetune(trial: optuna.Trial, space: SpaceConfig) -> TrainConfig:
+    # One fine-tune budget per trial, shared by its stages, keeps the space small.
+    return TrainConfig(
+        epochs=trial.suggest_int("finetune_epochs", *space.finetune_epochs),
+        lr=trial.suggest_float("finetune_lr", *space.finetune_lr, log=True),
+        schedule="cosine", label_smoothing=0.1,
+    )
+
+
+def _quantize(trial: optuna.Trial, space: SpaceConfig, finetune: TrainConfig | None) -> StageConfig | None:
+    quant_type = trial.suggest_categorical("quant_type", list(space.quant_types))
+    if quant_type == "none":
+        return None
+    backend = trial.suggest_categorical("quant_backend", list(space.quant_backends))
+    if quant_type == "dynamic":
+        if backend == "xnnpack":
+            raise IncompatiblePipelineError(
+                "Dynamic quantization targets the PyTorch runtimes (x86, fbgemm, qnnpack), not xnnpack.",
+                "pick static or QAT quantization for xnnpack.",
+            )
+        return DynamicQuantConfig(backend=backend)
+    prefix = trial.suggest_int("float_prefix_blocks", *space.float_prefix_blocks)
+    if quant_type == "static":
+        return StaticQuantConfig(backend=backend, float_prefix_blocks=prefix)
+    assert finetune is not None
+    last = max(0, finetune.epochs - 1)
+    start = min(trial.suggest_int("qat_start_epoch", *space.qat_start_epoch), last)
+    freeze = min(trial.suggest_int("bn_freeze_epoch", *space.bn_freeze_epoch), finetune.epochs)
+    return QATConfig(backend=backend, start_epoch=start, freeze_bn_epoch=freeze, finetune=finetune,
+                     float_prefix_blocks=prefix)
+
+
+def _stage(family: StageFamily, trial: optuna.Trial, space: SpaceConfig, finetune: TrainConfig | None) -> StageConfig | None:
+    if family == "quantize":
+        return _quantize(trial, space, finetune)
+    assert finetune is not None or family == "fuse"
+    if family == "fuse":
+        return FuseConfig()
+    if family == "distill":
+        return DistillationConfig(
+            alpha=trial.suggest_float("distill_alpha", *space.distill_alpha),
+            temperature=trial.suggest_float("distill_temperature", *space.distill_temperature),
+            student_width=trial.suggest_categorical("student_width", list(space.student_widths)),
+            finetune=finetune,
+        )
+    if family == "channels":
+        return StructuredPruningConfig(
+            ratio=trial.suggest_float("channel_ratio", *space.channel_ratio),
+            importance=trial.suggest_categorical("channel_importance", list(space.channel_importance)),
+            finetune=finetune,
+        )
+    if family == "resolution":
+        return ResolutionConfig(size=trial.suggest_categorical("resolution", list(space.resolutions)), finetune=finetune)
+    method = trial.suggest_categorical("prune_method", list(space.prune_methods))
+    amount = trial.suggest_float("prune_amount", *space.prune_amount)
+    scope = trial.suggest_categorical("prune_scope", list(space.prune_scopes))
+    if method == "oneshot":
+        return UnstructuredPruningConfig(amount=amount, scope=scope, finetune=finetune)
+    return GradualPruningConfig(
+        initial_sparsity=0.0, final_sparsity=amount, start_epoch=0, end_epoch=max(0, finetune.epochs - 1),
+        schedule=trial.suggest_categorical("gradual_schedule", list(space.gradual_schedules)),
+        scope=scope, finetune=finetune,
+    )
+
+
+def sample_pipeline(trial: optuna.Trial, space: SpaceConfig) -> Pipeline:
+    """Sample which stage families appear, their order, and each present stage's hyperparameters.
+
+    The order is sampled as one permutation of all families; the present ones keep their relative
+    order. Orders that cannot work (e.g. pruning after int8 conversion) are left for
+    ``Pipeline.check`` to reject before any compute.
+    """
+    order = trial.suggest_categorical("order", orders(space)).split(">")
+    present = [f for f in order if f in space.required or f == "quantize"
+               or trial.suggest_categorical(f"use_{f}", [True, False])]
+    # Optuna returns the same value when _quantize suggests "quant_type" again.
+    quant_type = trial.suggest_categorical("quant_type", list(space.quant_types)) if "quantize" in present else "none"
+    needs_training = quant_type == "qat" or any(f in _TRAINING_FAMILIES for f in present)
+    finetune = _finetune(trial, space) if needs_training else None
+    stages = [_stage(family, trial, space, finetune) for family in present]
+    return Pipeline(tuple(s for s in stages if s is not None))
