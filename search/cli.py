@@ -42,6 +42,111 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from search.runner import run_search
+
+    summaries = run_search(args.study, n_jobs=args.n_jobs, storage=args.storage, progress=not args.quiet)
+    print(f"search done: {sum(s.trials_run for s in summaries)} trial(s) run by {len(summaries)} worker(s)")
+    if args.no_export:
+        return cmd_front(args)
+    study = _study(args)
+    args.trial, args.pick, args.out = None, study.search.default_pick, str(study.run_dir / "export")
+    cmd_front(args)
+    try:
+        return cmd_export(args)
+    except UserError as error:
+        # The search itself succeeded; an empty or infeasible front is reported, not a crash.
+        print(f"no automatic export: {error}", file=sys.stderr)
+        return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from search.runner import run_worker
+
+    summary = run_worker(args.study, worker=args.worker_index, storage=args.storage, progress=not args.quiet)
+    print(f"worker {summary.worker}: {summary.trials_run} trial(s) in {summary.seconds:.0f} s")
+    return 0
+
+
+def _open(args: argparse.Namespace):
+    from search.storage import open_study
+    from search.workspace import open_workspace
+
+    study = _study(args)
+    workspace = open_workspace(study, progress=False)
+    return study, workspace, open_study(study, getattr(args, "storage", None), create=False)
+
+
+def cmd_front(args: argparse.Namespace) -> int:
+    from search.front import export_front
+
+    study, workspace, optuna_study = _open(args)
+    baseline_val = float(workspace.metrics["accuracy"]["val"]["top1"])
+    front, paths = export_front(optuna_study, study.targets, baseline_val, study.run_dir / "front")
+    if front.empty:
+        print("the study has no completed trials yet")
+        return 0
+    import pandas as pd
+
+    with pd.option_context("display.max_colwidth", 60, "display.width", 200):
+        print(front.drop(columns=["latency_ms", "size_bytes"]).round(3).to_string(index=False))
+    print(f"baseline val top-1 {baseline_val:.3f}; targets: size x{1 - study.targets.size_reduction:.2f}, "
+          f"latency x{1 - study.targets.latency_reduction:.2f}, accuracy >= {baseline_val - study.targets.max_accuracy_drop:.3f}")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from search.export import export_trial
+    from search.front import export_front, pick
+    from search.objective import TrialRunner
+    from search.storage import artifact_store
+
+    study, workspace, optuna_study = _open(args)
+    number = args.trial
+    if number is None:
+        front, _ = export_front(optuna_study, study.targets, float(workspace.metrics["accuracy"]["val"]["top1"]),
+                                study.run_dir / "front")
+        number = pick(front, args.pick)
+    runner = TrialRunner(workspace, artifact_store(study))
+    result = export_trial(workspace, optuna_study, number, Path(args.out), runner, args.study)
+    print(f"exported trial {number}: {result.artifact} ({result.artifact.stat().st_size / 1e6:.2f} MB)")
+    print(f"  parity on the test split: top-1 agreement {result.parity.top1_agreement:.4f}, "
+          f"max |diff| {result.parity.max_abs_diff:.5f} ({result.parity.samples} images)")
+    print(f"  latency {result.latency_ms:.2f} ms (x{result.latency_ratio:.2f} of the baseline in the same runtime)")
+    print(f"  model card {result.card}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from search.export import read_card, verify_artifact
+    from search.workspace import open_workspace
+
+    artifact = Path(args.artifact)
+    card = read_card(artifact)
+    workspace = open_workspace(load_study(args.study or card["study_file"]), progress=False)
+    card, parity = verify_artifact(artifact, workspace)
+    print(f"{artifact}: sha256 matches the model card; parity top-1 agreement {parity.top1_agreement:.4f}, "
+          f"max |diff| {parity.max_abs_diff:.5f} on {parity.samples} test images")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import optuna_dashboard
+
+    from search.storage import artifact_store, open_storage
+
+    study = _study(args)
+    url = args.storage or study.storage_url
+    print(f"optuna-dashboard for {study.name!r} on http://{args.host}:{args.port}/ (Ctrl-C stops it)")
+    optuna_dashboard.run_server(open_storage(url), host=args.host, port=args.port, artifact_store=artifact_store(study))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="udacisense", description=__doc__.splitlines()[0] if __doc__ else None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -54,8 +159,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     baseline = add("baseline", cmd_baseline, "train (or reuse) the study's baseline and measure it")
     baseline.add_argument("--quiet", action="store_true", help="no progress bars")
+    search = add("search", cmd_search, "run the multi-objective search, print the front, export the default pick")
+    search.add_argument("--n-jobs", type=int, default=1, help="worker processes on this machine (default 1)")
+    search.add_argument("--storage", help="override the study's storage URL, e.g. postgresql://user:pw@host/db")
+    search.add_argument("--no-export", action="store_true", help="do not export the default pick at the end")
+    search.add_argument("--quiet", action="store_true", help="no progress bars")
+    worker = add("worker", cmd_worker, "join a (shared) study and run trials until its budget is spent")
+    worker.add_argument("--storage", help="shared storage URL, e.g. postgresql://user:pw@host/db")
+    worker.add_argument("--worker-index", type=int, default=0, help="distinct per worker: seeds its sampler")
+    worker.add_argument("--quiet", action="store_true", help="no progress bars")
+    front = add("front", cmd_front, "print the Pareto front and write CSV, JSON and PNG")
+    front.add_argument("--storage", help="override the study's storage URL")
+    export = add("export", cmd_export, "write a verified mobile artifact and model card for one trial")
+    choice = export.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--trial", type=int, help="trial number")
+    choice.add_argument("--pick", choices=["knee", "smallest", "fastest", "most-accurate"],
+                        help="choose from the front by policy (among points meeting the targets)")
+    export.add_argument("--out", required=True, help="output folder")
+    export.add_argument("--storage", help="override the study's storage URL")
+    dashboard = add("dashboard", cmd_dashboard, "serve optuna-dashboard on the study's storage and artifacts")
+    dashboard.add_argument("--storage", help="override the study's storage URL")
+    dashboard.add_argument("--host", default="127.0.0.1")
+    dashboard.add_argument("--port", type=int, default=8080)
     check = add("check", cmd_check, "validate a study file without running anything")
     check.add_argument("--json", action="store_true", help="print the validated study with all defaults")
+    verify = commands.add_parser("verify", help="check an exported artifact against its model card and re-run parity")
+    verify.add_argument("artifact", help="path of model.pte or model.pt written by `udacisense export`")
+    verify.add_argument("--study", help="study file (default: the one named in the model card)")
+    verify.set_defaults(handler=cmd_verify)
     return parser
 
 

@@ -1,0 +1,74 @@
+"""Cheap, compute-free (no training) estimates that show a pipeline cannot meet the size or speed targets.
+
+Structural stages (channel pruning, narrower students, resolution) are applied without
+fine-tuning to get the real architecture; quantization's effect on size is estimated per weight
+(1 byte for int8 weights, 4 for float). Unstructured pruning changes neither: dense files, dense kernels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from compression.distillation import DistillationConfig
+from compression.pipeline import Pipeline
+from compression.pruning import StructuredPruningConfig
+from compression.quantization import DynamicQuantConfig, QATConfig, StaticQuantConfig
+from compression.resolution import ResolutionConfig
+from compression.stage import CompressedModel, StageContext, apply_stage
+from evaluators.flops import count_flops
+from models.config import TrainConfig
+
+_STRUCTURAL = (StructuredPruningConfig, DistillationConfig, ResolutionConfig)
+
+
+@dataclass(frozen=True)
+class Footprint:
+    flops: int
+    weight_bytes: int
+    quantized: bool
+
+
+def _weight_bytes(module: nn.Module, int8_types: tuple[type, ...], float_prefix: int) -> int:
+    """Bytes of weights if modules of ``int8_types`` store int8 weights, except the first ``float_prefix`` blocks."""
+    float_names = {f"features.{i}." for i in range(float_prefix)}
+    total = 0
+    for name, sub in module.named_modules():
+        for parameter in sub.parameters(recurse=False):
+            in_float_prefix = any(marker in f"{name}." for marker in float_names)
+            int8 = isinstance(sub, int8_types) and parameter.ndim > 1 and not in_float_prefix
+            total += parameter.numel() * (1 if int8 else 4)
+    return total
+
+
+def footprint(pipeline: Pipeline, baseline: nn.Module, context: StageContext, example: torch.Tensor) -> Footprint:
+    model = CompressedModel(baseline)
+    for stage in pipeline.stages:
+        if isinstance(stage, _STRUCTURAL):
+            model = apply_stage(model, dataclasses.replace(stage, finetune=TrainConfig(epochs=0)), context)
+    module = model.module
+    quant = next((s for s in pipeline.stages if isinstance(s, (DynamicQuantConfig, StaticQuantConfig, QATConfig))), None)
+    if isinstance(quant, DynamicQuantConfig):
+        weight_bytes = _weight_bytes(module, (nn.Linear,), 0)
+    elif quant is not None:
+        weight_bytes = _weight_bytes(module, (nn.Linear, nn.Conv2d), quant.float_prefix_blocks)
+    else:
+        weight_bytes = _weight_bytes(module, (), 0)
+    return Footprint(count_flops(module, example), weight_bytes, quant is not None)
+
+
+def infeasibility(candidate: Footprint, baseline: Footprint, max_size_ratio: float, max_latency_ratio: float,
+                  slack: float = 1.15) -> str | None:
+    """Why ``candidate`` cannot meet the targets, or None. ``slack`` keeps the estimate conservative."""
+    size_ratio = candidate.weight_bytes / baseline.weight_bytes
+    if size_ratio > max_size_ratio * slack:
+        return (f"estimated size ratio {size_ratio:.2f} misses the target {max_size_ratio:.2f} "
+                "(unstructured pruning and float weights do not shrink the file)")
+    flops_ratio = candidate.flops / baseline.flops
+    # Without quantization, latency tracks FLOPs closely enough to rule a float model out.
+    if not candidate.quantized and flops_ratio > max_latency_ratio * slack:
+        return f"FLOPs ratio {flops_ratio:.2f} of a float model misses the latency target {max_latency_ratio:.2f}"
+    return None

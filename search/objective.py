@@ -1,0 +1,172 @@
+"""One trial: sample a pipeline, reject or stop it early if hopeless, build it, measure what ships."""
+
+from __future__ import annotations
+
+import copy
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import optuna
+
+from common.errors import IncompatiblePipelineError
+from common.files import save_torch, sha256_of, write_bytes
+from compression.graph import load_runner, lower
+from compression.quantization import quantized_engine
+from compression.pipeline import StageRecord
+from compression.stage import CompressedModel, ModelForm, StageConfig, StageContext
+from evaluators.accuracy import accuracy_from_logits, evaluate_accuracy, predict_logits
+from evaluators.flops import count_flops
+from evaluators.latency import LatencyReport, measure_latency
+from evaluators.parity import compare_logits
+from evaluators.size import parameter_counts, size_report, state_dict_bytes
+from search.early_stopping import AccuracyMonitor, stop_rule_for
+from search.feasibility import Footprint, footprint, infeasibility
+from search.workspace import Workspace
+from spaces.sampling import sample_pipeline
+
+ARTIFACT_SUFFIX = {"torchscript": ".pt", "executorch": ".pte"}
+
+
+def trial_constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
+    """Optuna constraint values (<= 0 is feasible): accuracy floor, size target, latency target."""
+    return list(trial.user_attrs.get("constraints", [1.0, 1.0, 1.0]))
+
+
+@dataclass
+class TrialRunner:
+    """Runs trials of one study in one process; the baseline reference latencies are measured here too."""
+
+    workspace: Workspace
+    artifact_store: optuna.artifacts.FileSystemArtifactStore
+    progress: bool = False
+    _reference: dict[str, LatencyReport] = field(default_factory=dict)
+    _baseline_footprint: Footprint | None = None
+
+    @property
+    def floor(self) -> float:
+        return float(self.workspace.metrics["accuracy"]["val"]["top1"]) - self.workspace.study.targets.max_accuracy_drop
+
+    def reference_latency(self, runtime: str) -> LatencyReport:
+        """The baseline in ``runtime``, measured in this process so ratios compare like with like."""
+        if runtime not in self._reference:
+            lowered = lower(CompressedModel(self.workspace.baseline.model), runtime)  # type: ignore[arg-type]
+            run = load_runner(lowered.artifact, runtime) if lowered.artifact is not None else lowered.module
+            self._reference[runtime] = self.measure_latency(run, runtime)
+        return self._reference[runtime]
+
+    def measure_latency(self, run, runtime: str) -> LatencyReport:
+        study = self.workspace.study
+        return measure_latency(run, self.workspace.example_input, runtime=runtime, warmup=study.evaluation.latency_warmup,
+                               runs=study.search.latency_runs, threads=study.evaluation.threads)
+
+    def baseline_size(self, runtime: str) -> int:
+        return int(self.workspace.metrics["size"][runtime]["bytes"])
+
+    def _stage_meter(self, model: CompressedModel, stage: StageConfig) -> dict[str, object]:
+        data = self.workspace.data
+        metrics: dict[str, object] = {
+            "val_top1": evaluate_accuracy(model.module, data.loader("val"), len(data.classes)).top1,
+            "state_dict_bytes": len(state_dict_bytes(model.module)),
+            "form": model.form.value,
+        }
+        if model.form is ModelForm.FLOAT:
+            params, nonzero = parameter_counts(model.module)
+            metrics.update(parameters=params, nonzero_parameters=nonzero,
+                           flops=count_flops(model.module, self.workspace.example_input))
+        return metrics
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
+        started = time.perf_counter()
+        try:
+            return self._run(trial)
+        except optuna.TrialPruned:
+            trial.set_user_attr("seconds", time.perf_counter() - started)
+            raise
+        except Exception as error:
+            trial.set_user_attr("seconds", time.perf_counter() - started)
+            trial.set_user_attr("error", f"{type(error).__name__}: {error}")
+            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+            raise
+
+    def _run(self, trial: optuna.Trial) -> tuple[float, float, float]:
+        study, data, baseline = self.workspace.study, self.workspace.data, self.workspace.baseline
+        started = time.perf_counter()
+        try:
+            pipeline = sample_pipeline(trial, study.space)
+            trial.set_user_attr("pipeline", pipeline.describe())
+            signature = pipeline.check()
+        except IncompatiblePipelineError as error:
+            trial.set_user_attr("pruned_reason", f"rejected before compute: {error.problem}")
+            trial.set_user_attr("stage", "rejected")
+            raise optuna.TrialPruned(error.problem) from None
+        runtime = "executorch" if signature.backend == "xnnpack" else (
+            "torchscript" if signature.backend else study.evaluation.float_runtime)
+        trial.set_user_attr("runtime", runtime)
+        trial.set_user_attr("backend", signature.backend)
+        monitor = AccuracyMonitor(trial, stop_rule_for(trial.study, self.floor, study.search.patience_margin),
+                                  enabled=study.search.early_stopping)
+        context = StageContext(data=data, teacher=baseline.model, seed=study.seed + trial.number,
+                               progress=self.progress, epoch_end_hooks=(monitor.on_epoch_end,))
+        if study.search.early_stopping:
+            self._stop_if_infeasible(trial, pipeline, context)
+
+        records: list[StageRecord] = []
+
+        def observe(record: StageRecord) -> None:
+            records.append(record)
+            trial.set_user_attr("stages", [vars(r) for r in records])
+            monitor.observe(float(record.metrics["val_top1"]), record.description)
+
+        model, _ = pipeline.run(CompressedModel(copy.deepcopy(baseline.model)), context,
+                                meter=self._stage_meter, observers=(observe,))
+        return self._measure(trial, model, runtime, started)
+
+    def _stop_if_infeasible(self, trial: optuna.Trial, pipeline, context: StageContext) -> None:
+        example = self.workspace.example_input
+        if self._baseline_footprint is None:
+            self._baseline_footprint = footprint(type(pipeline)(()), self.workspace.baseline.model, context, example)
+        candidate = footprint(pipeline, self.workspace.baseline.model, context, example)
+        trial.set_user_attr("estimated_flops", candidate.flops)
+        targets = self.workspace.study.targets
+        reason = infeasibility(candidate, self._baseline_footprint, 1 - targets.size_reduction, 1 - targets.latency_reduction)
+        if reason:
+            trial.set_user_attr("pruned_reason", f"stopped before training: {reason}")
+            trial.set_user_attr("stage", "before-training")
+            raise optuna.TrialPruned(reason)
+
+    def _measure(self, trial: optuna.Trial, model: CompressedModel, runtime: str, started: float) -> tuple[float, float, float]:
+        data, study = self.workspace.data, self.workspace.study
+        lowered = lower(model, runtime)  # type: ignore[arg-type]
+        assert lowered.artifact is not None
+        run = load_runner(lowered.artifact, runtime, lowered.backend)
+        # Accuracy is that of the shipped artifact in its runtime, not of the PyTorch model.
+        val = evaluate_accuracy(run, data.loader("val"), len(data.classes))
+        test_logits, test_labels = predict_logits(run, data.loader("test"))
+        test = accuracy_from_logits(test_logits, test_labels, len(data.classes))
+        with quantized_engine(model.backend):
+            reference_logits, _ = predict_logits(model.module, data.loader("test"))
+        parity = compare_logits(reference_logits, test_logits)
+        latency = self.measure_latency(run, runtime)
+        latency_ratio = latency.ratio_to(self.reference_latency(runtime))
+        size_ratio = len(lowered.artifact) / self.baseline_size(runtime)
+        artifact_dir = study.run_dir / "trials" / f"{trial.number:05d}"
+        save_torch(artifact_dir / "reference_logits.pt", reference_logits)
+        path = write_bytes(artifact_dir / f"model{ARTIFACT_SUFFIX[runtime]}", lowered.artifact)
+        targets = study.targets
+        constraints = [self.floor - val.top1, size_ratio - (1 - targets.size_reduction),
+                       latency_ratio - (1 - targets.latency_reduction)]
+        size = size_report(lowered.artifact, runtime)
+        attrs = {
+            "val": val.as_dict(), "test": test.as_dict(), "latency": latency.as_dict(), "parity": parity.as_dict(),
+            "reference_latency": self.reference_latency(runtime).as_dict(),
+            "artifact_bytes": size.bytes, "artifact_gzip_bytes": size.gzip_bytes,
+            "artifact_path": str(path), "artifact_sha256": sha256_of(path), "constraints": constraints,
+            "meets_targets": all(c <= 0 for c in constraints), "seconds": time.perf_counter() - started,
+        }
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        artifact_id = optuna.artifacts.upload_artifact(artifact_store=self.artifact_store, file_path=str(path),
+                                                      study_or_trial=trial)
+        trial.set_user_attr("artifact_id", artifact_id)
+        return val.top1, latency_ratio, size_ratio

@@ -1,0 +1,92 @@
+"""Running a search: worker processes that take trials from one shared study until its budget is spent."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import joblib
+import optuna
+from tqdm.auto import tqdm
+
+from search.objective import TrialRunner, trial_constraints
+from search.storage import artifact_store, open_study
+from search.study import SearchConfig, StudyConfig, load_study
+from search.workspace import open_workspace
+
+TrialState = optuna.trial.TrialState
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL, TrialState.WAITING)
+
+
+def make_sampler(search: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
+    if search.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=search.population_size, seed=seed,
+                                             constraints_func=trial_constraints)
+    if search.sampler == "nsga3":
+        return optuna.samplers.NSGAIIISampler(population_size=search.population_size, seed=seed,
+                                              constraints_func=trial_constraints)
+    if search.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constraints_func=trial_constraints,
+                                          n_startup_trials=min(10, search.n_trials))
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def budget_left(study: optuna.Study, n_trials: int) -> int:
+    """Trials still to start: the budget counts every worker's trials, running ones included."""
+    trials = study.get_trials(deepcopy=False, states=COUNTED)
+    # A trial whose worker died is re-queued by the heartbeat callback: count it once, through its retry.
+    retried = {number for t in trials for number in t.system_attrs.get("retry_history", [])}
+    return n_trials - sum(1 for t in trials if t.number not in retried)
+
+
+@dataclass(frozen=True)
+class WorkerSummary:
+    worker: int
+    trials_run: int
+    seconds: float
+
+
+def run_worker(study_path: str, worker: int = 0, storage: str | None = None, progress: bool = True,
+               n_trials: int | None = None) -> WorkerSummary:
+    """Join the study and run trials until its budget (``n_trials`` or the study's) is spent."""
+    study_config = load_study(study_path)
+    workspace = open_workspace(study_config, progress=progress and worker == 0)
+    budget = n_trials or study_config.search.n_trials
+    sampler = make_sampler(study_config.search, study_config.seed + 1000 * worker)
+    study = open_study(study_config, storage, sampler)
+    runner = TrialRunner(workspace, artifact_store(study_config), progress=False)
+    deadline = time.monotonic() + study_config.search.timeout_minutes * 60 if study_config.search.timeout_minutes else None
+    started, count = time.perf_counter(), 0
+    bar = tqdm(total=budget, initial=budget - max(0, budget_left(study, budget)), desc=f"search {study_config.name}",
+               disable=not progress or worker != 0, unit="trial")
+    while budget_left(study, budget) > 0 and (deadline is None or time.monotonic() < deadline):
+        study.optimize(runner, n_trials=1, catch=(Exception,), gc_after_trial=True)
+        count += 1
+        last = study.get_trials(deepcopy=False)[-1] if worker == 0 else None
+        if last is not None:
+            bar.n = budget - max(0, budget_left(study, budget))
+            bar.set_postfix_str(describe_trial(last)[:90])
+            bar.refresh()
+    bar.close()
+    return WorkerSummary(worker, count, time.perf_counter() - started)
+
+
+def describe_trial(trial: optuna.trial.FrozenTrial) -> str:
+    pipeline = trial.user_attrs.get("pipeline", "?")
+    if trial.state is TrialState.COMPLETE and trial.values:
+        acc, lat, size = trial.values
+        return f"#{trial.number} {pipeline}: acc {acc:.3f} latency x{lat:.2f} size x{size:.2f}"
+    reason = trial.user_attrs.get("pruned_reason") or trial.user_attrs.get("error") or ""
+    return f"#{trial.number} {trial.state.name.lower()} {pipeline}: {reason}"
+
+
+def run_search(study_path: str, n_jobs: int = 1, storage: str | None = None, progress: bool = True) -> list[WorkerSummary]:
+    """Run ``n_jobs`` worker processes (not threads) on the same study; returns each worker's summary."""
+    study_config = load_study(study_path)
+    # Train and measure the baseline once, before the workers start, so they all reuse it.
+    open_workspace(study_config, progress=progress)
+    open_study(study_config, storage)
+    if n_jobs == 1:
+        return [run_worker(study_path, 0, storage, progress)]
+    return list(joblib.Parallel(n_jobs=n_jobs, backend="loky")(
+        joblib.delayed(run_worker)(study_path, worker, storage, progress) for worker in range(n_jobs)))

@@ -1,0 +1,73 @@
+"""Evaluators measure real things: logits to accuracy, saved bytes, FLOPs that follow resolution, latency."""
+
+from __future__ import annotations
+
+import gzip
+
+import torch
+import torchvision
+
+from evaluators.accuracy import accuracy_from_logits, evaluate_accuracy
+from evaluators.flops import count_flops
+from evaluators.latency import measure_latency
+from evaluators.memory import peak_forward_memory
+from evaluators.size import size_report, state_dict_bytes
+from models.config import ModelConfig
+from models.mobilenet import build_model
+
+
+def test_accuracy_top1_top5_and_per_class() -> None:
+    logits = torch.tensor([[9.0, 1, 0, 0, 0, 0], [0, 9.0, 1, 0, 0, 0], [1, 0, 9.0, 0, 0, 0], [9.0, 8, 7, 6, 5, 0]])
+    labels = torch.tensor([0, 2, 2, 5])
+    report = accuracy_from_logits(logits, labels, num_classes=6)
+    assert report.top1 == 0.5
+    assert report.top5 == 0.75  # label 5 is the 6th-ranked logit in the last row
+    assert report.per_class[0] == 1.0 and report.per_class[2] == 0.5 and report.per_class[5] == 0.0
+
+
+def test_evaluate_accuracy_of_a_model_matches_its_argmax(tiny_bundle, tiny_model) -> None:
+    report = evaluate_accuracy(tiny_model, tiny_bundle.loader("test"), 4)
+    with torch.no_grad():
+        images = tiny_bundle.loader("test").normalise(tiny_bundle.test.images)
+        expected = (tiny_model(images).argmax(1) == tiny_bundle.test.labels).float().mean()
+    assert abs(report.top1 - float(expected)) < 1e-6 and report.samples == len(tiny_bundle.test)
+
+
+def test_size_is_serialized_bytes_and_gzip_reveals_sparsity(tiny_model) -> None:
+    dense = size_report(state_dict_bytes(tiny_model), "state_dict", tiny_model)
+    assert dense.bytes > 4 * dense.parameters  # float32 weights plus buffers and pickle framing
+    with torch.no_grad():
+        for parameter in tiny_model.parameters():
+            parameter[parameter.abs() < parameter.abs().median()] = 0
+    sparse_bytes = state_dict_bytes(tiny_model)
+    sparse = size_report(sparse_bytes, "state_dict", tiny_model)
+    assert abs(sparse.bytes - dense.bytes) < 0.01 * dense.bytes  # dense storage: no smaller on disk
+    assert sparse.gzip_bytes < 0.8 * dense.gzip_bytes
+    assert sparse.gzip_bytes == len(gzip.compress(sparse_bytes, compresslevel=6))
+    assert sparse.nonzero_parameters < 0.6 * sparse.parameters
+
+
+def test_flops_follow_input_resolution() -> None:
+    native = build_model(ModelConfig(width_mult=0.5), 10, 32)
+    upsampled = build_model(ModelConfig(width_mult=0.5, input_resolution=128), 10, 32)
+    x = torch.randn(1, 3, 32, 32)
+    assert count_flops(upsampled, x) > 8 * count_flops(native, x)
+    full = torchvision.models.mobilenet_v3_small(num_classes=1000)
+    # torchvision documents 0.06 GFLOPs (multiply-adds) for MobileNetV3-Small at 224x224.
+    macs = count_flops(full, torch.randn(1, 3, 224, 224)) / 2
+    assert 50e6 < macs < 65e6
+
+
+def test_latency_report_orders_and_ratio(tiny_model) -> None:
+    x = torch.randn(1, 3, 32, 32)
+    fast = measure_latency(tiny_model, x, runtime="eager", warmup=2, runs=15)
+    assert fast.p10_ms <= fast.median_ms <= fast.p90_ms and fast.threads == 1 and fast.runs == 15
+    slow = measure_latency(lambda t: tiny_model(torch.cat([t] * 16)), x, runtime="eager", warmup=2, runs=15)
+    assert slow.ratio_to(fast) > 1.5
+    assert torch.get_num_threads() >= 1
+
+
+def test_peak_memory_grows_with_resolution(tiny_model) -> None:
+    small = peak_forward_memory(tiny_model, torch.randn(1, 3, 32, 32))
+    large = peak_forward_memory(tiny_model, torch.randn(1, 3, 128, 128))
+    assert 0 < small < large
