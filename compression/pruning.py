@@ -40,7 +40,11 @@ def _check_fraction(name: str, value: float, high: float) -> None:
 
 @dataclass(frozen=True)
 class UnstructuredPruningConfig:
-    """Zero the ``amount`` fraction of conv and linear weights with the smallest magnitude."""
+    """Zero the ``amount`` fraction of conv and linear weights with the smallest magnitude.
+
+    ``layer`` prunes every layer by ``amount``; ``global`` ranks all weights together (by LAMP
+    score, see ``lamp_scores``), so redundant layers lose more than sensitive ones.
+    """
 
     kind: ClassVar[str] = "prune"
 
@@ -150,17 +154,35 @@ def make_permanent(module: nn.Module) -> None:
             prune.remove(layer, name)
 
 
+def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
+    """LAMP scores (Lee et al., ICLR 2021): w² divided by the sum of w² over the weights at least as large.
+
+    Within a layer they rank weights exactly as magnitude does, but they are comparable across
+    layers: raw magnitudes are not (a 1024-input Linear has far smaller weights than a 3×3 conv),
+    and a global magnitude threshold then deletes whole layers, the classifier first.
+    Every layer's largest weight scores 1, so no layer is ever emptied.
+    """
+    squared = weight.detach().flatten().square()
+    ascending, order = torch.sort(squared)
+    at_least_as_large = ascending.flip(0).cumsum(0).flip(0)
+    scores = torch.empty_like(squared)
+    scores[order] = ascending / at_least_as_large.clamp_min(torch.finfo(squared.dtype).tiny)
+    return scores.view_as(weight)
+
+
 def prune_to(module: nn.Module, target: float, scope: Scope) -> None:
     """Mask the smallest weights so that ``target`` of them are zero, in place.
 
-    Existing masks are folded in first; zeros are the smallest magnitudes, so weights already
+    Existing masks are folded in first; zeros score lowest under both rankings, so weights already
     pruned stay pruned and sparsity only grows. The masks stay as reparametrisations (forward
     pre-hooks), so training afterwards cannot revive pruned weights until ``make_permanent``.
     """
     make_permanent(module)
     targets = list(_prunable_weights(module))
     if scope == "global":
-        prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=target)
+        scores = {(layer, name): lamp_scores(getattr(layer, name)) for layer, name in targets}
+        prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, importance_scores=scores,
+                                  amount=target)
     else:
         for layer, name in targets:
             prune.l1_unstructured(layer, name, amount=target)
@@ -179,9 +201,12 @@ def prune_unstructured(model: CompressedModel, config: UnstructuredPruningConfig
 
 def sparsity_at(epoch: int, config: GradualPruningConfig) -> float:
     """Target sparsity at the start of ``epoch``: ``initial`` until ``start_epoch``, ``final`` from ``end_epoch``."""
-    span = config.end_epoch - config.start_epoch
-    progress = 1.0 if span == 0 else min(1.0, max(0.0, (epoch - config.start_epoch) / span))
     s_i, s_f = config.initial_sparsity, config.final_sparsity
+    if epoch >= config.end_epoch:
+        return s_f
+    if epoch <= config.start_epoch:
+        return s_i
+    progress = (epoch - config.start_epoch) / (config.end_epoch - config.start_epoch)
     if config.schedule == "linear":
         return s_i + (s_f - s_i) * progress
     if config.schedule == "cubic":

@@ -8,6 +8,7 @@ import traceback
 from dataclasses import dataclass, field
 
 import optuna
+import torch
 
 from common.errors import IncompatiblePipelineError
 from common.files import save_torch, sha256_of, write_bytes
@@ -15,17 +16,33 @@ from compression.graph import load_runner, lower
 from compression.quantization import quantized_engine
 from compression.pipeline import StageRecord
 from compression.stage import CompressedModel, ModelForm, StageConfig, StageContext
-from evaluators.accuracy import accuracy_from_logits, evaluate_accuracy, predict_logits
+from evaluators.accuracy import AccuracyReport, accuracy_from_logits, evaluate_accuracy, predict_logits
 from evaluators.flops import count_flops
 from evaluators.latency import LatencyReport, measure_latency
-from evaluators.parity import compare_logits
-from evaluators.size import parameter_counts, size_report, state_dict_bytes
+from evaluators.parity import ParityReport, compare_logits
+from evaluators.size import SizeReport, parameter_counts, size_report, state_dict_bytes
 from search.early_stopping import AccuracyMonitor, stop_rule_for
 from search.feasibility import Footprint, footprint, infeasibility
 from search.workspace import Workspace
 from spaces.sampling import sample_pipeline
 
 ARTIFACT_SUFFIX = {"torchscript": ".pt", "executorch": ".pte"}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A compressed model as shipped: its artifact and what was measured of it."""
+
+    runtime: str
+    artifact: bytes
+    val: AccuracyReport
+    test: AccuracyReport
+    reference_logits: torch.Tensor  # the PyTorch model's test logits, for parity checks after export
+    parity: ParityReport
+    latency: LatencyReport
+    latency_ratio: float
+    size: SizeReport
+    size_ratio: float
 
 
 def trial_constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
@@ -135,32 +152,40 @@ class TrialRunner:
             trial.set_user_attr("stage", "before-training")
             raise optuna.TrialPruned(reason)
 
-    def _measure(self, trial: optuna.Trial, model: CompressedModel, runtime: str, started: float) -> tuple[float, float, float]:
-        data, study = self.workspace.data, self.workspace.study
+    def evaluate(self, model: CompressedModel, runtime: str) -> Candidate:
+        """Lower ``model`` to ``runtime`` and measure the artifact itself: accuracy, parity, latency, size."""
+        data = self.workspace.data
         lowered = lower(model, runtime)  # type: ignore[arg-type]
         assert lowered.artifact is not None
         run = load_runner(lowered.artifact, runtime, lowered.backend)
         # Accuracy is that of the shipped artifact in its runtime, not of the PyTorch model.
         val = evaluate_accuracy(run, data.loader("val"), len(data.classes))
         test_logits, test_labels = predict_logits(run, data.loader("test"))
-        test = accuracy_from_logits(test_logits, test_labels, len(data.classes))
         with quantized_engine(model.backend):
             reference_logits, _ = predict_logits(model.module, data.loader("test"))
-        parity = compare_logits(reference_logits, test_logits)
         latency = self.measure_latency(run, runtime)
-        latency_ratio = latency.ratio_to(self.reference_latency(runtime))
-        size_ratio = len(lowered.artifact) / self.baseline_size(runtime)
+        return Candidate(
+            runtime=runtime, artifact=lowered.artifact, val=val,
+            test=accuracy_from_logits(test_logits, test_labels, len(data.classes)),
+            reference_logits=reference_logits, parity=compare_logits(reference_logits, test_logits),
+            latency=latency, latency_ratio=latency.ratio_to(self.reference_latency(runtime)),
+            size=size_report(lowered.artifact, runtime),
+            size_ratio=len(lowered.artifact) / self.baseline_size(runtime),
+        )
+
+    def _measure(self, trial: optuna.Trial, model: CompressedModel, runtime: str, started: float) -> tuple[float, float, float]:
+        study = self.workspace.study
+        candidate = self.evaluate(model, runtime)
         artifact_dir = study.run_dir / "trials" / f"{trial.number:05d}"
-        save_torch(artifact_dir / "reference_logits.pt", reference_logits)
-        path = write_bytes(artifact_dir / f"model{ARTIFACT_SUFFIX[runtime]}", lowered.artifact)
+        save_torch(artifact_dir / "reference_logits.pt", candidate.reference_logits)
+        path = write_bytes(artifact_dir / f"model{ARTIFACT_SUFFIX[runtime]}", candidate.artifact)
         targets = study.targets
-        constraints = [self.floor - val.top1, size_ratio - (1 - targets.size_reduction),
-                       latency_ratio - (1 - targets.latency_reduction)]
-        size = size_report(lowered.artifact, runtime)
+        constraints = [self.floor - candidate.val.top1, candidate.size_ratio - (1 - targets.size_reduction),
+                       candidate.latency_ratio - (1 - targets.latency_reduction)]
         attrs = {
-            "val": val.as_dict(), "test": test.as_dict(), "latency": latency.as_dict(), "parity": parity.as_dict(),
-            "reference_latency": self.reference_latency(runtime).as_dict(),
-            "artifact_bytes": size.bytes, "artifact_gzip_bytes": size.gzip_bytes,
+            "val": candidate.val.as_dict(), "test": candidate.test.as_dict(), "latency": candidate.latency.as_dict(),
+            "parity": candidate.parity.as_dict(), "reference_latency": self.reference_latency(runtime).as_dict(),
+            "artifact_bytes": candidate.size.bytes, "artifact_gzip_bytes": candidate.size.gzip_bytes,
             "artifact_path": str(path), "artifact_sha256": sha256_of(path), "constraints": constraints,
             "meets_targets": all(c <= 0 for c in constraints), "seconds": time.perf_counter() - started,
         }
@@ -169,4 +194,4 @@ class TrialRunner:
         artifact_id = optuna.artifacts.upload_artifact(artifact_store=self.artifact_store, file_path=str(path),
                                                       study_or_trial=trial)
         trial.set_user_attr("artifact_id", artifact_id)
-        return val.top1, latency_ratio, size_ratio
+        return candidate.val.top1, candidate.latency_ratio, candidate.size_ratio

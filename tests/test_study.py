@@ -12,12 +12,9 @@ from search.study import load_study
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 
 
-@pytest.mark.parametrize("name", ["smoke", "cifar10-offline", "household", "udacisense"])
+@pytest.mark.parametrize("name", ["smoke", "cifar10-offline", "household", "udacisense", "udacisense-offline"])
 def test_shipped_studies_load(name: str) -> None:
-    path = STUDIES / f"{name}.toml"
-    if not path.exists():
-        pytest.skip(f"{path.name} not shipped yet")
-    study = load_study(path)
+    study = load_study(STUDIES / f"{name}.toml")
     assert study.name == name
     assert study.storage_url == f"sqlite:///runs/{name}/study.db"
 

@@ -1,0 +1,101 @@
+"""Benchmark: each compression technique alone on a study's trained baseline.
+
+    .venv/bin/python scripts/techniques.py --study studies/cifar10-offline.toml [--epochs 2]
+
+Prints a table of accuracy, artifact size, gzip size and latency in each technique's target
+runtime, with ratios to the baseline measured in the same runtime in this process, and writes it
+to runs/<study>/techniques/techniques.{csv,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd  # noqa: E402
+
+import compression  # noqa: E402,F401  registers the stages
+from common.errors import UserError  # noqa: E402
+from common.files import write_json, write_text  # noqa: E402
+from compression.distillation import DistillationConfig  # noqa: E402
+from compression.graph import FuseConfig  # noqa: E402
+from compression.pipeline import Pipeline  # noqa: E402
+from compression.pruning import GradualPruningConfig, StructuredPruningConfig, UnstructuredPruningConfig  # noqa: E402
+from compression.quantization import DynamicQuantConfig, QATConfig, StaticQuantConfig  # noqa: E402
+from compression.stage import CompressedModel, StageConfig, StageContext  # noqa: E402
+from models.config import TrainConfig  # noqa: E402
+from search.objective import TrialRunner  # noqa: E402
+from search.storage import artifact_store  # noqa: E402
+from search.study import load_study  # noqa: E402
+from search.workspace import open_workspace  # noqa: E402
+
+
+def techniques(epochs: int, lr: float) -> list[tuple[StageConfig | None, str]]:
+    """(stage, runtime) pairs: every technique alone, lowered to the runtime it targets."""
+    tune = TrainConfig(epochs=epochs, lr=lr, schedule="cosine")
+    return [
+        (None, "eager"), (None, "torchscript"), (None, "executorch"),
+        (FuseConfig(), "torchscript"),
+        (UnstructuredPruningConfig(amount=0.5, scope="global", finetune=tune), "executorch"),
+        (GradualPruningConfig(final_sparsity=0.7, end_epoch=max(0, epochs - 1), finetune=tune), "executorch"),
+        (StructuredPruningConfig(ratio=0.3, finetune=tune), "executorch"),
+        (StructuredPruningConfig(ratio=0.5, finetune=tune), "executorch"),
+        (DistillationConfig(alpha=0.7, temperature=4.0, student_width=0.5, finetune=TrainConfig(epochs=epochs * 3, lr=0.05)),
+         "executorch"),
+        (DynamicQuantConfig(backend="x86"), "torchscript"),
+        (StaticQuantConfig(backend="x86"), "torchscript"),
+        (StaticQuantConfig(backend="qnnpack"), "torchscript"),
+        (StaticQuantConfig(backend="xnnpack"), "executorch"),
+        (QATConfig(backend="x86", finetune=tune, freeze_bn_epoch=max(1, epochs - 1)), "torchscript"),
+        (QATConfig(backend="xnnpack", finetune=tune, freeze_bn_epoch=max(1, epochs - 1)), "executorch"),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", default="studies/cifar10-offline.toml")
+    parser.add_argument("--epochs", type=int, default=2, help="fine-tune epochs for techniques that train")
+    parser.add_argument("--lr", type=float, default=0.01)
+    args = parser.parse_args(argv)
+    try:
+        study = load_study(args.study)
+        workspace = open_workspace(study)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    runner = TrialRunner(workspace, artifact_store(study))
+    context = StageContext(data=workspace.data, teacher=workspace.baseline.model, seed=study.seed)
+    rows = []
+    for stage, runtime in techniques(args.epochs, args.lr):
+        started = time.perf_counter()
+        model = CompressedModel(workspace.baseline.model)
+        if stage is not None:
+            model, _ = Pipeline((stage,)).run(model, context)
+        candidate = runner.evaluate(model, runtime)
+        rows.append({
+            "technique": stage.describe() if stage else "baseline", "runtime": runtime,
+            "val_top1": candidate.val.top1, "test_top1": candidate.test.top1,
+            "bytes": candidate.size.bytes, "gzip_bytes": candidate.size.gzip_bytes,
+            "size_ratio": candidate.size_ratio,
+            "gzip_ratio": candidate.size.gzip_bytes / workspace.metrics["size"].get(runtime, workspace.metrics["size"]["state_dict"])["gzip_bytes"],
+            "latency_ms": candidate.latency.median_ms, "latency_ratio": candidate.latency_ratio,
+            "parity_top1": candidate.parity.top1_agreement, "seconds": time.perf_counter() - started,
+        })
+        print(f"{rows[-1]['technique']:<40} {runtime:<12} top-1 {candidate.test.top1:.3f}  "
+              f"size x{candidate.size_ratio:.2f}  latency x{candidate.latency_ratio:.2f}", flush=True)
+    table = pd.DataFrame(rows)
+    out = study.run_dir / "techniques"
+    write_text(out / "techniques.csv", table.to_csv(index=False))
+    write_json(out / "techniques.json", table.to_dict(orient="records"))
+    with pd.option_context("display.width", 200):
+        print(table.round(3).to_string(index=False))
+    print(f"wrote {out / 'techniques.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
