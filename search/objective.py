@@ -57,6 +57,7 @@ class TrialRunner:
     workspace: Workspace
     artifact_store: optuna.artifacts.FileSystemArtifactStore
     progress: bool = False
+    current_trial: int | None = None  # the trial this process is running, for clean interruption
     _reference: dict[str, LatencyReport] = field(default_factory=dict)
     _baseline_footprint: Footprint | None = None
 
@@ -95,6 +96,8 @@ class TrialRunner:
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         started = time.perf_counter()
+        self.current_trial = trial.number
+        trial.set_user_attr("retry_of", trial.system_attrs.get("failed_trial"))
         try:
             return self._run(trial)
         except optuna.TrialPruned:

@@ -59,16 +59,36 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
     started, count = time.perf_counter(), 0
     bar = tqdm(total=budget, initial=budget - max(0, budget_left(study, budget)), desc=f"search {study_config.name}",
                disable=not progress or worker != 0, unit="trial")
-    while budget_left(study, budget) > 0 and (deadline is None or time.monotonic() < deadline):
-        study.optimize(runner, n_trials=1, catch=(Exception,), gc_after_trial=True)
-        count += 1
+    try:
+        while budget_left(study, budget) > 0 and (deadline is None or time.monotonic() < deadline):
+            study.optimize(runner, n_trials=1, catch=(Exception,), gc_after_trial=True)
+            count += 1
+            runner.current_trial = None
         last = study.get_trials(deepcopy=False)[-1] if worker == 0 else None
         if last is not None:
             bar.n = budget - max(0, budget_left(study, budget))
             bar.set_postfix_str(describe_trial(last)[:90])
             bar.refresh()
-    bar.close()
+    except KeyboardInterrupt:
+        # Optuna has already marked the interrupted trial failed; queue it again so a resumed search reaches the total.
+        if runner.current_trial is not None:
+            requeue(study, runner.current_trial)
+        raise
+    finally:
+        bar.close()
     return WorkerSummary(worker, count, time.perf_counter() - started)
+
+
+def requeue(study: optuna.Study, number: int) -> None:
+    """Queue a failed trial again, traceable to the original exactly as Optuna's heartbeat retries are."""
+    trial = study.get_trials(deepcopy=False)[number]
+    if trial.state is not TrialState.FAIL:
+        return
+    history = [*trial.system_attrs.get("retry_history", []), number]
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        system_attrs={"failed_trial": history[0], "retry_history": history},
+    ))
 
 
 def describe_trial(trial: optuna.trial.FrozenTrial) -> str:

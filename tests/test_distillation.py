@@ -1,0 +1,126 @@
+"""Distillation on the real (narrow) MobileNetV3-Small with a briefly trained teacher."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from common.errors import IncompatiblePipelineError, UserError
+from compression.distillation import DistillationConfig, build_student
+from compression.stage import CompressedModel, ModelForm, Signature, StageContext, apply_stage
+from compression.training import fit
+from evaluators.accuracy import evaluate_accuracy
+from evaluators.latency import torch_threads
+from evaluators.size import parameter_counts
+from models.config import TrainConfig
+from models.mobilenet import ResizeInput
+
+ONE_STEP = TrainConfig(epochs=1, lr=0.05, max_batches_per_epoch=1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    # Tiny models train several times faster on one thread than on two contended ones.
+    with torch_threads(1):
+        yield
+
+
+def _quick_batchnorm(module: nn.Module) -> nn.Module:
+    """torchvision's BatchNorm momentum (0.01) needs hundreds of steps before eval-mode statistics are
+    usable; these tests train for tens, so the running statistics must follow faster."""
+    for layer in module.modules():
+        if isinstance(layer, nn.BatchNorm2d):
+            layer.momentum = 0.3
+    return module
+
+
+def _fresh(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return _quick_batchnorm(torchvision.models.mobilenet_v3_small(num_classes=4, width_mult=0.25)).eval()
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_bundle) -> nn.Module:
+    model = _fresh(0)
+    history = fit(model, tiny_bundle.loader("train", train=True), TrainConfig(epochs=6, lr=0.1),
+                  val=tiny_bundle.loader("val"), num_classes=4, progress=False)
+    assert history.val_top1[-1] >= 0.9, "the teacher fixture must be good for the student to learn from it"
+    return model
+
+
+def _state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def _unchanged(module: nn.Module, before: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
+
+
+def test_student_learns_from_teacher(tiny_bundle, teacher):
+    student = _fresh(11)
+    context = StageContext(data=tiny_bundle, teacher=teacher, seed=1)
+    start = evaluate_accuracy(student, tiny_bundle.loader("val"), 4).top1
+    student_before, teacher_before = _state(student), _state(teacher)
+
+    config = DistillationConfig(alpha=0.7, temperature=2.0, finetune=TrainConfig(epochs=10, lr=0.1))
+    result = apply_stage(CompressedModel(student), config, context)
+    end = evaluate_accuracy(result.module, tiny_bundle.loader("val"), 4).top1
+
+    assert end >= 0.7 and end >= start + 0.2
+    assert _unchanged(student, student_before) and _unchanged(teacher, teacher_before)
+    assert result.form is ModelForm.FLOAT
+
+
+def test_narrower_student_replaces_the_model(tiny_bundle, teacher, tiny_model):
+    context = StageContext(data=tiny_bundle, teacher=teacher)
+    config = DistillationConfig(student_width=0.1, finetune=ONE_STEP)
+    student = apply_stage(CompressedModel(tiny_model), config, context).module
+
+    assert parameter_counts(student)[0] < parameter_counts(tiny_model)[0]
+    assert student(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+    untrained = build_student(tiny_model, 0.1, num_classes=4, seed=context.seed)
+    assert not _unchanged(student, _state(untrained)), "the student must have been trained"
+
+
+def test_narrower_student_keeps_input_resize(tiny_bundle, teacher, tiny_model):
+    wrapped = nn.Sequential(ResizeInput(48), tiny_model)
+    config = DistillationConfig(student_width=0.1, finetune=TrainConfig(epochs=0))
+    student = apply_stage(CompressedModel(wrapped), config, StageContext(data=tiny_bundle, teacher=teacher)).module
+
+    assert isinstance(student[0], ResizeInput) and student[0].size == 48
+    assert student(torch.randn(1, 3, 32, 32)).shape == (1, 4)
+
+
+def test_student_is_reproducible_and_leaves_global_rng_alone(tiny_model):
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    first = build_student(tiny_model, 0.5, num_classes=4, seed=7)
+    assert torch.equal(torch.rand(1), expected)
+    assert _unchanged(build_student(tiny_model, 0.5, num_classes=4, seed=7), _state(first))
+
+
+def test_missing_teacher_is_a_user_error(tiny_bundle, tiny_model):
+    with pytest.raises(UserError, match="teacher") as error:
+        apply_stage(CompressedModel(tiny_model), DistillationConfig(), StageContext(data=tiny_bundle))
+    assert error.value.fix
+
+
+def test_transition_rejects_quantized_and_lowered():
+    config = DistillationConfig()
+    assert config.transition(Signature()) == Signature()
+    for form in (ModelForm.QUANTIZED, ModelForm.LOWERED):
+        with pytest.raises(IncompatiblePipelineError):
+            config.transition(Signature(form=form, backend="qnnpack"))
+
+
+def test_describe_and_validation():
+    assert DistillationConfig().describe() == "distill(T=4, α=0.7)"
+    assert DistillationConfig(student_width=0.5).describe() == "distill(T=4, α=0.7, width=0.5)"
+    for bad in ({"alpha": 1.5}, {"temperature": 0.0}, {"student_width": 0.05}):
+        with pytest.raises(UserError):
+            DistillationConfig(**bad)

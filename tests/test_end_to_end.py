@@ -1,0 +1,109 @@
+"""The product end to end on the smoke study: search, front, export, verify, dashboard."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+
+from search.cli import main
+from search.storage import OBJECTIVE_NAMES
+from search.study import load_study
+from tests.conftest import REPO, SHARED_ARCHIVE
+
+pytestmark = pytest.mark.skipif(not SHARED_ARCHIVE.is_file(), reason="needs ../shared/data/cifar10-jpeg.tar.gz")
+
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory) -> Path:
+    """The shipped smoke study, writing its runs into a temporary folder, searched once for this module."""
+    root = tmp_path_factory.mktemp("smoke")
+    path = root / "smoke.toml"
+    path.write_text(f'runs_dir = "{root / "runs"}"\n' + (REPO / "studies" / "smoke.toml").read_text())
+    assert main(["search", "--study", str(path), "--quiet"]) == 0
+    return path
+
+
+def test_search_runs_the_budget_and_records_every_trial(smoke_study: Path) -> None:
+    config = load_study(smoke_study)
+    study = optuna.load_study(study_name=config.name, storage=config.storage_url)
+    trials = study.get_trials()
+    assert len(trials) == config.search.n_trials
+    assert study.metric_names == list(OBJECTIVE_NAMES)
+    complete = [t for t in trials if t.state is optuna.trial.TrialState.COMPLETE]
+    assert complete, [t.user_attrs for t in trials]
+    for trial in complete:
+        attrs = trial.user_attrs
+        assert " → " in attrs["pipeline"] or attrs["pipeline"]
+        assert Path(attrs["artifact_path"]).is_file() and attrs["artifact_id"]
+        assert attrs["stages"] and all("val_top1" in s["metrics"] for s in attrs["stages"])
+        assert attrs["parity"]["top1_agreement"] >= 0.9
+        assert 0 < trial.values[2] < 1  # quantized or channel-pruned: really smaller than the baseline
+        assert attrs["curve"]  # intermediate accuracies are kept
+
+
+def test_front_files_and_export_with_parity(smoke_study: Path) -> None:
+    config = load_study(smoke_study)
+    front_dir = config.run_dir / "front"
+    assert main(["front", "--study", str(smoke_study)]) == 0
+    rows = json.loads((front_dir / "pareto_front.json").read_text())
+    assert rows and {"val_top1", "test_top1", "latency_ratio", "size_ratio", "meets_all"} <= set(rows[0])
+    assert (front_dir / "pareto_front.png").stat().st_size > 10_000
+    card = json.loads((config.run_dir / "export" / "model_card.json").read_text())  # exported by `search`
+    artifact = config.run_dir / "export" / card["artifact"]
+    assert card["parity"]["top1_agreement"] >= 0.95 and card["classes"] and card["input"]["normalisation"]["mean"]
+    assert main(["verify", str(artifact), "--study", str(smoke_study)]) == 0
+
+
+def test_verify_rejects_a_tampered_artifact(smoke_study: Path, tmp_path: Path, capsys) -> None:
+    config = load_study(smoke_study)
+    out = tmp_path / "export"
+    assert main(["export", "--study", str(smoke_study), "--pick", "knee", "--out", str(out)]) == 0
+    artifact = next(out.glob("model.pt*"))
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    artifact.write_bytes(bytes(data))
+    assert main(["verify", str(artifact), "--study", str(smoke_study)]) == 2
+    assert "does not match its model card" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (scripts/test installs it)")
+def test_dashboard_renders_study_objectives_and_trials(smoke_study: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "search.cli", "dashboard", "--study", str(smoke_study),
+                               "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{base}/api/studies", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        chrome = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=15000", "--dump-dom"]
+        home = subprocess.run(chrome + [f"{base}/dashboard"], capture_output=True, text=True, timeout=120).stdout
+        assert "smoke" in home
+        page = subprocess.run(chrome + [f"{base}/dashboard/studies/1/trials"], capture_output=True, text=True,
+                              timeout=120).stdout
+        for name in OBJECTIVE_NAMES:
+            assert name in page
+        assert "Trial 0" in page or "#0" in page
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
