@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, Literal, Mapping, TypeVar, Union
@@ -77,6 +78,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise _wrong_type(value, tp, where)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise UserError(f"`{where}` is {value}, which is not a finite number.", f"give `{where}` a finite value.")
             return float(value)
         raise _wrong_type(value, tp, where)
     if tp is str:

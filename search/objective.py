@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+import socket
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -98,6 +100,7 @@ class TrialRunner:
         started = time.perf_counter()
         self.current_trial = trial.number
         trial.set_user_attr("retry_of", trial.system_attrs.get("failed_trial"))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         try:
             return self._run(trial)
         except optuna.TrialPruned:

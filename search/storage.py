@@ -12,10 +12,9 @@ from search.study import StudyConfig
 
 OBJECTIVE_NAMES = ("val_accuracy", "latency_ratio", "size_ratio")
 DIRECTIONS = ("maximize", "minimize", "minimize")
-HEARTBEAT_SECONDS = 30
 
 
-def open_storage(url: str) -> RDBStorage:
+def open_storage(url: str, heartbeat_seconds: int = 30) -> RDBStorage:
     """An RDB storage with heartbeats: a trial whose worker died is failed and retried by another worker."""
     engine_kwargs: dict[str, object] = {}
     if url.startswith("sqlite:///"):
@@ -25,12 +24,12 @@ def open_storage(url: str) -> RDBStorage:
     else:
         engine_kwargs = {"pool_pre_ping": True}
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
-                          grace_period=HEARTBEAT_SECONDS * 4,
+        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds,
+                          grace_period=heartbeat_seconds * 4,
                           failed_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2, inherit_intermediate_values=True))
     except ImportError as error:
         raise UserError(f"The storage {url.split('@')[-1]} needs a database driver that is not installed: {error}.",
-                        "install it, e.g. `pip install psycopg2-binary` for postgresql:// URLs.") from None
+                        "install it, e.g. `pip install "psycopg[binary]"` for postgresql:// URLs.") from None
     except Exception as error:  # SQLAlchemy raises many types for unreachable servers and bad credentials
         safe = url.split("@")[-1]
         raise UserError(f"Cannot open the study storage at {safe}: {type(error).__name__}: {str(error).splitlines()[0]}",
@@ -45,7 +44,7 @@ def artifact_store(study: StudyConfig) -> optuna.artifacts.FileSystemArtifactSto
 
 def open_study(study: StudyConfig, url: str | None = None, sampler: optuna.samplers.BaseSampler | None = None,
                *, create: bool = True) -> optuna.Study:
-    storage = open_storage(url or study.storage_url)
+    storage = open_storage(url or study.storage_url, study.search.heartbeat_seconds)
     if not create:
         try:
             return optuna.load_study(study_name=study.name, storage=storage, sampler=sampler)

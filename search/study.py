@@ -49,6 +49,8 @@ class SearchConfig:
     patience_margin: float = bounded(0.15, min=0.0, max=1.0)
     default_pick: Literal["knee", "smallest", "fastest", "most-accurate"] = "knee"
     latency_runs: int = bounded(60, min=3, max=10000, doc="runs per trial latency measurement")
+    # A worker that misses heartbeats for 4x this long is presumed dead; its trial is failed and retried.
+    heartbeat_seconds: int = bounded(30, min=1, max=3600)
 
 
 @dataclass(frozen=True)

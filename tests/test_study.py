@@ -32,6 +32,7 @@ def _write(tmp_path: Path, body: str) -> Path:
         ("[baseline]\nepochs = \"three\"\n", "`baseline.epochs`"),
         ("[baseline]\nepochs = -1\n", "out of range"),
         ("[targets]\nsize_reduction = 1.5\n", "`targets.size_reduction`"),
+        ("[targets]\nsize_reduction = nan\n", "not a finite number"),
         ("[search]\nsampler = \"randon\"\n", "did you mean 'random'"),
         ("[space]\nprune_amount = [0.9, 0.1]\n", "`space.prune_amount`"),
         ("[space]\nstages = [\"quantise\"]\n", "`space.stages[0]`"),
