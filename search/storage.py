@@ -29,7 +29,7 @@ def open_storage(url: str, heartbeat_seconds: int = 30) -> RDBStorage:
                           failed_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2, inherit_intermediate_values=True))
     except ImportError as error:
         raise UserError(f"The storage {url.split('@')[-1]} needs a database driver that is not installed: {error}.",
-                        "install it, e.g. `pip install "psycopg[binary]"` for postgresql:// URLs.") from None
+                        "install it, e.g. `pip install 'psycopg[binary]'` for postgresql:// URLs.") from None
     except Exception as error:  # SQLAlchemy raises many types for unreachable servers and bad credentials
         safe = url.split("@")[-1]
         raise UserError(f"Cannot open the study storage at {safe}: {type(error).__name__}: {str(error).splitlines()[0]}",
