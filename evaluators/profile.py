@@ -44,7 +44,7 @@ def profile_float_model(module: nn.Module, bundle: DataBundle, *, runtimes: Sequ
         if runtime == "eager":
             run = module
         else:
-            lowered = lower(CompressedModel(module), runtime)  # type: ignore[arg-type]
+            lowered = lower(CompressedModel(module), runtime, example_input=example)  # type: ignore[arg-type]
             assert lowered.artifact is not None
             metrics["size"][runtime] = size_report(lowered.artifact, runtime).as_dict()  # type: ignore[index]
             run = load_runner(lowered.artifact, runtime)

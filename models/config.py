@@ -18,6 +18,9 @@ class ModelConfig:
     pretrained: Literal["none", "imagenet"] = "none"
     weights_file: str = ""
     dropout: float = bounded(0.2, min=0.0, max=0.9)
+    # torchvision's 0.01 suits 600-epoch ImageNet runs; short CPU runs need BatchNorm statistics that
+    # settle within a few hundred steps, or eval-mode accuracy stays at chance.
+    bn_momentum: float = bounded(0.1, min=0.001, max=1.0)
 
 
 @dataclass(frozen=True)

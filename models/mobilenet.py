@@ -49,6 +49,9 @@ def build_model(config: ModelConfig, num_classes: int, image_size: int) -> nn.Mo
         net.classifier[-1] = nn.Linear(net.classifier[-1].in_features, num_classes)
     if config.weights_file:
         _load_local_weights(net, Path(config.weights_file))
+    for layer in net.modules():
+        if isinstance(layer, nn.BatchNorm2d):
+            layer.momentum = config.bn_momentum
     if config.input_resolution and config.input_resolution != image_size:
         return nn.Sequential(ResizeInput(config.input_resolution), net)
     return net

@@ -136,6 +136,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from search.report import write_report
+
+    result = write_report(_study(args), Path(args.out), storage=args.storage, trial=args.trial)
+    print(f"report on trial {result.trial}: {result.markdown}, {result.html} and {len(result.images)} figures")
+    return 0
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna_dashboard
 
@@ -178,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="choose from the front by policy (among points meeting the targets)")
     export.add_argument("--out", required=True, help="output folder")
     export.add_argument("--storage", help="override the study's storage URL")
+    report = add("report", cmd_report, "write the technical report (Markdown, HTML, figures) from stored measurements")
+    report.add_argument("--out", required=True, help="output folder for report.md, report.html and the figures")
+    report.add_argument("--storage", help="override the study's storage URL")
+    report.add_argument("--trial", type=int, help="report on this trial instead of the study's default pick")
     dashboard = add("dashboard", cmd_dashboard, "serve optuna-dashboard on the study's storage and artifacts")
     dashboard.add_argument("--storage", help="override the study's storage URL")
     dashboard.add_argument("--host", default="127.0.0.1")
@@ -195,8 +209,20 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _quiet_libraries() -> None:
+    import warnings
+
+    import optuna
+
+    # Heartbeat retries and artifact storage are marked experimental; the warning helps no user here.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*deprecated.*")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
     # SIGTERM (a scheduler stopping the job) ends a trial as cleanly as Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
     try:

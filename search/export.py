@@ -70,8 +70,8 @@ def export_trial(workspace: Workspace, study: optuna.Study, trial_number: int, o
     with atomic_path(reference) as tmp:
         shutil.copyfile(source.parent / REFERENCE_NAME, tmp)
     parity, test_top1 = check_parity(artifact, runtime, backend, reference, workspace)
-    latency = runner.measure_latency(load_runner(artifact.read_bytes(), runtime, backend), runtime)  # type: ignore[arg-type]
-    latency_ratio = latency.ratio_to(runner.reference_latency(runtime))
+    latency, reference_latency = runner.measure_latency(load_runner(artifact.read_bytes(), runtime, backend), runtime)  # type: ignore[arg-type]
+    latency_ratio = latency.ratio_to(reference_latency)
     data, metrics = workspace.data, workspace.metrics
     card = {
         "name": f"{workspace.study.name}-trial-{trial_number}",
@@ -97,7 +97,7 @@ def export_trial(workspace: Workspace, study: optuna.Study, trial_number: int, o
             "size_ratio_to_baseline": trial.values[2],
             "baseline": {"val_top1": metrics["accuracy"]["val"]["top1"], "test_top1": metrics["accuracy"]["test"]["top1"],
                          "bytes": metrics["size"][runtime]["bytes"]},
-            "latency": latency.as_dict(),
+            "latency": latency.as_dict(), "baseline_latency": reference_latency.as_dict(),
         },
         "parity": {**parity.as_dict(), "min_agreement": MIN_AGREEMENT, "reference": REFERENCE_NAME,
                    "split": "test"},

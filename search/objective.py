@@ -14,13 +14,13 @@ import torch
 
 from common.errors import IncompatiblePipelineError
 from common.files import save_torch, sha256_of, write_bytes
-from compression.graph import load_runner, lower
+from compression.graph import Runner, load_runner, lower, model_runner
 from compression.quantization import quantized_engine
 from compression.pipeline import StageRecord
 from compression.stage import CompressedModel, ModelForm, StageConfig, StageContext
 from evaluators.accuracy import AccuracyReport, accuracy_from_logits, evaluate_accuracy, predict_logits
 from evaluators.flops import count_flops
-from evaluators.latency import LatencyReport, measure_latency
+from evaluators.latency import LatencyReport, compare_latency
 from evaluators.parity import ParityReport, compare_logits
 from evaluators.size import SizeReport, parameter_counts, size_report, state_dict_bytes
 from search.early_stopping import AccuracyMonitor, stop_rule_for
@@ -42,6 +42,7 @@ class Candidate:
     reference_logits: torch.Tensor  # the PyTorch model's test logits, for parity checks after export
     parity: ParityReport
     latency: LatencyReport
+    reference_latency: LatencyReport  # the baseline in the same runtime, timed alongside
     latency_ratio: float
     size: SizeReport
     size_ratio: float
@@ -60,25 +61,28 @@ class TrialRunner:
     artifact_store: optuna.artifacts.FileSystemArtifactStore
     progress: bool = False
     current_trial: int | None = None  # the trial this process is running, for clean interruption
-    _reference: dict[str, LatencyReport] = field(default_factory=dict)
+    _reference: dict[str, Runner] = field(default_factory=dict)
     _baseline_footprint: Footprint | None = None
 
     @property
     def floor(self) -> float:
         return float(self.workspace.metrics["accuracy"]["val"]["top1"]) - self.workspace.study.targets.max_accuracy_drop
 
-    def reference_latency(self, runtime: str) -> LatencyReport:
-        """The baseline in ``runtime``, measured in this process so ratios compare like with like."""
+    def reference_runner(self, runtime: str) -> Runner:
+        """The baseline lowered to ``runtime``, loaded once per process."""
         if runtime not in self._reference:
-            lowered = lower(CompressedModel(self.workspace.baseline.model), runtime)  # type: ignore[arg-type]
-            run = load_runner(lowered.artifact, runtime) if lowered.artifact is not None else lowered.module
-            self._reference[runtime] = self.measure_latency(run, runtime)
+            lowered = lower(CompressedModel(self.workspace.baseline.model), runtime,  # type: ignore[arg-type]
+                            example_input=self.workspace.example_input)
+            self._reference[runtime] = model_runner(lowered)
         return self._reference[runtime]
 
-    def measure_latency(self, run, runtime: str) -> LatencyReport:
+    def measure_latency(self, run: Runner, runtime: str) -> tuple[LatencyReport, LatencyReport]:
+        """(candidate, baseline) latency in ``runtime``, timed in alternating rounds in this process."""
         study = self.workspace.study
-        return measure_latency(run, self.workspace.example_input, runtime=runtime, warmup=study.evaluation.latency_warmup,
-                               runs=study.search.latency_runs, threads=study.evaluation.threads)
+        return compare_latency(run, self.reference_runner(runtime), self.workspace.example_input,
+                               candidate_runtime=runtime, reference_runtime=runtime,
+                               warmup=study.evaluation.latency_warmup, runs=study.search.latency_runs,
+                               threads=study.evaluation.threads)
 
     def baseline_size(self, runtime: str) -> int:
         return int(self.workspace.metrics["size"][runtime]["bytes"])
@@ -99,7 +103,8 @@ class TrialRunner:
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         started = time.perf_counter()
         self.current_trial = trial.number
-        trial.set_user_attr("retry_of", trial.system_attrs.get("failed_trial"))
+        frozen = trial.study.get_trials(deepcopy=False)[trial.number]
+        trial.set_user_attr("retry_of", frozen.system_attrs.get("failed_trial"))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         try:
             return self._run(trial)
@@ -161,7 +166,7 @@ class TrialRunner:
     def evaluate(self, model: CompressedModel, runtime: str) -> Candidate:
         """Lower ``model`` to ``runtime`` and measure the artifact itself: accuracy, parity, latency, size."""
         data = self.workspace.data
-        lowered = lower(model, runtime)  # type: ignore[arg-type]
+        lowered = lower(model, runtime, example_input=self.workspace.example_input)  # type: ignore[arg-type]
         assert lowered.artifact is not None
         run = load_runner(lowered.artifact, runtime, lowered.backend)
         # Accuracy is that of the shipped artifact in its runtime, not of the PyTorch model.
@@ -169,12 +174,12 @@ class TrialRunner:
         test_logits, test_labels = predict_logits(run, data.loader("test"))
         with quantized_engine(model.backend):
             reference_logits, _ = predict_logits(model.module, data.loader("test"))
-        latency = self.measure_latency(run, runtime)
+        latency, reference_latency = self.measure_latency(run, runtime)
         return Candidate(
             runtime=runtime, artifact=lowered.artifact, val=val,
             test=accuracy_from_logits(test_logits, test_labels, len(data.classes)),
             reference_logits=reference_logits, parity=compare_logits(reference_logits, test_logits),
-            latency=latency, latency_ratio=latency.ratio_to(self.reference_latency(runtime)),
+            latency=latency, reference_latency=reference_latency, latency_ratio=latency.ratio_to(reference_latency),
             size=size_report(lowered.artifact, runtime),
             size_ratio=len(lowered.artifact) / self.baseline_size(runtime),
         )
@@ -190,7 +195,7 @@ class TrialRunner:
                        candidate.latency_ratio - (1 - targets.latency_reduction)]
         attrs = {
             "val": candidate.val.as_dict(), "test": candidate.test.as_dict(), "latency": candidate.latency.as_dict(),
-            "parity": candidate.parity.as_dict(), "reference_latency": self.reference_latency(runtime).as_dict(),
+            "parity": candidate.parity.as_dict(), "reference_latency": candidate.reference_latency.as_dict(),
             "artifact_bytes": candidate.size.bytes, "artifact_gzip_bytes": candidate.size.gzip_bytes,
             "artifact_path": str(path), "artifact_sha256": sha256_of(path), "constraints": constraints,
             "meets_targets": all(c <= 0 for c in constraints), "seconds": time.perf_counter() - started,

@@ -36,7 +36,27 @@ def budget_left(study: optuna.Study, n_trials: int) -> int:
     trials = study.get_trials(deepcopy=False, states=COUNTED)
     # A trial whose worker died is re-queued by the heartbeat callback: count it once, through its retry.
     retried = {number for t in trials for number in t.system_attrs.get("retry_history", [])}
-    return n_trials - sum(1 for t in trials if t.number not in retried)
+    # Orders rejected before any compute cost nothing, so they do not spend the budget.
+    return n_trials - sum(1 for t in trials if t.number not in retried and not is_rejected(t))
+
+
+def is_rejected(trial: optuna.trial.FrozenTrial) -> bool:
+    return trial.user_attrs.get("stage") == "rejected"
+
+
+# Stop sampling when a space yields almost only impossible orders, rather than loop for ever.
+MAX_REJECTED_PER_TRIAL = 20
+
+
+def next_action(study: optuna.Study, n_trials: int) -> str:
+    """``run`` a trial, ``wait`` for other workers' running trials (they may die and need a retry), or ``done``."""
+    optuna.storages.fail_stale_trials(study)  # fails and re-queues trials of dead workers
+    if sum(1 for t in study.get_trials(deepcopy=False) if is_rejected(t)) > MAX_REJECTED_PER_TRIAL * n_trials:
+        return "done"
+    states = {t.state for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))}
+    if TrialState.WAITING in states or budget_left(study, n_trials) > 0:
+        return "run"
+    return "wait" if TrialState.RUNNING in states else "done"
 
 
 @dataclass(frozen=True)
@@ -60,15 +80,20 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
     bar = tqdm(total=budget, initial=budget - max(0, budget_left(study, budget)), desc=f"search {study_config.name}",
                disable=not progress or worker != 0, unit="trial")
     try:
-        while budget_left(study, budget) > 0 and (deadline is None or time.monotonic() < deadline):
+        while deadline is None or time.monotonic() < deadline:
+            action = next_action(study, budget)
+            if action == "done":
+                break
+            if action == "wait":
+                time.sleep(study_config.search.heartbeat_seconds)
+                continue
             study.optimize(runner, n_trials=1, catch=(Exception,), gc_after_trial=True)
             count += 1
-            runner.current_trial = None
-        last = study.get_trials(deepcopy=False)[-1] if worker == 0 else None
-        if last is not None:
-            bar.n = budget - max(0, budget_left(study, budget))
-            bar.set_postfix_str(describe_trial(last)[:90])
-            bar.refresh()
+            finished, runner.current_trial = runner.current_trial, None
+            if progress and finished is not None:
+                bar.n = budget - max(0, budget_left(study, budget))
+                bar.refresh()
+                tqdm.write(f"[worker {worker}] {describe_trial(study.get_trials(deepcopy=False)[finished])}")
     except KeyboardInterrupt:
         # Optuna has already marked the interrupted trial failed; queue it again so a resumed search reaches the total.
         if runner.current_trial is not None:

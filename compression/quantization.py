@@ -1,0 +1,468 @@
+"""Int8 quantization stages: dynamic, post-training static (PTQ) and quantization-aware training (QAT).
+
+Two toolchains, picked by the backend:
+
+* ``x86`` / ``fbgemm`` / ``qnnpack``: FX graph mode (``torch.ao.quantization.quantize_fx``). The
+  result holds quantized kernels for that engine and is lowered to TorchScript.
+* ``xnnpack``: PT2E (``torch.export`` + torchao's ``prepare_pt2e``/``convert_pt2e`` with the
+  XNNPACKQuantizer). The result is a graph of quantize/dequantize ops around float ops that only
+  becomes int8 once lowered to ExecuTorch's XNNPACK delegate; run eagerly it simulates int8.
+
+Every stage works on a deep copy; the input model is never touched.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import types
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterator, Literal, Sequence, get_args
+
+import torch
+from torch import nn
+from torch.fx import GraphModule, Node
+
+from common.errors import UserError
+from common.schema import bounded
+from compression.finetune import finetune as run_finetune
+from compression.stage import (
+    Backend,
+    CompressedModel,
+    ModelForm,
+    Runtime,
+    Signature,
+    StageConfig,
+    StageContext,
+    register_stage,
+    require_form,
+)
+from compression.training import EpochStartHook
+from models.config import TrainConfig
+
+if TYPE_CHECKING:
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+    from torch.ao.quantization import QConfigMapping
+
+# torchao, executorch and torch.ao.quantization are imported inside the functions that use them:
+# they take seconds to import, and most commands never quantize.
+
+FxBackend = Literal["x86", "fbgemm", "qnnpack"]
+StaticBackend = Literal["x86", "fbgemm", "qnnpack", "xnnpack"]
+FX_BACKENDS: tuple[str, ...] = get_args(FxBackend)
+
+
+# --------------------------------------------------------------------------- engines and checks
+
+
+@contextmanager
+def quantized_engine(backend: str | None) -> Iterator[None]:
+    """Select ``backend``'s quantized engine for the duration (weights are packed and run per engine).
+
+    FX-quantized modules must be converted, loaded and run under the engine they target;
+    ``None`` and ``xnnpack`` (whose int8 kernels live in ExecuTorch) leave the engine alone.
+    """
+    if backend not in FX_BACKENDS:
+        yield
+        return
+    if backend not in torch.backends.quantized.supported_engines:
+        raise UserError(
+            f"This PyTorch build has no `{backend}` quantized engine "
+            f"(it has {', '.join(torch.backends.quantized.supported_engines)}).",
+            "choose a backend this machine supports: x86 or fbgemm on Intel/AMD, qnnpack on ARM.",
+        )
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = backend
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+def runtime_for(backend: Backend | None) -> Runtime:
+    """The runtime a quantized model of ``backend`` can be lowered to."""
+    return "executorch" if backend == "xnnpack" else "torchscript"
+
+
+@contextmanager
+def quiet_legacy_apis() -> Iterator[None]:
+    """Silence the deprecation notices of torch.ao.quantization (FX) and TorchScript.
+
+    Both APIs are deprecated in favour of PT2E/ExecuTorch, which this project knows and documents;
+    the FX observers also warn once per instance about `reduce_range` (thousands of lines per model).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*torch.ao.quantization.*")
+        warnings.filterwarnings("ignore", message=".*reduce_range will be deprecated.*")
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+        warnings.filterwarnings("ignore", message=".*please migrate to use torchao.*")
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*`torch.jit.*` is deprecated.*")
+        warnings.filterwarnings("ignore", message=".*TorchScript type system.*")
+        yield
+
+
+def _check_choice(config: StageConfig, field: str, value: object, allowed: Sequence[object]) -> None:
+    if value not in allowed:
+        raise UserError(
+            f"`{config.kind}.{field}` is {value!r}, which is not supported.",
+            f"set `{field}` to one of: {', '.join(repr(a) for a in allowed)}.",
+        )
+
+
+def _check_at_least(config: StageConfig, field: str, value: int, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise UserError(f"`{config.kind}.{field}` is {value!r}.", f"set `{field}` to an integer of at least {low}.")
+
+
+def check_runs_on(config: StageConfig, model: CompressedModel) -> None:
+    """Raise IncompatiblePipelineError if ``config`` cannot run on ``model`` (stages call this first)."""
+    config.transition(Signature(model.form, model.backend))
+
+
+# --------------------------------------------------------------------------- configs
+
+
+@dataclass(frozen=True)
+class DynamicQuantConfig:
+    """Int8 weights, activations quantized on the fly, for ``nn.Linear`` layers only.
+
+    Convolutions stay float, so on MobileNet this shrinks only the classifier; it needs no data.
+    """
+
+    kind: ClassVar[str] = "dynamic"
+    backend: FxBackend = "x86"
+
+    def __post_init__(self) -> None:
+        _check_choice(self, "backend", self.backend, FX_BACKENDS)
+
+    def transition(self, signature: Signature) -> Signature:
+        require_form(self, signature, ModelForm.FLOAT)
+        return Signature(ModelForm.QUANTIZED, self.backend)
+
+    def describe(self) -> str:
+        return f"dynamic(int8, {self.backend})"
+
+
+@dataclass(frozen=True)
+class StaticQuantConfig:
+    """Post-training static int8: observe activation ranges on training batches, then convert."""
+
+    kind: ClassVar[str] = "ptq"
+    backend: StaticBackend = "x86"
+    calibration_batches: int = bounded(8, min=1, max=10_000, doc="un-augmented train batches used to observe ranges")
+    float_prefix_blocks: int = bounded(0, min=0, max=64, doc="first blocks of `features` kept float (they are the most sensitive)")
+
+    def __post_init__(self) -> None:
+        _check_choice(self, "backend", self.backend, get_args(StaticBackend))
+        _check_at_least(self, "calibration_batches", self.calibration_batches, 1)
+        _check_at_least(self, "float_prefix_blocks", self.float_prefix_blocks, 0)
+
+    def transition(self, signature: Signature) -> Signature:
+        require_form(self, signature, ModelForm.FLOAT)
+        return Signature(ModelForm.QUANTIZED, self.backend)
+
+    def describe(self) -> str:
+        prefix = f", float_prefix={self.float_prefix_blocks}" if self.float_prefix_blocks else ""
+        return f"ptq({self.backend}{prefix})"
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    """Quantization-aware fine-tuning with fake quantization, then conversion to int8.
+
+    Observers run from the first epoch; fake quantization switches on at ``start_epoch`` (so the
+    first epochs only calibrate ranges) and BatchNorm statistics are frozen from ``freeze_bn_epoch``
+    (late in training, batch statistics of a fake-quantized net are too noisy to keep updating).
+    """
+
+    kind: ClassVar[str] = "qat"
+    backend: StaticBackend = "x86"
+    start_epoch: int = bounded(0, min=0, max=1000, doc="epoch from which fake quantization is on")
+    freeze_bn_epoch: int = bounded(2, min=0, max=1000, doc="epoch from which BatchNorm statistics are frozen")
+    finetune: TrainConfig = TrainConfig(epochs=3, lr=0.01, schedule="cosine")
+
+    def __post_init__(self) -> None:
+        _check_choice(self, "backend", self.backend, get_args(StaticBackend))
+        _check_at_least(self, "start_epoch", self.start_epoch, 0)
+        _check_at_least(self, "freeze_bn_epoch", self.freeze_bn_epoch, 0)
+        if self.finetune.epochs < 1 or self.start_epoch >= self.finetune.epochs:
+            raise UserError(
+                f"`qat.start_epoch` is {self.start_epoch} but `qat.finetune.epochs` is {self.finetune.epochs}: "
+                "fake quantization would never be trained.",
+                "set `start_epoch` below `finetune.epochs` (or use `ptq` for no training at all).",
+            )
+
+    def transition(self, signature: Signature) -> Signature:
+        require_form(self, signature, ModelForm.FLOAT)
+        return Signature(ModelForm.QUANTIZED, self.backend)
+
+    def describe(self) -> str:
+        return (f"qat({self.backend}, {self.finetune.epochs} ep, fq@{self.start_epoch}, "
+                f"bn_freeze@{self.freeze_bn_epoch})")
+
+
+# --------------------------------------------------------------------------- which blocks stay float
+
+
+def feature_blocks(module: nn.Module) -> list[str]:
+    """Qualified names of the blocks of the first ``features`` container (MobileNet's stem and stages)."""
+    for name, child in module.named_modules():
+        if name == "features" or name.endswith(".features"):
+            return [f"{name}.{block}" for block, _ in child.named_children()]
+    return []
+
+
+def _float_prefix(module: nn.Module, count: int) -> list[str]:
+    if count == 0:
+        return []
+    blocks = feature_blocks(module)
+    if not blocks:
+        raise UserError(
+            "`float_prefix_blocks` needs a model with a `features` container of blocks (like MobileNet), "
+            "and this model has none.",
+            "set `float_prefix_blocks = 0`.",
+        )
+    if count > len(blocks):
+        raise UserError(
+            f"`float_prefix_blocks` is {count} but the model has only {len(blocks)} feature blocks.",
+            f"set `float_prefix_blocks` to at most {len(blocks) - 1}, so something is left to quantize.",
+        )
+    return blocks[:count]
+
+
+def _outside_of(blocks: Sequence[str]) -> Callable[[Node], bool]:
+    """A node filter for the XNNPACKQuantizer: true for nodes that belong to none of ``blocks``."""
+
+    def outside(node: Node) -> bool:
+        stack = node.meta.get("nn_module_stack", {})
+        return not any(path == block or path.startswith(block + ".")
+                       for path, _ in stack.values() for block in blocks)
+
+    return outside
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _calibration_batches(context: StageContext, count: int) -> list[torch.Tensor]:
+    # Un-augmented, fixed-order train batches: calibration must see the data distribution, not crops.
+    batches = [images for images, _ in itertools.islice(context.data.loader("train"), count)]
+    if not batches:
+        raise UserError("The train split is empty, so there is nothing to calibrate quantization on.",
+                        "check the data source of the study.")
+    return batches
+
+
+def _observe(module: nn.Module, batches: Sequence[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for images in batches:
+            module(images)
+
+
+# --------------------------------------------------------------------------- FX graph mode (x86, fbgemm, qnnpack)
+
+
+def _fx_qconfig_mapping(backend: str, float_blocks: Sequence[str], *, qat: bool) -> QConfigMapping:
+    from torch.ao.quantization import get_default_qat_qconfig_mapping, get_default_qconfig_mapping
+
+    mapping = get_default_qat_qconfig_mapping(backend) if qat else get_default_qconfig_mapping(backend)
+    for name in float_blocks:
+        mapping.set_module_name(name, None)
+    return mapping
+
+
+def _ptq_fx(module: nn.Module, backend: str, batches: Sequence[torch.Tensor], float_blocks: Sequence[str]) -> GraphModule:
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    with quiet_legacy_apis(), quantized_engine(backend):
+        prepared = prepare_fx(module.eval(), _fx_qconfig_mapping(backend, float_blocks, qat=False), (batches[0],))
+        _observe(prepared, batches)
+        return convert_fx(prepared)
+
+
+# --------------------------------------------------------------------------- PT2E (xnnpack)
+
+
+def export_graph(module: nn.Module, example: torch.Tensor) -> GraphModule:
+    """``torch.export`` with a dynamic batch dimension, so calibration and training run whole batches."""
+    if example.shape[0] < 2:
+        # A batch of one would be specialised as a constant; two keeps the dimension symbolic.
+        example = torch.cat([example, example])
+    batch = torch.export.Dim("batch", min=1)
+    return torch.export.export(module, (example,), dynamic_shapes=({0: batch},)).module()
+
+
+def _xnnpack_quantizer(*, qat: bool, float_blocks: Sequence[str]) -> XNNPACKQuantizer:
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+    if float_blocks:
+        quantizer.set_filter_function(_outside_of(float_blocks))
+    return quantizer
+
+
+def _converted_pt2e(prepared: GraphModule) -> GraphModule:
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    converted = convert_pt2e(prepared)
+    # convert_pt2e forbids .eval()/.train(); evaluators call .eval() on every module they run.
+    allow_exported_model_train_eval(converted)
+    converted.eval()
+    return converted
+
+
+def _ptq_pt2e(module: nn.Module, batches: Sequence[torch.Tensor], float_blocks: Sequence[str]) -> GraphModule:
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    prepared = prepare_pt2e(export_graph(module.eval(), batches[0]), _xnnpack_quantizer(qat=False, float_blocks=float_blocks))
+    _observe(prepared, batches)
+    return _converted_pt2e(prepared)
+
+
+_BATCH_NORM_TARGETS = (torch.ops.aten.batch_norm.default, torch.ops.aten._native_batch_norm_legit.default)
+
+
+def _set_exported_bn_training(graph_module: GraphModule, training: bool) -> None:
+    # Both ops take `training` as their sixth argument; False makes them use (and keep) running stats.
+    for node in graph_module.graph.nodes:
+        if node.target in _BATCH_NORM_TARGETS:
+            args = list(node.args)
+            args[5] = training
+            node.args = tuple(args)
+    graph_module.recompile()
+
+
+def _train_keeping_bn_frozen(self: GraphModule, mode: bool = True) -> GraphModule:
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+
+    if mode:
+        move_exported_model_to_train(self)
+        # torchao's train switch rewrites every BatchNorm back to batch statistics; re-freeze them.
+        _set_exported_bn_training(self, False)
+    else:
+        move_exported_model_to_eval(self)
+    return self
+
+
+def freeze_exported_bn(model: nn.Module) -> None:
+    """PT2E has no freeze_bn_stats: set the BatchNorm ops to eval behaviour, and keep them so across .train()."""
+    if not isinstance(model, GraphModule):
+        raise TypeError(f"expected an exported GraphModule, got {type(model).__name__}")
+    # A plain function bound as a method (no closure), so a deep copy rebinds it to the copy.
+    model.train = types.MethodType(_train_keeping_bn_frozen, model)  # type: ignore[method-assign]
+    _set_exported_bn_training(model, False)
+
+
+# --------------------------------------------------------------------------- QAT
+
+
+@dataclass(frozen=True)
+class QatSwitches:
+    """The toolchain's functions that turn fake quantization and observers on or off, and freeze BN."""
+
+    enable_fake_quant: Callable[[nn.Module], None]
+    disable_fake_quant: Callable[[nn.Module], None]
+    enable_observer: Callable[[nn.Module], None]
+    freeze_bn: Callable[[nn.Module], None]
+
+
+def qat_switches(backend: StaticBackend) -> QatSwitches:
+    """The switches of the toolchain that quantizes for ``backend`` (PT2E for xnnpack, else FX)."""
+    if backend == "xnnpack":
+        from torchao.quantization.pt2e import disable_fake_quant, enable_fake_quant, enable_observer
+
+        return QatSwitches(enable_fake_quant, disable_fake_quant, enable_observer, freeze_exported_bn)
+    import torch.ao.nn.intrinsic.qat as nniqat
+    from torch.ao.quantization import disable_fake_quant as fx_disable
+    from torch.ao.quantization import enable_fake_quant as fx_enable
+    from torch.ao.quantization import enable_observer as fx_observe
+
+    return QatSwitches(fx_enable, fx_disable, fx_observe, lambda model: model.apply(nniqat.freeze_bn_stats))
+
+
+def qat_schedule(config: QATConfig, switches: QatSwitches) -> EpochStartHook:
+    """The epoch-start hook: observers always on, fake quant from ``start_epoch``, BN frozen from ``freeze_bn_epoch``."""
+
+    def schedule(model: nn.Module, epoch: int) -> None:
+        model.apply(switches.enable_observer)
+        model.apply(switches.enable_fake_quant if epoch >= config.start_epoch else switches.disable_fake_quant)
+        if epoch >= config.freeze_bn_epoch:
+            switches.freeze_bn(model)
+
+    return schedule
+
+
+def _qat_fx(module: nn.Module, config: QATConfig, context: StageContext, example: torch.Tensor) -> GraphModule:
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
+
+    with quiet_legacy_apis():
+        with quantized_engine(config.backend):
+            prepared = prepare_qat_fx(module.train(), _fx_qconfig_mapping(config.backend, (), qat=True), (example,))
+        run_finetune(prepared, config.finetune, context, description=config.describe(),
+                     on_epoch_start=[qat_schedule(config, qat_switches(config.backend))])
+        prepared.eval()
+        with quantized_engine(config.backend):
+            return convert_fx(prepared)
+
+
+def _qat_pt2e(module: nn.Module, config: QATConfig, context: StageContext, example: torch.Tensor) -> GraphModule:
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    prepared = prepare_qat_pt2e(export_graph(module.train(), example), _xnnpack_quantizer(qat=True, float_blocks=()))
+    # The training loop calls .train()/.eval(); torchao maps them onto dropout and BatchNorm ops.
+    allow_exported_model_train_eval(prepared)
+    run_finetune(prepared, config.finetune, context, description=config.describe(),
+                 on_epoch_start=[qat_schedule(config, qat_switches(config.backend))])
+    prepared.eval()
+    return _converted_pt2e(prepared)
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def _as_quantized(model: CompressedModel, module: nn.Module, backend: Backend) -> CompressedModel:
+    return model.evolve(module=module, form=ModelForm.QUANTIZED, backend=backend,
+                        runtime=runtime_for(backend), artifact=None)
+
+
+@register_stage(DynamicQuantConfig)
+def dynamic_quantize(model: CompressedModel, config: DynamicQuantConfig, context: StageContext) -> CompressedModel:
+    from torch.ao.quantization import quantize_dynamic
+
+    check_runs_on(config, model)
+    module = copy.deepcopy(model.module).eval()
+    with quiet_legacy_apis(), quantized_engine(config.backend):
+        quantized = quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8, inplace=True)
+    return _as_quantized(model, quantized, config.backend)
+
+
+@register_stage(StaticQuantConfig)
+def static_quantize(model: CompressedModel, config: StaticQuantConfig, context: StageContext) -> CompressedModel:
+    check_runs_on(config, model)
+    module = copy.deepcopy(model.module).eval()
+    float_blocks = _float_prefix(module, config.float_prefix_blocks)
+    batches = _calibration_batches(context, config.calibration_batches)
+    if config.backend == "xnnpack":
+        quantized = _ptq_pt2e(module, batches, float_blocks)
+    else:
+        quantized = _ptq_fx(module, config.backend, batches, float_blocks)
+    return _as_quantized(model, quantized, config.backend)
+
+
+@register_stage(QATConfig)
+def quantization_aware_training(model: CompressedModel, config: QATConfig, context: StageContext) -> CompressedModel:
+    check_runs_on(config, model)
+    module = copy.deepcopy(model.module)
+    example = _calibration_batches(context, 1)[0]
+    if config.backend == "xnnpack":
+        quantized = _qat_pt2e(module, config, context, example)
+    else:
+        quantized = _qat_fx(module, config, context, example)
+    return _as_quantized(model, quantized, config.backend)

@@ -1,0 +1,247 @@
+"""Graph stages and runners: Conv-BN fusion, TorchScript and ExecuTorch lowering, parity on real batches."""
+
+from __future__ import annotations
+
+import copy
+from typing import Iterator
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from common.errors import IncompatiblePipelineError, UserError
+from compression.graph import (
+    ExecuTorchConfig,
+    FuseConfig,
+    LoweredModule,
+    TorchScriptConfig,
+    load_runner,
+    lower,
+    model_runner,
+    parity,
+)
+from compression.quantization import DynamicQuantConfig, QATConfig, StaticQuantConfig
+from compression.stage import CompressedModel, ModelForm, Signature, StageContext, apply_stage
+from compression.training import fit
+from evaluators.accuracy import evaluate_accuracy
+from evaluators.latency import torch_threads
+from models.config import TrainConfig
+from models.mobilenet import ResizeInput
+
+
+def train_briefly(model: nn.Module, bundle, epochs: int = 15) -> nn.Module:
+    # torchvision's MobileNetV3 BatchNorm momentum (0.01) needs hundreds of steps before eval-mode
+    # statistics are usable; the tiny train split gives five per epoch.
+    for layer in model.modules():
+        if isinstance(layer, nn.BatchNorm2d):
+            layer.momentum = 0.1
+    fit(model, bundle.loader("train", train=True), TrainConfig(epochs=epochs, lr=0.05, schedule="cosine"),
+        num_classes=len(bundle.classes), progress=False)
+    return model.eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def context(tiny_bundle) -> StageContext:
+    return StageContext(data=tiny_bundle, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_bundle) -> CompressedModel:
+    torch.manual_seed(0)
+    return CompressedModel(train_briefly(torchvision.models.mobilenet_v3_small(num_classes=4, width_mult=0.25), tiny_bundle))
+
+
+@pytest.fixture(scope="module")
+def resized(tiny_bundle) -> CompressedModel:
+    """The app's configuration: 32×32 images upsampled to 64×64 inside the model."""
+    torch.manual_seed(0)
+    net = nn.Sequential(ResizeInput(64), torchvision.models.mobilenet_v3_small(num_classes=4, width_mult=0.25))
+    return CompressedModel(train_briefly(net, tiny_bundle))
+
+
+class _Excite(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.fc = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.nn.functional.hardsigmoid(self.fc(torch.nn.functional.adaptive_avg_pool2d(x, 1)))
+
+
+def _state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def _unchanged(module: nn.Module, before: dict[str, torch.Tensor]) -> bool:
+    after = module.state_dict()
+    return after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+# --- fusion --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("which", ["trained", "resized"])
+def test_fuse_folds_every_bn_and_keeps_outputs(request, context, tiny_bundle, which):
+    model: CompressedModel = request.getfixturevalue(which)
+    before = _state(model.module)
+    bns = sum(isinstance(m, nn.BatchNorm2d) for m in model.module.modules())
+    fused = apply_stage(model, FuseConfig(), context)
+    assert fused.form is ModelForm.FLOAT
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.module.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.module.modules()) == bns > 0
+    for split in ("val", "test"):
+        report = parity(model_runner(model), model_runner(fused), tiny_bundle.loader(split))
+        assert report.max_abs_diff < 1e-4 and report.top1_agreement == 1.0, report
+    assert _unchanged(model.module, before)
+
+
+def test_fused_model_still_quantizes(trained, context, tiny_bundle):
+    fused = apply_stage(trained, FuseConfig(), context)
+    quantized = apply_stage(fused, StaticQuantConfig(backend="x86"), context)
+    assert parity(model_runner(trained), model_runner(quantized), tiny_bundle.loader("val")).top1_agreement >= 0.95
+
+
+# --- TorchScript ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("which", ["trained", "resized"])
+def test_torchscript_float_matches_eager(request, context, tiny_bundle, which):
+    model: CompressedModel = request.getfixturevalue(which)
+    before = _state(model.module)
+    lowered = apply_stage(model, TorchScriptConfig(), context)
+    assert (lowered.form, lowered.runtime) == (ModelForm.LOWERED, "torchscript")
+    assert isinstance(lowered.artifact, bytes) and len(lowered.artifact) > 100_000
+    report = parity(model_runner(model), load_runner(lowered.artifact, "torchscript"), tiny_bundle.loader("test"))
+    assert report.max_abs_diff < 1e-4 and report.samples == len(tiny_bundle.test), report
+    # The lowered module runs the artifact, so evaluators work on it unchanged (and on a copy).
+    assert isinstance(lowered.module, LoweredModule)
+    assert evaluate_accuracy(copy.deepcopy(lowered.module), tiny_bundle.loader("val"), 4).top1 == \
+        evaluate_accuracy(model.module, tiny_bundle.loader("val"), 4).top1
+    assert _unchanged(model.module, before)
+
+
+def test_torchscript_runner_uses_the_backend_engine(trained, context, tiny_bundle):
+    quantized = apply_stage(trained, StaticQuantConfig(backend="qnnpack"), context)
+    lowered = lower(quantized)
+    assert lowered.runtime == "torchscript"
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "x86"
+    try:
+        run = load_runner(lowered.artifact, "torchscript", backend="qnnpack")
+        report = parity(model_runner(quantized), run, tiny_bundle.loader("test"))
+        assert report.max_abs_diff < 1e-4, report
+        assert torch.backends.quantized.engine == "x86"
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+# --- ExecuTorch ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def resized_xnnpack(resized, context) -> tuple[CompressedModel, CompressedModel]:
+    """The resized model quantized for XNNPACK, and that lowered to ExecuTorch (shape from the PT2E graph)."""
+    quantized = apply_stage(resized, StaticQuantConfig(backend="xnnpack", float_prefix_blocks=1), context)
+    return quantized, lower(quantized)
+
+
+# Lowering a MobileNet to ExecuTorch takes 20-40 s of graph passes whatever its width.
+@pytest.mark.slow
+def test_executorch_runs_the_quantized_resized_model(resized, resized_xnnpack, tiny_bundle):
+    before = _state(resized.module)
+    quantized, lowered = resized_xnnpack
+    assert (lowered.form, lowered.runtime, lowered.backend) == (ModelForm.LOWERED, "executorch", "xnnpack")
+    # The .pte runs int8 XNNPACK kernels; the eager PT2E graph simulates them in float.
+    same = parity(model_runner(quantized), model_runner(lowered), tiny_bundle.loader("test"))
+    logit_range = max(float(model_runner(quantized)(images).abs().max()) for images, _ in tiny_bundle.loader("test"))
+    # A few int8 steps apart: XNNPACK requantizes and rounds differently from the float simulation.
+    assert same.top1_agreement == 1.0 and same.max_abs_diff < 0.05 * logit_range, (same, logit_range)
+    versus_float = parity(model_runner(resized), model_runner(lowered), tiny_bundle.loader("test"))
+    assert versus_float.top1_agreement >= 0.85, versus_float
+    float_weight_bytes = 4 * sum(p.numel() for p in resized.module.parameters())
+    assert float_weight_bytes / len(lowered.artifact) >= 1.8  # a float .pte holds at least its float32 weights
+    assert _unchanged(resized.module, before)
+
+
+@pytest.mark.slow
+def test_executorch_runner_takes_any_batch(resized_xnnpack, tiny_bundle):
+    _, lowered = resized_xnnpack
+    run = load_runner(lowered.artifact, "executorch")
+    images = next(iter(tiny_bundle.loader("test")))[0]
+    whole = run(images)
+    assert whole.shape == (len(images), 4)
+    assert torch.equal(run(images[3:4]), whole[3:4])
+    assert evaluate_accuracy(copy.deepcopy(lowered.module), tiny_bundle.loader("val"), 4).samples == len(tiny_bundle.val)
+
+
+def test_executorch_float_program_matches_eager(tiny_bundle):
+    # A small float net with MobileNet's ops (resize, conv-bn-hardswish, squeeze-excite scaling) keeps
+    # this cheap: lowering time grows with the number of graph nodes.
+    torch.manual_seed(0)
+    net = nn.Sequential(ResizeInput(64), nn.Conv2d(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.Hardswish(),
+                        _Excite(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    model = CompressedModel(net)
+    with pytest.raises(UserError, match="example input"):
+        lower(model)
+    lowered = lower(model, example_input=torch.zeros(tiny_bundle.input_shape))
+    assert (lowered.runtime, lowered.backend) == ("executorch", None)
+    report = parity(model_runner(model), model_runner(lowered), tiny_bundle.loader("test"))
+    assert report.max_abs_diff < 1e-4 and report.top1_agreement == 1.0, report
+
+
+# --- order ---------------------------------------------------------------------------------------
+
+def test_lowering_targets_the_backend_runtime():
+    lowered_ts = Signature(ModelForm.LOWERED, "x86")
+    assert TorchScriptConfig().transition(Signature(ModelForm.QUANTIZED, "x86")) == lowered_ts
+    assert TorchScriptConfig().transition(Signature()) == Signature(ModelForm.LOWERED, None)
+    assert ExecuTorchConfig().transition(Signature(ModelForm.QUANTIZED, "xnnpack")) == Signature(ModelForm.LOWERED, "xnnpack")
+    assert ExecuTorchConfig().transition(Signature()) == Signature(ModelForm.LOWERED, None)
+    with pytest.raises(IncompatiblePipelineError, match="xnnpack"):
+        TorchScriptConfig().transition(Signature(ModelForm.QUANTIZED, "xnnpack"))
+    for backend in ("x86", "fbgemm", "qnnpack"):
+        with pytest.raises(IncompatiblePipelineError, match=backend):
+            ExecuTorchConfig().transition(Signature(ModelForm.QUANTIZED, backend))
+    with pytest.raises(IncompatiblePipelineError, match="cannot run on a quantized"):
+        FuseConfig().transition(Signature(ModelForm.QUANTIZED, "x86"))
+
+
+@pytest.mark.parametrize("config", [FuseConfig(), TorchScriptConfig(), ExecuTorchConfig(), StaticQuantConfig(),
+                                    DynamicQuantConfig(), QATConfig()])
+@pytest.mark.parametrize("backend", [None, "x86", "xnnpack"])
+def test_nothing_runs_after_lowering(config, backend):
+    with pytest.raises(IncompatiblePipelineError, match="cannot run on a lowered"):
+        config.transition(Signature(ModelForm.LOWERED, backend))
+
+
+def test_lower_picks_the_runtime_and_refuses_conflicts(trained, context):
+    quantized = apply_stage(trained, DynamicQuantConfig(backend="x86"), context)
+    with pytest.raises(IncompatiblePipelineError, match="executorch"):
+        lower(quantized, "executorch")
+    with pytest.raises(IncompatiblePipelineError):
+        apply_stage(quantized, ExecuTorchConfig(), context)
+    lowered = lower(quantized)
+    assert (lowered.runtime, lowered.backend, lowered.form) == ("torchscript", "x86", ModelForm.LOWERED)
+    assert lower(lowered) is lowered
+    with pytest.raises(IncompatiblePipelineError, match="lowered"):
+        apply_stage(lowered, TorchScriptConfig(), context)
+    float_lowered = lower(trained, "torchscript")
+    assert (float_lowered.runtime, float_lowered.backend) == ("torchscript", None)
+
+
+@pytest.mark.slow
+def test_pt2e_model_refuses_torchscript(resized_xnnpack, context):
+    quantized, _ = resized_xnnpack
+    with pytest.raises(IncompatiblePipelineError, match="xnnpack"):
+        lower(quantized, "torchscript")
+    with pytest.raises(IncompatiblePipelineError, match="xnnpack"):
+        apply_stage(quantized, TorchScriptConfig(), context)
+
+
+def test_parity_needs_batches():
+    with pytest.raises(UserError):
+        parity(lambda x: x, lambda x: x, [])

@@ -1,0 +1,284 @@
+"""Quantization stages on a briefly trained narrow MobileNetV3-Small (SE blocks, hardswish): every backend.
+
+The test split of the tiny bundle draws new class colours, so the float model is not accurate on
+it; agreement with the float model is what quantization must preserve, and the float model's
+margins there are small, which makes the check strict.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Iterator
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from common.errors import IncompatiblePipelineError, UserError
+from compression.graph import TorchScriptConfig, model_runner, parity
+from compression.quantization import (
+    DynamicQuantConfig,
+    QATConfig,
+    StaticQuantConfig,
+    export_graph,
+    feature_blocks,
+    freeze_exported_bn,
+    qat_schedule,
+    qat_switches,
+    quantized_engine,
+)
+from compression.stage import CompressedModel, ModelForm, Signature, StageContext, apply_stage
+from compression.training import fit
+from evaluators.accuracy import evaluate_accuracy
+from evaluators.latency import torch_threads
+from models.config import TrainConfig
+
+MIN_AGREEMENT = 0.85
+
+
+def train_briefly(model: nn.Module, bundle, epochs: int = 15) -> nn.Module:
+    # torchvision's MobileNetV3 BatchNorm momentum (0.01) needs hundreds of steps before eval-mode
+    # statistics are usable; the tiny train split gives five per epoch.
+    for layer in model.modules():
+        if isinstance(layer, nn.BatchNorm2d):
+            layer.momentum = 0.1
+    fit(model, bundle.loader("train", train=True), TrainConfig(epochs=epochs, lr=0.05, schedule="cosine"),
+        num_classes=len(bundle.classes), progress=False)
+    return model.eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    # Tiny models run faster on one thread than on two contended ones.
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_bundle) -> nn.Module:
+    """The tiny_model architecture, trained until it classifies the validation split."""
+    torch.manual_seed(0)
+    model = train_briefly(torchvision.models.mobilenet_v3_small(num_classes=4, width_mult=0.25), tiny_bundle)
+    assert evaluate_accuracy(model, tiny_bundle.loader("val"), 4).top1 >= 0.9
+    return model
+
+
+@pytest.fixture(scope="module")
+def context(tiny_bundle) -> StageContext:
+    return StageContext(data=tiny_bundle, seed=0)
+
+
+@pytest.fixture(scope="module")
+def float_model(trained) -> CompressedModel:
+    return CompressedModel(trained)
+
+
+@pytest.fixture(scope="module")
+def float_torchscript_bytes(float_model, context) -> int:
+    return len(apply_stage(float_model, TorchScriptConfig(), context).artifact)
+
+
+def _state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def _assert_unchanged(module: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = module.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert all(type(m) is not nn.Module for m in module.modules())  # no FX/quantized leftovers swapped in
+
+
+# --- post-training static quantization -----------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["x86", "fbgemm", "qnnpack"])
+def test_fx_ptq_agrees_with_float_and_shrinks_torchscript(float_model, context, tiny_bundle,
+                                                          float_torchscript_bytes, backend):
+    before = _state(float_model.module)
+    quantized = apply_stage(float_model, StaticQuantConfig(backend=backend), context)
+    assert (quantized.form, quantized.backend, quantized.runtime) == (ModelForm.QUANTIZED, backend, "torchscript")
+    assert any("quantized" in type(m).__module__ for m in quantized.module.modules())
+
+    lowered = apply_stage(quantized, TorchScriptConfig(), context)
+    reference = model_runner(float_model)
+    report = parity(reference, model_runner(lowered), tiny_bundle.loader("test"))
+    assert report.top1_agreement >= MIN_AGREEMENT, report
+    assert parity(reference, model_runner(lowered), tiny_bundle.loader("val")).top1_agreement >= 0.95
+    # The artifact runs exactly what the eager quantized module runs.
+    assert parity(model_runner(quantized), model_runner(lowered), tiny_bundle.loader("test")).max_abs_diff < 1e-4
+    # At width 0.25 per-channel scales and graph overhead are a large share of the file; the
+    # standard-width model shrinks 3.4x (x86) to 3.8x (qnnpack).
+    assert float_torchscript_bytes / len(lowered.artifact) >= 1.8
+    _assert_unchanged(float_model.module, before)
+    assert not float_model.module.training
+
+
+def test_xnnpack_ptq_agrees_with_float_and_keeps_prefix_float(float_model, context, tiny_bundle):
+    before = _state(float_model.module)
+    quantized = apply_stage(float_model, StaticQuantConfig(backend="xnnpack", float_prefix_blocks=1), context)
+    assert (quantized.form, quantized.backend, quantized.runtime) == (ModelForm.QUANTIZED, "xnnpack", "executorch")
+    report = parity(model_runner(float_model), model_runner(quantized), tiny_bundle.loader("test"))
+    assert report.top1_agreement >= MIN_AGREEMENT, report
+    # Evaluators call .eval() on modules; PT2E graphs forbid it unless allowed.
+    assert evaluate_accuracy(quantized.module, tiny_bundle.loader("val"), 4).top1 >= 0.9
+
+    convs = [n for n in quantized.module.graph.nodes if n.target == torch.ops.aten.conv2d.default]
+    stacks = [[path for path, _ in n.meta["nn_module_stack"].values()] for n in convs]
+    weight_is_dequantized = ["dequantize" in str(n.args[1].target) for n in convs]
+    in_prefix = ["features.0" in paths for paths in stacks]
+    assert in_prefix.count(True) == 1
+    assert all(not dq for dq, prefix in zip(weight_is_dequantized, in_prefix) if prefix)
+    assert all(dq for dq, prefix in zip(weight_is_dequantized, in_prefix) if not prefix)
+    _assert_unchanged(float_model.module, before)
+
+
+def test_fx_float_prefix_blocks_stay_float(float_model, context, tiny_bundle):
+    quantized = apply_stage(float_model, StaticQuantConfig(backend="x86", float_prefix_blocks=2), context)
+    module = quantized.module
+    prefix, rest = feature_blocks(module)[:2], feature_blocks(module)[2:]
+    assert prefix == ["features.0", "features.1"]
+
+    def quantized_layers(block: str) -> int:
+        return sum("quantized" in type(m).__module__ for m in module.get_submodule(block).modules())
+
+    assert all(quantized_layers(block) == 0 for block in prefix)
+    assert all(quantized_layers(block) > 0 for block in rest)
+    report = parity(model_runner(float_model), model_runner(quantized), tiny_bundle.loader("test"))
+    assert report.top1_agreement >= MIN_AGREEMENT, report
+
+
+def test_float_prefix_beyond_the_model_is_a_user_error(float_model, context):
+    with pytest.raises(UserError, match="only 13 feature blocks"):
+        apply_stage(float_model, StaticQuantConfig(float_prefix_blocks=14), context)
+    with pytest.raises(UserError, match="no\\b.*features|`features` container"):
+        apply_stage(CompressedModel(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 4))),
+                    StaticQuantConfig(float_prefix_blocks=1), context)
+
+
+def test_configs_reject_bad_values():
+    with pytest.raises(UserError, match="backend"):
+        StaticQuantConfig(backend="arm")  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="backend"):
+        DynamicQuantConfig(backend="xnnpack")  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="calibration_batches"):
+        StaticQuantConfig(calibration_batches=0)
+    with pytest.raises(UserError, match="start_epoch"):
+        QATConfig(start_epoch=3, finetune=TrainConfig(epochs=3))
+    assert StaticQuantConfig(backend="qnnpack", float_prefix_blocks=2).describe() == "ptq(qnnpack, float_prefix=2)"
+    assert DynamicQuantConfig().describe() == "dynamic(int8, x86)"
+
+
+# --- pipeline order ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("config", [StaticQuantConfig(), StaticQuantConfig(backend="xnnpack"), DynamicQuantConfig(), QATConfig()])
+def test_quantization_needs_a_float_model(config):
+    assert config.transition(Signature()) == Signature(ModelForm.QUANTIZED, config.backend)
+    for form, backend in [(ModelForm.QUANTIZED, "x86"), (ModelForm.QUANTIZED, "xnnpack"), (ModelForm.LOWERED, None)]:
+        with pytest.raises(IncompatiblePipelineError, match="cannot run on a"):
+            config.transition(Signature(form, backend))
+
+
+def test_stage_refuses_an_already_quantized_model(float_model, context):
+    quantized = apply_stage(float_model, DynamicQuantConfig(), context)
+    with pytest.raises(IncompatiblePipelineError):
+        apply_stage(quantized, StaticQuantConfig(), context)
+
+
+# --- dynamic -------------------------------------------------------------------------------------
+
+def test_dynamic_quantizes_only_linear_layers(float_model, context, tiny_bundle, float_torchscript_bytes):
+    quantized = apply_stage(float_model, DynamicQuantConfig(backend="x86"), context)
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    kinds = [type(m) for m in quantized.module.modules()]
+    assert kinds.count(DynamicLinear) == 2 and nn.Linear not in kinds
+    assert kinds.count(nn.Conv2d) == sum(isinstance(m, nn.Conv2d) for m in float_model.module.modules())
+    assert all(type(m) is nn.Linear for m in float_model.module.classifier if isinstance(m, nn.Linear))
+
+    lowered = apply_stage(quantized, TorchScriptConfig(), context)
+    report = parity(model_runner(float_model), model_runner(lowered), tiny_bundle.loader("test"))
+    assert report.top1_agreement >= 0.95 and report.max_abs_diff < 0.2, report
+    assert len(lowered.artifact) < float_torchscript_bytes  # only the classifier (a third of the weights) shrinks
+
+
+# --- quantization-aware training -----------------------------------------------------------------
+
+SHORT_QAT = TrainConfig(epochs=2, lr=0.005, schedule="cosine")
+
+
+def test_qat_schedule_switches_fake_quant_and_freezes_bn(trained):
+    from torch.ao.nn.intrinsic.qat import ConvBn2d, ConvBnReLU2d
+    from torch.ao.quantization import FakeQuantizeBase
+    from torch.ao.quantization.quantize_fx import prepare_qat_fx
+
+    from compression.quantization import quiet_legacy_apis
+
+    config = QATConfig(backend="x86", start_epoch=1, freeze_bn_epoch=2, finetune=TrainConfig(epochs=3))
+    with quiet_legacy_apis(), quantized_engine("x86"):
+        prepared = prepare_qat_fx(copy.deepcopy(trained).train(), torch.ao.quantization.get_default_qat_qconfig_mapping("x86"),
+                                  (torch.zeros(2, 3, 32, 32),))
+    fake_quants = [m for m in prepared.modules() if isinstance(m, FakeQuantizeBase)]
+    conv_bns = [m for m in prepared.modules() if isinstance(m, (ConvBn2d, ConvBnReLU2d))]
+    assert fake_quants and conv_bns
+    schedule = qat_schedule(config, qat_switches("x86"))
+    expected = {0: (False, False), 1: (True, False), 2: (True, True)}
+    for epoch, (fake_quant_on, bn_frozen) in expected.items():
+        schedule(prepared, epoch)
+        prepared.train()  # what the training loop does after the hooks
+        assert all(bool(m.fake_quant_enabled) == fake_quant_on for m in fake_quants)
+        assert all(bool(m.observer_enabled) for m in fake_quants)
+        assert all(m.freeze_bn == bn_frozen and m.bn.training != bn_frozen for m in conv_bns)
+
+
+def test_pt2e_bn_freeze_survives_train_and_eval():
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).train()
+    graph = export_graph(net, torch.randn(2, 3, 8, 8))
+    allow_exported_model_train_eval(graph)
+    freeze_exported_bn(graph)
+    for _ in range(2):
+        graph.eval()
+        graph.train()
+        stats = [b.clone() for name, b in graph.named_buffers() if "running" in name]
+        graph(torch.randn(4, 3, 8, 8) * 5 + 3)
+        assert all(torch.equal(a, b) for a, b in zip(stats, [b for name, b in graph.named_buffers() if "running" in name]))
+    copied = copy.deepcopy(graph)
+    copied.eval()
+    copied.train()
+    stats = [b.clone() for name, b in copied.named_buffers() if "running" in name]
+    copied(torch.randn(4, 3, 8, 8) * 5 + 3)
+    assert all(torch.equal(a, b) for a, b in zip(stats, [b for name, b in copied.named_buffers() if "running" in name]))
+
+
+# PT2E QAT costs ~25 s, nearly all in torchao folding BatchNorm at conversion (it exports ~100 patterns).
+@pytest.mark.parametrize("backend", ["x86", pytest.param("xnnpack", marks=pytest.mark.slow)])
+def test_qat_trains_and_converts(float_model, context, tiny_bundle, backend):
+    before = _state(float_model.module)
+    epochs_seen: list[int] = []
+    watched = StageContext(data=tiny_bundle, seed=0, epoch_end_hooks=(lambda epoch, top1: epochs_seen.append(epoch),))
+    config = QATConfig(backend=backend, start_epoch=1, freeze_bn_epoch=1, finetune=SHORT_QAT)
+    quantized = apply_stage(float_model, config, watched)
+    assert epochs_seen == [0, 1]
+    assert (quantized.form, quantized.backend) == (ModelForm.QUANTIZED, backend)
+    if backend == "xnnpack":
+        targets = {str(n.target) for n in quantized.module.graph.nodes}
+        assert any("quantize_per_channel" in t for t in targets)
+        assert not any("batch_norm" in t for t in targets)  # folded into the convolutions at conversion
+    else:
+        assert any("quantized" in type(m).__module__ for m in quantized.module.modules())
+    report = parity(model_runner(float_model), model_runner(quantized), tiny_bundle.loader("val"))
+    assert report.top1_agreement >= MIN_AGREEMENT, report
+    assert evaluate_accuracy(quantized.module, tiny_bundle.loader("val"), 4).top1 >= 0.9
+    _assert_unchanged(float_model.module, before)
+
+
+def test_quantized_engine_is_restored():
+    previous = torch.backends.quantized.engine
+    with quantized_engine("qnnpack"):
+        assert torch.backends.quantized.engine == "qnnpack"
+    with quantized_engine("xnnpack"):
+        assert torch.backends.quantized.engine == previous
+    assert torch.backends.quantized.engine == previous
