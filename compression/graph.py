@@ -245,8 +245,9 @@ def lower(model: CompressedModel, runtime: LoweredRuntime | None = None, *,
         return model
     if runtime not in (None, "torchscript", "executorch"):
         raise UserError(f"Cannot lower to runtime {runtime!r}.", "use 'torchscript' or 'executorch'.")
-    target: LoweredRuntime = runtime or (runtime_for(model.backend) if model.backend else "executorch")  # type: ignore[assignment]
-    return _lower_to(model, target, example_input)
+    if runtime is None:
+        runtime = "executorch" if model.backend is None else runtime_for(model.backend)  # type: ignore[assignment]
+    return _lower_to(model, runtime, example_input)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- runners

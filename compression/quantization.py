@@ -152,7 +152,8 @@ class StaticQuantConfig:
     kind: ClassVar[str] = "ptq"
     backend: StaticBackend = "x86"
     calibration_batches: int = bounded(8, min=1, max=10_000, doc="un-augmented train batches used to observe ranges")
-    float_prefix_blocks: int = bounded(0, min=0, max=64, doc="first blocks of `features` kept float (they are the most sensitive)")
+    float_prefix_blocks: int = bounded(0, min=0, max=64,
+                                       doc="first blocks of `features` kept float (they are the most sensitive)")
 
     def __post_init__(self) -> None:
         _check_choice(self, "backend", self.backend, get_args(StaticBackend))
@@ -273,7 +274,8 @@ def _fx_qconfig_mapping(backend: str, float_blocks: Sequence[str], *, qat: bool)
     return mapping
 
 
-def _ptq_fx(module: nn.Module, backend: str, batches: Sequence[torch.Tensor], float_blocks: Sequence[str]) -> GraphModule:
+def _ptq_fx(module: nn.Module, backend: str, batches: Sequence[torch.Tensor],
+            float_blocks: Sequence[str]) -> GraphModule:
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     with quiet_legacy_apis(), quantized_engine(backend):
@@ -320,7 +322,8 @@ def _converted_pt2e(prepared: GraphModule) -> GraphModule:
 def _ptq_pt2e(module: nn.Module, batches: Sequence[torch.Tensor], float_blocks: Sequence[str]) -> GraphModule:
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    prepared = prepare_pt2e(export_graph(module.eval(), batches[0]), _xnnpack_quantizer(qat=False, float_blocks=float_blocks))
+    quantizer = _xnnpack_quantizer(qat=False, float_blocks=float_blocks)
+    prepared = prepare_pt2e(export_graph(module.eval(), batches[0]), quantizer)
     _observe(prepared, batches)
     return _converted_pt2e(prepared)
 
@@ -387,7 +390,8 @@ def qat_switches(backend: StaticBackend) -> QatSwitches:
 
 
 def qat_schedule(config: QATConfig, switches: QatSwitches) -> EpochStartHook:
-    """The epoch-start hook: observers always on, fake quant from ``start_epoch``, BN frozen from ``freeze_bn_epoch``."""
+    """The epoch-start hook: observers always on, fake quantization from ``start_epoch``, BatchNorm
+    statistics frozen from ``freeze_bn_epoch``."""
 
     def schedule(model: nn.Module, epoch: int) -> None:
         model.apply(switches.enable_observer)

@@ -280,6 +280,11 @@ def trial_seconds(trial: FrozenTrial) -> float:
     return 0.0
 
 
+def _is_rejected(trial: FrozenTrial) -> bool:
+    return trial.state is TrialState.PRUNED and str(trial.user_attrs.get("pruned_reason", "")).startswith(
+        "rejected before compute")
+
+
 def prune_category(reason: str) -> str:
     if reason.startswith("rejected before compute"):
         return "rejected before compute (impossible stage order)"
@@ -319,8 +324,11 @@ def early_stopping_savings(trials: Sequence[FrozenTrial]) -> dict[str, Any]:
     for entry in by_category.values():
         entry["saved"] = median * entry["trials"] - entry["spent"]
     spent = sum(trial_seconds(t) for t in pruned)
+    rejected = by_category.get(prune_category("rejected before compute"), {"trials": 0, "saved": 0.0})
     return {"median_complete": median, "pruned": len(pruned), "spent": spent, "saved": median * len(pruned) - spent,
-            "complete_total": sum(complete), "by_category": by_category}
+            "complete_total": sum(complete), "by_category": by_category,
+            "stopped": len(pruned) - int(rejected["trials"]),
+            "saved_by_stopping": median * len(pruned) - spent - rejected["saved"]}
 
 
 @dataclass(frozen=True)
@@ -443,13 +451,15 @@ def plot_pareto(inputs: Inputs, path: Path) -> Path:
                      linewidths=1.6, label=f"chosen (trial {chosen.number})")
         axis.scatter([1.0], [inputs.baseline_val], marker="*", s=160, c="#fdae61", edgecolors="black", label="baseline")
         axis.axvline(limit, color="#4575b4", linestyle="--", linewidth=1, label="target")
-        axis.axhline(inputs.floor, color="#d73027", linestyle=":", linewidth=1, label="accuracy floor")
+        if inputs.floor > 0:
+            axis.axhline(inputs.floor, color="#d73027", linestyle=":", linewidth=1, label="accuracy floor")
+        _accuracy_limits(axis, [t.values[0] for t in inputs.complete] + [inputs.baseline_val, inputs.floor])
         axis.set_xlabel(label)
         axis.set_ylabel("validation top-1")
         axis.grid(alpha=0.3)
     axes[0].set_title("accuracy vs latency (black edge: Pareto front)", fontsize=10)
     axes[1].set_title("accuracy vs size (colour: pipeline family)", fontsize=10)
-    axes[1].legend(fontsize=7, loc="best")
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _save(figure, path)
 
 
@@ -511,15 +521,29 @@ def plot_waterfall(inputs: Inputs, steps: Sequence[dict[str, Any]], path: Path) 
     if baseline_artifact:
         axis.axhline(float(baseline_artifact) / 1e6, color="#4575b4", linestyle="--", linewidth=1,
                      label=f"baseline artifact ({runtime})")
-        axis.legend(fontsize=8, loc="upper right")
     axis.set_xticks(x, labels, rotation=15, fontsize=8)
-    axis.set_ylabel("MB (state dict after each stage; shipped artifact last)")
+    axis.set_ylabel("MB (state dict after each stage; artifact last)", fontsize=9)
     twin = axis.twinx()
-    twin.plot(x, accuracy, color="black", marker="o", label="validation top-1")
-    twin.axhline(inputs.floor, color="#d73027", linestyle=":", linewidth=1)
-    twin.set_ylabel("validation top-1 (line; dotted: floor)")
+    twin.plot(x, accuracy, color="black", marker="o", label="validation top-1 (right axis)")
+    if inputs.floor > 0:
+        twin.axhline(inputs.floor, color="#d73027", linestyle=":", linewidth=1, label="accuracy floor (right axis)")
+    _accuracy_limits(twin, accuracy + [inputs.floor])
+    twin.set_ylabel("validation top-1")
+    handles = axis.get_legend_handles_labels()
+    twin_handles = twin.get_legend_handles_labels()
+    axis.legend(handles[0] + twin_handles[0], handles[1] + twin_handles[1], fontsize=8, loc="upper center",
+                bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
     axis.set_title(f"trial {trial.number}: size and accuracy stage by stage", fontsize=10)
     return _save(figure, path)
+
+
+def _accuracy_limits(axis: plt.Axes, values: Sequence[float]) -> None:
+    """Accuracy axes stay within [0, 1] (a floor below zero, allowed by a loose target, is not drawn)."""
+    finite = [v for v in values if v is not None and np.isfinite(v)]
+    low, high = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    pad = max(0.02, 0.1 * (high - low))
+    bottom, top = max(0.0, low - pad), min(1.0, high + pad)
+    axis.set_ylim(bottom, top if top > bottom else 1.0)
 
 
 def plot_per_class(inputs: Inputs, path: Path) -> Path:
@@ -584,7 +608,8 @@ def section_summary(inputs: Inputs) -> list[str]:
              f"ratio ≤ {fmt_ratio(inputs.max_latency_ratio)} (at least {100 * targets.latency_reduction:.0f}% faster)",
              _yes(f["meets_latency"])],
             ["validation top-1", fmt_acc(inputs.baseline_val), fmt_acc(f["val"]), fmt_points(f["val"] - inputs.baseline_val),
-             f"≥ {fmt_acc(inputs.floor)} (at most {100 * targets.max_accuracy_drop:.1f} points lower)", _yes(f["meets_accuracy"])],
+             f"≥ {fmt_acc(max(inputs.floor, 0.0))} (at most {100 * targets.max_accuracy_drop:.1f} points lower)",
+             _yes(f["meets_accuracy"])],
             ["test top-1 (held out)", fmt_acc(base_test), fmt_acc(f["test"]) if f["test"] is not None else "n/a",
              fmt_points(f["test"] - base_test) if f["test"] is not None else "n/a", "reported, not a target", ""],
         ],
@@ -676,6 +701,7 @@ def section_search(inputs: Inputs, history: Sequence[tuple[int, float]], savings
     names = inputs.optuna_study.metric_names or ["objective 0", "objective 1", "objective 2"]
     directions = [d.name.lower() for d in inputs.optuna_study.directions]
     lines = ["## The search", ""]
+    rejected = sum(1 for t in inputs.trials if _is_rejected(t))
     budget = f"{config.n_trials} trials" + (f" or {config.timeout_minutes:g} minutes" if config.timeout_minutes else "")
     sampler = config.sampler + (f" (population {config.population_size})" if config.sampler in ("nsga2", "nsga3") else "")
     lines += md_table(["setting", "value"], [
@@ -687,7 +713,9 @@ def section_search(inputs: Inputs, history: Sequence[tuple[int, float]], savings
         ["stage families in the space", ", ".join(inputs.study.space.stages)],
         ["trials", f"{len(inputs.trials)} recorded: {counts['complete']} complete, {counts['pruned']} pruned, "
                    f"{counts['fail']} failed" + (f", {counts['running']} running" if counts["running"] else "")
-                   + (f", {counts['waiting']} waiting" if counts["waiting"] else "")],
+                   + (f", {counts['waiting']} waiting" if counts["waiting"] else "")
+                   + (f"; {rejected} of the pruned were impossible orders rejected before compute, which do not count "
+                      "against the budget" if rejected else "")],
         ["retries of trials whose worker died", str(sum(1 for t in inputs.trials if t.user_attrs.get("retry_of") is not None))],
     ])
     pruned = [t for t in inputs.trials if t.state is TrialState.PRUNED]
@@ -721,10 +749,9 @@ def section_search(inputs: Inputs, history: Sequence[tuple[int, float]], savings
               f"{fmt_seconds(savings['spent'])}. Estimated compute saved by stopping them early "
               f"(median complete-trial time × pruned trials − time the pruned trials spent): "
               f"**{fmt_seconds(savings['saved'])}**.", ""]
-    rejected = savings["by_category"].get(prune_category("rejected before compute"))
-    if rejected and rejected["trials"] < savings["pruned"]:
+    if prune_category("rejected before compute") in savings["by_category"]:
         lines += [f"Trials rejected before compute could not have run at all; counting only the trials stopped before "
-                  f"or during training, the estimate is {fmt_seconds(savings['saved'] - rejected['saved'])}.", ""]
+                  f"or during training, the estimate is {fmt_seconds(savings['saved_by_stopping'])}.", ""]
     if savings["by_category"]:
         lines += md_table(["category", "trials", "time spent", "estimated saving"], [
             [name, int(e["trials"]), fmt_seconds(e["spent"]), fmt_seconds(e["saved"])]
@@ -801,6 +828,13 @@ def section_chosen(inputs: Inputs, steps: Sequence[dict[str, Any]]) -> list[str]
     return lines
 
 
+def _floats(values: object) -> str:
+    try:
+        return "[" + ", ".join(f"{float(v):.4f}" for v in values) + "]"  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return str(values)
+
+
 def section_deployment(inputs: Inputs) -> list[str]:
     trial, card = inputs.chosen, inputs.card
     attrs = trial.user_attrs
@@ -838,15 +872,24 @@ def section_deployment(inputs: Inputs) -> list[str]:
         ["parity on the test split", f"top-1 agreement {fmt_acc(parity.get('top1_agreement', float('nan')))} "
                                      f"(required ≥ {fmt_acc(parity.get('min_agreement', float('nan')))}), max |diff| "
                                      f"{parity.get('max_abs_diff', float('nan')):.5f} on {parity.get('samples', 'n/a')} images"],
-        ["latency at export", f"{fmt_ms(m.get('latency_ms', float('nan')))} median "
-                              f"(ratio {fmt_ratio(m.get('latency_ratio_to_baseline', float('nan')))} to the baseline, same runtime)"],
+        ["latency at export", f"{fmt_ms(m.get('latency_ms', float('nan')))} median"
+                              + (f" against {fmt_ms(m['baseline_latency']['median_ms'])} for the baseline timed alongside"
+                                 if "baseline_latency" in m else "")
+                              + f" (ratio {fmt_ratio(m.get('latency_ratio_to_baseline', float('nan')))}, same runtime)"],
         ["accuracy of the artifact", f"test top-1 {fmt_acc(m.get('test_top1', float('nan')))}, "
                                      f"validation top-1 {fmt_acc(m.get('val_top1', float('nan')))}"],
         ["input", f"{' × '.join(str(d) for d in card.get('input', {}).get('shape', []))} "
                   f"{card.get('input', {}).get('dtype', '')}, {card.get('input', {}).get('layout', '')}; "
-                  f"normalise {normalisation.get('formula', '')} with mean {normalisation.get('mean')} and std {normalisation.get('std')}"],
+                  f"normalise {normalisation.get('formula', '')} with mean {_floats(normalisation.get('mean'))} "
+                  f"and std {_floats(normalisation.get('std'))}"],
         ["classes (output order)", ", ".join(card.get("classes", []))],
     ])
+    export_ratio = _float(m.get("latency_ratio_to_baseline"))
+    search_ratio = float(trial.values[1])
+    if export_ratio is not None and (export_ratio <= inputs.max_latency_ratio) != (search_ratio <= inputs.max_latency_ratio):
+        lines += [f"The latency ratio measured at export ({fmt_ratio(export_ratio)}) and during the search "
+                  f"({fmt_ratio(search_ratio)}) fall on different sides of the target ({fmt_ratio(inputs.max_latency_ratio)}): "
+                  "the two measurements disagree, so confirm latency on the target phone before relying on it.", ""]
     return lines
 
 
@@ -895,13 +938,15 @@ def recommendations(inputs: Inputs, rows: Sequence[TechniqueRow], history: Seque
         else:
             items.append("The hypervolume did not grow over the last quarter of completed trials: the front has "
                          "settled for this space; widen `[space]` rather than adding trials.")
-    rejected = savings["by_category"].get(prune_category("rejected before compute"), {}).get("trials", 0)
+    rejected = sum(1 for t in inputs.trials if _is_rejected(t))
     if rejected:
-        items.append(f"{int(rejected)} of {len(inputs.trials)} trials ({100 * rejected / len(inputs.trials):.0f}%) were "
-                     "impossible stage orders, rejected before compute: they cost no training but use up the trial budget.")
-    if savings["pruned"]:
-        items.append(f"Early stopping saved an estimated {fmt_seconds(savings['saved'])} against "
-                     f"{fmt_seconds(savings['complete_total'])} spent on completed trials: keep `search.early_stopping` on.")
+        items.append(f"{rejected} of {len(inputs.trials)} sampled pipelines ({100 * rejected / len(inputs.trials):.0f}%) "
+                     "were impossible stage orders, rejected before compute at no cost; listing fewer families in "
+                     "`space.stages` makes sampling more efficient.")
+    if savings["stopped"]:
+        items.append(f"Stopping {savings['stopped']} trial(s) before or during training saved an estimated "
+                     f"{fmt_seconds(savings['saved_by_stopping'])} against {fmt_seconds(savings['complete_total'])} spent "
+                     "on completed trials: keep `search.early_stopping` on.")
     base = inputs.metrics["accuracy"]["test"]["per_class"]
     chosen = trial.user_attrs.get("test", {}).get("per_class", [])
     classes = inputs.metrics.get("classes") or [str(i) for i in range(len(base))]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import joblib
 import optuna
@@ -67,9 +68,12 @@ class WorkerSummary:
 
 
 def run_worker(study_path: str, worker: int = 0, storage: str | None = None, progress: bool = True,
-               n_trials: int | None = None) -> WorkerSummary:
-    """Join the study and run trials until its budget (``n_trials`` or the study's) is spent."""
-    study_config = load_study(study_path)
+               n_trials: int | None = None, overrides: Mapping[str, Any] | None = None) -> WorkerSummary:
+    """Join the study and run trials until its budget (``n_trials`` or the study's) is spent.
+
+    ``overrides`` changes dotted study keys (e.g. ``{"search.sampler": "random"}``) for benchmarks.
+    """
+    study_config = load_study(study_path, overrides)
     workspace = open_workspace(study_config, progress=progress and worker == 0)
     budget = n_trials or study_config.search.n_trials
     sampler = make_sampler(study_config.search, study_config.seed + 1000 * worker)
@@ -125,13 +129,14 @@ def describe_trial(trial: optuna.trial.FrozenTrial) -> str:
     return f"#{trial.number} {trial.state.name.lower()} {pipeline}: {reason}"
 
 
-def run_search(study_path: str, n_jobs: int = 1, storage: str | None = None, progress: bool = True) -> list[WorkerSummary]:
+def run_search(study_path: str, n_jobs: int = 1, storage: str | None = None, progress: bool = True,
+               overrides: Mapping[str, Any] | None = None) -> list[WorkerSummary]:
     """Run ``n_jobs`` worker processes (not threads) on the same study; returns each worker's summary."""
-    study_config = load_study(study_path)
+    study_config = load_study(study_path, overrides)
     # Train and measure the baseline once, before the workers start, so they all reuse it.
     open_workspace(study_config, progress=progress)
     open_study(study_config, storage)
     if n_jobs == 1:
-        return [run_worker(study_path, 0, storage, progress)]
+        return [run_worker(study_path, 0, storage, progress, overrides=overrides)]
     return list(joblib.Parallel(n_jobs=n_jobs, backend="loky")(
-        joblib.delayed(run_worker)(study_path, worker, storage, progress) for worker in range(n_jobs)))
+        joblib.delayed(run_worker)(study_path, worker, storage, progress, overrides=overrides) for worker in range(n_jobs)))

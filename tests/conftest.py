@@ -55,3 +55,18 @@ def tiny_model():
 
     torch.manual_seed(0)
     return torchvision.models.mobilenet_v3_small(num_classes=4, width_mult=0.25).eval()
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory) -> Path:
+    """The shipped smoke study, runs in a temporary folder, searched once per test session (real data, real
+    training, real exports): the end-to-end, report and CLI tests all read this one search."""
+    if not SHARED_ARCHIVE.is_file():
+        pytest.skip("needs ../shared/data/cifar10-jpeg.tar.gz")
+    from search.cli import main
+
+    root = tmp_path_factory.mktemp("smoke")
+    path = root / "smoke.toml"
+    path.write_text(f'runs_dir = "{root / "runs"}"\n' + (REPO / "studies" / "smoke.toml").read_text())
+    assert main(["search", "--study", str(path), "--quiet"]) == 0
+    return path

@@ -22,16 +22,6 @@ from tests.conftest import REPO, SHARED_ARCHIVE
 pytestmark = pytest.mark.skipif(not SHARED_ARCHIVE.is_file(), reason="needs ../shared/data/cifar10-jpeg.tar.gz")
 
 
-@pytest.fixture(scope="module")
-def smoke_study(tmp_path_factory) -> Path:
-    """The shipped smoke study, writing its runs into a temporary folder, searched once for this module."""
-    root = tmp_path_factory.mktemp("smoke")
-    path = root / "smoke.toml"
-    path.write_text(f'runs_dir = "{root / "runs"}"\n' + (REPO / "studies" / "smoke.toml").read_text())
-    assert main(["search", "--study", str(path), "--quiet"]) == 0
-    return path
-
-
 def test_search_runs_the_budget_and_records_every_trial(smoke_study: Path) -> None:
     config = load_study(smoke_study)
     study = optuna.load_study(study_name=config.name, storage=config.storage_url)

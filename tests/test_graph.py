@@ -55,7 +55,8 @@ def context(tiny_bundle) -> StageContext:
 @pytest.fixture(scope="module")
 def trained(tiny_bundle) -> CompressedModel:
     torch.manual_seed(0)
-    return CompressedModel(train_briefly(torchvision.models.mobilenet_v3_small(num_classes=4, width_mult=0.25), tiny_bundle))
+    net = torchvision.models.mobilenet_v3_small(num_classes=4, width_mult=0.25)
+    return CompressedModel(train_briefly(net, tiny_bundle))
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +176,8 @@ def test_executorch_runner_takes_any_batch(resized_xnnpack, tiny_bundle):
     whole = run(images)
     assert whole.shape == (len(images), 4)
     assert torch.equal(run(images[3:4]), whole[3:4])
-    assert evaluate_accuracy(copy.deepcopy(lowered.module), tiny_bundle.loader("val"), 4).samples == len(tiny_bundle.val)
+    copied = copy.deepcopy(lowered.module)
+    assert evaluate_accuracy(copied, tiny_bundle.loader("val"), 4).samples == len(tiny_bundle.val)
 
 
 def test_executorch_float_program_matches_eager(tiny_bundle):
@@ -199,7 +201,8 @@ def test_lowering_targets_the_backend_runtime():
     lowered_ts = Signature(ModelForm.LOWERED, "x86")
     assert TorchScriptConfig().transition(Signature(ModelForm.QUANTIZED, "x86")) == lowered_ts
     assert TorchScriptConfig().transition(Signature()) == Signature(ModelForm.LOWERED, None)
-    assert ExecuTorchConfig().transition(Signature(ModelForm.QUANTIZED, "xnnpack")) == Signature(ModelForm.LOWERED, "xnnpack")
+    lowered_et = Signature(ModelForm.LOWERED, "xnnpack")
+    assert ExecuTorchConfig().transition(Signature(ModelForm.QUANTIZED, "xnnpack")) == lowered_et
     assert ExecuTorchConfig().transition(Signature()) == Signature(ModelForm.LOWERED, None)
     with pytest.raises(IncompatiblePipelineError, match="xnnpack"):
         TorchScriptConfig().transition(Signature(ModelForm.QUANTIZED, "xnnpack"))

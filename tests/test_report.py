@@ -125,6 +125,20 @@ def test_report_from_a_synthetic_study(tmp_path: Path) -> None:
     # saved = median(40, 20, 30) * 2 pruned - (0.01 + 6.0) spent
     assert f"**{30 * 2 - 6.01:.0f} s**" in markdown
     assert "RuntimeError" in markdown and "rejected before compute" in markdown
+    # with a techniques benchmark, that is the source of "each technique alone", and the best one is computed
+    csv = load_study(path).run_dir / "techniques" / "techniques.csv"
+    csv.parent.mkdir(parents=True)
+    csv.write_text("technique,runtime,val_top1,test_top1,bytes,gzip_bytes,size_ratio,latency_ms,latency_ratio\n"
+                   "baseline,executorch,0.8,0.76,1000000,900000,1.0,2.0,1.0\n"
+                   "prune(l1),executorch,0.7,0.66,1000000,500000,1.0,2.0,1.0\n"
+                   "ptq(xnnpack),executorch,0.78,0.74,260000,200000,0.26,0.8,0.4\n"
+                   "channels(l1),executorch,0.75,0.7,500000,450000,0.5,1.0,0.5\n")
+    assert main(["report", "--study", str(path), "--out", str(out)]) == 0
+    markdown = (out / "report.md").read_text()
+    assert f"the techniques benchmark `{csv}`" in markdown
+    # ptq: 74% smaller for 2 points = 37.0% per point; channels: 50% for 5 points = 10.0% per point
+    assert "Largest size reduction per accuracy point lost, technique alone: `ptq(xnnpack)`" in markdown
+    assert "37.0% per point" in markdown and "10.0% per point" in markdown
     # --trial reports on another trial, and a pruned one is refused with a fix
     assert main(["report", "--study", str(path), "--out", str(out), "--trial", "2"]) == 0
     assert "**trial 2**" in (out / "report.md").read_text()
@@ -151,16 +165,10 @@ def test_report_refuses_missing_or_empty_studies(tmp_path: Path, capsys) -> None
 
 
 @pytest.fixture(scope="module")
-def smoke_report(tmp_path_factory) -> tuple[Path, Path]:
-    """The shipped smoke study searched once into a temporary folder (which also exports the default pick),
-    then reported on."""
-    if not SHARED_ARCHIVE.is_file():
-        pytest.skip("needs ../shared/data/cifar10-jpeg.tar.gz")
-    root = tmp_path_factory.mktemp("smoke-report")
-    path = root / "smoke.toml"
-    path.write_text(f'runs_dir = "{root / "runs"}"\n' + (REPO / "studies" / "smoke.toml").read_text())
-    assert main(["search", "--study", str(path), "--quiet"]) == 0
-    out = root / "report"
+def smoke_report(smoke_study: Path) -> tuple[Path, Path]:
+    """The session's searched smoke study (which also exported the default pick), reported on."""
+    path = smoke_study
+    out = path.parent / "report"
     assert main(["report", "--study", str(path), "--out", str(out)]) == 0
     return path, out
 
