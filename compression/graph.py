@@ -23,7 +23,13 @@ from torch import nn
 from torch.fx import GraphModule
 
 from common.errors import IncompatiblePipelineError, UserError
-from compression.quantization import FX_BACKENDS, check_runs_on, quantized_engine, quiet_legacy_apis, runtime_for
+from compression.quantization import (
+    FX_BACKENDS,
+    check_runs_on,
+    quantized_engine,
+    quiet_legacy_apis,
+    runtime_for,
+)
 from compression.stage import (
     Backend,
     CompressedModel,
@@ -34,6 +40,8 @@ from compression.stage import (
     register_stage,
     require_form,
 )
+from evaluators.accuracy import predict_logits
+from evaluators.parity import ParityReport, compare_logits
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 LoweredRuntime = Literal["torchscript", "executorch"]
@@ -156,7 +164,9 @@ def torchscript_bytes(module: nn.Module, backend: Backend | None, example_input:
 
 def executorch_bytes(module: nn.Module, example_input: torch.Tensor) -> bytes:
     """A ``.pte`` program for ``module`` at the example's shape (batch 1), delegated to XNNPACK."""
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+        XnnpackPartitioner,
+    )
     from executorch.exir import to_edge_transform_and_lower
 
     module.eval()
@@ -331,24 +341,11 @@ class _ExecuTorchRunner:
 # --------------------------------------------------------------------------- parity
 
 
-@dataclass(frozen=True)
-class ParityReport:
-    """How closely a candidate reproduces a reference: top-1 agreement and the largest logit difference."""
-
-    top1_agreement: float
-    max_abs_diff: float
-    samples: int
-
-
 def parity(reference: Runner, candidate: Runner, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> ParityReport:
     """Compare ``candidate`` with ``reference`` on real ``(images, labels)`` batches (labels unused)."""
-    agree, samples, worst = 0, 0, 0.0
-    with torch.no_grad():
-        for images, _ in batches:
-            expected, actual = reference(images).float(), candidate(images).float()
-            agree += int((expected.argmax(1) == actual.argmax(1)).sum())
-            worst = max(worst, float((expected - actual).abs().max()))
-            samples += images.shape[0]
-    if samples == 0:
+    batches = list(batches)
+    if not batches:
         raise UserError("parity() got no batches to compare on.", "pass a non-empty split's loader.")
-    return ParityReport(agree / samples, worst, samples)
+    expected, _ = predict_logits(reference, batches)
+    actual, _ = predict_logits(candidate, batches)
+    return compare_logits(expected, actual)

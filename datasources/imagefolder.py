@@ -41,7 +41,7 @@ def ensure_root(root: Path, archive: str) -> Path:
         if not extracted.is_dir():
             raise UserError(
                 f"{archive_path} has no top-level folder `{root.name}/`.",
-                f"set `data.root` to <folder>/<name> where <name> is the archive's top-level folder.",
+                "set `data.root` to <folder>/<name> where <name> is the archive's top-level folder.",
             )
         shutil.move(str(extracted), str(root))
     return root

@@ -26,8 +26,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     acc = metrics["accuracy"]
     print(f"  accuracy   val top-1 {acc['val']['top1']:.4f}   test top-1 {acc['test']['top1']:.4f}   "
           f"test top-5 {acc['test']['top5']:.4f}")
-    print(f"  size       " + "   ".join(f"{name} {report['bytes'] / 1e6:.2f} MB" for name, report in metrics["size"].items()))
-    print(f"  latency    " + "   ".join(f"{name} {report['median_ms']:.2f} ms" for name, report in metrics["latency"].items()))
+    print("  size       " + "   ".join(f"{name} {report['bytes'] / 1e6:.2f} MB" for name, report in metrics["size"].items()))
+    print("  latency    " + "   ".join(f"{name} {report['median_ms']:.2f} ms" for name, report in metrics["latency"].items()))
     print(f"  compute    {metrics['flops']['macs'] / 1e6:.1f} MMACs, peak memory {metrics['peak_memory']['bytes'] / 1e6:.2f} MB")
     print(f"  metrics    {workspace.baseline.directory / 'metrics.json'}")
     return 0

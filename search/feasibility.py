@@ -54,7 +54,7 @@ def footprint(pipeline: Pipeline, baseline: nn.Module, context: StageContext, ex
     if isinstance(quant, DynamicQuantConfig):
         weight_bytes = _weight_bytes(module, (nn.Linear,), 0)
     elif quant is not None:
-        weight_bytes = _weight_bytes(module, (nn.Linear, nn.Conv2d), quant.float_prefix_blocks)
+        weight_bytes = _weight_bytes(module, (nn.Linear, nn.Conv2d), getattr(quant, "float_prefix_blocks", 0))
     else:
         weight_bytes = _weight_bytes(module, (), 0)
     return Footprint(count_flops(module, example), weight_bytes, quant is not None)

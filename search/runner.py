@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from search.objective import TrialRunner, trial_constraints
 from search.storage import artifact_store, open_study
-from search.study import SearchConfig, StudyConfig, load_study
+from search.study import SearchConfig, load_study
 from search.workspace import open_workspace
 
 TrialState = optuna.trial.TrialState

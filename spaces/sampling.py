@@ -46,15 +46,14 @@ def _quantize(trial: optuna.Trial, space: SpaceConfig, finetune: TrainConfig | N
                 "pick static or QAT quantization for xnnpack.",
             )
         return DynamicQuantConfig(backend=backend)
-    prefix = trial.suggest_int("float_prefix_blocks", *space.float_prefix_blocks)
     if quant_type == "static":
+        prefix = trial.suggest_int("float_prefix_blocks", *space.float_prefix_blocks)
         return StaticQuantConfig(backend=backend, float_prefix_blocks=prefix)
     assert finetune is not None
     last = max(0, finetune.epochs - 1)
     start = min(trial.suggest_int("qat_start_epoch", *space.qat_start_epoch), last)
     freeze = min(trial.suggest_int("bn_freeze_epoch", *space.bn_freeze_epoch), finetune.epochs)
-    return QATConfig(backend=backend, start_epoch=start, freeze_bn_epoch=freeze, finetune=finetune,
-                     float_prefix_blocks=prefix)
+    return QATConfig(backend=backend, start_epoch=start, freeze_bn_epoch=freeze, finetune=finetune)
 
 
 def _stage(family: StageFamily, trial: optuna.Trial, space: SpaceConfig, finetune: TrainConfig | None) -> StageConfig | None:

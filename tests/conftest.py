@@ -17,9 +17,13 @@ SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 torch.set_num_threads(1)
 
 
-def make_pattern_images(per_class: int, classes: int, size: int, seed: int) -> Split:
-    """Images whose class sets a colour and a stripe orientation: learnable within a few epochs."""
+def make_pattern_images(per_class: int, classes: int, size: int, seed: int, noise_seed: int) -> Split:
+    """Images whose class sets a colour and a stripe orientation: learnable within a few epochs.
+
+    ``seed`` fixes each class's look; ``noise_seed`` draws the samples (same classes, new images).
+    """
     generator = torch.Generator().manual_seed(seed)
+    noise = torch.Generator().manual_seed(noise_seed)
     images, labels = [], []
     grid = torch.arange(size).float()
     for label in range(classes):
@@ -27,16 +31,16 @@ def make_pattern_images(per_class: int, classes: int, size: int, seed: int) -> S
         angle = label * 3.14159 / classes
         stripes = torch.sin((grid.view(-1, 1) * torch.cos(torch.tensor(angle)) + grid.view(1, -1) * torch.sin(torch.tensor(angle))) / 2)
         for _ in range(per_class):
-            noise = torch.randn(3, size, size, generator=generator) * 25
-            image = colour + 40 * stripes + noise
+            jitter = torch.randn(3, size, size, generator=noise) * 25
+            image = colour + 40 * stripes + jitter
             images.append(image.clamp(0, 255).to(torch.uint8))
             labels.append(label)
     return Split(torch.stack(images), torch.tensor(labels))
 
 
 def make_bundle(per_class: int = 24, classes: int = 4, size: int = 32, seed: int = 0) -> DataBundle:
-    train_full = make_pattern_images(per_class, classes, size, seed)
-    test = make_pattern_images(max(4, per_class // 3), classes, size, seed + 1)
+    train_full = make_pattern_images(per_class, classes, size, seed, noise_seed=seed)
+    test = make_pattern_images(max(4, per_class // 3), classes, size, seed, noise_seed=seed + 1)
     train, val = stratified_split(train_full, 0.2, seed)
     mean, std = channel_stats(train)
     config = DataConfig(source="imagefolder", root="unused", image_size=size, batch_size=16, eval_batch_size=32)

@@ -66,7 +66,7 @@ def test_student_learns_from_teacher(tiny_bundle, teacher):
     start = evaluate_accuracy(student, tiny_bundle.loader("val"), 4).top1
     student_before, teacher_before = _state(student), _state(teacher)
 
-    config = DistillationConfig(alpha=0.7, temperature=2.0, finetune=TrainConfig(epochs=10, lr=0.1))
+    config = DistillationConfig(alpha=0.7, temperature=4.0, finetune=TrainConfig(epochs=15, lr=0.1))
     result = apply_stage(CompressedModel(student), config, context)
     end = evaluate_accuracy(result.module, tiny_bundle.loader("val"), 4).top1
 

@@ -57,7 +57,6 @@ def test_front_files_and_export_with_parity(smoke_study: Path) -> None:
 
 
 def test_verify_rejects_a_tampered_artifact(smoke_study: Path, tmp_path: Path, capsys) -> None:
-    config = load_study(smoke_study)
     out = tmp_path / "export"
     assert main(["export", "--study", str(smoke_study), "--pick", "knee", "--out", str(out)]) == 0
     artifact = next(out.glob("model.pt*"))

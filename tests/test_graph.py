@@ -7,7 +7,6 @@ from typing import Iterator
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 from common.errors import IncompatiblePipelineError, UserError
@@ -26,16 +25,12 @@ from compression.stage import CompressedModel, ModelForm, Signature, StageContex
 from compression.training import fit
 from evaluators.accuracy import evaluate_accuracy
 from evaluators.latency import torch_threads
-from models.config import TrainConfig
+from models.config import ModelConfig, TrainConfig
+from models.mobilenet import build_model
 from models.mobilenet import ResizeInput
 
 
 def train_briefly(model: nn.Module, bundle, epochs: int = 15) -> nn.Module:
-    # torchvision's MobileNetV3 BatchNorm momentum (0.01) needs hundreds of steps before eval-mode
-    # statistics are usable; the tiny train split gives five per epoch.
-    for layer in model.modules():
-        if isinstance(layer, nn.BatchNorm2d):
-            layer.momentum = 0.1
     fit(model, bundle.loader("train", train=True), TrainConfig(epochs=epochs, lr=0.05, schedule="cosine"),
         num_classes=len(bundle.classes), progress=False)
     return model.eval()
@@ -55,7 +50,7 @@ def context(tiny_bundle) -> StageContext:
 @pytest.fixture(scope="module")
 def trained(tiny_bundle) -> CompressedModel:
     torch.manual_seed(0)
-    net = torchvision.models.mobilenet_v3_small(num_classes=4, width_mult=0.25)
+    net = build_model(ModelConfig(width_mult=0.25), num_classes=4, image_size=32)
     return CompressedModel(train_briefly(net, tiny_bundle))
 
 
@@ -63,7 +58,8 @@ def trained(tiny_bundle) -> CompressedModel:
 def resized(tiny_bundle) -> CompressedModel:
     """The app's configuration: 32×32 images upsampled to 64×64 inside the model."""
     torch.manual_seed(0)
-    net = nn.Sequential(ResizeInput(64), torchvision.models.mobilenet_v3_small(num_classes=4, width_mult=0.25))
+    net = build_model(ModelConfig(width_mult=0.25, input_resolution=64), num_classes=4, image_size=32)
+    assert isinstance(net[0], ResizeInput)
     return CompressedModel(train_briefly(net, tiny_bundle))
 
 
@@ -161,8 +157,12 @@ def test_executorch_runs_the_quantized_resized_model(resized, resized_xnnpack, t
     logit_range = max(float(model_runner(quantized)(images).abs().max()) for images, _ in tiny_bundle.loader("test"))
     # A few int8 steps apart: XNNPACK requantizes and rounds differently from the float simulation.
     assert same.top1_agreement == 1.0 and same.max_abs_diff < 0.05 * logit_range, (same, logit_range)
-    versus_float = parity(model_runner(resized), model_runner(lowered), tiny_bundle.loader("test"))
-    assert versus_float.top1_agreement >= 0.85, versus_float
+    in_distribution = parity(model_runner(resized), model_runner(lowered), tiny_bundle.loader("val"))
+    assert in_distribution.top1_agreement >= 0.95, in_distribution
+    # The test split's new class colours push activations past the calibrated ranges, and the float
+    # model's margins there are small: a few samples may flip.
+    new_colours = parity(model_runner(resized), model_runner(lowered), tiny_bundle.loader("test"))
+    assert new_colours.top1_agreement >= 0.8, new_colours
     float_weight_bytes = 4 * sum(p.numel() for p in resized.module.parameters())
     assert float_weight_bytes / len(lowered.artifact) >= 1.8  # a float .pte holds at least its float32 weights
     assert _unchanged(resized.module, before)

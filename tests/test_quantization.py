@@ -12,7 +12,6 @@ from typing import Iterator
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 from common.errors import IncompatiblePipelineError, UserError
@@ -32,17 +31,13 @@ from compression.stage import CompressedModel, ModelForm, Signature, StageContex
 from compression.training import fit
 from evaluators.accuracy import evaluate_accuracy
 from evaluators.latency import torch_threads
-from models.config import TrainConfig
+from models.config import ModelConfig, TrainConfig
+from models.mobilenet import build_model
 
 MIN_AGREEMENT = 0.85
 
 
 def train_briefly(model: nn.Module, bundle, epochs: int = 15) -> nn.Module:
-    # torchvision's MobileNetV3 BatchNorm momentum (0.01) needs hundreds of steps before eval-mode
-    # statistics are usable; the tiny train split gives five per epoch.
-    for layer in model.modules():
-        if isinstance(layer, nn.BatchNorm2d):
-            layer.momentum = 0.1
     fit(model, bundle.loader("train", train=True), TrainConfig(epochs=epochs, lr=0.05, schedule="cosine"),
         num_classes=len(bundle.classes), progress=False)
     return model.eval()
@@ -59,7 +54,8 @@ def one_thread() -> Iterator[None]:
 def trained(tiny_bundle) -> nn.Module:
     """The tiny_model architecture, trained until it classifies the validation split."""
     torch.manual_seed(0)
-    model = train_briefly(torchvision.models.mobilenet_v3_small(num_classes=4, width_mult=0.25), tiny_bundle)
+    # build_model sets the BatchNorm momentum (0.1) that makes eval statistics usable after a few epochs.
+    model = train_briefly(build_model(ModelConfig(width_mult=0.25), num_classes=4, image_size=32), tiny_bundle)
     assert evaluate_accuracy(model, tiny_bundle.loader("val"), 4).top1 >= 0.9
     return model
 

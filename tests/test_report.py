@@ -18,7 +18,6 @@ from search.report import (FIGURES, HV_REFERENCE, _hypervolume_slices, fmt_acc, 
                            write_report)
 from search.storage import DIRECTIONS, OBJECTIVE_NAMES
 from search.study import load_study
-from tests.conftest import REPO, SHARED_ARCHIVE
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
