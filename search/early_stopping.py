@@ -20,24 +20,29 @@ class StopRule:
     margin: float  # how far below the floor a trial may sit before its recovery becomes implausible
     # (step, accuracy) curves of completed trials that ended at or above the floor.
     recovered: tuple[tuple[tuple[int, float], ...], ...] = ()
+    chance: float = 0.1  # 1 / number of classes
 
     def lowest_recovered_at(self, step: int) -> float | None:
         values = [acc for curve in self.recovered for s, acc in curve if s == step]
         return min(values) if values else None
 
     def should_stop(self, step: int, accuracy: float) -> bool:
+        # The first measurement follows the most destructive moment (a pruning cut, one epoch of
+        # recovery): only a collapse to near chance is judged there.
+        if step == 0 and accuracy >= 1.5 * self.chance:
+            return False
         if accuracy >= self.floor - self.margin:
             return False
         lowest = self.lowest_recovered_at(step)
         return lowest is None or accuracy < lowest - 0.02
 
 
-def stop_rule_for(study: optuna.Study, floor: float, margin: float) -> StopRule:
+def stop_rule_for(study: optuna.Study, floor: float, margin: float, num_classes: int) -> StopRule:
     curves = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         if trial.values and trial.values[0] >= floor:
             curves.append(tuple((int(s), float(a)) for s, a in trial.user_attrs.get("curve", [])))
-    return StopRule(floor, margin, tuple(curves))
+    return StopRule(floor, margin, tuple(curves), chance=1.0 / num_classes)
 
 
 @dataclass

@@ -132,7 +132,7 @@ class TrialRunner:
             "torchscript" if signature.backend else study.evaluation.float_runtime)
         trial.set_user_attr("runtime", runtime)
         trial.set_user_attr("backend", signature.backend)
-        monitor = AccuracyMonitor(trial, stop_rule_for(trial.study, self.floor, study.search.patience_margin),
+        monitor = AccuracyMonitor(trial, stop_rule_for(trial.study, self.floor, study.search.patience_margin, len(data.classes)),
                                   enabled=study.search.early_stopping)
         context = StageContext(data=data, teacher=baseline.model, seed=study.seed + trial.number,
                                progress=self.progress, epoch_end_hooks=(monitor.on_epoch_end,))

@@ -46,7 +46,7 @@ class SearchConfig:
     population_size: int = bounded(12, min=2, max=1000)
     early_stopping: bool = True
     # Stop a trial whose val accuracy is this far below what completed trials had at the same step.
-    patience_margin: float = bounded(0.15, min=0.0, max=1.0)
+    patience_margin: float = bounded(0.2, min=0.0, max=1.0)
     default_pick: Literal["knee", "smallest", "fastest", "most-accurate"] = "knee"
     latency_runs: int = bounded(60, min=3, max=10000, doc="runs per trial latency measurement")
     # A worker that misses heartbeats for 4x this long is presumed dead; its trial is failed and retried.

@@ -1,0 +1,106 @@
+"""The search's decision logic on small real inputs: sampling, order checks, early stopping, budget, front."""
+
+from __future__ import annotations
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+
+from common.errors import IncompatiblePipelineError, UserError
+from compression.pipeline import Pipeline
+from compression.pruning import StructuredPruningConfig, UnstructuredPruningConfig
+from compression.quantization import StaticQuantConfig
+from compression.stage import StageContext
+from models.config import ModelConfig
+from models.mobilenet import build_model
+from search.early_stopping import StopRule
+from search.feasibility import footprint, infeasibility
+from search.front import pareto_trials, pick, trials_table
+from search.runner import budget_left, requeue
+from search.study import TargetsConfig
+from spaces.sampling import orders, sample_pipeline
+from spaces.space import SpaceConfig
+
+TrialState = optuna.trial.TrialState
+
+
+def test_every_order_is_sampled_and_impossible_ones_are_rejected_without_compute() -> None:
+    space = SpaceConfig(stages=("prune", "channels", "quantize"), required=("prune", "channels"), quant_types=("static",))
+    assert len(orders(space)) == 6
+    accepted, rejected = set(), set()
+    for order in orders(space):
+        trial = optuna.trial.FixedTrial({"order": order, "quant_type": "static", "quant_backend": "x86",
+                                         "float_prefix_blocks": 0, "finetune_epochs": 1, "finetune_lr": 0.01,
+                                         "prune_method": "oneshot", "prune_amount": 0.5, "prune_scope": "global",
+                                         "channel_ratio": 0.3, "channel_importance": "l2"})
+        pipeline = sample_pipeline(trial, space)
+        assert [s.kind for s in pipeline.stages] == [{"prune": "prune", "channels": "channels", "quantize": "ptq"}[f]
+                                                     for f in order.split(">")]
+        try:
+            pipeline.check()
+            accepted.add(order)
+        except IncompatiblePipelineError:
+            rejected.add(order)
+    assert accepted == {"prune>channels>quantize", "channels>prune>quantize"}
+    assert len(rejected) == 4
+
+
+def test_stop_rule_spares_the_first_cut_and_trusts_recovered_history() -> None:
+    rule = StopRule(floor=0.6, margin=0.2, chance=0.1)
+    assert not rule.should_stop(0, 0.2)  # right after the cut: only a collapse counts
+    assert rule.should_stop(0, 0.12)
+    assert rule.should_stop(2, 0.3)
+    assert not rule.should_stop(2, 0.45)
+    recovered = StopRule(floor=0.6, margin=0.2, chance=0.1, recovered=(((0, 0.3), (1, 0.31), (2, 0.32), (3, 0.65)),))
+    assert not recovered.should_stop(2, 0.31)  # a completed trial was this low here and still made the floor
+    assert recovered.should_stop(2, 0.2)
+
+
+def _trial(study: optuna.Study, state: TrialState, values=None, **attrs) -> None:
+    study.add_trial(optuna.trial.create_trial(
+        state=state, values=values, params={"x": float(len(study.trials))},
+        distributions={"x": optuna.distributions.FloatDistribution(0, 100)}, user_attrs=attrs))
+
+
+def test_budget_counts_every_worker_but_not_rejected_orders_or_retried_failures() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    _trial(study, TrialState.COMPLETE, [0.5, 0.5, 0.5])
+    _trial(study, TrialState.PRUNED, stage="rejected")
+    _trial(study, TrialState.PRUNED)
+    _trial(study, TrialState.FAIL)
+    assert budget_left(study, 5) == 2
+    requeue(study, 3)  # the failed trial is queued again, traceably
+    retry = study.trials[-1]
+    assert retry.state is TrialState.WAITING and retry.system_attrs["failed_trial"] == 3
+    assert budget_left(study, 5) == 2  # the failure and its retry count once
+
+
+def test_front_dominance_and_pick_policies() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    for values in ([0.90, 0.50, 0.30], [0.80, 0.30, 0.20], [0.70, 0.70, 0.70], [0.95, 0.90, 0.90], [0.85, 0.55, 0.25]):
+        _trial(study, TrialState.COMPLETE, values, pipeline="p")
+    front = pareto_trials(study.trials)
+    assert sorted(t.number for t in front) == [0, 1, 3, 4]  # trial 2 is dominated by trial 1
+    table = trials_table(front, TargetsConfig(), baseline_val=0.9)
+    assert list(table["meets_all"]) == [False, True, True, False]  # sorted by accuracy: 3, 0, 4, 1
+    assert pick(table, "most-accurate") == 0 and pick(table, "fastest") == 0 and pick(table, "smallest") == 4
+    assert pick(table, "knee") in (0, 4)
+    with pytest.raises(UserError, match="nothing to choose"):
+        pick(table.assign(meets_all=False), "smallest")
+    with pytest.raises(UserError):
+        pick(pd.DataFrame(columns=table.columns), "knee")
+
+
+def test_feasibility_rules_out_float_unstructured_but_not_quantized(tiny_bundle) -> None:
+    baseline = build_model(ModelConfig(width_mult=0.5), 4, 32).eval()
+    context = StageContext(data=tiny_bundle)
+    example = torch.zeros(1, 3, 32, 32)
+    reference = footprint(Pipeline(()), baseline, context, example)
+    dense = footprint(Pipeline((UnstructuredPruningConfig(amount=0.9),)), baseline, context, example)
+    assert "size ratio 1.00" in infeasibility(dense, reference, 0.7, 0.6)
+    quantized = footprint(Pipeline((StructuredPruningConfig(ratio=0.5), StaticQuantConfig())), baseline, context, example)
+    assert quantized.flops < 0.5 * reference.flops and quantized.weight_bytes < 0.15 * reference.weight_bytes
+    assert infeasibility(quantized, reference, 0.7, 0.6) is None
+    narrow_float = footprint(Pipeline((StructuredPruningConfig(ratio=0.6),)), baseline, context, example)
+    assert infeasibility(narrow_float, reference, 0.7, 0.6) is None
