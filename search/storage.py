@@ -26,7 +26,7 @@ def open_storage(url: str, heartbeat_seconds: int = 30) -> RDBStorage:
     try:
         return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds,
                           grace_period=heartbeat_seconds * 4,
-                          failed_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2, inherit_intermediate_values=True))
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2, inherit_intermediate_values=True))
     except ImportError as error:
         raise UserError(f"The storage {url.split('@')[-1]} needs a database driver that is not installed: {error}.",
                         "install it, e.g. `pip install 'psycopg[binary]'` for postgresql:// URLs.") from None
