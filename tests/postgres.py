@@ -8,6 +8,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -26,10 +27,12 @@ def _as_postgres(args: list[str]) -> list[str]:
 
 
 @contextmanager
-def postgres_server(workdir: Path) -> Iterator[str]:
+def postgres_server() -> Iterator[str]:
     """Start a throwaway server with password authentication; yields the admin URL without a database."""
     bindir = postgres_bin()
     assert bindir is not None
+    # Directly under /tmp: the postgres user cannot traverse pytest's private (0700) temporary folders.
+    workdir = Path(tempfile.mkdtemp(prefix="udaci-pg-"))
     data, sockets = workdir / "pgdata", workdir / "sockets"
     sockets.mkdir(parents=True)
     (workdir / "pw").write_text(PASSWORD)
@@ -49,7 +52,7 @@ def postgres_server(workdir: Path) -> Iterator[str]:
     finally:
         subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
                        capture_output=True)
-        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def create_database(admin_url: str, name: str) -> str:

@@ -20,12 +20,12 @@ from search.study import load_study
 from tests.conftest import REPO, SHARED_ARCHIVE
 from tests.postgres import create_database, drop_database, postgres_bin, postgres_server
 
-pytestmark = pytest.mark.skipif(postgres_bin() is None, reason="needs Debian's postgresql (scripts/test installs it)")
+needs_postgres = pytest.mark.skipif(postgres_bin() is None, reason="needs Debian's postgresql (scripts/test installs it)")
 
 
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
-    with postgres_server(tmp_path_factory.mktemp("pg")) as url:
+def postgres():
+    with postgres_server() as url:
         yield url
 
 
@@ -33,10 +33,12 @@ def write_study(root: Path, storage: str, n_trials: int) -> Path:
     path = root / "shared.toml"
     text = (REPO / "studies" / "smoke.toml").read_text()
     text = text.replace("n_trials = 4", f"n_trials = {n_trials}\nearly_stopping = false")
-    path.write_text(f'runs_dir = "{root / "runs"}"\nstorage = "{storage}"\n' + text)
+    storage_line = f'storage = "{storage}"\n' if storage else ""
+    path.write_text(f'runs_dir = "{root / "runs"}"\n{storage_line}' + text)
     return path
 
 
+@needs_postgres
 def test_wrong_password_missing_server_and_unknown_study_are_clear_errors(postgres: str, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="password"):
         open_storage(postgres.replace("udaci-secret", "wrong") + "/postgres")
@@ -60,6 +62,7 @@ def _running_trial_of(study: optuna.Study, pids: dict[int, subprocess.Popen]) ->
     return None
 
 
+@needs_postgres
 @pytest.mark.skipif(not SHARED_ARCHIVE.is_file(), reason="needs ../shared/data/cifar10-jpeg.tar.gz")
 def test_three_workers_one_killed_mid_trial_lose_nothing(postgres: str, tmp_path: Path) -> None:
     n_trials = 5
@@ -68,6 +71,7 @@ def test_three_workers_one_killed_mid_trial_lose_nothing(postgres: str, tmp_path
         path = write_study(tmp_path, url, n_trials)
         assert main(["baseline", "--study", str(path), "--quiet"]) == 0  # trained once, reused by every worker
         config = load_study(path)
+        study = open_study(config)  # created once here, joined by every worker
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         workers = {}
         for index in range(3):
@@ -75,7 +79,6 @@ def test_three_workers_one_killed_mid_trial_lose_nothing(postgres: str, tmp_path
                                         "--worker-index", str(index), "--quiet"], cwd=REPO, env=env,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             workers[process.pid] = process
-        study = optuna.load_study(study_name=config.name, storage=url)
         victim = None
         deadline = time.time() + 300
         while victim is None and time.time() < deadline:
@@ -99,3 +102,31 @@ def test_three_workers_one_killed_mid_trial_lose_nothing(postgres: str, tmp_path
             assert sha256_of(trial.user_attrs["artifact_path"]) == trial.user_attrs["artifact_sha256"]
     finally:
         drop_database(postgres, "udaci_workers")
+
+
+@pytest.mark.skipif(not SHARED_ARCHIVE.is_file(), reason="needs ../shared/data/cifar10-jpeg.tar.gz")
+def test_sigint_fails_the_running_trial_cleanly_and_the_same_command_resumes(tmp_path: Path) -> None:
+    path = write_study(tmp_path, "", 3)
+    config = load_study(path)
+    assert main(["baseline", "--study", str(path), "--quiet"]) == 0
+    study = open_study(config)
+    command = [sys.executable, "-m", "search.cli", "search", "--study", str(path), "--quiet", "--no-export"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    victim = None
+    deadline = time.time() + 300
+    while victim is None and time.time() < deadline:
+        victim = _running_trial_of(study, {process.pid: process})
+        time.sleep(0.3)
+    assert victim is not None
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 130
+    assert "run the same command to resume" in process.stderr.read()
+    interrupted = study.get_trials()[victim[0]]
+    assert interrupted.state is optuna.trial.TrialState.FAIL  # never left RUNNING
+
+    assert subprocess.run(command, cwd=REPO, capture_output=True).returncode == 0
+    trials = study.get_trials()
+    complete = [t for t in trials if t.state is optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 3
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == victim[0])
+    assert retry.state is optuna.trial.TrialState.COMPLETE and retry.params == interrupted.params
