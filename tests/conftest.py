@@ -74,3 +74,21 @@ def smoke_study(tmp_path_factory) -> Path:
     path.write_text(f'runs_dir = "{root / "runs"}"\n' + (REPO / "studies" / "smoke.toml").read_text())
     assert main(["search", "--study", str(path), "--quiet"]) == 0
     return path
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def unchanged(module: torch.nn.Module, before: dict[str, torch.Tensor]) -> bool:
+    after = module.state_dict()
+    return after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def train_briefly(model: torch.nn.Module, bundle: DataBundle, epochs: int = 15) -> torch.nn.Module:
+    from compression.training import fit
+    from models.config import TrainConfig
+
+    fit(model, bundle.loader("train", train=True), TrainConfig(epochs=epochs, lr=0.05, schedule="cosine"),
+        num_classes=len(bundle.classes), progress=False)
+    return model.eval()

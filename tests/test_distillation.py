@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import pytest
 import torch
 import torchvision
@@ -11,22 +9,21 @@ from torch import nn
 
 from common.errors import IncompatiblePipelineError, UserError
 from compression.distillation import DistillationConfig, build_student
-from compression.stage import CompressedModel, ModelForm, Signature, StageContext, apply_stage
+from compression.stage import (
+    CompressedModel,
+    ModelForm,
+    Signature,
+    StageContext,
+    apply_stage,
+)
 from compression.training import fit
 from evaluators.accuracy import evaluate_accuracy
-from evaluators.latency import torch_threads
 from evaluators.size import parameter_counts
 from models.config import TrainConfig
 from models.mobilenet import ResizeInput
+from tests.conftest import snapshot, unchanged
 
 ONE_STEP = TrainConfig(epochs=1, lr=0.05, max_batches_per_epoch=1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny models train several times faster on one thread than on two contended ones.
-    with torch_threads(1):
-        yield
 
 
 def _quick_batchnorm(module: nn.Module) -> nn.Module:
@@ -52,26 +49,18 @@ def teacher(tiny_bundle) -> nn.Module:
     return model
 
 
-def _state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in module.state_dict().items()}
-
-
-def _unchanged(module: nn.Module, before: dict[str, torch.Tensor]) -> bool:
-    return all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
-
-
 def test_student_learns_from_teacher(tiny_bundle, teacher):
     student = _fresh(11)
     context = StageContext(data=tiny_bundle, teacher=teacher, seed=1)
     start = evaluate_accuracy(student, tiny_bundle.loader("val"), 4).top1
-    student_before, teacher_before = _state(student), _state(teacher)
+    student_before, teacher_before = snapshot(student), snapshot(teacher)
 
     config = DistillationConfig(alpha=0.7, temperature=4.0, finetune=TrainConfig(epochs=15, lr=0.1))
     result = apply_stage(CompressedModel(student), config, context)
     end = evaluate_accuracy(result.module, tiny_bundle.loader("val"), 4).top1
 
     assert end >= 0.7 and end >= start + 0.2
-    assert _unchanged(student, student_before) and _unchanged(teacher, teacher_before)
+    assert unchanged(student, student_before) and unchanged(teacher, teacher_before)
     assert result.form is ModelForm.FLOAT
 
 
@@ -83,7 +72,7 @@ def test_narrower_student_replaces_the_model(tiny_bundle, teacher, tiny_model):
     assert parameter_counts(student)[0] < parameter_counts(tiny_model)[0]
     assert student(torch.randn(2, 3, 32, 32)).shape == (2, 4)
     untrained = build_student(tiny_model, 0.1, num_classes=4, seed=context.seed)
-    assert not _unchanged(student, _state(untrained)), "the student must have been trained"
+    assert not unchanged(student, snapshot(untrained)), "the student must have been trained"
 
 
 def test_narrower_student_keeps_input_resize(tiny_bundle, teacher, tiny_model):
@@ -101,7 +90,7 @@ def test_student_is_reproducible_and_leaves_global_rng_alone(tiny_model):
     torch.manual_seed(123)
     first = build_student(tiny_model, 0.5, num_classes=4, seed=7)
     assert torch.equal(torch.rand(1), expected)
-    assert _unchanged(build_student(tiny_model, 0.5, num_classes=4, seed=7), _state(first))
+    assert unchanged(build_student(tiny_model, 0.5, num_classes=4, seed=7), snapshot(first))
 
 
 def test_missing_teacher_is_a_user_error(tiny_bundle, tiny_model):

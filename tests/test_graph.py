@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from typing import Iterator
 
 import pytest
 import torch
@@ -21,25 +20,17 @@ from compression.graph import (
     parity,
 )
 from compression.quantization import DynamicQuantConfig, QATConfig, StaticQuantConfig
-from compression.stage import CompressedModel, ModelForm, Signature, StageContext, apply_stage
-from compression.training import fit
+from compression.stage import (
+    CompressedModel,
+    ModelForm,
+    Signature,
+    StageContext,
+    apply_stage,
+)
 from evaluators.accuracy import evaluate_accuracy
-from evaluators.latency import torch_threads
-from models.config import ModelConfig, TrainConfig
-from models.mobilenet import build_model
-from models.mobilenet import ResizeInput
-
-
-def train_briefly(model: nn.Module, bundle, epochs: int = 15) -> nn.Module:
-    fit(model, bundle.loader("train", train=True), TrainConfig(epochs=epochs, lr=0.05, schedule="cosine"),
-        num_classes=len(bundle.classes), progress=False)
-    return model.eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
+from models.config import ModelConfig
+from models.mobilenet import ResizeInput, build_model
+from tests.conftest import snapshot, train_briefly, unchanged
 
 
 @pytest.fixture(scope="module")
@@ -72,21 +63,12 @@ class _Excite(nn.Module):
         return x * torch.nn.functional.hardsigmoid(self.fc(torch.nn.functional.adaptive_avg_pool2d(x, 1)))
 
 
-def _state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in module.state_dict().items()}
-
-
-def _unchanged(module: nn.Module, before: dict[str, torch.Tensor]) -> bool:
-    after = module.state_dict()
-    return after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
-
-
 # --- fusion --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("which", ["trained", "resized"])
 def test_fuse_folds_every_bn_and_keeps_outputs(request, context, tiny_bundle, which):
     model: CompressedModel = request.getfixturevalue(which)
-    before = _state(model.module)
+    before = snapshot(model.module)
     bns = sum(isinstance(m, nn.BatchNorm2d) for m in model.module.modules())
     fused = apply_stage(model, FuseConfig(), context)
     assert fused.form is ModelForm.FLOAT
@@ -95,7 +77,7 @@ def test_fuse_folds_every_bn_and_keeps_outputs(request, context, tiny_bundle, wh
     for split in ("val", "test"):
         report = parity(model_runner(model), model_runner(fused), tiny_bundle.loader(split))
         assert report.max_abs_diff < 1e-4 and report.top1_agreement == 1.0, report
-    assert _unchanged(model.module, before)
+    assert unchanged(model.module, before)
 
 
 def test_fused_model_still_quantizes(trained, context, tiny_bundle):
@@ -109,7 +91,7 @@ def test_fused_model_still_quantizes(trained, context, tiny_bundle):
 @pytest.mark.parametrize("which", ["trained", "resized"])
 def test_torchscript_float_matches_eager(request, context, tiny_bundle, which):
     model: CompressedModel = request.getfixturevalue(which)
-    before = _state(model.module)
+    before = snapshot(model.module)
     lowered = apply_stage(model, TorchScriptConfig(), context)
     assert (lowered.form, lowered.runtime) == (ModelForm.LOWERED, "torchscript")
     assert isinstance(lowered.artifact, bytes) and len(lowered.artifact) > 100_000
@@ -119,7 +101,7 @@ def test_torchscript_float_matches_eager(request, context, tiny_bundle, which):
     assert isinstance(lowered.module, LoweredModule)
     assert evaluate_accuracy(copy.deepcopy(lowered.module), tiny_bundle.loader("val"), 4).top1 == \
         evaluate_accuracy(model.module, tiny_bundle.loader("val"), 4).top1
-    assert _unchanged(model.module, before)
+    assert unchanged(model.module, before)
 
 
 def test_torchscript_runner_uses_the_backend_engine(trained, context, tiny_bundle):
@@ -149,7 +131,7 @@ def resized_xnnpack(resized, context) -> tuple[CompressedModel, CompressedModel]
 # Lowering a MobileNet to ExecuTorch takes 20-40 s of graph passes whatever its width.
 @pytest.mark.slow
 def test_executorch_runs_the_quantized_resized_model(resized, resized_xnnpack, tiny_bundle):
-    before = _state(resized.module)
+    before = snapshot(resized.module)
     quantized, lowered = resized_xnnpack
     assert (lowered.form, lowered.runtime, lowered.backend) == (ModelForm.LOWERED, "executorch", "xnnpack")
     # The .pte runs int8 XNNPACK kernels; the eager PT2E graph simulates them in float.
@@ -165,7 +147,7 @@ def test_executorch_runs_the_quantized_resized_model(resized, resized_xnnpack, t
     assert new_colours.top1_agreement >= 0.8, new_colours
     float_weight_bytes = 4 * sum(p.numel() for p in resized.module.parameters())
     assert float_weight_bytes / len(lowered.artifact) >= 1.8  # a float .pte holds at least its float32 weights
-    assert _unchanged(resized.module, before)
+    assert unchanged(resized.module, before)
 
 
 @pytest.mark.slow

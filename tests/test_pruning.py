@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import gzip
 from dataclasses import FrozenInstanceError, replace
-from typing import Iterator
 
 import pytest
 import torch
@@ -14,39 +13,33 @@ from torch import nn
 
 from common.errors import IncompatiblePipelineError, UserError
 from compression import pruning
-from compression.pruning import (GradualPruningConfig, StructuredPruningConfig, UnstructuredPruningConfig,
-                                 sparsity, sparsity_at)
-from compression.stage import CompressedModel, ModelForm, Signature, StageContext, apply_stage
+from compression.pruning import (
+    GradualPruningConfig,
+    StructuredPruningConfig,
+    UnstructuredPruningConfig,
+    sparsity,
+    sparsity_at,
+)
+from compression.stage import (
+    CompressedModel,
+    ModelForm,
+    Signature,
+    StageContext,
+    apply_stage,
+)
 from evaluators.flops import count_flops
-from evaluators.latency import torch_threads
 from evaluators.size import parameter_counts, state_dict_bytes
 from models.config import TrainConfig
 from models.mobilenet import ResizeInput
+from tests.conftest import snapshot, unchanged
 
 # One capped epoch: enough to prove the loop runs with masks in place, cheap on two cores.
 ONE_STEP = TrainConfig(epochs=1, lr=0.05, max_batches_per_epoch=1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny models train several times faster on one thread than on two contended ones.
-    with torch_threads(1):
-        yield
-
-
 @pytest.fixture()
 def context(tiny_bundle) -> StageContext:
     return StageContext(data=tiny_bundle, seed=0)
-
-
-def _state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in module.state_dict().items()}
-
-
-def _assert_unchanged(module: nn.Module, before: dict[str, torch.Tensor]) -> None:
-    after = module.state_dict()
-    assert after.keys() == before.keys()
-    assert all(torch.equal(after[k], before[k]) for k in before)
 
 
 def _prunable_sparsities(module: nn.Module) -> list[float]:
@@ -57,10 +50,10 @@ def _prunable_sparsities(module: nn.Module) -> list[float]:
 
 @pytest.mark.parametrize("scope", ["global", "layer"])
 def test_unstructured_reaches_amount_and_is_permanent(tiny_model, context, scope):
-    before = _state(tiny_model)
+    before = snapshot(tiny_model)
     pruned = apply_stage(CompressedModel(tiny_model), UnstructuredPruningConfig(0.6, scope=scope), context).module
 
-    _assert_unchanged(tiny_model, before)
+    assert unchanged(tiny_model, before)
     assert sparsity(tiny_model) < 0.01
     assert sparsity(pruned) == pytest.approx(0.6, abs=0.005)
     keys = pruned.state_dict().keys()
@@ -148,10 +141,10 @@ def test_gradual_raises_sparsity_each_epoch_and_ends_at_final(tiny_model, contex
     monkeypatch.setattr(pruning, "prune_to", recording)
     config = GradualPruningConfig(final_sparsity=0.6, end_epoch=2, schedule="linear",
                                   finetune=TrainConfig(epochs=2, lr=0.05, max_batches_per_epoch=1))
-    before = _state(tiny_model)
+    before = snapshot(tiny_model)
     pruned = apply_stage(CompressedModel(tiny_model), config, context).module
 
-    _assert_unchanged(tiny_model, before)
+    assert unchanged(tiny_model, before)
     # Epochs 0 and 1 start at the schedule's values; the last step (epoch 2 == end) comes after training.
     assert reached == pytest.approx([0.0, 0.3, 0.6], abs=0.005)
     assert sparsity(pruned) == pytest.approx(0.6, abs=0.005)
@@ -171,13 +164,13 @@ def test_remasking_keeps_the_parameters_the_optimizer_holds(tiny_model):
 
 def test_structured_removes_parameters_and_flops(tiny_model, context):
     example = torch.randn(2, 3, 32, 32)
-    before = _state(tiny_model)
+    before = snapshot(tiny_model)
     results = {}
     for ratio in (0.3, 0.5):
         module = apply_stage(CompressedModel(tiny_model), StructuredPruningConfig(ratio), context).module
         results[ratio] = (parameter_counts(module)[0], count_flops(module, example), module(example).shape)
 
-    _assert_unchanged(tiny_model, before)
+    assert unchanged(tiny_model, before)
     params0, flops0 = parameter_counts(tiny_model)[0], count_flops(tiny_model, example)
     assert params0 > results[0.3][0] > results[0.5][0]
     assert flops0 > results[0.3][1] > results[0.5][1]

@@ -8,7 +8,6 @@ margins there are small, which makes the check strict.
 from __future__ import annotations
 
 import copy
-from typing import Iterator
 
 import pytest
 import torch
@@ -27,27 +26,19 @@ from compression.quantization import (
     qat_switches,
     quantized_engine,
 )
-from compression.stage import CompressedModel, ModelForm, Signature, StageContext, apply_stage
-from compression.training import fit
+from compression.stage import (
+    CompressedModel,
+    ModelForm,
+    Signature,
+    StageContext,
+    apply_stage,
+)
 from evaluators.accuracy import evaluate_accuracy
-from evaluators.latency import torch_threads
 from models.config import ModelConfig, TrainConfig
 from models.mobilenet import build_model
+from tests.conftest import snapshot, train_briefly, unchanged
 
 MIN_AGREEMENT = 0.85
-
-
-def train_briefly(model: nn.Module, bundle, epochs: int = 15) -> nn.Module:
-    fit(model, bundle.loader("train", train=True), TrainConfig(epochs=epochs, lr=0.05, schedule="cosine"),
-        num_classes=len(bundle.classes), progress=False)
-    return model.eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny models run faster on one thread than on two contended ones.
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +66,8 @@ def float_torchscript_bytes(float_model, context) -> int:
     return len(apply_stage(float_model, TorchScriptConfig(), context).artifact)
 
 
-def _state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in module.state_dict().items()}
-
-
 def _assert_unchanged(module: nn.Module, before: dict[str, torch.Tensor]) -> None:
-    after = module.state_dict()
-    assert after.keys() == before.keys()
-    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert unchanged(module, before)
     assert all(type(m) is not nn.Module for m in module.modules())  # no FX/quantized leftovers swapped in
 
 
@@ -91,7 +76,7 @@ def _assert_unchanged(module: nn.Module, before: dict[str, torch.Tensor]) -> Non
 @pytest.mark.parametrize("backend", ["x86", "fbgemm", "qnnpack"])
 def test_fx_ptq_agrees_with_float_and_shrinks_torchscript(float_model, context, tiny_bundle,
                                                           float_torchscript_bytes, backend):
-    before = _state(float_model.module)
+    before = snapshot(float_model.module)
     quantized = apply_stage(float_model, StaticQuantConfig(backend=backend), context)
     assert (quantized.form, quantized.backend, quantized.runtime) == (ModelForm.QUANTIZED, backend, "torchscript")
     assert any("quantized" in type(m).__module__ for m in quantized.module.modules())
@@ -111,7 +96,7 @@ def test_fx_ptq_agrees_with_float_and_shrinks_torchscript(float_model, context, 
 
 
 def test_xnnpack_ptq_agrees_with_float_and_keeps_prefix_float(float_model, context, tiny_bundle):
-    before = _state(float_model.module)
+    before = snapshot(float_model.module)
     quantized = apply_stage(float_model, StaticQuantConfig(backend="xnnpack", float_prefix_blocks=1), context)
     assert (quantized.form, quantized.backend, quantized.runtime) == (ModelForm.QUANTIZED, "xnnpack", "executorch")
     report = parity(model_runner(float_model), model_runner(quantized), tiny_bundle.loader("test"))
@@ -260,7 +245,7 @@ def test_pt2e_bn_freeze_survives_train_and_eval():
 # PT2E QAT costs ~25 s, nearly all in torchao folding BatchNorm at conversion (it exports ~100 patterns).
 @pytest.mark.parametrize("backend", ["x86", pytest.param("xnnpack", marks=pytest.mark.slow)])
 def test_qat_trains_and_converts(float_model, context, tiny_bundle, backend):
-    before = _state(float_model.module)
+    before = snapshot(float_model.module)
     epochs_seen: list[int] = []
     watched = StageContext(data=tiny_bundle, seed=0, epoch_end_hooks=(lambda epoch, top1: epochs_seen.append(epoch),))
     config = QATConfig(backend=backend, start_epoch=1, freeze_bn_epoch=1, finetune=SHORT_QAT)

@@ -14,8 +14,16 @@ import pytest
 from common.errors import UserError
 from search.cli import main
 from search.front import pareto_trials, pick, trials_table
-from search.report import (FIGURES, HV_REFERENCE, _hypervolume_slices, fmt_acc, fmt_int, fmt_ratio, hypervolume,
-                           write_report)
+from search.report import (
+    FIGURES,
+    HV_REFERENCE,
+    _hypervolume_slices,
+    fmt_acc,
+    fmt_int,
+    fmt_ratio,
+    hypervolume,
+    write_report,
+)
 from search.storage import DIRECTIONS, OBJECTIVE_NAMES
 from search.study import load_study
 
