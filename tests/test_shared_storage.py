@@ -53,11 +53,14 @@ def test_wrong_password_missing_server_and_unknown_study_are_clear_errors(postgr
         drop_database(postgres, "udaci_unknown")
 
 
-def _running_trial_of(study: optuna.Study, pids: dict[int, subprocess.Popen]) -> tuple[int, int] | None:
+def _running_trial_of(study: optuna.Study, pids: dict[int, subprocess.Popen],
+                      training: bool = False) -> tuple[int, int] | None:
+    """A trial that one of ``pids`` has been running for a few seconds (or, with ``training``, is fine-tuning)."""
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         pid = int(str(trial.user_attrs.get("worker", ":0")).rsplit(":", 1)[1])
         started = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
-        if pid in pids and time.time() - started > 3:
+        busy = bool(trial.user_attrs.get("curve")) if training else time.time() - started > 3
+        if pid in pids and busy:
             return trial.number, pid
     return None
 
@@ -107,6 +110,8 @@ def test_three_workers_one_killed_mid_trial_lose_nothing(postgres: str, tmp_path
 @pytest.mark.skipif(not SHARED_ARCHIVE.is_file(), reason="needs ../shared/data/cifar10-jpeg.tar.gz")
 def test_sigint_fails_the_running_trial_cleanly_and_the_same_command_resumes(tmp_path: Path) -> None:
     path = write_study(tmp_path, "", 3)
+    # Longer fine-tunes, so the interrupt lands in the training loop of a trial (not between trials).
+    path.write_text(path.read_text().replace("finetune_epochs = [1, 1]", "finetune_epochs = [4, 4]\nrequired = [\"channels\"]"))
     config = load_study(path)
     assert main(["baseline", "--study", str(path), "--quiet"]) == 0
     study = open_study(config)
@@ -115,12 +120,13 @@ def test_sigint_fails_the_running_trial_cleanly_and_the_same_command_resumes(tmp
     victim = None
     deadline = time.time() + 300
     while victim is None and time.time() < deadline:
-        victim = _running_trial_of(study, {process.pid: process})
+        victim = _running_trial_of(study, {process.pid: process}, training=True)
         time.sleep(0.3)
     assert victim is not None
     process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=120) == 130
-    assert "run the same command to resume" in process.stderr.read()
+    code, stderr = process.wait(timeout=120), process.stderr.read()
+    assert code == 130, stderr[-2000:]
+    assert "run the same command to resume" in stderr
     interrupted = study.get_trials()[victim[0]]
     assert interrupted.state is optuna.trial.TrialState.FAIL  # never left RUNNING
 
