@@ -38,7 +38,7 @@ def techniques(epochs: int, lr: float) -> list[tuple[StageConfig | None, str]]:
     """(stage, runtime) pairs: every technique alone, lowered to the runtime it targets."""
     tune = TrainConfig(epochs=epochs, lr=lr, schedule="cosine")
     return [
-        (None, "eager"), (None, "torchscript"), (None, "executorch"),
+        (None, "torchscript"), (None, "executorch"),
         (FuseConfig(), "torchscript"),
         (UnstructuredPruningConfig(amount=0.5, scope="global", finetune=tune), "executorch"),
         (GradualPruningConfig(final_sparsity=0.7, end_epoch=max(0, epochs - 1), finetune=tune), "executorch"),
@@ -73,9 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     for stage, runtime in techniques(args.epochs, args.lr):
         started = time.perf_counter()
         model = CompressedModel(workspace.baseline.model)
-        if stage is not None:
-            model, _ = Pipeline((stage,)).run(model, context)
-        candidate = runner.evaluate(model, runtime)
+        try:
+            if stage is not None:
+                model, _ = Pipeline((stage,)).run(model, context)
+            candidate = runner.evaluate(model, runtime)
+        except Exception as error:  # one broken technique must not lose the others' measurements
+            rows.append({"technique": stage.describe() if stage else "baseline", "runtime": runtime,
+                         "error": f"{type(error).__name__}: {error}"})
+            print(f"{rows[-1]['technique']:<40} {runtime:<12} FAILED: {rows[-1]['error']}", flush=True)
+            continue
         rows.append({
             "technique": stage.describe() if stage else "baseline", "runtime": runtime,
             "val_top1": candidate.val.top1, "test_top1": candidate.test.top1,
