@@ -72,3 +72,18 @@ def test_baseline_is_trained_once_then_reused_and_corruption_is_reported(tmp_pat
     (tmp_path / "model.pt").write_bytes(b"\x00garbage")
     with pytest.raises(UserError, match="corrupt"):
         ensure_baseline(config, train, tiny_bundle, tmp_path, progress=False)
+
+
+def test_resolution_stage_trades_pixels_for_flops_and_keeps_the_weights(tiny_bundle) -> None:
+    from compression.resolution import ResolutionConfig
+    from compression.stage import CompressedModel, StageContext, apply_stage
+
+    model = build_model(ModelConfig(width_mult=0.25, input_resolution=128), 4, 32).eval()
+    context = StageContext(data=tiny_bundle)
+    x = torch.randn(1, 3, 32, 32)
+    lower = apply_stage(CompressedModel(model), ResolutionConfig(size=64), context).module
+    native = apply_stage(CompressedModel(model), ResolutionConfig(size=32), context).module
+    assert lower[0].size == 64 and not isinstance(native, torch.nn.Sequential)  # native size: no resize at all
+    assert count_flops(model, x) > 3 * count_flops(lower, x) > 3 * count_flops(native, x)
+    assert torch.equal(lower[1].features[0][0].weight, model[1].features[0][0].weight)
+    assert model[0].size == 128  # the input model is untouched
