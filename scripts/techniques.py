@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     runner = TrialRunner(workspace, artifact_store(study))
+    out = study.run_dir / "techniques"
     context = StageContext(data=workspace.data, teacher=workspace.baseline.model, seed=study.seed)
     rows = []
     for stage, runtime in techniques(args.epochs, args.lr):
@@ -93,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         })
         print(f"{rows[-1]['technique']:<40} {runtime:<12} top-1 {candidate.test.top1:.3f}  "
               f"size x{candidate.size_ratio:.2f}  latency x{candidate.latency_ratio:.2f}", flush=True)
+        # Written after every row: an interrupted benchmark keeps what it measured.
+        write_text(out / "techniques.csv", pd.DataFrame(rows).to_csv(index=False))
     table = pd.DataFrame(rows)
-    out = study.run_dir / "techniques"
-    write_text(out / "techniques.csv", table.to_csv(index=False))
     write_json(out / "techniques.json", table.to_dict(orient="records"))
     with pd.option_context("display.width", 200):
         print(table.round(3).to_string(index=False))
