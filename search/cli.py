@@ -223,8 +223,11 @@ def _quiet_libraries() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
-    # SIGTERM (a scheduler stopping the job) ends a trial as cleanly as Ctrl-C does.
+    # SIGTERM (a scheduler stopping the job) ends a trial as cleanly as Ctrl-C does. SIGINT is set
+    # explicitly: a shell starting a job in the background makes it ignore SIGINT, and Python then
+    # never raises KeyboardInterrupt.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return int(args.handler(args))
     except UserError as error:
