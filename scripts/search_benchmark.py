@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import optuna  # noqa: E402
 
-from search.cli import _quiet_libraries, main as cli_main  # noqa: E402
+from common.logs import quiet_libraries  # noqa: E402
+from search.cli import main as cli_main  # noqa: E402
 from search.report import early_stopping_savings, hypervolume  # noqa: E402
 from search.runner import run_search  # noqa: E402
 from search.storage import open_study  # noqa: E402
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-jobs", type=int, default=1)
     parser.add_argument("--compare-random", action="store_true", help="also run a random-sampler study, same budget")
     args = parser.parse_args(argv)
-    _quiet_libraries()
+    quiet_libraries()
     base = load_study(args.study)
     overrides = {"search.n_trials": args.n_trials} if args.n_trials else {}
     results = [run(args.study, overrides, args.n_jobs)]

@@ -9,6 +9,7 @@ import sys
 from typing import Callable, Sequence
 
 from common.errors import UserError
+from common.logs import quiet_libraries
 from search.study import StudyConfig, load_study
 
 
@@ -209,20 +210,9 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _quiet_libraries() -> None:
-    import warnings
-
-    import optuna
-
-    # Heartbeat retries and artifact storage are marked experimental; the warning helps no user here.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*deprecated.*")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    quiet_libraries()
     # SIGTERM (a scheduler stopping the job) ends a trial as cleanly as Ctrl-C does. SIGINT is set
     # explicitly: a shell starting a job in the background makes it ignore SIGINT, and Python then
     # never raises KeyboardInterrupt.

@@ -10,6 +10,7 @@ import joblib
 import optuna
 from tqdm.auto import tqdm
 
+from common.logs import quiet_libraries
 from search.objective import TrialRunner, trial_constraints
 from search.storage import artifact_store, open_study
 from search.study import SearchConfig, load_study
@@ -73,6 +74,7 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
 
     ``overrides`` changes dotted study keys (e.g. ``{"search.sampler": "random"}``) for benchmarks.
     """
+    quiet_libraries()  # joblib workers are fresh processes: the CLI's settings do not reach them
     study_config = load_study(study_path, overrides)
     workspace = open_workspace(study_config, progress=progress and worker == 0)
     budget = n_trials or study_config.search.n_trials

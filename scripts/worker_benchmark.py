@@ -1,0 +1,80 @@
+"""Benchmark: trials completed per minute with 1, 2, 3, ... local worker processes on one study.
+
+    .venv/bin/python scripts/worker_benchmark.py --study studies/smoke.toml --workers 1 2 3 --n-trials 8
+
+Each worker count gets a fresh study (``<name>-workers-K``) with the same budget and the same trained
+baseline, run by ``run_search(n_jobs=K)`` exactly as ``udacisense search --n-jobs K`` does. Prints
+wall time, trials per minute and the trials' states, and writes a CSV next to the studies' runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import optuna  # noqa: E402
+
+from common.files import atomic_path  # noqa: E402
+from common.logs import quiet_libraries  # noqa: E402
+from search.runner import run_search  # noqa: E402
+from search.storage import open_study  # noqa: E402
+from search.study import load_study  # noqa: E402
+from search.workspace import open_workspace  # noqa: E402
+
+
+def measure(study_path: str, workers: int, n_trials: int) -> dict:
+    base = load_study(study_path)
+    overrides = {"name": f"{base.name}-workers-{workers}", "search.n_trials": n_trials}
+    config = load_study(study_path, overrides)
+    if config.run_dir.exists():
+        raise SystemExit(f"{config.run_dir} exists from an earlier run; delete it to measure again.")
+    # Same baseline for every worker count: its checkpoint is reused because its settings key matches.
+    shutil.copytree(base.run_dir / "baseline", config.run_dir / "baseline")
+    started = time.perf_counter()
+    run_search(study_path, n_jobs=workers, overrides=overrides, progress=False)
+    minutes = (time.perf_counter() - started) / 60
+    trials = open_study(config, create=False).get_trials()
+    states = {s.name.lower(): sum(1 for t in trials if t.state is s) for s in optuna.trial.TrialState}
+    finished = states["complete"] + states["pruned"]
+    lost = [t.number for t in trials if t.state is optuna.trial.TrialState.RUNNING]
+    return {"workers": workers, "minutes": round(minutes, 2), "trials_finished": finished,
+            "complete": states["complete"], "pruned": states["pruned"], "failed": states["fail"],
+            "running_left": len(lost), "trials_per_minute": round(finished / minutes, 2),
+            "complete_per_minute": round(states["complete"] / minutes, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", default="studies/smoke.toml")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--n-trials", type=int, default=8)
+    args = parser.parse_args(argv)
+    quiet_libraries()
+    base = load_study(args.study)
+    open_workspace(base, progress=True)  # train the shared baseline once, outside the timed runs
+    rows = []
+    for workers in args.workers:
+        rows.append(measure(args.study, workers, args.n_trials))
+        print(rows[-1], flush=True)
+    out = base.run_dir / "worker_benchmark.csv"
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"\n| workers | minutes | finished (complete+pruned) | trials/min | complete/min | failed | left running |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['workers']} | {row['minutes']} | {row['trials_finished']} ({row['complete']}+{row['pruned']}) "
+              f"| {row['trials_per_minute']} | {row['complete_per_minute']} | {row['failed']} | {row['running_left']} |")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
