@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import optuna  # noqa: E402
 
 from common.logs import quiet_libraries  # noqa: E402
+from search.budget import is_rejected  # noqa: E402
 from search.cli import main as cli_main  # noqa: E402
 from search.report import early_stopping_savings, hypervolume  # noqa: E402
 from search.runner import run_search  # noqa: E402
@@ -35,7 +36,7 @@ def summarise(study_path: str, overrides: dict) -> dict:
     states = {s.name.lower(): sum(1 for t in trials if t.state is s) for s in optuna.trial.TrialState}
     return {
         "study": config.name, "sampler": config.search.sampler, "trials": states,
-        "rejected_orders": sum(1 for t in trials if t.user_attrs.get("stage") == "rejected"),
+        "rejected_orders": sum(1 for t in trials if is_rejected(t)),
         "meets_all_targets": sum(1 for t in complete if t.user_attrs.get("meets_targets")),
         "hypervolume": hypervolume([t.values for t in complete]) if complete else 0.0,
         "early_stopping": early_stopping_savings(trials),

@@ -23,6 +23,7 @@ from evaluators.flops import count_flops
 from evaluators.latency import LatencyReport, compare_latency
 from evaluators.parity import ParityReport, compare_logits
 from evaluators.size import SizeReport, parameter_counts, size_report, state_dict_bytes
+from search.budget import OVER_BUDGET, REJECTED, is_surplus
 from search.early_stopping import AccuracyMonitor, stop_rule_for
 from search.feasibility import Footprint, footprint, infeasibility
 from search.workspace import Workspace
@@ -60,6 +61,7 @@ class TrialRunner:
     workspace: Workspace
     artifact_store: optuna.artifacts.FileSystemArtifactStore
     progress: bool = False
+    budget: int | None = None  # the study's trial budget, shared by every worker; None: no check
     current_trial: int | None = None  # the trial this process is running, for clean interruption
     _reference: dict[str, Runner] = field(default_factory=dict)
     _baseline_footprint: Footprint | None = None
@@ -126,8 +128,14 @@ class TrialRunner:
             signature = pipeline.check()
         except IncompatiblePipelineError as error:
             trial.set_user_attr("pruned_reason", f"rejected before compute: {error.problem}")
-            trial.set_user_attr("stage", "rejected")
+            trial.set_user_attr("stage", REJECTED)
             raise optuna.TrialPruned(error.problem) from None
+        if self.budget is not None and is_surplus(trial.study, trial.number, self.budget):
+            # Another worker took the last trial of the budget at the same moment: run nothing.
+            reason = f"over budget: {self.budget} trials were already taken by other workers"
+            trial.set_user_attr("pruned_reason", reason)
+            trial.set_user_attr("stage", OVER_BUDGET)
+            raise optuna.TrialPruned(reason)
         runtime = "executorch" if signature.backend == "xnnpack" else (
             "torchscript" if signature.backend else study.evaluation.float_runtime)
         trial.set_user_attr("runtime", runtime)

@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from common.errors import UserError  # noqa: E402
 from common.files import atomic_path, sha256_of, write_text  # noqa: E402
+from search.budget import is_rejected  # noqa: E402
 from search.front import pareto_trials, pick, trials_table  # noqa: E402
 from search.study import StudyConfig  # noqa: E402
 
@@ -280,14 +281,11 @@ def trial_seconds(trial: FrozenTrial) -> float:
     return 0.0
 
 
-def _is_rejected(trial: FrozenTrial) -> bool:
-    return trial.state is TrialState.PRUNED and str(trial.user_attrs.get("pruned_reason", "")).startswith(
-        "rejected before compute")
-
-
 def prune_category(reason: str) -> str:
     if reason.startswith("rejected before compute"):
         return "rejected before compute (impossible stage order)"
+    if reason.startswith("over budget"):
+        return "over budget (another worker took the last trial first; nothing ran)"
     if reason.startswith("stopped before training"):
         return "stopped before training (estimated to miss the size or latency target)"
     if reason:
@@ -324,11 +322,13 @@ def early_stopping_savings(trials: Sequence[FrozenTrial]) -> dict[str, Any]:
     for entry in by_category.values():
         entry["saved"] = median * entry["trials"] - entry["spent"]
     spent = sum(trial_seconds(t) for t in pruned)
-    rejected = by_category.get(prune_category("rejected before compute"), {"trials": 0, "saved": 0.0})
+    # Impossible orders and surplus trials would never have run: they are not savings of early stopping.
+    never_ran = [by_category.get(prune_category(reason), {"trials": 0, "saved": 0.0})
+                 for reason in ("rejected before compute", "over budget")]
     return {"median_complete": median, "pruned": len(pruned), "spent": spent, "saved": median * len(pruned) - spent,
             "complete_total": sum(complete), "by_category": by_category,
-            "stopped": len(pruned) - int(rejected["trials"]),
-            "saved_by_stopping": median * len(pruned) - spent - rejected["saved"]}
+            "stopped": len(pruned) - sum(int(entry["trials"]) for entry in never_ran),
+            "saved_by_stopping": median * len(pruned) - spent - sum(entry["saved"] for entry in never_ran)}
 
 
 @dataclass(frozen=True)
@@ -701,7 +701,7 @@ def section_search(inputs: Inputs, history: Sequence[tuple[int, float]], savings
     names = inputs.optuna_study.metric_names or ["objective 0", "objective 1", "objective 2"]
     directions = [d.name.lower() for d in inputs.optuna_study.directions]
     lines = ["## The search", ""]
-    rejected = sum(1 for t in inputs.trials if _is_rejected(t))
+    rejected = sum(1 for t in inputs.trials if is_rejected(t))
     budget = f"{config.n_trials} trials" + (f" or {config.timeout_minutes:g} minutes" if config.timeout_minutes else "")
     sampler = config.sampler + (f" (population {config.population_size})" if config.sampler in ("nsga2", "nsga3") else "")
     lines += md_table(["setting", "value"], [
@@ -938,7 +938,7 @@ def recommendations(inputs: Inputs, rows: Sequence[TechniqueRow], history: Seque
         else:
             items.append("The hypervolume did not grow over the last quarter of completed trials: the front has "
                          "settled for this space; widen `[space]` rather than adding trials.")
-    rejected = sum(1 for t in inputs.trials if _is_rejected(t))
+    rejected = sum(1 for t in inputs.trials if is_rejected(t))
     if rejected:
         items.append(f"{rejected} of {len(inputs.trials)} sampled pipelines ({100 * rejected / len(inputs.trials):.0f}%) "
                      "were impossible stage orders, rejected before compute at no cost; listing fewer families in "

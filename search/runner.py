@@ -11,13 +11,13 @@ import optuna
 from tqdm.auto import tqdm
 
 from common.logs import quiet_libraries
+from search.budget import budget_left, is_rejected
 from search.objective import TrialRunner, trial_constraints
 from search.storage import artifact_store, open_study
 from search.study import SearchConfig, load_study
 from search.workspace import open_workspace
 
 TrialState = optuna.trial.TrialState
-COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL, TrialState.WAITING)
 
 
 def make_sampler(search: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
@@ -31,19 +31,6 @@ def make_sampler(search: SearchConfig, seed: int) -> optuna.samplers.BaseSampler
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, constraints_func=trial_constraints,
                                           n_startup_trials=min(10, search.n_trials))
     return optuna.samplers.RandomSampler(seed=seed)
-
-
-def budget_left(study: optuna.Study, n_trials: int) -> int:
-    """Trials still to start: the budget counts every worker's trials, running ones included."""
-    trials = study.get_trials(deepcopy=False, states=COUNTED)
-    # A trial whose worker died is re-queued by the heartbeat callback: count it once, through its retry.
-    retried = {number for t in trials for number in t.system_attrs.get("retry_history", [])}
-    # Orders rejected before any compute cost nothing, so they do not spend the budget.
-    return n_trials - sum(1 for t in trials if t.number not in retried and not is_rejected(t))
-
-
-def is_rejected(trial: optuna.trial.FrozenTrial) -> bool:
-    return trial.user_attrs.get("stage") == "rejected"
 
 
 # Stop sampling when a space yields almost only impossible orders, rather than loop for ever.
@@ -80,7 +67,7 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
     budget = n_trials or study_config.search.n_trials
     sampler = make_sampler(study_config.search, study_config.seed + 1000 * worker)
     study = open_study(study_config, storage, sampler)
-    runner = TrialRunner(workspace, artifact_store(study_config), progress=False)
+    runner = TrialRunner(workspace, artifact_store(study_config), progress=False, budget=budget)
     deadline = time.monotonic() + study_config.search.timeout_minutes * 60 if study_config.search.timeout_minutes else None
     started, count = time.perf_counter(), 0
     bar = tqdm(total=budget, initial=budget - max(0, budget_left(study, budget)), desc=f"search {study_config.name}",

@@ -17,7 +17,8 @@ from models.mobilenet import build_model
 from search.early_stopping import StopRule
 from search.feasibility import footprint, infeasibility
 from search.front import pareto_trials, pick, trials_table
-from search.runner import budget_left, requeue
+from search.budget import budget_left, is_surplus
+from search.runner import requeue
 from search.study import TargetsConfig
 from spaces.sampling import orders, sample_pipeline
 from spaces.space import SpaceConfig
@@ -74,6 +75,18 @@ def test_budget_counts_every_worker_but_not_rejected_orders_or_retried_failures(
     retry = study.trials[-1]
     assert retry.state is TrialState.WAITING and retry.system_attrs["failed_trial"] == 3
     assert budget_left(study, 5) == 2  # the failure and its retry count once
+
+
+def test_trials_started_after_the_budget_was_taken_are_surplus_for_every_worker() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    _trial(study, TrialState.COMPLETE, [0.5, 0.5, 0.5])  # 0
+    _trial(study, TrialState.PRUNED, stage="rejected")  # 1: spends nothing
+    _trial(study, TrialState.RUNNING)  # 2: worker A's last trial of a budget of 2
+    _trial(study, TrialState.RUNNING)  # 3: worker B asked at the same moment
+    assert not is_surplus(study, 2, 2)
+    assert is_surplus(study, 3, 2)
+    _trial(study, TrialState.PRUNED, stage="over-budget")  # a surplus trial spends nothing either
+    assert budget_left(study, 3) == 0 and not is_surplus(study, 3, 3)
 
 
 def test_front_dominance_and_pick_policies() -> None:
