@@ -6,7 +6,6 @@ import itertools
 
 import optuna
 
-from common.errors import IncompatiblePipelineError
 from compression.distillation import DistillationConfig
 from compression.graph import FuseConfig
 from compression.pipeline import Pipeline
@@ -38,14 +37,11 @@ def _quantize(trial: optuna.Trial, space: SpaceConfig, finetune: TrainConfig | N
     quant_type = trial.suggest_categorical("quant_type", list(space.quant_types))
     if quant_type == "none":
         return None
-    backend = trial.suggest_categorical("quant_backend", list(space.quant_backends))
     if quant_type == "dynamic":
-        if backend == "xnnpack":
-            raise IncompatiblePipelineError(
-                "Dynamic quantization targets the PyTorch runtimes (x86, fbgemm, qnnpack), not xnnpack.",
-                "pick static or QAT quantization for xnnpack.",
-            )
+        # Its own parameter: dynamic quantization has no xnnpack flavour, so it never samples one.
+        backend = trial.suggest_categorical("dynamic_backend", list(space.dynamic_backends))
         return DynamicQuantConfig(backend=backend)
+    backend = trial.suggest_categorical("quant_backend", list(space.quant_backends))
     if quant_type == "static":
         prefix = trial.suggest_int("float_prefix_blocks", *space.float_prefix_blocks)
         return StaticQuantConfig(backend=backend, float_prefix_blocks=prefix)

@@ -14,10 +14,10 @@ from compression.quantization import StaticQuantConfig
 from compression.stage import StageContext
 from models.config import ModelConfig
 from models.mobilenet import build_model
+from search.budget import budget_left, is_surplus
 from search.early_stopping import StopRule
 from search.feasibility import footprint, infeasibility
 from search.front import pareto_trials, pick, trials_table
-from search.budget import budget_left, is_surplus
 from search.runner import requeue
 from search.study import TargetsConfig
 from spaces.sampling import orders, sample_pipeline
@@ -45,6 +45,15 @@ def test_every_order_is_sampled_and_impossible_ones_are_rejected_without_compute
             rejected.add(order)
     assert accepted == {"prune>channels>quantize", "channels>prune>quantize"}
     assert len(rejected) == 4
+
+
+def test_dynamic_quantization_never_samples_xnnpack_and_a_space_without_its_backends_is_refused() -> None:
+    space = SpaceConfig(stages=("quantize",), quant_types=("dynamic",), quant_backends=("xnnpack", "qnnpack"))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    backends = {sample_pipeline(study.ask(), space).stages[0].backend for _ in range(20)}
+    assert backends == {"qnnpack"}
+    with pytest.raises(UserError, match="dynamic"):
+        SpaceConfig(quant_types=("dynamic", "static"), quant_backends=("xnnpack",))
 
 
 def test_stop_rule_spares_the_first_cut_and_trusts_recovered_history() -> None:
