@@ -5,7 +5,8 @@
 
 Prints the Pareto front, wall time, trials complete/pruned/failed, the CPU time early stopping
 saved, and (with --compare-random) the hypervolume of the default sampler's trials against a
-random-sampler study with the same budget, on the same baseline.
+random-sampler study with the same budget, on the same baseline. The hypervolumes are compared
+over the same number of finished trials in both studies, so a run cut short still compares fairly.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import optuna  # noqa: E402
 
 from common.logs import quiet_libraries  # noqa: E402
-from search.budget import is_rejected  # noqa: E402
+from search.budget import counted_trials, is_rejected  # noqa: E402
 from search.cli import main as cli_main  # noqa: E402
 from search.report import early_stopping_savings, hypervolume  # noqa: E402
 from search.runner import run_search  # noqa: E402
@@ -29,9 +29,20 @@ from search.storage import open_study  # noqa: E402
 from search.study import load_study  # noqa: E402
 
 
+def finished_in_budget(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The finished trials that spent the budget, in the order they were started."""
+    return [t for t in counted_trials(trials) if t.state.is_finished()]
+
+
+def hypervolume_of_first(trials: list[optuna.trial.FrozenTrial], n: int) -> float:
+    values = [t.values for t in finished_in_budget(trials)[:n] if t.state is optuna.trial.TrialState.COMPLETE]
+    return hypervolume(values) if values else 0.0
+
+
 def summarise(study_path: str, overrides: dict) -> dict:
     config = load_study(study_path, overrides)
     trials = open_study(config, create=False).get_trials()
+    finished = finished_in_budget(trials)
     complete = [t for t in trials if t.state is optuna.trial.TrialState.COMPLETE]
     states = {s.name.lower(): sum(1 for t in trials if t.state is s) for s in optuna.trial.TrialState}
     return {
@@ -40,14 +51,16 @@ def summarise(study_path: str, overrides: dict) -> dict:
         "meets_all_targets": sum(1 for t in complete if t.user_attrs.get("meets_targets")),
         "hypervolume": hypervolume([t.values for t in complete]) if complete else 0.0,
         "early_stopping": early_stopping_savings(trials),
+        "finished_in_budget": len(finished), "all_trials": trials,
+        "wall_seconds": (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds()
+        if finished else 0.0,
     }
 
 
-def run(study_path: str, overrides: dict, n_jobs: int) -> dict:
-    started = time.perf_counter()
-    run_search(study_path, n_jobs=n_jobs, overrides=overrides, progress=True)
+def run(study_path: str, overrides: dict, n_jobs: int, summary_only: bool) -> dict:
+    if not summary_only:
+        run_search(study_path, n_jobs=n_jobs, overrides=overrides, progress=True)
     summary = summarise(study_path, overrides)
-    summary["wall_seconds"] = time.perf_counter() - started
     return summary
 
 
@@ -57,25 +70,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-trials", type=int, help="override the study's budget")
     parser.add_argument("--n-jobs", type=int, default=1)
     parser.add_argument("--compare-random", action="store_true", help="also run a random-sampler study, same budget")
+    parser.add_argument("--summary-only", action="store_true", help="summarise the studies as they are; run no trials")
     args = parser.parse_args(argv)
     quiet_libraries()
     base = load_study(args.study)
     overrides = {"search.n_trials": args.n_trials} if args.n_trials else {}
-    results = [run(args.study, overrides, args.n_jobs)]
+    results = [run(args.study, overrides, args.n_jobs, args.summary_only)]
     cli_main(["front", "--study", args.study] if not overrides else ["check", "--study", args.study])
     if args.compare_random:
         random_overrides = {**overrides, "name": f"{base.name}-random", "search.sampler": "random"}
         # Same baseline for both: its checkpoint is reused because its settings key matches.
         shutil.copytree(base.run_dir / "baseline", load_study(args.study, random_overrides).run_dir / "baseline",
                         dirs_exist_ok=True)
-        results.append(run(args.study, random_overrides, args.n_jobs))
+        results.append(run(args.study, random_overrides, args.n_jobs, args.summary_only))
     for result in results:
-        print(f"\n{result['study']} ({result['sampler']}): {result['trials']} in {result['wall_seconds'] / 60:.1f} min")
+        print(f"\n{result['study']} ({result['sampler']}): {result['trials']}; first start to last finish "
+              f"{result['wall_seconds'] / 60:.1f} min")
         print(f"  rejected orders (no compute): {result['rejected_orders']}; meeting all targets: {result['meets_all_targets']}")
         print(f"  hypervolume {result['hypervolume']:.4f}")
         print(f"  early stopping: {result['early_stopping']}")
-    if len(results) == 2 and results[1]["hypervolume"] > 0:
-        print(f"\nhypervolume ratio {results[0]['sampler']} / random: {results[0]['hypervolume'] / results[1]['hypervolume']:.3f}")
+    if len(results) == 2:
+        common = min(r["finished_in_budget"] for r in results)
+        at = [hypervolume_of_first(r["all_trials"], common) for r in results]
+        print(f"\nhypervolume over the first {common} finished trials of each: {results[0]['sampler']} {at[0]:.4f}, "
+              f"random {at[1]:.4f}" + (f", ratio {at[0] / at[1]:.3f}" if at[1] > 0 else ""))
     return 0
 
 

@@ -15,16 +15,17 @@ def is_rejected(trial: optuna.trial.FrozenTrial) -> bool:
     return trial.user_attrs.get("stage") == REJECTED
 
 
-def _counted(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+def counted_trials(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The trials that spend the budget, in trial-number order."""
     # A trial whose worker died is re-queued by the heartbeat callback: count it once, through its retry.
     retried = {number for t in trials for number in t.system_attrs.get("retry_history", [])}
-    return [t for t in trials if t.state in COUNTED and t.number not in retried
+    return [t for t in sorted(trials, key=lambda t: t.number) if t.state in COUNTED and t.number not in retried
             and t.user_attrs.get("stage") not in (REJECTED, OVER_BUDGET)]
 
 
 def budget_left(study: optuna.Study, n_trials: int) -> int:
     """Trials still to start: the budget counts every worker's trials, running and queued ones included."""
-    return n_trials - len(_counted(study.get_trials(deepcopy=False)))
+    return n_trials - len(counted_trials(study.get_trials(deepcopy=False)))
 
 
 def is_surplus(study: optuna.Study, number: int, n_trials: int) -> bool:
@@ -33,4 +34,4 @@ def is_surplus(study: optuna.Study, number: int, n_trials: int) -> bool:
     Trial numbers are handed out by the storage in one order for all workers, so the first
     ``n_trials`` counted trials by number are the budget's, and every worker agrees on the rest.
     """
-    return len([t for t in _counted(study.get_trials(deepcopy=False)) if t.number < number]) >= n_trials
+    return len([t for t in counted_trials(study.get_trials(deepcopy=False)) if t.number < number]) >= n_trials
