@@ -23,7 +23,7 @@ import optuna  # noqa: E402
 from common.logs import quiet_libraries  # noqa: E402
 from search.budget import counted_trials, is_rejected  # noqa: E402
 from search.cli import main as cli_main  # noqa: E402
-from search.report import early_stopping_savings, hypervolume  # noqa: E402
+from search.report import early_stopping_savings, hypervolume, state_counts  # noqa: E402
 from search.runner import run_search  # noqa: E402
 from search.storage import open_study  # noqa: E402
 from search.study import load_study  # noqa: E402
@@ -44,9 +44,8 @@ def summarise(study_path: str, overrides: dict) -> dict:
     trials = open_study(config, create=False).get_trials()
     finished = finished_in_budget(trials)
     complete = [t for t in trials if t.state is optuna.trial.TrialState.COMPLETE]
-    states = {s.name.lower(): sum(1 for t in trials if t.state is s) for s in optuna.trial.TrialState}
     return {
-        "study": config.name, "sampler": config.search.sampler, "trials": states,
+        "study": config.name, "sampler": config.search.sampler, "trials": state_counts(trials),
         "rejected_orders": sum(1 for t in trials if is_rejected(t)),
         "meets_all_targets": sum(1 for t in complete if t.user_attrs.get("meets_targets")),
         "hypervolume": hypervolume([t.values for t in complete]) if complete else 0.0,
@@ -60,8 +59,7 @@ def summarise(study_path: str, overrides: dict) -> dict:
 def run(study_path: str, overrides: dict, n_jobs: int, summary_only: bool) -> dict:
     if not summary_only:
         run_search(study_path, n_jobs=n_jobs, overrides=overrides, progress=True)
-    summary = summarise(study_path, overrides)
-    return summary
+    return summarise(study_path, overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

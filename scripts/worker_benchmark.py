@@ -10,7 +10,6 @@ wall time, trials per minute and the trials' states, and writes a CSV next to th
 from __future__ import annotations
 
 import argparse
-import csv
 import shutil
 import sys
 import time
@@ -18,10 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
 
-from common.files import atomic_path  # noqa: E402
+from common.files import write_text  # noqa: E402
 from common.logs import quiet_libraries  # noqa: E402
+from search.report import state_counts  # noqa: E402
 from search.runner import run_search  # noqa: E402
 from search.storage import open_study  # noqa: E402
 from search.study import load_study  # noqa: E402
@@ -40,12 +40,11 @@ def measure(study_path: str, workers: int, n_trials: int) -> dict:
     run_search(study_path, n_jobs=workers, overrides=overrides, progress=False)
     minutes = (time.perf_counter() - started) / 60
     trials = open_study(config, create=False).get_trials()
-    states = {s.name.lower(): sum(1 for t in trials if t.state is s) for s in optuna.trial.TrialState}
+    states = state_counts(trials)
     finished = states["complete"] + states["pruned"]
-    lost = [t.number for t in trials if t.state is optuna.trial.TrialState.RUNNING]
     return {"workers": workers, "minutes": round(minutes, 2), "trials_finished": finished,
             "complete": states["complete"], "pruned": states["pruned"], "failed": states["fail"],
-            "running_left": len(lost), "trials_per_minute": round(finished / minutes, 2),
+            "running_left": states["running"], "trials_per_minute": round(finished / minutes, 2),
             "complete_per_minute": round(states["complete"] / minutes, 2)}
 
 
@@ -63,10 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(measure(args.study, workers, args.n_trials))
         print(rows[-1], flush=True)
     out = base.run_dir / "worker_benchmark.csv"
-    with atomic_path(out) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_text(out, pd.DataFrame(rows).to_csv(index=False))
     print(f"\n| workers | minutes | finished (complete+pruned) | trials/min | complete/min | failed | left running |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:

@@ -54,6 +54,13 @@ def trial_constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
     return list(trial.user_attrs.get("constraints", [1.0, 1.0, 1.0]))
 
 
+def pruned(trial: optuna.Trial, stage: str, reason: str, message: str) -> optuna.TrialPruned:
+    """Record why ``trial`` stops at ``stage`` (the report groups trials by these), for raising."""
+    trial.set_user_attr("pruned_reason", reason)
+    trial.set_user_attr("stage", stage)
+    return optuna.TrialPruned(message)
+
+
 @dataclass
 class TrialRunner:
     """Runs trials of one study in one process; the baseline reference latencies are measured here too."""
@@ -127,15 +134,11 @@ class TrialRunner:
             trial.set_user_attr("pipeline", pipeline.describe())
             signature = pipeline.check()
         except IncompatiblePipelineError as error:
-            trial.set_user_attr("pruned_reason", f"rejected before compute: {error.problem}")
-            trial.set_user_attr("stage", REJECTED)
-            raise optuna.TrialPruned(error.problem) from None
+            raise pruned(trial, REJECTED, f"rejected before compute: {error.problem}", error.problem) from None
         if self.budget is not None and is_surplus(trial.study, trial.number, self.budget):
             # Another worker took the last trial of the budget at the same moment: run nothing.
             reason = f"over budget: {self.budget} trials were already taken by other workers"
-            trial.set_user_attr("pruned_reason", reason)
-            trial.set_user_attr("stage", OVER_BUDGET)
-            raise optuna.TrialPruned(reason)
+            raise pruned(trial, OVER_BUDGET, reason, reason)
         runtime = "executorch" if signature.backend == "xnnpack" else (
             "torchscript" if signature.backend else study.evaluation.float_runtime)
         trial.set_user_attr("runtime", runtime)
@@ -167,9 +170,7 @@ class TrialRunner:
         targets = self.workspace.study.targets
         reason = infeasibility(candidate, self._baseline_footprint, 1 - targets.size_reduction, 1 - targets.latency_reduction)
         if reason:
-            trial.set_user_attr("pruned_reason", f"stopped before training: {reason}")
-            trial.set_user_attr("stage", "before-training")
-            raise optuna.TrialPruned(reason)
+            raise pruned(trial, "before-training", f"stopped before training: {reason}", reason)
 
     def evaluate(self, model: CompressedModel, runtime: str) -> Candidate:
         """Lower ``model`` to ``runtime`` and measure the artifact itself: accuracy, parity, latency, size."""
