@@ -13,7 +13,7 @@ import types
 import typing
 from typing import Any, Literal, Mapping, TypeVar, Union
 
-from common.errors import UserError
+from udacisense.common.errors import UserError
 
 T = TypeVar("T")
 

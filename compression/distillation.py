@@ -14,14 +14,14 @@ import torch
 import torchvision
 from torch import nn
 
-from common.errors import UserError
-from common.schema import bounded
-from compression.finetune import finetune
-from compression.stage import (CompressedModel, ModelForm, Signature, StageContext, register_stage,
+from udacisense.common.errors import UserError
+from udacisense.common.schema import bounded
+from udacisense.compression.finetune import finetune
+from udacisense.compression.stage import (CompressedModel, ModelForm, Signature, StageContext, register_stage,
                                require_form)
-from compression.training import Distillation
-from models.config import TrainConfig
-from models.mobilenet import ResizeInput
+from udacisense.training import Distillation
+from udacisense.training import TrainConfig
+from udacisense.models.mobilenet import ResizeInput
 
 
 @dataclass(frozen=True)

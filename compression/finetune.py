@@ -6,9 +6,9 @@ from typing import Sequence
 
 from torch import nn
 
-from compression.stage import StageContext
-from compression.training import Distillation, EpochStartHook, TrainHistory, fit
-from models.config import TrainConfig
+from udacisense.compression.stage import StageContext
+from udacisense.training import Distillation, EpochStartHook, TrainHistory, fit
+from udacisense.training import TrainConfig
 
 
 def finetune(module: nn.Module, config: TrainConfig, context: StageContext, *, description: str,

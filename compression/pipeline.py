@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from compression.stage import CompressedModel, Signature, StageConfig, StageContext, apply_stage
+from udacisense.compression.stage import CompressedModel, Signature, StageConfig, StageContext, apply_stage
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,12 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune
 
-from common.errors import UserError
-from common.schema import bounded
-from compression.finetune import finetune
-from compression.stage import (CompressedModel, ModelForm, Signature, StageContext, register_stage,
+from udacisense.common.errors import UserError
+from udacisense.common.schema import bounded
+from udacisense.compression.finetune import finetune
+from udacisense.compression.stage import (CompressedModel, ModelForm, Signature, StageContext, register_stage,
                                require_form)
-from models.config import TrainConfig
+from udacisense.training import TrainConfig
 
 Scope = Literal["layer", "global"]
 Schedule = Literal["linear", "cubic", "exponential"]

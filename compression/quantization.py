@@ -16,31 +16,28 @@ from __future__ import annotations
 import copy
 import itertools
 import types
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ClassVar, Iterator, Literal, Sequence, get_args
+from typing import TYPE_CHECKING, Callable, ClassVar, Literal, Sequence, get_args
 
 import torch
 from torch import nn
 from torch.fx import GraphModule, Node
 
-from common.errors import UserError
-from common.schema import bounded
-from compression.finetune import finetune as run_finetune
-from compression.stage import (
-    Backend,
+from udacisense.common.errors import UserError
+from udacisense.common.schema import bounded
+from udacisense.compression.finetune import finetune as run_finetune
+from udacisense.compression.stage import (
     CompressedModel,
     ModelForm,
-    Runtime,
     Signature,
     StageConfig,
     StageContext,
+    check_runs_on,
     register_stage,
     require_form,
 )
-from compression.training import EpochStartHook
-from models.config import TrainConfig
+from udacisense.runtime import FX_BACKENDS, Backend, FxBackend, quantized_engine, quiet_legacy_apis, runtime_for
+from udacisense.training import EpochStartHook, TrainConfig
 
 if TYPE_CHECKING:
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
@@ -49,58 +46,10 @@ if TYPE_CHECKING:
 # torchao, executorch and torch.ao.quantization are imported inside the functions that use them:
 # they take seconds to import, and most commands never quantize.
 
-FxBackend = Literal["x86", "fbgemm", "qnnpack"]
 StaticBackend = Literal["x86", "fbgemm", "qnnpack", "xnnpack"]
-FX_BACKENDS: tuple[str, ...] = get_args(FxBackend)
 
 
 # --------------------------------------------------------------------------- engines and checks
-
-
-@contextmanager
-def quantized_engine(backend: str | None) -> Iterator[None]:
-    """Select ``backend``'s quantized engine for the duration (weights are packed and run per engine).
-
-    FX-quantized modules must be converted, loaded and run under the engine they target;
-    ``None`` and ``xnnpack`` (whose int8 kernels live in ExecuTorch) leave the engine alone.
-    """
-    if backend not in FX_BACKENDS:
-        yield
-        return
-    if backend not in torch.backends.quantized.supported_engines:
-        raise UserError(
-            f"This PyTorch build has no `{backend}` quantized engine "
-            f"(it has {', '.join(torch.backends.quantized.supported_engines)}).",
-            "choose a backend this machine supports: x86 or fbgemm on Intel/AMD, qnnpack on ARM.",
-        )
-    previous = torch.backends.quantized.engine
-    torch.backends.quantized.engine = backend
-    try:
-        yield
-    finally:
-        torch.backends.quantized.engine = previous
-
-
-def runtime_for(backend: Backend | None) -> Runtime:
-    """The runtime a quantized model of ``backend`` can be lowered to."""
-    return "executorch" if backend == "xnnpack" else "torchscript"
-
-
-@contextmanager
-def quiet_legacy_apis() -> Iterator[None]:
-    """Silence the deprecation notices of torch.ao.quantization (FX) and TorchScript.
-
-    Both APIs are deprecated in favour of PT2E/ExecuTorch, which this project knows and documents;
-    the FX observers also warn once per instance about `reduce_range` (thousands of lines per model).
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*torch.ao.quantization.*")
-        warnings.filterwarnings("ignore", message=".*reduce_range will be deprecated.*")
-        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
-        warnings.filterwarnings("ignore", message=".*please migrate to use torchao.*")
-        warnings.filterwarnings("ignore", category=FutureWarning, message=".*`torch.jit.*` is deprecated.*")
-        warnings.filterwarnings("ignore", message=".*TorchScript type system.*")
-        yield
 
 
 def _check_choice(config: StageConfig, field: str, value: object, allowed: Sequence[object]) -> None:
@@ -114,11 +63,6 @@ def _check_choice(config: StageConfig, field: str, value: object, allowed: Seque
 def _check_at_least(config: StageConfig, field: str, value: int, low: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise UserError(f"`{config.kind}.{field}` is {value!r}.", f"set `{field}` to an integer of at least {low}.")
-
-
-def check_runs_on(config: StageConfig, model: CompressedModel) -> None:
-    """Raise IncompatiblePipelineError if ``config`` cannot run on ``model`` (stages call this first)."""
-    config.transition(Signature(model.form, model.backend))
 
 
 # --------------------------------------------------------------------------- configs

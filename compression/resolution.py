@@ -12,11 +12,11 @@ from typing import ClassVar
 
 from torch import nn
 
-from common.errors import UserError
-from compression.finetune import finetune
-from compression.stage import CompressedModel, ModelForm, Signature, StageContext, register_stage, require_form
-from models.config import TrainConfig
-from models.mobilenet import ResizeInput
+from udacisense.common.errors import UserError
+from udacisense.compression.finetune import finetune
+from udacisense.compression.stage import CompressedModel, ModelForm, Signature, StageContext, register_stage, require_form
+from udacisense.training import TrainConfig
+from udacisense.models.mobilenet import ResizeInput
 
 
 @dataclass(frozen=True)

@@ -13,19 +13,16 @@ from typing import Callable, ClassVar, Literal, Protocol, TypeVar
 
 from torch import nn
 
-from common.errors import IncompatiblePipelineError
-from compression.training import EpochEndHook
-from datasources.loaders import DataBundle
+from udacisense.common.errors import IncompatiblePipelineError
+from udacisense.datasources.loaders import DataBundle
+from udacisense.runtime import Backend, Runtime
+from udacisense.training import EpochEndHook
 
 
 class ModelForm(enum.Enum):
     FLOAT = "float"
     QUANTIZED = "quantized"
     LOWERED = "lowered"
-
-
-Runtime = Literal["eager", "torchscript", "executorch"]
-Backend = Literal["x86", "fbgemm", "qnnpack", "xnnpack"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +87,11 @@ def require_form(config: StageConfig, signature: Signature, *allowed: ModelForm)
             "reorder the pipeline: training and pruning stages come before quantization, "
             "and lowering to a runtime comes last.",
         )
+
+
+def check_runs_on(config: StageConfig, model: CompressedModel) -> None:
+    """Raise IncompatiblePipelineError if ``config`` cannot run on ``model`` (stages call this first)."""
+    config.transition(Signature(model.form, model.backend))
 
 
 C = TypeVar("C")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.errors import UserError
+from udacisense.common.errors import UserError
 
 # The fixed label order: alphabetical, as the app team's label file lists them.
 HOUSEHOLD_CLASSES: tuple[str, ...] = (

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from common.errors import UserError
-from common.schema import bounded
+from udacisense.common.errors import UserError
+from udacisense.common.schema import bounded
 
 
 @dataclass(frozen=True)

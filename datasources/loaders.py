@@ -14,10 +14,10 @@ from typing import Iterator
 
 import torch
 
-from common.errors import UserError
-from common.files import save_torch
-from datasources import cifar100, imagefolder
-from datasources.config import DataConfig
+from udacisense.common.errors import UserError
+from udacisense.common.files import save_torch
+from udacisense.datasources import cifar100, imagefolder
+from udacisense.datasources.config import DataConfig
 
 
 @dataclass(frozen=True)

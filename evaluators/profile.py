@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 from torch import nn
 from tqdm.auto import tqdm
 
-from common.env import environment
-from compression.graph import load_runner, lower
-from compression.stage import CompressedModel
-from datasources.loaders import DataBundle
-from evaluators.accuracy import evaluate_accuracy
-from evaluators.flops import count_flops, macs_from_flops
-from evaluators.latency import measure_latency
-from evaluators.memory import peak_forward_memory
-from evaluators.size import size_report, state_dict_bytes
+from udacisense.common.env import environment
+from udacisense.datasources.loaders import DataBundle
+from udacisense.evaluators.accuracy import evaluate_accuracy
+from udacisense.evaluators.flops import count_flops, macs_from_flops
+from udacisense.evaluators.latency import measure_latency
+from udacisense.evaluators.memory import peak_forward_memory
+from udacisense.evaluators.size import size_report, state_dict_bytes
+from udacisense.runtime import artifact_bytes, load_runner
 
 
 def profile_float_model(module: nn.Module, bundle: DataBundle, *, runtimes: Sequence[str], latency_runs: int,
@@ -44,10 +44,9 @@ def profile_float_model(module: nn.Module, bundle: DataBundle, *, runtimes: Sequ
         if runtime == "eager":
             run = module
         else:
-            lowered = lower(CompressedModel(module), runtime, example_input=example)  # type: ignore[arg-type]
-            assert lowered.artifact is not None
-            metrics["size"][runtime] = size_report(lowered.artifact, runtime).as_dict()  # type: ignore[index]
-            run = load_runner(lowered.artifact, runtime)
+            artifact = artifact_bytes(copy.deepcopy(module), runtime, example_input=example)  # type: ignore[arg-type]
+            metrics["size"][runtime] = size_report(artifact, runtime).as_dict()  # type: ignore[index]
+            run = load_runner(artifact, runtime)
         report = measure_latency(run, example, runtime=runtime, warmup=latency_warmup, runs=latency_runs, threads=threads)
         metrics["latency"][runtime] = report.as_dict()  # type: ignore[index]
     return metrics

@@ -1,6 +1,6 @@
 """The network being compressed: its architecture, and the trained baseline every trial starts from."""
 
-from models.config import ModelConfig, TrainConfig
-from models.mobilenet import ResizeInput, build_model
+from udacisense.models.config import ModelConfig
+from udacisense.models.mobilenet import ResizeInput, build_model
 
-__all__ = ["ModelConfig", "ResizeInput", "TrainConfig", "build_model"]
+__all__ = ["ModelConfig", "ResizeInput", "build_model"]

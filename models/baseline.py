@@ -11,12 +11,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.errors import UserError
-from common.files import save_torch
-from compression.training import fit
-from datasources.loaders import DataBundle
-from models.config import ModelConfig, TrainConfig
-from models.mobilenet import build_model
+from udacisense.common.errors import UserError
+from udacisense.common.files import save_torch
+from udacisense.training import fit
+from udacisense.datasources.loaders import DataBundle
+from udacisense.models.config import ModelConfig
+from udacisense.training import TrainConfig
+from udacisense.models.mobilenet import build_model
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
-"""What a study says about the baseline network and how to train it."""
+"""What a study says about the baseline network."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-from common.schema import bounded
+from udacisense.common.schema import bounded
 
 
 @dataclass(frozen=True)
@@ -21,16 +21,3 @@ class ModelConfig:
     # torchvision's 0.01 suits 600-epoch ImageNet runs; short CPU runs need BatchNorm statistics that
     # settle within a few hundred steps, or eval-mode accuracy stays at chance.
     bn_momentum: float = bounded(0.1, min=0.001, max=1.0)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """One fine-tuning or training run (the ``[baseline]`` table, and fine-tune stages)."""
-
-    epochs: int = bounded(30, min=0, max=1000)
-    lr: float = bounded(0.05, min=1e-6, max=10.0)
-    momentum: float = bounded(0.9, min=0.0, max=0.999)
-    weight_decay: float = bounded(5e-5, min=0.0, max=0.1)
-    label_smoothing: float = bounded(0.1, min=0.0, max=0.5)
-    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
-    max_batches_per_epoch: int = bounded(0, min=0, doc="0: whole epochs; >0 caps batches (smoke tests)")

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from common.errors import UserError
-from models.config import ModelConfig
+from udacisense.common.errors import UserError
+from udacisense.models.config import ModelConfig
 
 
 class ResizeInput(nn.Module):

@@ -14,22 +14,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pandas as pd
+import torch
 
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-
-from common.errors import UserError  # noqa: E402
-from common.files import write_text  # noqa: E402
-from common.logs import quiet_libraries  # noqa: E402
-from compression.graph import executorch_bytes, load_runner, torchscript_bytes  # noqa: E402
-from compression.resolution import set_resolution  # noqa: E402
-from evaluators.flops import count_flops, macs_from_flops  # noqa: E402
-from evaluators.latency import compare_latency  # noqa: E402
-from models.mobilenet import build_model  # noqa: E402
-from search.study import StudyConfig, load_study  # noqa: E402
+from udacisense.common.errors import UserError
+from udacisense.common.files import write_text
+from udacisense.common.logs import quiet_libraries
+from udacisense.compression.resolution import set_resolution
+from udacisense.evaluators.flops import count_flops, macs_from_flops
+from udacisense.evaluators.latency import compare_latency
+from udacisense.models.mobilenet import build_model
+from udacisense.runtime import executorch_bytes, load_runner, torchscript_bytes
+from udacisense.search.study import StudyConfig, load_study
 
 
 def measure(study: StudyConfig, resolutions: list[int], runs: int) -> pd.DataFrame:

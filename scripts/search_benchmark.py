@@ -14,19 +14,16 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import optuna
 
-import optuna  # noqa: E402
-
-from common.logs import quiet_libraries  # noqa: E402
-from search.budget import counted_trials, is_rejected  # noqa: E402
-from search.cli import main as cli_main  # noqa: E402
-from search.report import early_stopping_savings, hypervolume, state_counts  # noqa: E402
-from search.runner import run_search  # noqa: E402
-from search.storage import open_study  # noqa: E402
-from search.study import load_study  # noqa: E402
+from udacisense.common.logs import quiet_libraries
+from udacisense.search.budget import counted_trials, is_rejected
+from udacisense.search.cli import main as cli_main
+from udacisense.search.report import early_stopping_savings, hypervolume, state_counts
+from udacisense.search.runner import run_search
+from udacisense.search.storage import open_study
+from udacisense.search.study import load_study
 
 
 def finished_in_budget(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:

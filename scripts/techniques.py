@@ -12,26 +12,23 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-import compression  # noqa: E402,F401  registers the stages
-from common.errors import UserError  # noqa: E402
-from common.files import write_json, write_text  # noqa: E402
-from compression.distillation import DistillationConfig  # noqa: E402
-from compression.graph import FuseConfig  # noqa: E402
-from compression.pipeline import Pipeline  # noqa: E402
-from compression.pruning import GradualPruningConfig, StructuredPruningConfig, UnstructuredPruningConfig  # noqa: E402
-from compression.quantization import DynamicQuantConfig, QATConfig, StaticQuantConfig  # noqa: E402
-from compression.stage import CompressedModel, StageConfig, StageContext  # noqa: E402
-from models.config import TrainConfig  # noqa: E402
-from search.objective import TrialRunner  # noqa: E402
-from search.storage import artifact_store  # noqa: E402
-from search.study import load_study  # noqa: E402
-from search.workspace import open_workspace  # noqa: E402
+import udacisense.compression,F401  registers the stages
+from udacisense.common.errors import UserError
+from udacisense.common.files import write_json, write_text
+from udacisense.compression.distillation import DistillationConfig
+from udacisense.compression.graph import FuseConfig
+from udacisense.compression.pipeline import Pipeline
+from udacisense.compression.pruning import GradualPruningConfig, StructuredPruningConfig, UnstructuredPruningConfig
+from udacisense.compression.quantization import DynamicQuantConfig, QATConfig, StaticQuantConfig
+from udacisense.compression.stage import CompressedModel, StageConfig, StageContext
+from udacisense.training import TrainConfig
+from udacisense.search.objective import TrialRunner
+from udacisense.search.storage import artifact_store
+from udacisense.search.study import load_study
+from udacisense.search.workspace import open_workspace
 
 
 def techniques(epochs: int, lr: float) -> list[tuple[StageConfig | None, str]]:

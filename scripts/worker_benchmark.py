@@ -13,19 +13,16 @@ import argparse
 import shutil
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from common.files import write_text  # noqa: E402
-from common.logs import quiet_libraries  # noqa: E402
-from search.report import state_counts  # noqa: E402
-from search.runner import run_search  # noqa: E402
-from search.storage import open_study  # noqa: E402
-from search.study import load_study  # noqa: E402
-from search.workspace import open_workspace  # noqa: E402
+from udacisense.common.files import write_text
+from udacisense.common.logs import quiet_libraries
+from udacisense.search.report import state_counts
+from udacisense.search.runner import run_search
+from udacisense.search.storage import open_study
+from udacisense.search.study import load_study
+from udacisense.search.workspace import open_workspace
 
 
 def measure(study_path: str, workers: int, n_trials: int) -> dict:

@@ -8,9 +8,9 @@ import signal
 import sys
 from typing import Callable, Sequence
 
-from common.errors import UserError
-from common.logs import quiet_libraries
-from search.study import StudyConfig, load_study
+from udacisense.common.errors import UserError
+from udacisense.common.logs import quiet_libraries
+from udacisense.search.study import StudyConfig, load_study
 
 
 def _study(args: argparse.Namespace) -> StudyConfig:
@@ -18,7 +18,7 @@ def _study(args: argparse.Namespace) -> StudyConfig:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from search.workspace import open_workspace
+    from udacisense.search.workspace import open_workspace
 
     workspace = open_workspace(_study(args), progress=not args.quiet)
     metrics = workspace.metrics
@@ -45,7 +45,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from search.runner import run_search
+    from udacisense.search.runner import run_search
 
     summaries = run_search(args.study, n_jobs=args.n_jobs, storage=args.storage, progress=not args.quiet)
     print(f"search done: {sum(s.trials_run for s in summaries)} trial(s) run by {len(summaries)} worker(s)")
@@ -63,7 +63,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from search.runner import run_worker
+    from udacisense.search.runner import run_worker
 
     summary = run_worker(args.study, worker=args.worker_index, storage=args.storage, progress=not args.quiet)
     print(f"worker {summary.worker}: {summary.trials_run} trial(s) in {summary.seconds:.0f} s")
@@ -71,8 +71,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _open(args: argparse.Namespace):
-    from search.storage import open_study
-    from search.workspace import open_workspace
+    from udacisense.search.storage import open_study
+    from udacisense.search.workspace import open_workspace
 
     study = _study(args)
     workspace = open_workspace(study, progress=False)
@@ -80,7 +80,7 @@ def _open(args: argparse.Namespace):
 
 
 def cmd_front(args: argparse.Namespace) -> int:
-    from search.front import export_front
+    from udacisense.search.front import export_front
 
     study, workspace, optuna_study = _open(args)
     baseline_val = float(workspace.metrics["accuracy"]["val"]["top1"])
@@ -101,10 +101,10 @@ def cmd_front(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from search.export import export_trial
-    from search.front import export_front, pick
-    from search.objective import TrialRunner
-    from search.storage import artifact_store
+    from udacisense.search.export import export_trial
+    from udacisense.search.front import export_front, pick
+    from udacisense.search.objective import TrialRunner
+    from udacisense.search.storage import artifact_store
 
     study, workspace, optuna_study = _open(args)
     number = args.trial
@@ -125,8 +125,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from search.export import read_card, verify_artifact
-    from search.workspace import open_workspace
+    from udacisense.search.export import read_card, verify_artifact
+    from udacisense.search.workspace import open_workspace
 
     artifact = Path(args.artifact)
     card = read_card(artifact)
@@ -140,7 +140,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from search.report import write_report
+    from udacisense.search.report import write_report
 
     result = write_report(_study(args), Path(args.out), storage=args.storage, trial=args.trial)
     print(f"report on trial {result.trial}: {result.markdown}, {result.html} and {len(result.images)} figures")
@@ -150,7 +150,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna_dashboard
 
-    from search.storage import artifact_store, open_storage
+    from udacisense.search.storage import artifact_store, open_storage
 
     study = _study(args)
     url = args.storage or study.storage_url

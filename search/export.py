@@ -11,13 +11,13 @@ from pathlib import Path
 import optuna
 import torch
 
-from common.errors import UserError
-from common.files import atomic_path, sha256_of, write_json
-from compression.graph import load_runner
-from evaluators.accuracy import accuracy_from_logits, predict_logits
-from evaluators.parity import ParityReport, compare_logits
-from search.objective import ARTIFACT_SUFFIX, TrialRunner
-from search.workspace import Workspace
+from udacisense.common.errors import UserError
+from udacisense.common.files import atomic_path, sha256_of, write_json
+from udacisense.evaluators.accuracy import accuracy_from_logits, predict_logits
+from udacisense.evaluators.parity import ParityReport, compare_logits
+from udacisense.runtime import load_runner
+from udacisense.search.objective import ARTIFACT_SUFFIX, TrialRunner
+from udacisense.search.workspace import Workspace
 
 MIN_AGREEMENT = 0.95
 CARD_NAME = "model_card.json"

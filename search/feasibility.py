@@ -13,14 +13,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compression.distillation import DistillationConfig
-from compression.pipeline import Pipeline
-from compression.pruning import StructuredPruningConfig
-from compression.quantization import DynamicQuantConfig, QATConfig, StaticQuantConfig
-from compression.resolution import ResolutionConfig
-from compression.stage import CompressedModel, StageContext, apply_stage
-from evaluators.flops import count_flops
-from models.config import TrainConfig
+from udacisense.compression.distillation import DistillationConfig
+from udacisense.compression.pipeline import Pipeline
+from udacisense.compression.pruning import StructuredPruningConfig
+from udacisense.compression.quantization import DynamicQuantConfig, QATConfig, StaticQuantConfig
+from udacisense.compression.resolution import ResolutionConfig
+from udacisense.compression.stage import CompressedModel, StageContext, apply_stage
+from udacisense.evaluators.flops import count_flops
+from udacisense.training import TrainConfig
 
 _STRUCTURAL = (StructuredPruningConfig, DistillationConfig, ResolutionConfig)
 

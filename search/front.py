@@ -8,13 +8,13 @@ from typing import Literal, Sequence
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import optuna
+import pandas as pd
 
-from common.errors import UserError  # noqa: E402
-from common.files import atomic_path, write_json, write_text  # noqa: E402
-from search.study import TargetsConfig  # noqa: E402
+from udacisense.common.errors import UserError
+from udacisense.common.files import atomic_path, write_json, write_text
+from udacisense.search.study import TargetsConfig
 
 Policy = Literal["knee", "smallest", "fastest", "most-accurate"]
 POLICIES: tuple[str, ...] = ("knee", "smallest", "fastest", "most-accurate")

@@ -12,22 +12,22 @@ from dataclasses import dataclass, field
 import optuna
 import torch
 
-from common.errors import IncompatiblePipelineError
-from common.files import save_torch, sha256_of, write_bytes
-from compression.graph import Runner, load_runner, lower, model_runner
-from compression.quantization import quantized_engine
-from compression.pipeline import StageRecord
-from compression.stage import CompressedModel, ModelForm, StageConfig, StageContext
-from evaluators.accuracy import AccuracyReport, accuracy_from_logits, evaluate_accuracy, predict_logits
-from evaluators.flops import count_flops
-from evaluators.latency import LatencyReport, compare_latency
-from evaluators.parity import ParityReport, compare_logits
-from evaluators.size import SizeReport, parameter_counts, size_report, state_dict_bytes
-from search.budget import OVER_BUDGET, REJECTED, is_surplus
-from search.early_stopping import AccuracyMonitor, stop_rule_for
-from search.feasibility import Footprint, footprint, infeasibility
-from search.workspace import Workspace
-from spaces.sampling import sample_pipeline
+from udacisense.common.errors import IncompatiblePipelineError
+from udacisense.common.files import save_torch, sha256_of, write_bytes
+from udacisense.compression.graph import lower, model_runner
+from udacisense.compression.pipeline import StageRecord
+from udacisense.compression.stage import CompressedModel, ModelForm, StageConfig, StageContext
+from udacisense.evaluators.accuracy import AccuracyReport, accuracy_from_logits, evaluate_accuracy, predict_logits
+from udacisense.evaluators.flops import count_flops
+from udacisense.evaluators.latency import LatencyReport, compare_latency
+from udacisense.evaluators.parity import ParityReport, compare_logits
+from udacisense.evaluators.size import SizeReport, parameter_counts, size_report, state_dict_bytes
+from udacisense.runtime import Runner, load_runner, quantized_engine
+from udacisense.search.budget import OVER_BUDGET, REJECTED, is_surplus
+from udacisense.search.early_stopping import AccuracyMonitor, stop_rule_for
+from udacisense.search.feasibility import Footprint, footprint, infeasibility
+from udacisense.search.workspace import Workspace
+from udacisense.spaces.sampling import sample_pipeline
 
 ARTIFACT_SUFFIX = {"torchscript": ".pt", "executorch": ".pte"}
 

@@ -22,17 +22,17 @@ from typing import Any, Iterable, Sequence
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import optuna  # noqa: E402
-import pandas as pd  # noqa: E402
-from optuna.trial import FrozenTrial, TrialState  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
 
-from common.errors import UserError  # noqa: E402
-from common.files import atomic_path, sha256_of, write_text  # noqa: E402
-from search.budget import is_rejected  # noqa: E402
-from search.front import pareto_trials, pick, trials_table  # noqa: E402
-from search.study import StudyConfig  # noqa: E402
+from udacisense.common.errors import UserError
+from udacisense.common.files import atomic_path, sha256_of, write_text
+from udacisense.search.budget import is_rejected
+from udacisense.search.front import pareto_trials, pick, trials_table
+from udacisense.search.study import StudyConfig
 
 # Hypervolume is computed in minimisation form (-accuracy, latency ratio, size ratio) against this
 # reference point: zero accuracy, twice the baseline's latency, twice its size.
@@ -204,7 +204,7 @@ def _storage_label(url: str) -> str:
 
 
 def _load_inputs(study: StudyConfig, storage: str | None, trial_number: int | None) -> Inputs:
-    from search.storage import open_study
+    from udacisense.search.storage import open_study
 
     metrics_path = study.run_dir / "baseline" / "metrics.json"
     try:

@@ -10,12 +10,12 @@ import joblib
 import optuna
 from tqdm.auto import tqdm
 
-from common.logs import quiet_libraries
-from search.budget import budget_left, is_rejected
-from search.objective import TrialRunner, trial_constraints
-from search.storage import artifact_store, open_study
-from search.study import SearchConfig, load_study
-from search.workspace import open_workspace
+from udacisense.common.logs import quiet_libraries
+from udacisense.search.budget import budget_left, is_rejected
+from udacisense.search.objective import TrialRunner, trial_constraints
+from udacisense.search.storage import artifact_store, open_study
+from udacisense.search.study import SearchConfig, load_study
+from udacisense.search.workspace import open_workspace
 
 TrialState = optuna.trial.TrialState
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-from common.errors import UserError
-from search.study import StudyConfig
+from udacisense.common.errors import UserError
+from udacisense.search.study import StudyConfig
 
 OBJECTIVE_NAMES = ("val_accuracy", "latency_ratio", "size_ratio")
 DIRECTIONS = ("maximize", "minimize", "minimize")

@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from common.errors import UserError
-from common.schema import bounded, parse_dataclass
-from datasources.config import DataConfig
-from models.config import ModelConfig, TrainConfig
-from spaces.space import SpaceConfig
+from udacisense.common.errors import UserError
+from udacisense.common.schema import bounded, parse_dataclass
+from udacisense.datasources.config import DataConfig
+from udacisense.models.config import ModelConfig
+from udacisense.training import TrainConfig
+from udacisense.spaces.space import SpaceConfig
 
 Runtime = Literal["eager", "torchscript", "executorch"]
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 
-from common.files import write_json
-from datasources.loaders import DataBundle, load_data
-from evaluators.profile import profile_float_model
-from models.baseline import Baseline, ensure_baseline
-from search.study import StudyConfig
+from udacisense.common.files import write_json
+from udacisense.datasources.loaders import DataBundle, load_data
+from udacisense.evaluators.profile import profile_float_model
+from udacisense.models.baseline import Baseline, ensure_baseline
+from udacisense.search.study import StudyConfig
 
 
 @dataclass(frozen=True)

@@ -6,15 +6,15 @@ import itertools
 
 import optuna
 
-from compression.distillation import DistillationConfig
-from compression.graph import FuseConfig
-from compression.pipeline import Pipeline
-from compression.pruning import GradualPruningConfig, StructuredPruningConfig, UnstructuredPruningConfig
-from compression.quantization import DynamicQuantConfig, QATConfig, StaticQuantConfig
-from compression.resolution import ResolutionConfig
-from compression.stage import StageConfig
-from models.config import TrainConfig
-from spaces.space import SpaceConfig, StageFamily
+from udacisense.compression.distillation import DistillationConfig
+from udacisense.compression.graph import FuseConfig
+from udacisense.compression.pipeline import Pipeline
+from udacisense.compression.pruning import GradualPruningConfig, StructuredPruningConfig, UnstructuredPruningConfig
+from udacisense.compression.quantization import DynamicQuantConfig, QATConfig, StaticQuantConfig
+from udacisense.compression.resolution import ResolutionConfig
+from udacisense.compression.stage import StageConfig
+from udacisense.training import TrainConfig
+from udacisense.spaces.space import SpaceConfig, StageFamily
 
 _TRAINING_FAMILIES = frozenset({"distill", "prune", "channels", "resolution"})
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Literal
 
-from common.errors import UserError
+from udacisense.common.errors import UserError
 
 StageFamily = Literal["distill", "prune", "channels", "resolution", "fuse", "quantize"]
 QuantType = Literal["none", "dynamic", "static", "qat"]

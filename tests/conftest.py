@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from datasources.config import DataConfig
-from datasources.loaders import DataBundle, Split, channel_stats, stratified_split
+from udacisense.datasources.config import DataConfig
+from udacisense.datasources.loaders import DataBundle, Split, channel_stats, stratified_split
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -67,7 +67,7 @@ def smoke_study(tmp_path_factory) -> Path:
     training, real exports): the end-to-end, report and CLI tests all read this one search."""
     if not SHARED_ARCHIVE.is_file():
         pytest.skip("needs ../shared/data/cifar10-jpeg.tar.gz")
-    from search.cli import main
+    from udacisense.search.cli import main
 
     root = tmp_path_factory.mktemp("smoke")
     path = root / "smoke.toml"
@@ -86,8 +86,8 @@ def unchanged(module: torch.nn.Module, before: dict[str, torch.Tensor]) -> bool:
 
 
 def train_briefly(model: torch.nn.Module, bundle: DataBundle, epochs: int = 15) -> torch.nn.Module:
-    from compression.training import fit
-    from models.config import TrainConfig
+    from udacisense.training import fit
+    from udacisense.training import TrainConfig
 
     fit(model, bundle.loader("train", train=True), TrainConfig(epochs=epochs, lr=0.05, schedule="cosine"),
         num_classes=len(bundle.classes), progress=False)

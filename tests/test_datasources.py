@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from common.errors import UserError
-from datasources.cifar100 import HOUSEHOLD_CLASSES
-from datasources.config import DataConfig
-from datasources.loaders import load_data
+from udacisense.common.errors import UserError
+from udacisense.datasources.cifar100 import HOUSEHOLD_CLASSES
+from udacisense.datasources.config import DataConfig
+from udacisense.datasources.loaders import load_data
 
 HOUSEHOLD_FINE_INDEX = {"bed": 5, "chair": 20, "clock": 22, "couch": 25, "keyboard": 39, "lamp": 40,
                         "table": 84, "telephone": 86, "television": 87, "wardrobe": 94}

@@ -7,20 +7,20 @@ import torch
 import torchvision
 from torch import nn
 
-from common.errors import IncompatiblePipelineError, UserError
-from compression.distillation import DistillationConfig, build_student
-from compression.stage import (
+from udacisense.common.errors import IncompatiblePipelineError, UserError
+from udacisense.compression.distillation import DistillationConfig, build_student
+from udacisense.compression.stage import (
     CompressedModel,
     ModelForm,
     Signature,
     StageContext,
     apply_stage,
 )
-from compression.training import fit
-from evaluators.accuracy import evaluate_accuracy
-from evaluators.size import parameter_counts
-from models.config import TrainConfig
-from models.mobilenet import ResizeInput
+from udacisense.training import fit
+from udacisense.evaluators.accuracy import evaluate_accuracy
+from udacisense.evaluators.size import parameter_counts
+from udacisense.training import TrainConfig
+from udacisense.models.mobilenet import ResizeInput
 from tests.conftest import snapshot, unchanged
 
 ONE_STEP = TrainConfig(epochs=1, lr=0.05, max_batches_per_epoch=1)

@@ -14,9 +14,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.cli import main
-from search.storage import OBJECTIVE_NAMES
-from search.study import load_study
+from udacisense.search.cli import main
+from udacisense.search.storage import OBJECTIVE_NAMES
+from udacisense.search.study import load_study
 from tests.conftest import REPO, SHARED_ARCHIVE
 
 pytestmark = pytest.mark.skipif(not SHARED_ARCHIVE.is_file(), reason="needs ../shared/data/cifar10-jpeg.tar.gz")

@@ -8,13 +8,13 @@ import time
 import torch
 import torchvision
 
-from evaluators.accuracy import accuracy_from_logits, evaluate_accuracy
-from evaluators.flops import count_flops
-from evaluators.latency import compare_latency, measure_latency
-from evaluators.memory import peak_forward_memory
-from evaluators.size import size_report, state_dict_bytes
-from models.config import ModelConfig
-from models.mobilenet import build_model
+from udacisense.evaluators.accuracy import accuracy_from_logits, evaluate_accuracy
+from udacisense.evaluators.flops import count_flops
+from udacisense.evaluators.latency import compare_latency, measure_latency
+from udacisense.evaluators.memory import peak_forward_memory
+from udacisense.evaluators.size import size_report, state_dict_bytes
+from udacisense.models.config import ModelConfig
+from udacisense.models.mobilenet import build_model
 
 
 def test_accuracy_top1_top5_and_per_class() -> None:

@@ -8,28 +8,27 @@ import pytest
 import torch
 from torch import nn
 
-from common.errors import IncompatiblePipelineError, UserError
-from compression.graph import (
+from udacisense.common.errors import IncompatiblePipelineError, UserError
+from udacisense.compression.graph import (
     ExecuTorchConfig,
     FuseConfig,
-    LoweredModule,
     TorchScriptConfig,
-    load_runner,
     lower,
     model_runner,
-    parity,
 )
-from compression.quantization import DynamicQuantConfig, QATConfig, StaticQuantConfig
-from compression.stage import (
+from udacisense.compression.quantization import DynamicQuantConfig, QATConfig, StaticQuantConfig
+from udacisense.compression.stage import (
     CompressedModel,
     ModelForm,
     Signature,
     StageContext,
     apply_stage,
 )
-from evaluators.accuracy import evaluate_accuracy
-from models.config import ModelConfig
-from models.mobilenet import ResizeInput, build_model
+from udacisense.evaluators.accuracy import evaluate_accuracy
+from udacisense.evaluators.parity import parity
+from udacisense.models.config import ModelConfig
+from udacisense.models.mobilenet import ResizeInput, build_model
+from udacisense.runtime import LoweredModule, load_runner
 from tests.conftest import snapshot, train_briefly, unchanged
 
 

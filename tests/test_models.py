@@ -9,11 +9,12 @@ import pytest
 import torch
 import torchvision
 
-from common.errors import UserError
-from evaluators.flops import count_flops
-from models.baseline import ensure_baseline
-from models.config import ModelConfig, TrainConfig
-from models.mobilenet import ResizeInput, build_model
+from udacisense.common.errors import UserError
+from udacisense.evaluators.flops import count_flops
+from udacisense.models.baseline import ensure_baseline
+from udacisense.models.config import ModelConfig
+from udacisense.training import TrainConfig
+from udacisense.models.mobilenet import ResizeInput, build_model
 
 
 def test_starter_kit_head_and_in_model_upsampling() -> None:
@@ -75,8 +76,8 @@ def test_baseline_is_trained_once_then_reused_and_corruption_is_reported(tmp_pat
 
 
 def test_resolution_stage_trades_pixels_for_flops_and_keeps_the_weights(tiny_bundle) -> None:
-    from compression.resolution import ResolutionConfig
-    from compression.stage import CompressedModel, StageContext, apply_stage
+    from udacisense.compression.resolution import ResolutionConfig
+    from udacisense.compression.stage import CompressedModel, StageContext, apply_stage
 
     model = build_model(ModelConfig(width_mult=0.25, input_resolution=128), 4, 32).eval()
     context = StageContext(data=tiny_bundle)

@@ -11,26 +11,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.errors import IncompatiblePipelineError, UserError
-from compression import pruning
-from compression.pruning import (
+from udacisense.common.errors import IncompatiblePipelineError, UserError
+from udacisense.compression import pruning
+from udacisense.compression.pruning import (
     GradualPruningConfig,
     StructuredPruningConfig,
     UnstructuredPruningConfig,
     sparsity,
     sparsity_at,
 )
-from compression.stage import (
+from udacisense.compression.stage import (
     CompressedModel,
     ModelForm,
     Signature,
     StageContext,
     apply_stage,
 )
-from evaluators.flops import count_flops
-from evaluators.size import parameter_counts, state_dict_bytes
-from models.config import TrainConfig
-from models.mobilenet import ResizeInput
+from udacisense.evaluators.flops import count_flops
+from udacisense.evaluators.size import parameter_counts, state_dict_bytes
+from udacisense.training import TrainConfig
+from udacisense.models.mobilenet import ResizeInput
 from tests.conftest import snapshot, unchanged
 
 # One capped epoch: enough to prove the loop runs with masks in place, cheap on two cores.

@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from common.errors import IncompatiblePipelineError, UserError
-from compression.graph import TorchScriptConfig, model_runner, parity
-from compression.quantization import (
+from udacisense.common.errors import IncompatiblePipelineError, UserError
+from udacisense.compression.graph import TorchScriptConfig, model_runner
+from udacisense.compression.quantization import (
     DynamicQuantConfig,
     QATConfig,
     StaticQuantConfig,
@@ -24,18 +24,19 @@ from compression.quantization import (
     freeze_exported_bn,
     qat_schedule,
     qat_switches,
-    quantized_engine,
 )
-from compression.stage import (
+from udacisense.compression.stage import (
     CompressedModel,
     ModelForm,
     Signature,
     StageContext,
     apply_stage,
 )
-from evaluators.accuracy import evaluate_accuracy
-from models.config import ModelConfig, TrainConfig
-from models.mobilenet import build_model
+from udacisense.evaluators.accuracy import evaluate_accuracy
+from udacisense.models.config import ModelConfig
+from udacisense.runtime import quantized_engine
+from udacisense.training import TrainConfig
+from udacisense.models.mobilenet import build_model
 from tests.conftest import snapshot, train_briefly, unchanged
 
 MIN_AGREEMENT = 0.85
@@ -194,7 +195,7 @@ def test_qat_schedule_switches_fake_quant_and_freezes_bn(trained):
     from torch.ao.quantization import FakeQuantizeBase, get_default_qat_qconfig_mapping
     from torch.ao.quantization.quantize_fx import prepare_qat_fx
 
-    from compression.quantization import quiet_legacy_apis
+    from udacisense.runtime import quiet_legacy_apis
 
     config = QATConfig(backend="x86", start_epoch=1, freeze_bn_epoch=2, finetune=TrainConfig(epochs=3))
     with quiet_legacy_apis(), quantized_engine("x86"):

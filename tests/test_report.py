@@ -11,10 +11,10 @@ import numpy as np
 import optuna
 import pytest
 
-from common.errors import UserError
-from search.cli import main
-from search.front import pareto_trials, pick, trials_table
-from search.report import (
+from udacisense.common.errors import UserError
+from udacisense.search.cli import main
+from udacisense.search.front import pareto_trials, pick, trials_table
+from udacisense.search.report import (
     FIGURES,
     HV_REFERENCE,
     _hypervolume_slices,
@@ -24,8 +24,8 @@ from search.report import (
     hypervolume,
     write_report,
 )
-from search.storage import DIRECTIONS, OBJECTIVE_NAMES
-from search.study import load_study
+from udacisense.search.storage import DIRECTIONS, OBJECTIVE_NAMES
+from udacisense.search.study import load_study
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -7,21 +7,21 @@ import pandas as pd
 import pytest
 import torch
 
-from common.errors import IncompatiblePipelineError, UserError
-from compression.pipeline import Pipeline
-from compression.pruning import StructuredPruningConfig, UnstructuredPruningConfig
-from compression.quantization import StaticQuantConfig
-from compression.stage import StageContext
-from models.config import ModelConfig
-from models.mobilenet import build_model
-from search.budget import budget_left, is_surplus
-from search.early_stopping import StopRule
-from search.feasibility import footprint, infeasibility
-from search.front import pareto_trials, pick, trials_table
-from search.runner import requeue
-from search.study import TargetsConfig
-from spaces.sampling import orders, sample_pipeline
-from spaces.space import SpaceConfig
+from udacisense.common.errors import IncompatiblePipelineError, UserError
+from udacisense.compression.pipeline import Pipeline
+from udacisense.compression.pruning import StructuredPruningConfig, UnstructuredPruningConfig
+from udacisense.compression.quantization import StaticQuantConfig
+from udacisense.compression.stage import StageContext
+from udacisense.models.config import ModelConfig
+from udacisense.models.mobilenet import build_model
+from udacisense.search.budget import budget_left, is_surplus
+from udacisense.search.early_stopping import StopRule
+from udacisense.search.feasibility import footprint, infeasibility
+from udacisense.search.front import pareto_trials, pick, trials_table
+from udacisense.search.runner import requeue
+from udacisense.search.study import TargetsConfig
+from udacisense.spaces.sampling import orders, sample_pipeline
+from udacisense.spaces.space import SpaceConfig
 
 TrialState = optuna.trial.TrialState
 

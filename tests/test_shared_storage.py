@@ -12,11 +12,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from common.errors import UserError
-from common.files import sha256_of
-from search.cli import main
-from search.storage import open_storage, open_study
-from search.study import load_study
+from udacisense.common.errors import UserError
+from udacisense.common.files import sha256_of
+from udacisense.search.cli import main
+from udacisense.search.storage import open_storage, open_study
+from udacisense.search.study import load_study
 from tests.conftest import REPO, SHARED_ARCHIVE
 from tests.postgres import create_database, drop_database, postgres_bin, postgres_server
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import UserError
-from search.study import load_study
+from udacisense.common.errors import UserError
+from udacisense.search.study import load_study
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 

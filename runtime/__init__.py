@@ -1,0 +1,23 @@
+"""Runtime facts: which backends exist, which runtime ships each, lowering a module to an artifact, running it.
+
+This is the lowest layer that touches models: evaluators, compression stages and the search all
+lower and run artifacts through it, and it imports nothing of theirs.
+"""
+
+from udacisense.runtime.backends import (
+    FX_BACKENDS,
+    Backend,
+    FxBackend,
+    LoweredRuntime,
+    Runtime,
+    quantized_engine,
+    quiet_legacy_apis,
+    runtime_for,
+)
+from udacisense.runtime.lowering import artifact_bytes, executorch_bytes, torchscript_bytes
+from udacisense.runtime.runners import LoweredModule, Runner, load_runner
+
+__all__ = [
+    "FX_BACKENDS", "Backend", "FxBackend", "LoweredRuntime", "Runtime", "quantized_engine", "quiet_legacy_apis",
+    "runtime_for", "artifact_bytes", "executorch_bytes", "torchscript_bytes", "LoweredModule", "Runner", "load_runner",
+]

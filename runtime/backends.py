@@ -1,0 +1,70 @@
+"""Quantization backends and runtimes, and the one rule of which backend ships in which runtime.
+
+FX-quantized models (x86, fbgemm, qnnpack) hold engine kernels that only PyTorch (TorchScript) can
+run; PT2E models (xnnpack) only become int8 inside ExecuTorch's XNNPACK delegate. Float models go
+either way.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from typing import Iterator, Literal, get_args
+
+import torch
+
+from udacisense.common.errors import UserError
+
+Runtime = Literal["eager", "torchscript", "executorch"]
+LoweredRuntime = Literal["torchscript", "executorch"]
+Backend = Literal["x86", "fbgemm", "qnnpack", "xnnpack"]
+FxBackend = Literal["x86", "fbgemm", "qnnpack"]
+FX_BACKENDS: tuple[str, ...] = get_args(FxBackend)
+
+
+def runtime_for(backend: Backend | None, float_runtime: LoweredRuntime = "executorch") -> LoweredRuntime:
+    """The runtime a model quantized for ``backend`` ships in (``float_runtime`` when not quantized)."""
+    if backend is None:
+        return float_runtime
+    return "executorch" if backend == "xnnpack" else "torchscript"
+
+
+@contextmanager
+def quantized_engine(backend: str | None) -> Iterator[None]:
+    """Select ``backend``'s quantized engine for the duration (weights are packed and run per engine).
+
+    FX-quantized modules must be converted, loaded and run under the engine they target;
+    ``None`` and ``xnnpack`` (whose int8 kernels live in ExecuTorch) leave the engine alone.
+    """
+    if backend not in FX_BACKENDS:
+        yield
+        return
+    if backend not in torch.backends.quantized.supported_engines:
+        raise UserError(
+            f"This PyTorch build has no `{backend}` quantized engine "
+            f"(it has {', '.join(torch.backends.quantized.supported_engines)}).",
+            "choose a backend this machine supports: x86 or fbgemm on Intel/AMD, qnnpack on ARM.",
+        )
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = backend
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+@contextmanager
+def quiet_legacy_apis() -> Iterator[None]:
+    """Silence the deprecation notices of torch.ao.quantization (FX) and TorchScript.
+
+    Both APIs are deprecated in favour of PT2E/ExecuTorch, which this project knows and documents;
+    the FX observers also warn once per instance about `reduce_range` (thousands of lines per model).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*torch.ao.quantization.*")
+        warnings.filterwarnings("ignore", message=".*reduce_range will be deprecated.*")
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+        warnings.filterwarnings("ignore", message=".*please migrate to use torchao.*")
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*`torch.jit.*` is deprecated.*")
+        warnings.filterwarnings("ignore", message=".*TorchScript type system.*")
+        yield

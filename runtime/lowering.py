@@ -1,0 +1,81 @@
+"""Lowering a module to a runtime artifact's bytes: TorchScript (frozen) or an ExecuTorch ``.pte`` (XNNPACK).
+
+ExecuTorch programs are exported with a batch of one (that is what an app runs, and what latency
+is measured at). TorchScript modules are scripted, so they take any batch.
+"""
+
+from __future__ import annotations
+
+import io
+
+import torch
+from torch import nn
+from torch.fx import GraphModule
+
+from udacisense.common.errors import UserError
+from udacisense.runtime.backends import Backend, LoweredRuntime, quantized_engine, quiet_legacy_apis
+
+
+def torchscript_bytes(module: nn.Module, backend: Backend | None, example_input: torch.Tensor | None = None) -> bytes:
+    """Scripted (traced if scripting fails and an example is given), frozen, serialized ``module``."""
+    module.eval()
+    # Quantized weights are packed for the current engine when scripted, frozen and saved.
+    with quantized_engine(backend), quiet_legacy_apis(), torch.no_grad():
+        try:
+            compiled = torch.jit.script(module)
+        except Exception as error:
+            if example_input is None:
+                raise UserError(f"TorchScript cannot script this model: {error}",
+                                "pass an example input so it can be traced instead.") from None
+            compiled = torch.jit.trace(module, example_input, check_trace=False)
+        frozen = torch.jit.freeze(compiled.eval())
+        buffer = io.BytesIO()
+        torch.jit.save(frozen, buffer)
+    return buffer.getvalue()
+
+
+def executorch_bytes(module: nn.Module, example_input: torch.Tensor) -> bytes:
+    """A ``.pte`` program for ``module`` at the example's shape (batch 1), delegated to XNNPACK."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+        XnnpackPartitioner,
+    )
+    from executorch.exir import to_edge_transform_and_lower
+
+    module.eval()
+    exported = torch.export.export(module, (example_input[:1].contiguous(),))
+    program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
+    return bytes(program.buffer)
+
+
+def _recorded_input_shape(module: nn.Module) -> tuple[int, ...] | None:
+    """The input shape an exported (PT2E) graph was captured with, batch set to 1; None if unknown."""
+    if not isinstance(module, GraphModule):
+        return None
+    for node in module.graph.nodes:
+        if node.op == "placeholder" and hasattr(node.meta.get("val"), "shape"):
+            rest = tuple(node.meta["val"].shape[1:])
+            return (1, *rest) if all(isinstance(d, int) for d in rest) else None
+    return None
+
+
+def _example_for(module: nn.Module, example_input: torch.Tensor | None) -> torch.Tensor:
+    if example_input is not None:
+        return example_input[:1]
+    shape = _recorded_input_shape(module)
+    if shape is None:
+        raise UserError(
+            "Lowering this model to ExecuTorch needs an example input: the program is fixed to one input shape.",
+            "pass example_input=torch.zeros(bundle.input_shape) (the data's 1×3×H×W shape).",
+        )
+    return torch.zeros(shape)
+
+
+def artifact_bytes(module: nn.Module, runtime: LoweredRuntime, backend: Backend | None = None,
+                   example_input: torch.Tensor | None = None) -> bytes:
+    """``module`` lowered to ``runtime``. ``example_input`` fixes the ExecuTorch input shape; it is needed
+    unless the module was exported by PT2E quantization, which recorded its shape."""
+    if runtime == "torchscript":
+        return torchscript_bytes(module, backend, example_input)
+    if runtime == "executorch":
+        return executorch_bytes(module, _example_for(module, example_input))
+    raise UserError(f"Cannot lower to runtime {runtime!r}.", "use 'torchscript' or 'executorch'.")
