@@ -20,7 +20,8 @@ import optuna
 from udacisense.common.logs import quiet_libraries
 from udacisense.search.budget import counted_trials, is_rejected
 from udacisense.search.cli import main as cli_main
-from udacisense.search.report import early_stopping_savings, hypervolume, state_counts
+from udacisense.search.hypervolume import hypervolume
+from udacisense.search.report.facts import early_stopping_savings, state_counts
 from udacisense.search.runner import run_search
 from udacisense.search.storage import open_study
 from udacisense.search.study import load_study

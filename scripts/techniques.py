@@ -15,7 +15,7 @@ import time
 
 import pandas as pd
 
-import udacisense.compression,F401  registers the stages
+import udacisense.compression  # noqa: F401  registers the stages
 from udacisense.common.errors import UserError
 from udacisense.common.files import write_json, write_text
 from udacisense.compression.distillation import DistillationConfig

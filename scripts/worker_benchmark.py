@@ -18,7 +18,7 @@ import pandas as pd
 
 from udacisense.common.files import write_text
 from udacisense.common.logs import quiet_libraries
-from udacisense.search.report import state_counts
+from udacisense.search.report.facts import state_counts
 from udacisense.search.runner import run_search
 from udacisense.search.storage import open_study
 from udacisense.search.study import load_study

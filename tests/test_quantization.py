@@ -33,6 +33,7 @@ from udacisense.compression.stage import (
     apply_stage,
 )
 from udacisense.evaluators.accuracy import evaluate_accuracy
+from udacisense.evaluators.parity import parity
 from udacisense.models.config import ModelConfig
 from udacisense.runtime import quantized_engine
 from udacisense.training import TrainConfig

@@ -14,16 +14,9 @@ import pytest
 from udacisense.common.errors import UserError
 from udacisense.search.cli import main
 from udacisense.search.front import pareto_trials, pick, trials_table
-from udacisense.search.report import (
-    FIGURES,
-    HV_REFERENCE,
-    _hypervolume_slices,
-    fmt_acc,
-    fmt_int,
-    fmt_ratio,
-    hypervolume,
-    write_report,
-)
+from udacisense.search.hypervolume import HV_REFERENCE, _hypervolume_slices, hypervolume
+from udacisense.search.report import FIGURES, write_report
+from udacisense.search.report.format import fmt_acc, fmt_int, fmt_ratio
 from udacisense.search.storage import DIRECTIONS, OBJECTIVE_NAMES
 from udacisense.search.study import load_study
 

@@ -1,0 +1,51 @@
+"""Hypervolume of a study's objective values, in minimisation form against a fixed reference point."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+# Hypervolume is computed in minimisation form (-accuracy, latency ratio, size ratio) against this
+# reference point: zero accuracy, twice the baseline's latency, twice its size.
+HV_REFERENCE = (0.0, 2.0, 2.0)
+
+
+def _hypervolume_slices(points: np.ndarray, reference: np.ndarray) -> float:
+    """Exact hypervolume (minimisation) of 3-D points by slicing along the last axis."""
+    if len(points) == 0:
+        return 0.0
+    if points.shape[1] == 1:
+        return float(reference[0] - points[:, 0].min())
+    if points.shape[1] == 2:
+        ordered = points[np.argsort(points[:, 0])]
+        volume, best_y = 0.0, reference[1]
+        for x, y in ordered:
+            if y < best_y:
+                volume += (reference[0] - x) * (best_y - y)
+                best_y = y
+        return float(volume)
+    ordered = points[np.argsort(points[:, -1])]
+    volume = 0.0
+    for i, point in enumerate(ordered):
+        upper = ordered[i + 1, -1] if i + 1 < len(ordered) else reference[-1]
+        if upper > point[-1]:
+            volume += _hypervolume_slices(ordered[: i + 1, :-1], reference[:-1]) * (upper - point[-1])
+    return float(volume)
+
+
+def hypervolume(values: Sequence[Sequence[float]], reference: Sequence[float] = HV_REFERENCE) -> float:
+    """Hypervolume of (accuracy, latency ratio, size ratio) triples, in the minimisation form above."""
+    ref = np.asarray(reference, dtype=float)
+    loss = np.asarray([[-v[0], v[1], v[2]] for v in values], dtype=float).reshape(-1, 3)
+    loss = loss[np.all(loss < ref, axis=1)] if len(loss) else loss  # points beyond the reference add nothing
+    if len(loss) == 0:
+        return 0.0
+    try:
+        from optuna._hypervolume import (
+            compute_hypervolume,  # private API; exact (WFG) when present
+        )
+    except ImportError:  # pragma: no cover - depends on the optuna version
+        return _hypervolume_slices(loss, ref)
+    return float(compute_hypervolume(loss, ref))
+

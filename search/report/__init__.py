@@ -1,0 +1,72 @@
+"""The technical report: Markdown and HTML with figures, written only from stored measurements.
+
+Inputs are what the other commands already stored: the baseline's ``metrics.json``, the Optuna
+study (objective values and user attributes of every trial), the optional techniques benchmark
+(``runs/<study>/techniques/techniques.csv``) and the optional export's ``model_card.json``. No
+number in the report is typed in: every figure is read from those files or computed from them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+from udacisense.common.files import write_text
+from udacisense.search.report.facts import early_stopping_savings, hypervolume_history, load_inputs, stage_steps
+from udacisense.search.report.figures import FIGURES, plot_hypervolume, plot_pareto, plot_per_class, plot_waterfall
+from udacisense.search.report.html import markdown_to_html
+from udacisense.search.report.sections import (
+    recommendations,
+    section_baseline,
+    section_chosen,
+    section_deployment,
+    section_search,
+    section_summary,
+    section_techniques,
+)
+from udacisense.search.study import StudyConfig
+
+__all__ = ["FIGURES", "ReportResult", "write_report"]
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    markdown: Path
+    html: Path
+    images: dict[str, Path]
+    trial: int
+
+
+def write_report(study: StudyConfig, out_dir: Path, *, storage: str | None = None, trial: int | None = None) -> ReportResult:
+    """Write ``report.md``, ``report.html`` and the figures into ``out_dir``."""
+    inputs = load_inputs(study, storage, trial)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    history = hypervolume_history(inputs.trials)
+    savings = early_stopping_savings(inputs.trials)
+    steps = stage_steps(inputs)
+    images = {
+        "pareto": plot_pareto(inputs, out_dir / FIGURES["pareto"]),
+        "hypervolume": plot_hypervolume(history, inputs.trials, out_dir / FIGURES["hypervolume"]),
+        "waterfall": plot_waterfall(inputs, steps, out_dir / FIGURES["waterfall"]),
+        "per_class": plot_per_class(inputs, out_dir / FIGURES["per_class"]),
+    }
+    title = f"UdaciSense compression report: study {study.name}"
+    technique_lines, rows = section_techniques(inputs)
+    lines = [f"# {title}", "",
+             f"Generated {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')} by `udacisense report` from the "
+             f"baseline measurements, the study storage `{inputs.storage_label}` and the export folder. Every number "
+             "below is a stored measurement or is computed from them.", ""]
+    lines += section_summary(inputs)
+    lines += section_baseline(inputs)
+    lines += technique_lines
+    lines += section_search(inputs, history, savings)
+    lines += section_chosen(inputs, steps)
+    lines += section_deployment(inputs)
+    lines += recommendations(inputs, rows, history, savings)
+    markdown = "\n".join(lines)
+    md_path = write_text(out_dir / "report.md", markdown)
+    html_path = write_text(out_dir / "report.html", markdown_to_html(markdown, out_dir, title))
+    return ReportResult(md_path, html_path, images, inputs.chosen.number)
+

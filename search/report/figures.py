@@ -1,0 +1,157 @@
+"""The report's figures (PNG), drawn from the facts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+from optuna.trial import FrozenTrial, TrialState
+
+from udacisense.common.files import atomic_path
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from udacisense.search.hypervolume import HV_REFERENCE
+from udacisense.search.report.facts import Inputs, family
+
+FIGURES = {
+    "pareto": "pareto_projections.png",
+    "hypervolume": "hypervolume.png",
+    "waterfall": "chosen_waterfall.png",
+    "per_class": "per_class_accuracy.png",
+}
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=110, format="png")
+    plt.close(figure)
+    return path
+
+
+def plot_pareto(inputs: Inputs, path: Path) -> Path:
+    families = {t.number: family(t) for t in inputs.complete}
+    names = sorted(set(families.values()))
+    colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(names)}
+    front_numbers = set(inputs.front["trial"])
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    for axis, column, index, limit, label in (
+        (axes[0], "latency_ratio", 1, inputs.max_latency_ratio, "latency / baseline (same runtime)"),
+        (axes[1], "size_ratio", 2, inputs.max_size_ratio, "artifact size / baseline (same runtime)"),
+    ):
+        for name in names:
+            members = [t for t in inputs.complete if families[t.number] == name]
+            on_front = [t for t in members if t.number in front_numbers]
+            off_front = [t for t in members if t.number not in front_numbers]
+            if off_front:
+                axis.scatter([t.values[index] for t in off_front], [t.values[0] for t in off_front], s=22, alpha=0.6,
+                             color=colours[name], label=name)
+            if on_front:
+                axis.scatter([t.values[index] for t in on_front], [t.values[0] for t in on_front], s=60,
+                             color=colours[name], edgecolors="black", linewidths=1.0,
+                             label=None if off_front else name)
+        chosen = inputs.chosen
+        axis.scatter([chosen.values[index]], [chosen.values[0]], s=260, facecolors="none", edgecolors="black",
+                     linewidths=1.6, label=f"chosen (trial {chosen.number})")
+        axis.scatter([1.0], [inputs.baseline_val], marker="*", s=160, c="#fdae61", edgecolors="black", label="baseline")
+        axis.axvline(limit, color="#4575b4", linestyle="--", linewidth=1, label="target")
+        if inputs.floor > 0:
+            axis.axhline(inputs.floor, color="#d73027", linestyle=":", linewidth=1, label="accuracy floor")
+        _accuracy_limits(axis, [t.values[0] for t in inputs.complete] + [inputs.baseline_val, inputs.floor])
+        axis.set_xlabel(label)
+        axis.set_ylabel("validation top-1")
+        axis.grid(alpha=0.3)
+    axes[0].set_title("accuracy vs latency (black edge: Pareto front)", fontsize=10)
+    axes[1].set_title("accuracy vs size (colour: pipeline family)", fontsize=10)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return _save(figure, path)
+
+
+def plot_hypervolume(history: Sequence[tuple[int, float]], trials: Sequence[FrozenTrial], path: Path) -> Path:
+    figure, axis = plt.subplots(figsize=(7, 3.6))
+    numbers = [n for n, _ in history]
+    values = [v for _, v in history]
+    last = max([t.number for t in trials] + numbers)
+    axis.step(numbers + [last], values + values[-1:], where="post", color="#1a9850",
+              label="hypervolume of the trials completed so far")
+    axis.scatter(numbers, values, s=14, color="#1a9850")
+    for state, marker, colour, name in ((TrialState.PRUNED, "|", "#fdae61", "pruned trial"),
+                                        (TrialState.FAIL, "x", "#d73027", "failed trial")):
+        xs = [t.number for t in trials if t.state is state]
+        if xs:
+            axis.scatter(xs, [0.0] * len(xs), marker=marker, s=60, color=colour, label=name)
+    axis.set_xlabel("trial number")
+    axis.set_ylabel(f"hypervolume (ref. {HV_REFERENCE})")
+    axis.set_ylim(bottom=-0.05 * max(values + [1e-9]), top=1.15 * max(values + [1e-9]))
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
+    return _save(figure, path)
+
+
+def plot_waterfall(inputs: Inputs, steps: Sequence[dict[str, Any]], path: Path) -> Path:
+    trial = inputs.chosen
+    runtime = trial.user_attrs.get("runtime", "")
+    labels = [s["label"] for s in steps] + [f"artifact ({runtime})"]
+    sizes = [float(s["bytes"]) / 1e6 if s["bytes"] is not None else np.nan for s in steps]
+    sizes.append(float(trial.user_attrs.get("artifact_bytes", np.nan)) / 1e6)
+    accuracy = [float(s["val_top1"]) if s["val_top1"] is not None else np.nan for s in steps] + [float(trial.values[0])]
+    figure, axis = plt.subplots(figsize=(max(6.5, 1.5 * len(labels)), 4.2))
+    x = np.arange(len(labels))
+    for i, size in enumerate(sizes):
+        if i in (0, len(sizes) - 1) or np.isnan(sizes[i - 1]):
+            axis.bar(x[i], size, color="#4575b4" if i == 0 else "#1a9850", width=0.6)
+        else:
+            low, high = sorted((sizes[i - 1], size))
+            axis.bar(x[i], high - low, bottom=low, width=0.6, color="#1a9850" if size <= sizes[i - 1] else "#d73027")
+        axis.annotate(f"{size:.2f}", (x[i], size), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
+    baseline_artifact = inputs.metrics["size"].get(runtime, {}).get("bytes")
+    if baseline_artifact:
+        axis.axhline(float(baseline_artifact) / 1e6, color="#4575b4", linestyle="--", linewidth=1,
+                     label=f"baseline artifact ({runtime})")
+    axis.set_xticks(x, labels, rotation=15, fontsize=8)
+    axis.set_ylabel("MB (state dict after each stage; artifact last)", fontsize=9)
+    twin = axis.twinx()
+    twin.plot(x, accuracy, color="black", marker="o", label="validation top-1 (right axis)")
+    if inputs.floor > 0:
+        twin.axhline(inputs.floor, color="#d73027", linestyle=":", linewidth=1, label="accuracy floor (right axis)")
+    _accuracy_limits(twin, accuracy + [inputs.floor])
+    twin.set_ylabel("validation top-1")
+    handles = axis.get_legend_handles_labels()
+    twin_handles = twin.get_legend_handles_labels()
+    axis.legend(handles[0] + twin_handles[0], handles[1] + twin_handles[1], fontsize=8, loc="upper center",
+                bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
+    axis.set_title(f"trial {trial.number}: size and accuracy stage by stage", fontsize=10)
+    return _save(figure, path)
+
+
+def _accuracy_limits(axis: plt.Axes, values: Sequence[float]) -> None:
+    """Accuracy axes stay within [0, 1] (a floor below zero, allowed by a loose target, is not drawn)."""
+    finite = [v for v in values if v is not None and np.isfinite(v)]
+    low, high = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    pad = max(0.02, 0.1 * (high - low))
+    bottom, top = max(0.0, low - pad), min(1.0, high + pad)
+    axis.set_ylim(bottom, top if top > bottom else 1.0)
+
+
+def plot_per_class(inputs: Inputs, path: Path) -> Path:
+    classes = list(inputs.metrics.get("classes", []))
+    base = inputs.metrics["accuracy"]["test"]["per_class"]
+    chosen = inputs.chosen.user_attrs.get("test", {}).get("per_class", [np.nan] * len(base))
+    if not classes:
+        classes = [str(i) for i in range(len(base))]
+    x = np.arange(len(classes))
+    figure, axis = plt.subplots(figsize=(max(6.5, 0.7 * len(classes)), 3.8))
+    axis.bar(x - 0.2, base, width=0.4, color="#4575b4", label="baseline")
+    axis.bar(x + 0.2, chosen, width=0.4, color="#1a9850", label=f"chosen (trial {inputs.chosen.number})")
+    axis.set_xticks(x, classes, rotation=30, fontsize=8)
+    axis.set_ylabel("test top-1 per class")
+    axis.set_ylim(0, 1.05)
+    axis.grid(alpha=0.3, axis="y")
+    axis.legend(fontsize=8)
+    return _save(figure, path)
+

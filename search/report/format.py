@@ -1,0 +1,71 @@
+"""Formatting of stored numbers for the report: one function per kind of number, so tests format alike."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+
+def fmt_acc(value: float) -> str:
+    """An accuracy (fraction) as a percentage, e.g. ``61.7%``."""
+    return f"{100 * float(value):.1f}%"
+
+
+def fmt_points(delta: float) -> str:
+    """An accuracy difference (fraction) in percentage points, signed, e.g. ``-3.3 points``."""
+    value = round(100 * float(delta), 1) + 0.0  # no "-0.0"
+    return f"{value:+.1f} points"
+
+
+def fmt_ratio(value: float) -> str:
+    """A ratio to the baseline, e.g. ``0.412``."""
+    return f"{float(value):.3f}"
+
+
+def fmt_change(ratio: float) -> str:
+    """A ratio to the baseline in words, e.g. ``58.8% smaller`` / ``12.0% larger``."""
+    change = 100 * (1 - float(ratio))
+    return f"{abs(change):.1f}% {'smaller' if change >= 0 else 'larger'}"
+
+
+def fmt_faster(ratio: float) -> str:
+    change = 100 * (1 - float(ratio))
+    return f"{abs(change):.1f}% {'faster' if change >= 0 else 'slower'}"
+
+
+def fmt_bytes(value: float) -> str:
+    """Bytes with a readable unit, e.g. ``1.52 MB`` or ``87.3 kB``."""
+    value = float(value)
+    return f"{value / 1e6:.2f} MB" if value >= 1e5 else f"{value / 1e3:.1f} kB"
+
+
+def fmt_int(value: float) -> str:
+    """An exact count with thousands separators, e.g. ``1,523,114``."""
+    return f"{int(value):,}"
+
+
+def fmt_ms(value: float) -> str:
+    return f"{float(value):.2f} ms"
+
+
+def fmt_millions(value: float) -> str:
+    return f"{float(value) / 1e6:.2f} M"
+
+
+def fmt_seconds(value: float) -> str:
+    value = float(value)
+    return f"{value:.0f} s" if abs(value) < 120 else f"{value / 60:.1f} min"
+
+
+def yes_no(flag: bool) -> str:
+    return "met" if flag else "**not met**"
+
+
+def _cell(value: object) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return lines + [""]
+
