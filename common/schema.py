@@ -64,7 +64,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise _wrong_type(value, tp, where)
         item_type = typing.get_args(tp)[0]
         return tuple(_coerce(item, item_type, f"{where}[{i}]") for i, item in enumerate(value))
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise _wrong_type(value, tp, where)
         return parse_dataclass(tp, value, where)
@@ -96,6 +96,31 @@ def _wrong_type(value: Any, tp: Any, where: str) -> UserError:
     )
 
 
+def _check_range(field: dataclasses.Field[Any], value: Any, key: str) -> None:
+    low, high = field.metadata.get("min"), field.metadata.get("max")
+    for number in value if isinstance(value, tuple) else (value,):
+        if isinstance(number, (int, float)) and not isinstance(number, bool):
+            if (low is not None and number < low) or (high is not None and number > high):
+                span = f"between {low} and {high}" if low is not None and high is not None else (
+                    f"at least {low}" if low is not None else f"at most {high}")
+                raise UserError(f"`{key}` is {number}, out of range.", f"set `{key}` {span}.")
+
+
+def check_bounds(instance: Any, where: str = "") -> None:
+    """Enforce the ``bounded`` ranges of a dataclass instance (and of dataclasses nested in it).
+
+    ``parse_dataclass`` checks study files this way; configs built in code (sampled stages, tests,
+    benchmarks) go through this same check, so a declared limit is never just documentation.
+    """
+    prefix = f"{where}." if where else ""
+    for field in dataclasses.fields(instance):
+        value = getattr(instance, field.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_bounds(value, f"{prefix}{field.name}")
+        else:
+            _check_range(field, value, f"{prefix}{field.name}")
+
+
 def parse_dataclass(cls: type[T], mapping: Mapping[str, Any], where: str = "") -> T:
     """Build ``cls`` from ``mapping``, rejecting unknown keys, wrong types and out-of-range values."""
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
@@ -114,13 +139,7 @@ def parse_dataclass(cls: type[T], mapping: Mapping[str, Any], where: str = "") -
                 raise UserError(f"Missing required key `{key}`.", f"add `{name} = ...` ({_type_name(hints[name])}).")
             continue
         value = _coerce(mapping[name], hints[name], key)
-        low, high = field.metadata.get("min"), field.metadata.get("max")
-        for number in value if isinstance(value, tuple) else (value,):
-            if isinstance(number, (int, float)) and not isinstance(number, bool):
-                if (low is not None and number < low) or (high is not None and number > high):
-                    span = f"between {low} and {high}" if low is not None and high is not None else (
-                        f"at least {low}" if low is not None else f"at most {high}")
-                    raise UserError(f"`{key}` is {number}, out of range.", f"set `{key}` {span}.")
+        _check_range(field, value, key)
         kwargs[name] = value
     try:
         return cls(**kwargs)

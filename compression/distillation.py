@@ -15,7 +15,7 @@ import torchvision
 from torch import nn
 
 from udacisense.common.errors import UserError
-from udacisense.common.schema import bounded
+from udacisense.common.schema import bounded, check_bounds
 from udacisense.compression.finetune import finetune
 from udacisense.compression.stage import (CompressedModel, ModelForm, Signature, StageContext, register_stage,
                                require_form)
@@ -36,10 +36,7 @@ class DistillationConfig:
     finetune: TrainConfig = TrainConfig(epochs=5, lr=0.05)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise UserError(f"`alpha` is {self.alpha}, out of range.", "set `alpha` between 0 and 1.")
-        if self.temperature <= 0:
-            raise UserError(f"`temperature` is {self.temperature}.", "set `temperature` above 0 (typically 2 to 8).")
+        check_bounds(self, self.kind)
         # torchvision rounds channels to multiples of 8, so widths under 0.1 all give the same network.
         if self.student_width and not 0.1 <= self.student_width <= 2.0:
             raise UserError(f"`student_width` is {self.student_width}, out of range.",

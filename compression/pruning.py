@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from udacisense.common.errors import UserError
-from udacisense.common.schema import bounded
+from udacisense.common.schema import bounded, check_bounds
 from udacisense.compression.finetune import finetune
 from udacisense.compression.stage import (CompressedModel, ModelForm, Signature, StageContext, register_stage,
                                require_form)
@@ -31,11 +31,6 @@ Schedule = Literal["linear", "cubic", "exponential"]
 MAX_SPARSITY = 0.95
 MAX_CHANNEL_RATIO = 0.9
 _PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-
-
-def _check_fraction(name: str, value: float, high: float) -> None:
-    if not 0.0 <= value <= high:
-        raise UserError(f"`{name}` is {value}, out of range.", f"set `{name}` between 0 and {high}.")
 
 
 @dataclass(frozen=True)
@@ -53,7 +48,7 @@ class UnstructuredPruningConfig:
     finetune: TrainConfig = TrainConfig(epochs=0)
 
     def __post_init__(self) -> None:
-        _check_fraction("amount", self.amount, MAX_SPARSITY)
+        check_bounds(self, self.kind)
 
     def transition(self, signature: Signature) -> Signature:
         require_form(self, signature, ModelForm.FLOAT)
@@ -78,8 +73,7 @@ class GradualPruningConfig:
     finetune: TrainConfig = TrainConfig(epochs=4)
 
     def __post_init__(self) -> None:
-        _check_fraction("initial_sparsity", self.initial_sparsity, MAX_SPARSITY)
-        _check_fraction("final_sparsity", self.final_sparsity, MAX_SPARSITY)
+        check_bounds(self, self.kind)
         if self.initial_sparsity > self.final_sparsity:
             raise UserError(f"`initial_sparsity` ({self.initial_sparsity}) is above `final_sparsity` "
                             f"({self.final_sparsity}).", "gradual pruning only adds sparsity; swap the two values.")
@@ -114,9 +108,7 @@ class StructuredPruningConfig:
     finetune: TrainConfig = TrainConfig(epochs=0)
 
     def __post_init__(self) -> None:
-        _check_fraction("ratio", self.ratio, MAX_CHANNEL_RATIO)
-        if self.round_to < 1:
-            raise UserError(f"`round_to` is {self.round_to}.", "set `round_to` to 1 (no rounding) or more.")
+        check_bounds(self, self.kind)
 
     def transition(self, signature: Signature) -> Signature:
         require_form(self, signature, ModelForm.FLOAT)

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from torch import nn
 
-from udacisense.common.errors import UserError
+from udacisense.common.schema import check_bounds
 from udacisense.compression.finetune import finetune
 from udacisense.compression.stage import CompressedModel, ModelForm, Signature, StageContext, register_stage, require_form
 from udacisense.training import TrainConfig
@@ -23,13 +23,12 @@ from udacisense.models.mobilenet import ResizeInput
 class ResolutionConfig:
     """Resize inputs to ``size``×``size`` inside the model (the data's own size removes the resize)."""
 
-    size: int
+    size: int = field(metadata={"min": 8, "max": 1024, "doc": "pixels"})
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=0))
     kind: ClassVar[str] = "resolution"
 
     def __post_init__(self) -> None:
-        if not 8 <= self.size <= 1024:
-            raise UserError(f"Resolution {self.size} is out of range.", "use a size between 8 and 1024 pixels.")
+        check_bounds(self, self.kind)
 
     def transition(self, signature: Signature) -> Signature:
         require_form(self, signature, ModelForm.FLOAT)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, replace
-from typing import Callable, ClassVar, Literal, Protocol, TypeVar
+from typing import Callable, ClassVar, Protocol, TypeVar
 
 from torch import nn
 

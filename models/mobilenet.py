@@ -67,7 +67,8 @@ def _load_local_weights(net: nn.Module, path: Path) -> None:
                         "save it with torch.save(model.state_dict(), path).") from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     # A head trained for another class count (ImageNet's 1000) is dropped; the new head trains from scratch.
-    head = {k for k, v in state.items() if k.startswith("classifier.3.") and v.shape[0] != net.classifier[3].out_features}
+    classes = net.classifier[3].out_features  # type: ignore[index, union-attr]  # torchvision types the head as Module
+    head = {k for k, v in state.items() if k.startswith("classifier.3.") and v.shape[0] != classes}
     state = {k: v for k, v in state.items() if k not in head}
     missing, unexpected = net.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("classifier.3.") or not head]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from udacisense.common.schema import bounded
+from udacisense.common.schema import bounded, check_bounds
 
 
 @dataclass(frozen=True)
@@ -19,3 +19,6 @@ class TrainConfig:
     label_smoothing: float = bounded(0.1, min=0.0, max=0.5)
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
     max_batches_per_epoch: int = bounded(0, min=0, doc="0: whole epochs; >0 caps batches (smoke tests)")
+
+    def __post_init__(self) -> None:
+        check_bounds(self, "finetune")

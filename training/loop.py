@@ -62,7 +62,8 @@ def fit(model: nn.Module, train: BatchLoader, config: TrainConfig, *, val: Batch
     """Train ``model`` in place with SGD (Nesterov) and the configured schedule; returns the history."""
     torch.manual_seed(seed)
     steps = len(train) if not config.max_batches_per_epoch else min(len(train), config.max_batches_per_epoch)
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
             # Weight decay on BatchNorm and biases only hurts small networks.

@@ -292,9 +292,9 @@ def section_chosen(inputs: Inputs, steps: Sequence[dict[str, Any]]) -> list[str]
     return lines
 
 
-def _floats(values: object) -> str:
+def _floats(values: Any) -> str:
     try:
-        return "[" + ", ".join(f"{float(v):.4f}" for v in values) + "]"  # type: ignore[union-attr]
+        return "[" + ", ".join(f"{float(v):.4f}" for v in values) + "]"
     except (TypeError, ValueError):
         return str(values)
 
