@@ -14,10 +14,18 @@ from udacisense.runtime.backends import (
     quiet_legacy_apis,
     runtime_for,
 )
-from udacisense.runtime.lowering import artifact_bytes, executorch_bytes, torchscript_bytes
+from udacisense.runtime.lowering import (
+    Delegation,
+    ExecuTorchProgram,
+    artifact_bytes,
+    executorch_bytes,
+    executorch_program,
+    torchscript_bytes,
+)
 from udacisense.runtime.runners import LoweredModule, Runner, load_runner
 
 __all__ = [
     "FX_BACKENDS", "Backend", "FxBackend", "LoweredRuntime", "Runtime", "quantized_engine", "quiet_legacy_apis",
-    "runtime_for", "artifact_bytes", "executorch_bytes", "torchscript_bytes", "LoweredModule", "Runner", "load_runner",
+    "runtime_for", "Delegation", "ExecuTorchProgram", "artifact_bytes", "executorch_bytes", "executorch_program",
+    "torchscript_bytes", "LoweredModule", "Runner", "load_runner",
 ]

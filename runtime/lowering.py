@@ -7,6 +7,7 @@ is measured at). TorchScript modules are scripted, so they take any batch.
 from __future__ import annotations
 
 import io
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -34,17 +35,52 @@ def torchscript_bytes(module: nn.Module, backend: Backend | None, example_input:
     return buffer.getvalue()
 
 
-def executorch_bytes(module: nn.Module, example_input: torch.Tensor) -> bytes:
-    """A ``.pte`` program for ``module`` at the example's shape (batch 1), delegated to XNNPACK."""
+@dataclass(frozen=True)
+class Delegation:
+    """How much of a ``.pte`` runs in the XNNPACK delegate; the rest falls back to portable (slow) kernels."""
+
+    delegated_subgraphs: int
+    delegated_nodes: int
+    portable_nodes: int
+    portable_ops: dict[str, int]  # operator -> nodes left to portable kernels
+
+    @property
+    def fully_delegated(self) -> bool:
+        return self.portable_nodes == 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "fully_delegated": self.fully_delegated}
+
+
+@dataclass(frozen=True)
+class ExecuTorchProgram:
+    artifact: bytes
+    delegation: Delegation
+
+
+def executorch_program(module: nn.Module, example_input: torch.Tensor) -> ExecuTorchProgram:
+    """A ``.pte`` program for ``module`` at the example's shape (batch 1), delegated to XNNPACK, with its coverage."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
         XnnpackPartitioner,
     )
+    from executorch.devtools.backend_debug import get_delegation_info
     from executorch.exir import to_edge_transform_and_lower
 
     module.eval()
     exported = torch.export.export(module, (example_input[:1].contiguous(),))
-    program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
-    return bytes(program.buffer)
+    edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+    info = get_delegation_info(edge.exported_program().graph_module)
+    # `getitem` only unpacks a delegate's outputs: no kernel runs for it.
+    portable = {op: b.non_delegated for op, b in sorted(info.delegation_by_operator.items())
+                if b.non_delegated and op != "getitem"}
+    delegation = Delegation(delegated_subgraphs=info.num_delegated_subgraphs, delegated_nodes=info.num_delegated_nodes,
+                            portable_nodes=sum(portable.values()), portable_ops=portable)
+    return ExecuTorchProgram(bytes(edge.to_executorch().buffer), delegation)
+
+
+def executorch_bytes(module: nn.Module, example_input: torch.Tensor) -> bytes:
+    """The bytes of ``executorch_program``."""
+    return executorch_program(module, example_input).artifact
 
 
 def _recorded_input_shape(module: nn.Module) -> tuple[int, ...] | None:

@@ -214,6 +214,24 @@ def test_structured_rounds_channels(tiny_model, context):
     assert all(c % 8 == 0 for c in convs)
 
 
+def test_head_ratio_prunes_the_hidden_classifier_layer_and_shrinks_the_pte(tiny_model, context):
+    from udacisense.runtime import executorch_bytes
+
+    head = tiny_model.classifier[0]
+    features_before = [m.out_channels for m in tiny_model.features.modules() if isinstance(m, nn.Conv2d)]
+    config = StructuredPruningConfig(0.0, head_ratio=0.75)
+    module = apply_stage(CompressedModel(tiny_model), config, context).module
+
+    hidden, classifier = module.classifier[0], module.classifier[3]
+    assert hidden.out_features == head.out_features // 4 and hidden.out_features % 8 == 0
+    assert classifier.in_features == hidden.out_features and classifier.out_features == 4
+    # Ratio 0 for the features: only the head shrank.
+    assert [m.out_channels for m in module.features.modules() if isinstance(m, nn.Conv2d)] == features_before
+    example = torch.randn(1, 3, 32, 32)
+    assert len(executorch_bytes(module, example)) < 0.8 * len(executorch_bytes(tiny_model, example))
+    assert config.describe() == "channels(l2, 0.00, head 0.75)"
+
+
 def test_structured_rejects_bad_ratio():
     with pytest.raises(UserError, match="ratio"):
         StructuredPruningConfig(0.95)
