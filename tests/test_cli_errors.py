@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import socket
 import sqlite3
 from pathlib import Path
@@ -15,7 +17,7 @@ from udacisense.search import cli
 from udacisense.search.cli import main
 from udacisense.search.storage import open_study, storage_problem
 from udacisense.search.study import load_study
-from tests.conftest import REPO
+from tests.conftest import REPO, SHARED_ARCHIVE
 
 
 def write_study(root: Path, extra: str = "") -> Path:
@@ -150,3 +152,21 @@ def test_narrowing_the_space_after_trials_names_the_keys_and_the_way_out(tmp_pat
 def test_missing_study_file_names_the_option(tmp_path: Path, capsys) -> None:
     code, err = run(capsys, "front", "--study", str(tmp_path / "nope.toml"))
     assert code == 2 and "with `--study`" in err
+
+
+@pytest.mark.skipif(not SHARED_ARCHIVE.is_file(), reason="needs ../shared/data/cifar10-jpeg.tar.gz")
+def test_verify_runs_from_any_directory_with_the_card_alone(smoke_study: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    shipped = tmp_path / "shipped"
+    shutil.copytree(load_study(smoke_study).run_dir / "export", shipped)  # exported by `search`
+    card = json.loads((shipped / "model_card.json").read_text())
+    assert Path(card["study_file"]).is_absolute() and Path(card["working_directory"]).is_absolute()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, _ = run(capsys, "verify", str(Path("..") / "shipped" / card["artifact"]))
+    assert code == 0
+
+    card.update(study_file=str(tmp_path / "gone.toml"), study_file_from_card="gone.toml")
+    (shipped / "model_card.json").write_text(json.dumps(card))
+    code, err = run(capsys, "verify", str(shipped / card["artifact"]))
+    assert code == 2 and "`--study PATH`" in err

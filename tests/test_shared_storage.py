@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from udacisense.common.files import sha256_of
 from udacisense.search.cli import main
 from udacisense.search.storage import open_storage, open_study
 from udacisense.search.study import load_study
-from tests.conftest import REPO, SHARED_ARCHIVE
+from tests.conftest import REPO, SHARED_ARCHIVE, cli_command
 from tests.postgres import create_database, drop_database, postgres_bin, postgres_server
 
 needs_postgres = pytest.mark.skipif(postgres_bin() is None, reason="needs Debian's postgresql (scripts/test installs it)")
@@ -75,12 +74,10 @@ def test_three_workers_one_killed_mid_trial_lose_nothing(postgres: str, tmp_path
         assert main(["baseline", "--study", str(path), "--quiet"]) == 0  # trained once, reused by every worker
         config = load_study(path)
         study = open_study(config)  # created once here, joined by every worker
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
         workers = {}
         for index in range(3):
-            process = subprocess.Popen([sys.executable, "-m", "search.cli", "worker", "--study", str(path),
-                                        "--worker-index", str(index), "--quiet"], cwd=REPO, env=env,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            process = subprocess.Popen(cli_command("worker", "--study", str(path), "--worker-index", str(index), "--quiet"),
+                                       cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             workers[process.pid] = process
         victim = None
         deadline = time.time() + 300
@@ -115,7 +112,7 @@ def test_sigint_fails_the_running_trial_cleanly_and_the_same_command_resumes(tmp
     config = load_study(path)
     assert main(["baseline", "--study", str(path), "--quiet"]) == 0
     study = open_study(config)
-    command = [sys.executable, "-m", "search.cli", "search", "--study", str(path), "--quiet", "--no-export"]
+    command = cli_command("search", "--study", str(path), "--quiet", "--no-export")
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     victim = None
     deadline = time.time() + 300
