@@ -81,7 +81,7 @@ class TrialCounts:
     skipped: int
 
     @classmethod
-    def of(cls, trials: list[optuna.trial.FrozenTrial]) -> "TrialCounts":
+    def of(cls, trials: list[optuna.trial.FrozenTrial]) -> TrialCounts:
         counts = Counter("skipped" if t.user_attrs.get("stage") in UNSPENT else t.state.name for t in trials)
         return cls(counts["COMPLETE"], counts["PRUNED"], counts["FAIL"], counts["skipped"])
 
