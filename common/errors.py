@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class UserError(Exception):
     """A problem the user can fix: says what is wrong and how to fix it.
@@ -17,3 +19,17 @@ class UserError(Exception):
 
 class IncompatiblePipelineError(UserError):
     """A pipeline whose stage order cannot work; raised before any compute is spent."""
+
+
+def os_problem(error: BaseException) -> UserError | None:
+    """The problem and fix for an OS error that a user meets and fixes (a full disk, no permission); None otherwise."""
+    if not isinstance(error, OSError):
+        return None
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(f"The disk is full: could not write {error.filename or 'a file'}.",
+                         "free some space, or set `runs_dir` in the study file (or `--out`) to a disk with room, "
+                         "then run the same command again (finished trials are kept).")
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and error.filename:
+        return UserError(f"No permission to write {error.filename} ({error.strerror}).",
+                         "make it writable by you, or set `runs_dir` in the study file (or `--out`) to a folder you can write.")
+    return None

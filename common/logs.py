@@ -6,24 +6,27 @@ import logging
 import re
 import warnings
 
+from udacisense.common.errors import os_problem
 
-class _DropInterruptedTrial(logging.Filter):
-    """Drops Optuna's report of a trial that failed because the user stopped it (Ctrl-C, SIGTERM).
 
-    Optuna logs such a trial as failed, with the KeyboardInterrupt's traceback, then its value;
-    the CLI says in one paragraph what happened to that trial instead.
+class _DropExpectedTrialFailure(logging.Filter):
+    """Drops Optuna's report of a trial that failed for a reason the CLI explains itself.
+
+    Optuna logs such a trial as failed, with a traceback, then its value. When the user stopped it
+    (Ctrl-C, SIGTERM) or the disk filled up, the CLI says in one paragraph what happened instead.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self._interrupted: set[str] = set()
+        self._dropped: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[0] is not None and issubclass(record.exc_info[0], KeyboardInterrupt):
-            self._interrupted.update(re.findall(r"^Trial (\d+) ", record.getMessage()))
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, KeyboardInterrupt) or (error is not None and os_problem(error) is not None):
+            self._dropped.update(re.findall(r"^Trial (\d+) ", record.getMessage()))
             return False
         follow_up = re.match(r"^Trial (\d+) failed with value ", record.getMessage())
-        return not (follow_up and follow_up.group(1) in self._interrupted)
+        return not (follow_up and follow_up.group(1) in self._dropped)
 
 
 def quiet_libraries() -> None:
@@ -35,5 +38,5 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*deprecated.*")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trial_logger = logging.getLogger("optuna.study._optimize")  # where Optuna reports finished trials
-    if not any(isinstance(f, _DropInterruptedTrial) for f in trial_logger.filters):
-        trial_logger.addFilter(_DropInterruptedTrial())
+    if not any(isinstance(f, _DropExpectedTrialFailure) for f in trial_logger.filters):
+        trial_logger.addFilter(_DropExpectedTrialFailure())

@@ -13,7 +13,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
-from udacisense.common.errors import UserError
+from udacisense.common.errors import UserError, os_problem
 from udacisense.common.logs import quiet_libraries
 from udacisense.search.study import StudyConfig, load_study
 
@@ -271,13 +271,8 @@ def foreseen_problem(error: Exception, args: argparse.Namespace) -> UserError | 
 
     from udacisense.search.storage import storage_problem
 
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return UserError(f"The disk is full: could not write {error.filename or 'a file'}.",
-                         "free some space, or set `runs_dir` in the study file (or `--out`) to a disk with room, "
-                         "then run the same command again (finished trials are kept).")
-    if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and error.filename:
-        return UserError(f"No permission to write {error.filename} ({error.strerror}).",
-                         "make it writable by you, or set `runs_dir` in the study file (or `--out`) to a folder you can write.")
+    if (problem := os_problem(error)) is not None:
+        return problem
     if isinstance(error, (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)):
         return storage_problem(error, _storage_url(args))
     return None

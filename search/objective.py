@@ -71,6 +71,7 @@ class TrialRunner:
     budget: int | None = None  # the study's trial budget, shared by every worker; None: no check
     current_trial: int | None = None  # the trial this process is running, for clean interruption
     sampler_seed: int | None = None  # this process's sampler seed, recorded so its trials can be replayed
+    failure: Exception | None = None  # why the last trial failed, for the worker to judge (Optuna keeps only text)
     _reference: dict[str, Runner] = field(default_factory=dict)
     _baseline_footprint: Footprint | None = None
 
@@ -112,7 +113,7 @@ class TrialRunner:
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         started = time.perf_counter()
-        self.current_trial = trial.number
+        self.current_trial, self.failure = trial.number, None
         frozen = trial.study.get_trials(deepcopy=False)[trial.number]
         trial.set_user_attr("retry_of", frozen.system_attrs.get("failed_trial"))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -126,6 +127,7 @@ class TrialRunner:
             trial.set_user_attr("seconds", time.perf_counter() - started)
             trial.set_user_attr("error", f"{type(error).__name__}: {error}")
             trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+            self.failure = error
             raise
 
     def _run(self, trial: optuna.Trial) -> tuple[float, float, float]:

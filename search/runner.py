@@ -14,6 +14,7 @@ import joblib
 import optuna
 from tqdm.auto import tqdm
 
+from udacisense.common.errors import os_problem
 from udacisense.common.logs import quiet_libraries
 from udacisense.search.budget import UNSPENT, budget_left, is_wasted_sample
 from udacisense.search.objective import TrialRunner, trial_constraints
@@ -129,6 +130,11 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
             finished, runner.current_trial = runner.current_trial, None
             if finished is not None:
                 ran.append(finished)
+            problem = os_problem(runner.failure) if runner.failure is not None else None
+            if finished is not None and problem is not None:
+                # A full disk fails every trial alike: stop, and queue this one again for the resumed search.
+                requeue(study, finished)
+                raise problem
             if progress and finished is not None:
                 bar.n = budget - max(0, budget_left(study, budget))
                 bar.refresh()
