@@ -124,10 +124,10 @@ class TrialRunner:
             trial.set_user_attr("seconds", time.perf_counter() - started)
             raise
         except Exception as error:
+            self.failure = error
             trial.set_user_attr("seconds", time.perf_counter() - started)
             trial.set_user_attr("error", f"{type(error).__name__}: {error}")
             trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
-            self.failure = error
             raise
 
     def _run(self, trial: optuna.Trial) -> tuple[float, float, float]:
