@@ -33,3 +33,22 @@ def os_problem(error: BaseException) -> UserError | None:
         return UserError(f"No permission to write {error.filename} ({error.strerror}).",
                          "make it writable by you, or set `runs_dir` in the study file (or `--out`) to a folder you can write.")
     return None
+
+
+# Optuna's refusal of a parameter whose choices or kind differ from those its stored trials have.
+_CHANGED_DISTRIBUTION = ("does not support dynamic value space", "Cannot set different distribution kind")
+
+
+def changed_space_problem(error: BaseException) -> UserError | None:
+    """The study file's ``[space]`` changed under a study that did not record its settings (made before they were)."""
+    if not (isinstance(error, ValueError) and any(text in str(error) for text in _CHANGED_DISTRIBUTION)):
+        return None
+    return UserError(f"The study file's `[space]` gives a parameter other choices than the study's stored trials "
+                     f"were sampled with (Optuna: {error}).",
+                     "give the changed study a new `name` in its TOML file to start a new study, or restore the "
+                     "previous `[space]` to continue this one.")
+
+
+def trial_problem(error: BaseException) -> UserError | None:
+    """A trial failure that the user must fix and that would fail every further trial alike; None otherwise."""
+    return os_problem(error) or changed_space_problem(error)

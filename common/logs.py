@@ -6,14 +6,15 @@ import logging
 import re
 import warnings
 
-from udacisense.common.errors import os_problem
+from udacisense.common.errors import trial_problem
 
 
 class _DropExpectedTrialFailure(logging.Filter):
     """Drops Optuna's report of a trial that failed for a reason the CLI explains itself.
 
     Optuna logs such a trial as failed, with a traceback, then its value. When the user stopped it
-    (Ctrl-C, SIGTERM) or the disk filled up, the CLI says in one paragraph what happened instead.
+    (Ctrl-C, SIGTERM) or it failed for a reason the user must fix (a full disk, a changed space),
+    the CLI says in one paragraph what happened instead.
     """
 
     def __init__(self) -> None:
@@ -22,7 +23,7 @@ class _DropExpectedTrialFailure(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, KeyboardInterrupt) or (error is not None and os_problem(error) is not None):
+        if isinstance(error, KeyboardInterrupt) or (error is not None and trial_problem(error) is not None):
             self._dropped.update(re.findall(r"^Trial (\d+) ", record.getMessage()))
             return False
         follow_up = re.match(r"^Trial (\d+) failed with value ", record.getMessage())

@@ -14,7 +14,7 @@ import joblib
 import optuna
 from tqdm.auto import tqdm
 
-from udacisense.common.errors import os_problem
+from udacisense.common.errors import trial_problem
 from udacisense.common.logs import quiet_libraries
 from udacisense.search.budget import UNSPENT, budget_left, is_wasted_sample
 from udacisense.search.objective import TrialRunner, trial_constraints
@@ -130,9 +130,9 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
             finished, runner.current_trial = runner.current_trial, None
             if finished is not None:
                 ran.append(finished)
-            problem = os_problem(runner.failure) if runner.failure is not None else None
+            problem = trial_problem(runner.failure) if runner.failure is not None else None
             if finished is not None and problem is not None:
-                # A full disk fails every trial alike: stop, and queue this one again for the resumed search.
+                # A full disk or a changed space fails every trial alike: stop, and queue this one again for later.
                 requeue(study, finished)
                 raise problem
             if progress and finished is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import socket
 import sqlite3
@@ -12,7 +13,7 @@ import optuna
 import pytest
 import sqlalchemy
 
-from udacisense.common.errors import UserError
+from udacisense.common.errors import UserError, trial_problem
 from udacisense.search import cli
 from udacisense.search.cli import main
 from udacisense.search.storage import open_study, storage_problem
@@ -170,3 +171,39 @@ def test_verify_runs_from_any_directory_with_the_card_alone(smoke_study: Path, t
     (shipped / "model_card.json").write_text(json.dumps(card))
     code, err = run(capsys, "verify", str(shipped / card["artifact"]))
     assert code == 2 and "`--study PATH`" in err
+
+
+def test_a_space_changed_under_a_study_without_recorded_settings_is_explained() -> None:
+    study = optuna.create_study()
+    study.ask().suggest_categorical("quant_backend", ["xnnpack", "x86"])
+    with pytest.raises(ValueError) as caught:  # Optuna's own refusal, as a trial would meet it
+        study.ask().suggest_categorical("quant_backend", ["x86"])
+    problem = trial_problem(caught.value)
+    assert problem is not None and "`[space]`" in problem.problem and "new `name`" in problem.fix
+    assert trial_problem(ValueError("a bug in a stage")) is None
+
+
+def test_optuna_reports_of_interrupted_or_user_fixable_trials_are_dropped() -> None:
+    from udacisense.common.logs import quiet_libraries
+
+    quiet_libraries()
+    study = optuna.create_study()
+
+    def interrupted(trial: optuna.Trial) -> float:
+        raise KeyboardInterrupt
+
+    def bug(trial: optuna.Trial) -> float:
+        raise ZeroDivisionError
+
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    optuna.logging.get_logger("optuna").addHandler(handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            study.optimize(interrupted, n_trials=1)
+        assert records == []
+        study.optimize(bug, n_trials=1, catch=(Exception,))
+        assert any("Trial 1 failed" in r for r in records)  # a real bug is still reported
+    finally:
+        optuna.logging.get_logger("optuna").removeHandler(handler)
