@@ -16,6 +16,10 @@ class UserError(Exception):
         self.problem = problem
         self.fix = fix
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # Worker processes (joblib) send their errors back pickled: rebuild from both parts.
+        return type(self), (self.problem, self.fix)
+
 
 class IncompatiblePipelineError(UserError):
     """A pipeline whose stage order cannot work; raised before any compute is spent."""

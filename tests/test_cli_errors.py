@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import shutil
 import socket
 import sqlite3
@@ -207,3 +208,8 @@ def test_optuna_reports_of_interrupted_or_user_fixable_trials_are_dropped() -> N
         assert any("Trial 1 failed" in r for r in records)  # a real bug is still reported
     finally:
         optuna.logging.get_logger("optuna").removeHandler(handler)
+
+
+def test_a_user_error_survives_the_trip_back_from_a_worker_process() -> None:
+    error = pickle.loads(pickle.dumps(UserError("the problem", "the fix")))
+    assert (error.problem, error.fix, str(error)) == ("the problem", "the fix", "the problem\n  fix: the fix")
