@@ -175,8 +175,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def listen_problem(error: OSError, host: str, port: int) -> UserError | OSError:
     """What a failed listen on ``host:port`` means for a user, or the error itself when unforeseen."""
-    if isinstance(error, socket.gaierror):
-        return UserError(f"--host {host!r} is not a known host name or address ({error.strerror}).",
+    # socket.create_server re-raises a failed name lookup as a plain OSError with the negative EAI_* code.
+    if isinstance(error, socket.gaierror) or (error.errno or 0) < 0:
+        return UserError(f"--host {host!r} is not a known host name or address of this machine.",
                          "pass `--host 127.0.0.1` (this machine only) or `--host 0.0.0.0` (every network interface).")
     if error.errno == errno.EADDRINUSE:
         return UserError(f"Port {port} on {host} is already in use (another dashboard or server).",

@@ -98,6 +98,7 @@ def test_unreachable_postgres_gets_a_server_hint() -> None:
     ("127.0.0.1", 80000, "not a TCP port number"),
     ("192.0.2.1", 8080, "not an address of this machine"),  # TEST-NET-1: never a local address
     ("127.0.0.1", None, "already in use"),
+    ("no-such-host.invalid", 8080, "not a known host name"),  # .invalid never resolves (RFC 6761)
 ])
 def test_dashboard_refuses_bad_ports_and_hosts_before_announcing(host: str, port: int | None, expected: str,
                                                                  tmp_path: Path, capsys) -> None:
