@@ -74,6 +74,14 @@ def storage_problem(error: BaseException, url: str | None) -> UserError:
                      "(`--storage` or `storage` in the study file).")
 
 
+SCHEMA_ATTEMPTS = 3
+
+
+def _lost_schema_race(error: Exception) -> bool:
+    """Whether opening failed on tables or rows that another process created at the same moment."""
+    return isinstance(error, sqlalchemy.exc.IntegrityError) or "already exists" in str(error)
+
+
 def open_storage(url: str, heartbeat_seconds: int = 30, *, create: bool = True) -> RDBStorage:
     """An RDB storage with heartbeats: a trial whose worker died is failed and retried by another worker.
 
@@ -93,10 +101,22 @@ def open_storage(url: str, heartbeat_seconds: int = 30, *, create: bool = True) 
         path.parent.mkdir(parents=True, exist_ok=True)
         # Several local processes share one file: wait for the lock instead of failing.
         engine_kwargs = {"connect_args": {"timeout": 120}}
-    try:
+
+    def connect() -> RDBStorage:
         return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds,
                           grace_period=heartbeat_seconds * 4,
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2, inherit_intermediate_values=True))
+
+    try:
+        for _ in range(SCHEMA_ATTEMPTS - 1):
+            try:
+                return connect()
+            except sqlalchemy.exc.DBAPIError as error:
+                # Processes that open a new database at the same moment each create its tables and
+                # schema version; the ones that lose find them made on another try.
+                if not _lost_schema_race(error):
+                    raise
+        return connect()
     except ImportError as error:
         raise UserError(f"The storage {url.split('@')[-1]} needs a database driver that is not installed: {error}.",
                         "install it, e.g. `pip install 'psycopg[binary]'` for postgresql:// URLs.") from None
