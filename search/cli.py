@@ -158,14 +158,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna_dashboard
 
-    from udacisense.search.storage import artifact_store, open_storage
+    from udacisense.search.storage import existing_artifact_store, open_storage
 
     study = _study(args)
     storage = open_storage(args.storage or study.storage_url, create=False)
     check_can_listen(args.host, args.port)
     print(f"optuna-dashboard for {study.name!r} on http://{args.host}:{args.port}/ (Ctrl-C stops it)")
     try:
-        optuna_dashboard.run_server(storage, host=args.host, port=args.port, artifact_store=artifact_store(study, create=False))
+        optuna_dashboard.run_server(storage, host=args.host, port=args.port, artifact_store=existing_artifact_store(study))
     except OSError as error:  # the port was taken between the check and the start
         raise listen_problem(error, args.host, args.port) from None
     except KeyboardInterrupt:  # the way to stop a dashboard: not an interruption of anything

@@ -124,13 +124,15 @@ def open_storage(url: str, heartbeat_seconds: int = 30, *, create: bool = True) 
         raise storage_problem(error, url) from None
 
 
-def artifact_store(study: StudyConfig, *, create: bool = True) -> optuna.artifacts.FileSystemArtifactStore | None:
-    """The study's trial artifacts; with ``create=False`` (read-only commands) None when there are none yet."""
+def artifact_store(study: StudyConfig) -> optuna.artifacts.FileSystemArtifactStore:
     path = study.run_dir / "artifacts"
-    if not create and not path.is_dir():
-        return None
     path.mkdir(parents=True, exist_ok=True)
     return optuna.artifacts.FileSystemArtifactStore(str(path))
+
+
+def existing_artifact_store(study: StudyConfig) -> optuna.artifacts.FileSystemArtifactStore | None:
+    """The study's trial artifacts for read-only commands: None rather than a new folder when there are none."""
+    return artifact_store(study) if (study.run_dir / "artifacts").is_dir() else None
 
 
 def _flatten(value: Any, prefix: str) -> dict[str, Any]:
