@@ -22,7 +22,13 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as error:
+            # A failed write (a full disk) often names no file: name the one the user will look for.
+            if error.filename is None:
+                error.filename = str(target)
+            raise
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         # mkstemp creates 0600 files; outputs are meant to be shared like any other file.

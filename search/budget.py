@@ -6,13 +6,33 @@ import optuna
 
 TrialState = optuna.trial.TrialState
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL, TrialState.WAITING)
-# Trials that ran no compute and spend no budget: impossible stage orders, and a worker's trial that
-# started after the budget was already taken by others.
-REJECTED, OVER_BUDGET = "rejected", "over-budget"
+# Trials that ran no compute and spend no budget: impossible stage orders, configurations another
+# trial already has, and a worker's trial that started after the budget was already taken by others.
+REJECTED, DUPLICATE, OVER_BUDGET = "rejected", "duplicate", "over-budget"
+UNSPENT = (REJECTED, DUPLICATE, OVER_BUDGET)
+# A configuration is taken once one of these trials has it (a waiting one is a queued retry).
+HOLDERS = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
 
 
 def is_rejected(trial: optuna.trial.FrozenTrial) -> bool:
     return trial.user_attrs.get("stage") == REJECTED
+
+
+def is_wasted_sample(trial: optuna.trial.FrozenTrial) -> bool:
+    """A sample the search could not use: an impossible order or a configuration it already has."""
+    return trial.user_attrs.get("stage") in (REJECTED, DUPLICATE)
+
+
+def duplicate_of(study: optuna.Study, number: int, params: dict[str, object]) -> int | None:
+    """The trial that already holds trial ``number``'s configuration, or None when it is new.
+
+    Two workers that sample the same configuration at the same moment may each see the other and
+    both stop: that costs a sample, never budget, and neither runs a repeat.
+    """
+    for trial in study.get_trials(deepcopy=False, states=HOLDERS):
+        if trial.number != number and trial.params == params:
+            return trial.number
+    return None
 
 
 def counted_trials(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
@@ -20,7 +40,7 @@ def counted_trials(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.
     # A trial whose worker died is re-queued by the heartbeat callback: count it once, through its retry.
     retried = {number for t in trials for number in t.system_attrs.get("retry_history", [])}
     return [t for t in sorted(trials, key=lambda t: t.number) if t.state in COUNTED and t.number not in retried
-            and t.user_attrs.get("stage") not in (REJECTED, OVER_BUDGET)]
+            and t.user_attrs.get("stage") not in UNSPENT]
 
 
 def budget_left(study: optuna.Study, n_trials: int) -> int:

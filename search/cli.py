@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import signal
+import socket
 import sys
+import traceback
+from pathlib import Path
 from typing import Callable, Sequence
 
-from udacisense.common.errors import UserError
+from udacisense.common.errors import UserError, os_problem
 from udacisense.common.logs import quiet_libraries
 from udacisense.search.study import StudyConfig, load_study
 
@@ -45,13 +50,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from udacisense.search.runner import run_search
+    from udacisense.search.runner import run_search, search_summary
+    from udacisense.search.storage import open_study
 
     summaries = run_search(args.study, n_jobs=args.n_jobs, storage=args.storage, progress=not args.quiet)
-    print(f"search done: {sum(s.trials_run for s in summaries)} trial(s) run by {len(summaries)} worker(s)")
+    study = _study(args)
+    print(f"search done: {search_summary(open_study(study, args.storage, create=False), summaries)}")
     if args.no_export:
         return cmd_front(args)
-    study = _study(args)
     args.trial, args.pick, args.out = None, study.search.default_pick, str(study.run_dir / "export")
     cmd_front(args)
     try:
@@ -63,10 +69,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from udacisense.search.runner import run_worker
+    from udacisense.search.runner import run_worker, search_summary
+    from udacisense.search.storage import open_study
 
     summary = run_worker(args.study, worker=args.worker_index, storage=args.storage, progress=not args.quiet)
-    print(f"worker {summary.worker}: {summary.trials_run} trial(s) in {summary.seconds:.0f} s")
+    study = open_study(_study(args), args.storage, create=False)
+    print(f"worker {summary.worker} done in {summary.seconds:.0f} s (sampler seed {summary.sampler_seed}): "
+          f"{search_summary(study, [summary])}")
     return 0
 
 
@@ -75,8 +84,9 @@ def _open(args: argparse.Namespace):
     from udacisense.search.workspace import open_workspace
 
     study = _study(args)
-    workspace = open_workspace(study, progress=False)
-    return study, workspace, open_study(study, getattr(args, "storage", None), create=False)
+    # The storage first: a study that was never searched is reported before any data or baseline work.
+    optuna_study = open_study(study, getattr(args, "storage", None), create=False)
+    return study, open_workspace(study, progress=False), optuna_study
 
 
 def cmd_front(args: argparse.Namespace) -> int:
@@ -99,8 +109,6 @@ def cmd_front(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from udacisense.search.export import export_trial
     from udacisense.search.front import export_front, pick
     from udacisense.search.objective import TrialRunner
@@ -123,14 +131,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from udacisense.search.export import read_card, verify_artifact
+    from udacisense.search.export import card_study, read_card, verify_artifact
     from udacisense.search.workspace import open_workspace
 
-    artifact = Path(args.artifact)
-    card = read_card(artifact)
-    workspace = open_workspace(load_study(args.study or card["study_file"]), progress=False)
+    artifact = Path(args.artifact).absolute()
+    study_path = Path(args.study) if args.study else None
+    if study_path is None:
+        study_path, working_directory = card_study(read_card(artifact), artifact.parent)
+        # The study's own relative paths (runs, data) were resolved where the export ran.
+        os.chdir(working_directory)
+    workspace = open_workspace(load_study(study_path), progress=False)
     card, parity = verify_artifact(artifact, workspace)
     print(f"{artifact}: sha256 matches the model card; parity top-1 agreement {parity.top1_agreement:.4f}, "
           f"max |diff| {parity.max_abs_diff:.5f} on {parity.samples} test images")
@@ -138,8 +148,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from udacisense.search.report import write_report
 
     result = write_report(_study(args), Path(args.out), storage=args.storage, trial=args.trial)
@@ -150,13 +158,49 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna_dashboard
 
-    from udacisense.search.storage import artifact_store, open_storage
+    from udacisense.search.storage import existing_artifact_store, open_storage
 
     study = _study(args)
-    url = args.storage or study.storage_url
+    storage = open_storage(args.storage or study.storage_url, create=False)
+    check_can_listen(args.host, args.port)
     print(f"optuna-dashboard for {study.name!r} on http://{args.host}:{args.port}/ (Ctrl-C stops it)")
-    optuna_dashboard.run_server(open_storage(url), host=args.host, port=args.port, artifact_store=artifact_store(study))
+    try:
+        optuna_dashboard.run_server(storage, host=args.host, port=args.port, artifact_store=existing_artifact_store(study))
+    except OSError as error:  # the port was taken between the check and the start
+        raise listen_problem(error, args.host, args.port) from None
+    except KeyboardInterrupt:  # the way to stop a dashboard: not an interruption of anything
+        print("dashboard stopped")
     return 0
+
+
+def listen_problem(error: OSError, host: str, port: int) -> UserError | OSError:
+    """What a failed listen on ``host:port`` means for a user, or the error itself when unforeseen."""
+    # socket.create_server re-raises a failed name lookup as a plain OSError with the negative EAI_* code.
+    if isinstance(error, socket.gaierror) or (error.errno or 0) < 0:
+        return UserError(f"--host {host!r} is not a known host name or address of this machine.",
+                         "pass `--host 127.0.0.1` (this machine only) or `--host 0.0.0.0` (every network interface).")
+    if error.errno == errno.EADDRINUSE:
+        return UserError(f"Port {port} on {host} is already in use (another dashboard or server).",
+                         f"pass another free port, e.g. `--port {port + 1 if port < 65535 else 8080}`, or stop the program using it.")
+    if error.errno == errno.EADDRNOTAVAIL:
+        return UserError(f"--host {host!r} is not an address of this machine, so the dashboard cannot listen on it.",
+                         "pass `--host 127.0.0.1` (this machine only) or `--host 0.0.0.0` (every network interface).")
+    if error.errno == errno.EACCES:
+        return UserError(f"Listening on port {port} needs administrator rights (ports below 1024 are reserved).",
+                         "pass `--port` 1024 or above, e.g. --port 8080.")
+    return error
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Fail with a clear message before announcing a dashboard that could not start."""
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port {port} is not a TCP port number (1 to 65535).", "pass `--port` between 1024 and 65535, e.g. --port 8080.")
+    try:
+        # Bound the way the dashboard's server binds (IPv4, address reuse), then released at once.
+        with socket.create_server((host, port)):
+            pass
+    except OSError as error:
+        raise listen_problem(error, host, port) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--quiet", action="store_true", help="no progress bars")
     worker = add("worker", cmd_worker, "join a (shared) study and run trials until its budget is spent")
     worker.add_argument("--storage", help="shared storage URL, e.g. postgresql://user:pw@host/db")
-    worker.add_argument("--worker-index", type=int, default=0, help="distinct per worker: seeds its sampler")
+    worker.add_argument("--worker-index", type=int, default=0,
+                        help="a label for this worker's progress lines (every process seeds its sampler on its own)")
     worker.add_argument("--quiet", action="store_true", help="no progress bars")
     front = add("front", cmd_front, "print the Pareto front and write CSV, JSON and PNG")
     front.add_argument("--storage", help="override the study's storage URL")
@@ -210,6 +255,30 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _storage_url(args: argparse.Namespace) -> str | None:
+    """The storage the failed command used, so that a storage error gets the hint for its kind."""
+    if getattr(args, "storage", None):
+        return args.storage
+    try:
+        return load_study(args.study).storage_url if args.study else None
+    except UserError:
+        return None
+
+
+def foreseen_problem(error: Exception, args: argparse.Namespace) -> UserError | None:
+    """The problem and fix for an OS or library error a user can meet and fix; None for a bug."""
+    import optuna
+    import sqlalchemy
+
+    from udacisense.search.storage import storage_problem
+
+    if (problem := os_problem(error)) is not None:
+        return problem
+    if isinstance(error, (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)):
+        return storage_problem(error, _storage_url(args))
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
@@ -224,9 +293,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the running trial was recorded as failed and queued again; "
-              "run the same command to resume toward the same total", file=sys.stderr)
+        if args.command in ("search", "worker"):
+            print("interrupted: the running trial was recorded as failed and queued again; "
+                  "run the same command to resume toward the same total", file=sys.stderr)
+        else:
+            print(f"interrupted: `udacisense {args.command}` stopped before it finished", file=sys.stderr)
         return 130
+    except Exception as error:
+        problem = foreseen_problem(error, args)
+        if problem is None:
+            traceback.print_exc()
+            print("error: this is a bug in udacisense, not a mistake of yours: please report it with the command "
+                  "you ran and the traceback above.", file=sys.stderr)
+            return 1
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,11 @@ def export_trial(workspace: Workspace, study: optuna.Study, trial_number: int, o
     card = {
         "name": f"{workspace.study.name}-trial-{trial_number}",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "study_file": study_path,
+        # Enough for `udacisense verify` from any directory: the study file (absolute, and relative to the
+        # card for a moved folder) and the directory its own relative paths (runs, data) are resolved in.
+        "study_file": str(Path(study_path).resolve()),
+        "study_file_from_card": os.path.relpath(Path(study_path).resolve(), out_dir.resolve()),
+        "working_directory": str(Path.cwd()),
         "trial": trial_number,
         "artifact": artifact.name,
         "sha256": sha256_of(artifact),
@@ -115,6 +120,19 @@ def read_card(artifact: Path) -> dict:
     except (OSError, ValueError) as error:
         raise UserError(f"No readable model card beside {artifact} ({error}).",
                         f"export with `udacisense export`, which writes {CARD_NAME} next to the artifact.") from None
+
+
+def card_study(card: dict, card_dir: Path) -> tuple[Path, Path]:
+    """The study file a model card was exported from, and the directory to resolve its relative paths in."""
+    working = Path(card.get("working_directory") or Path.cwd())
+    candidates = [Path(card["study_file"]) if Path(card["study_file"]).is_absolute() else working / card["study_file"]]
+    if card.get("study_file_from_card"):
+        candidates.append(card_dir / card["study_file_from_card"])
+    study = next((path for path in candidates if path.is_file()), None)
+    if study is None:
+        raise UserError(f"The study file of this model card is not here (looked for {', '.join(map(str, candidates))}).",
+                        "pass the study file it was exported from with `--study PATH`.")
+    return study, working if working.is_dir() else Path.cwd()
 
 
 def verify_artifact(artifact: Path, workspace: Workspace) -> tuple[dict, ParityReport]:

@@ -23,7 +23,7 @@ from udacisense.evaluators.latency import LatencyReport, compare_latency
 from udacisense.evaluators.parity import ParityReport, compare_logits
 from udacisense.evaluators.size import SizeReport, parameter_counts, size_report, state_dict_bytes
 from udacisense.runtime import Runner, load_runner, quantized_engine
-from udacisense.search.budget import OVER_BUDGET, REJECTED, is_surplus
+from udacisense.search.budget import DUPLICATE, OVER_BUDGET, REJECTED, duplicate_of, is_surplus
 from udacisense.search.early_stopping import AccuracyMonitor, stop_rule_for
 from udacisense.search.feasibility import Footprint, footprint, infeasibility
 from udacisense.search.workspace import Workspace
@@ -70,6 +70,8 @@ class TrialRunner:
     progress: bool = False
     budget: int | None = None  # the study's trial budget, shared by every worker; None: no check
     current_trial: int | None = None  # the trial this process is running, for clean interruption
+    sampler_seed: int | None = None  # this process's sampler seed, recorded so its trials can be replayed
+    failure: Exception | None = None  # why the last trial failed, for the worker to judge (Optuna keeps only text)
     _reference: dict[str, Runner] = field(default_factory=dict)
     _baseline_footprint: Footprint | None = None
 
@@ -111,16 +113,18 @@ class TrialRunner:
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         started = time.perf_counter()
-        self.current_trial = trial.number
+        self.current_trial, self.failure = trial.number, None
         frozen = trial.study.get_trials(deepcopy=False)[trial.number]
         trial.set_user_attr("retry_of", frozen.system_attrs.get("failed_trial"))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("sampler_seed", self.sampler_seed)
         try:
             return self._run(trial)
         except optuna.TrialPruned:
             trial.set_user_attr("seconds", time.perf_counter() - started)
             raise
         except Exception as error:
+            self.failure = error
             trial.set_user_attr("seconds", time.perf_counter() - started)
             trial.set_user_attr("error", f"{type(error).__name__}: {error}")
             trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
@@ -135,6 +139,9 @@ class TrialRunner:
             signature = pipeline.check()
         except IncompatiblePipelineError as error:
             raise pruned(trial, REJECTED, f"rejected before compute: {error.problem}", error.problem) from None
+        original = duplicate_of(trial.study, trial.number, trial.params)
+        if original is not None:
+            raise pruned(trial, DUPLICATE, f"duplicate of trial {original}: not run again", "duplicate configuration")
         if self.budget is not None and is_surplus(trial.study, trial.number, self.budget):
             # Another worker took the last trial of the budget at the same moment: run nothing.
             reason = f"over budget: {self.budget} trials were already taken by other workers"

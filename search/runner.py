@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import socket
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -10,8 +14,9 @@ import joblib
 import optuna
 from tqdm.auto import tqdm
 
+from udacisense.common.errors import trial_problem
 from udacisense.common.logs import quiet_libraries
-from udacisense.search.budget import budget_left, is_rejected
+from udacisense.search.budget import UNSPENT, budget_left, is_wasted_sample
 from udacisense.search.objective import TrialRunner, trial_constraints
 from udacisense.search.storage import artifact_store, open_study
 from udacisense.search.study import SearchConfig, load_study
@@ -33,14 +38,25 @@ def make_sampler(search: SearchConfig, seed: int) -> optuna.samplers.BaseSampler
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-# Stop sampling when a space yields almost only impossible orders, rather than loop for ever.
+def process_seed(study_seed: int) -> int:
+    """A sampler seed of this process's own, so that no two processes (or resumes) replay one sequence.
+
+    Derived from the study seed and the process's identity (host, pid, start time); every trial
+    records it in its ``sampler_seed`` user attribute.
+    """
+    identity = f"{study_seed}:{socket.gethostname()}:{os.getpid()}:{time.time_ns()}".encode()
+    return int.from_bytes(hashlib.sha256(identity).digest()[:4], "little")
+
+
+# Stop sampling when a space yields almost only impossible orders or configurations it already
+# has (a small space, exhausted), rather than loop for ever.
 MAX_REJECTED_PER_TRIAL = 20
 
 
 def next_action(study: optuna.Study, n_trials: int) -> str:
     """``run`` a trial, ``wait`` for other workers' running trials (they may die and need a retry), or ``done``."""
     optuna.storages.fail_stale_trials(study)  # fails and re-queues trials of dead workers
-    if sum(1 for t in study.get_trials(deepcopy=False) if is_rejected(t)) > MAX_REJECTED_PER_TRIAL * n_trials:
+    if sum(1 for t in study.get_trials(deepcopy=False) if is_wasted_sample(t)) > MAX_REJECTED_PER_TRIAL * n_trials:
         return "done"
     states = {t.state for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))}
     if TrialState.WAITING in states or budget_left(study, n_trials) > 0:
@@ -51,8 +67,36 @@ def next_action(study: optuna.Study, n_trials: int) -> str:
 @dataclass(frozen=True)
 class WorkerSummary:
     worker: int
-    trials_run: int
+    trials: tuple[int, ...]  # the numbers of the trials this worker ran
     seconds: float
+    sampler_seed: int
+
+
+@dataclass(frozen=True)
+class TrialCounts:
+    """Trials by outcome; samples that ran nothing (duplicates, impossible orders, surplus) are ``skipped``."""
+
+    complete: int
+    stopped: int
+    failed: int
+    skipped: int
+
+    @classmethod
+    def of(cls, trials: list[optuna.trial.FrozenTrial]) -> TrialCounts:
+        counts = Counter("skipped" if t.user_attrs.get("stage") in UNSPENT else t.state.name for t in trials)
+        return cls(counts["COMPLETE"], counts["PRUNED"], counts["FAIL"], counts["skipped"])
+
+    def describe(self) -> str:
+        skipped = f", {self.skipped} sample(s) skipped without compute" if self.skipped else ""
+        return f"{self.complete} complete, {self.stopped} stopped early, {self.failed} failed{skipped}"
+
+
+def search_summary(study: optuna.Study, summaries: list[WorkerSummary]) -> str:
+    """The study's trials by outcome, and this process's share of them."""
+    trials = study.get_trials(deepcopy=False)
+    mine = {number for summary in summaries for number in summary.trials}
+    return (f"study {study.study_name!r}: {TrialCounts.of(trials).describe()}; "
+            f"this run's {len(summaries)} worker(s): {TrialCounts.of([t for t in trials if t.number in mine]).describe()}")
 
 
 def run_worker(study_path: str, worker: int = 0, storage: str | None = None, progress: bool = True,
@@ -65,11 +109,13 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
     study_config = load_study(study_path, overrides)
     workspace = open_workspace(study_config, progress=progress and worker == 0)
     budget = n_trials or study_config.search.n_trials
-    sampler = make_sampler(study_config.search, study_config.seed + 1000 * worker)
-    study = open_study(study_config, storage, sampler)
-    runner = TrialRunner(workspace, artifact_store(study_config), progress=False, budget=budget)
+    seed = process_seed(study_config.seed)
+    # Optuna's samplers read every trial in the storage when they sample, so this process's
+    # sampler state accounts for the other workers' and earlier runs' trials.
+    study = open_study(study_config, storage, make_sampler(study_config.search, seed))
+    runner = TrialRunner(workspace, artifact_store(study_config), progress=False, budget=budget, sampler_seed=seed)
     deadline = time.monotonic() + study_config.search.timeout_minutes * 60 if study_config.search.timeout_minutes else None
-    started, count = time.perf_counter(), 0
+    started, ran = time.perf_counter(), []
     bar = tqdm(total=budget, initial=budget - max(0, budget_left(study, budget)), desc=f"search {study_config.name}",
                disable=not progress or worker != 0, unit="trial")
     try:
@@ -81,8 +127,14 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
                 time.sleep(study_config.search.heartbeat_seconds)
                 continue
             study.optimize(runner, n_trials=1, catch=(Exception,), gc_after_trial=True)
-            count += 1
             finished, runner.current_trial = runner.current_trial, None
+            if finished is not None:
+                ran.append(finished)
+            problem = trial_problem(runner.failure) if runner.failure is not None else None
+            if finished is not None and problem is not None:
+                # A full disk or a changed space fails every trial alike: stop, and queue this one again for later.
+                requeue(study, finished)
+                raise problem
             if progress and finished is not None:
                 bar.n = budget - max(0, budget_left(study, budget))
                 bar.refresh()
@@ -94,7 +146,7 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
         raise
     finally:
         bar.close()
-    return WorkerSummary(worker, count, time.perf_counter() - started)
+    return WorkerSummary(worker, tuple(ran), time.perf_counter() - started, seed)
 
 
 def requeue(study: optuna.Study, number: int) -> None:
@@ -122,9 +174,10 @@ def run_search(study_path: str, n_jobs: int = 1, storage: str | None = None, pro
                overrides: Mapping[str, Any] | None = None) -> list[WorkerSummary]:
     """Run ``n_jobs`` worker processes (not threads) on the same study; returns each worker's summary."""
     study_config = load_study(study_path, overrides)
+    # The storage first: a study file that no longer matches its stored trials fails before any work.
+    open_study(study_config, storage)
     # Train and measure the baseline once, before the workers start, so they all reuse it.
     open_workspace(study_config, progress=progress)
-    open_study(study_config, storage)
     if n_jobs == 1:
         return [run_worker(study_path, 0, storage, progress, overrides=overrides)]
     return list(joblib.Parallel(n_jobs=n_jobs, backend="loky")(

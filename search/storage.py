@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
+from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from udacisense.common.errors import UserError
@@ -12,28 +16,112 @@ from udacisense.search.study import StudyConfig
 
 OBJECTIVE_NAMES = ("val_accuracy", "latency_ratio", "size_ratio")
 DIRECTIONS = ("maximize", "minimize", "minimize")
+# The study settings its stored trials were measured under, kept as a study user attribute.
+SETTINGS_ATTR = "settings"
+# Paths and download switches move with a checkout without changing what a trial measures.
+_UNCOMPARED = frozenset({"data.root", "data.archive", "data.download", "model.weights_file"})
 
 
-def open_storage(url: str, heartbeat_seconds: int = 30) -> RDBStorage:
-    """An RDB storage with heartbeats: a trial whose worker died is failed and retried by another worker."""
-    engine_kwargs: dict[str, object] = {}
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+def sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///`` URL (None for other databases and in-memory SQLite)."""
+    parsed = sqlalchemy.engine.make_url(url)
+    return Path(parsed.database) if parsed.get_backend_name() == "sqlite" and parsed.database else None
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    # Optuna wraps SQLAlchemy errors, which wrap the driver's: the driver's message is the useful one.
+    while True:
+        inner = getattr(error, "orig", None) or error.__cause__
+        if inner is None or inner is error:
+            return error
+        error = inner
+
+
+def storage_problem(error: BaseException, url: str | None) -> UserError:
+    """What went wrong with a study storage, and how to fix it, for the kind of storage it is."""
+    cause = _root_cause(error)
+    message = (str(cause).splitlines() or [type(cause).__name__])[0]
+    text = message.lower()
+    other = "or pass `--storage URL` to use another database"
+    path = sqlite_path(url) if url else None
+    if path is not None:
+        if "file is not a database" in text or "malformed" in text:
+            return UserError(f"The study database {path} is damaged ({message}).",
+                             f"move it aside (`mv {path} {path}.damaged`) and run `udacisense search` to start the "
+                             f"study again, restore it from a backup, {other}.")
+        if "locked" in text:
+            return UserError(f"The study database {path} stayed locked by another process for too long ({message}).",
+                             "wait for the other udacisense command on this study to finish (or stop it) and run this "
+                             "one again; for many workers at once use PostgreSQL with `--storage postgresql://...`.")
+        if "disk is full" in text:
+            return UserError(f"The disk holding {path} is full ({message}).",
+                             f"free some space and run the same command again (finished trials are kept), {other}.")
+        if "readonly" in text or "unable to open" in text:
+            return UserError(f"Cannot write the study database {path} ({message}).",
+                             f"make {path.parent} writable by you, {other}.")
+        return UserError(f"Cannot use the study database {path}: {message}.",
+                         f"check that it is a file written by `udacisense search`, {other}.")
+    where = url.split("@")[-1] if url else "the study storage"
+    if "password" in text or "authentication" in text:
+        return UserError(f"The database server at {where} refused the login: {message}.",
+                         "fix the user and password in the URL (`--storage` or `storage` in the study file).")
+    if "does not exist" in text:
+        return UserError(f"The database server at {where} has no such database: {message}.",
+                         "create it (e.g. `createdb NAME` on the server) or fix the database name in the URL "
+                         "(`--storage` or `storage` in the study file).")
+    return UserError(f"Cannot open the study storage at {where}: {type(cause).__name__}: {message}",
+                     "check that the database server runs and accepts connections at the host and port of the URL "
+                     "(`--storage` or `storage` in the study file).")
+
+
+SCHEMA_ATTEMPTS = 3
+
+
+def _lost_schema_race(error: Exception) -> bool:
+    """Whether opening failed on tables or rows that another process created at the same moment."""
+    return isinstance(error, sqlalchemy.exc.IntegrityError) or "already exists" in str(error)
+
+
+def open_storage(url: str, heartbeat_seconds: int = 30, *, create: bool = True) -> RDBStorage:
+    """An RDB storage with heartbeats: a trial whose worker died is failed and retried by another worker.
+
+    With ``create=False`` (read-only commands) a SQLite file that does not exist is an error rather
+    than a new empty database and folder.
+    """
+    try:
+        path = sqlite_path(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise UserError(f"The storage URL {url.split('@')[-1]!r} is not a database URL.",
+                        "pass `--storage` as e.g. sqlite:///runs/x/study.db or postgresql://user:pw@host/db.") from None
+    engine_kwargs: dict[str, object] = {"pool_pre_ping": True}
+    if path is not None:
+        if not create and not path.is_file():
+            raise UserError(f"There is no study database at {path}.",
+                            "run `udacisense search --study ...` first, or pass `--storage URL` of an existing study.")
+        path.parent.mkdir(parents=True, exist_ok=True)
         # Several local processes share one file: wait for the lock instead of failing.
         engine_kwargs = {"connect_args": {"timeout": 120}}
-    else:
-        engine_kwargs = {"pool_pre_ping": True}
-    try:
+
+    def connect() -> RDBStorage:
         return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds,
                           grace_period=heartbeat_seconds * 4,
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2, inherit_intermediate_values=True))
+
+    try:
+        for _ in range(SCHEMA_ATTEMPTS - 1):
+            try:
+                return connect()
+            except sqlalchemy.exc.DBAPIError as error:
+                # Processes that open a new database at the same moment each create its tables and
+                # schema version; the ones that lose find them made on another try.
+                if not _lost_schema_race(error):
+                    raise
+        return connect()
     except ImportError as error:
         raise UserError(f"The storage {url.split('@')[-1]} needs a database driver that is not installed: {error}.",
                         "install it, e.g. `pip install 'psycopg[binary]'` for postgresql:// URLs.") from None
     except Exception as error:  # SQLAlchemy raises many types for unreachable servers and bad credentials
-        safe = url.split("@")[-1]
-        raise UserError(f"Cannot open the study storage at {safe}: {type(error).__name__}: {str(error).splitlines()[0]}",
-                        "check that the database server runs and that the URL, user and password are right.") from None
+        raise storage_problem(error, url) from None
 
 
 def artifact_store(study: StudyConfig) -> optuna.artifacts.FileSystemArtifactStore:
@@ -42,18 +130,64 @@ def artifact_store(study: StudyConfig) -> optuna.artifacts.FileSystemArtifactSto
     return optuna.artifacts.FileSystemArtifactStore(str(path))
 
 
+def existing_artifact_store(study: StudyConfig) -> optuna.artifacts.FileSystemArtifactStore | None:
+    """The study's trial artifacts for read-only commands: None rather than a new folder when there are none."""
+    return artifact_store(study) if (study.run_dir / "artifacts").is_dir() else None
+
+
+def _flatten(value: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flatten(item, f"{prefix}.{key}").items()}
+    return {prefix: list(value) if isinstance(value, tuple) else value}
+
+
+def study_settings(study: StudyConfig) -> dict[str, Any]:
+    """The settings that decide what a trial measures, as dotted keys: trials under different ones are incomparable.
+
+    The ``[search]`` table (budget, sampler, early stopping) is left out: it may change between runs.
+    """
+    tables = {name: dataclasses.asdict(getattr(study, name))
+              for name in ("data", "model", "baseline", "evaluation", "targets", "space")}
+    flat = {"seed": study.seed, **_flatten(tables, "")}
+    # Compared with what the storage gives back, so in the JSON form it stores.
+    return json.loads(json.dumps({key.lstrip("."): value for key, value in flat.items()
+                                  if key.lstrip(".") not in _UNCOMPARED}))
+
+
+def check_settings(study: StudyConfig, optuna_study: optuna.Study, *, record: bool) -> None:
+    """Refuse a study file whose settings differ from those the stored trials were measured under."""
+    current = study_settings(study)
+    stored = optuna_study.user_attrs.get(SETTINGS_ATTR)
+    if stored is None:
+        if record:  # a new study, or one from before settings were recorded: these are its settings from now on
+            optuna_study.set_user_attr(SETTINGS_ATTR, current)
+        return
+    changed = sorted(key for key in stored.keys() | current.keys() if stored.get(key) != current.get(key))
+    if changed:
+        shown = "; ".join(f"{key}: {stored.get(key, '(unset)')!r} -> {current.get(key, '(unset)')!r}" for key in changed[:6])
+        more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+        raise UserError(
+            f"The study file changes settings of study {study.name!r} after its trials were measured: {shown}{more}. "
+            "Its stored trials would not be comparable with new ones.",
+            f"give the changed study a new `name` in its TOML file (e.g. name = \"{study.name}-2\") to start a new "
+            "study, or restore the previous values to continue this one.")
+
+
 def open_study(study: StudyConfig, url: str | None = None, sampler: optuna.samplers.BaseSampler | None = None,
                *, create: bool = True) -> optuna.Study:
-    storage = open_storage(url or study.storage_url, study.search.heartbeat_seconds)
+    storage = open_storage(url or study.storage_url, study.search.heartbeat_seconds, create=create)
     if not create:
         try:
-            return optuna.load_study(study_name=study.name, storage=storage, sampler=sampler)
+            optuna_study = optuna.load_study(study_name=study.name, storage=storage, sampler=sampler)
         except KeyError:
             names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
             raise UserError(f"The storage has no study named {study.name!r} (it has: {names or 'none'}).",
-                            "run `udacisense search --study ...` first, or pass the right study file.") from None
+                            "run `udacisense search --study ...` first, or pass the right study file with `--study`.") from None
+        check_settings(study, optuna_study, record=False)
+        return optuna_study
     optuna_study = optuna.create_study(study_name=study.name, storage=storage, sampler=sampler,
                                        directions=list(DIRECTIONS), load_if_exists=True)
     if optuna_study.metric_names is None:
         optuna_study.set_metric_names(list(OBJECTIVE_NAMES))
+    check_settings(study, optuna_study, record=True)
     return optuna_study

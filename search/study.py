@@ -91,8 +91,9 @@ def load_study(path: str | Path, overrides: Mapping[str, Any] | None = None) -> 
     path = Path(path)
     if not path.is_file():
         known = sorted(p.name for p in Path("studies").glob("*.toml")) if Path("studies").is_dir() else []
+        examples = f" (here: {', '.join('studies/' + k for k in known)})" if known else ""
         raise UserError(f"The study file {path} does not exist.",
-                        f"pass one of: {', '.join('studies/' + k for k in known) or 'a path to a .toml study file'}.")
+                        f"pass the path of an existing study .toml file with `--study`{examples}.")
     try:
         mapping = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,14 @@ from udacisense.datasources.loaders import DataBundle, Split, channel_stats, str
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+
+def cli_command(*args: str) -> list[str]:
+    """``udacisense ARGS`` as a subprocess of this interpreter. It inherits this run's environment, so it
+    imports ``udacisense`` from the same place as the tests: the installed package or a PYTHONPATH entry."""
+    return [sys.executable, "-m", "udacisense.search.cli", *args]
+
 
 # One thread: the machines are shared and small; more threads mostly add contention.
 torch.set_num_threads(1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from udacisense.common.files import sha256_of
 from udacisense.search.cli import main
 from udacisense.search.storage import open_storage, open_study
 from udacisense.search.study import load_study
-from tests.conftest import REPO, SHARED_ARCHIVE
+from tests.conftest import REPO, SHARED_ARCHIVE, cli_command
 from tests.postgres import create_database, drop_database, postgres_bin, postgres_server
 
 needs_postgres = pytest.mark.skipif(postgres_bin() is None, reason="needs Debian's postgresql (scripts/test installs it)")
@@ -75,12 +74,10 @@ def test_three_workers_one_killed_mid_trial_lose_nothing(postgres: str, tmp_path
         assert main(["baseline", "--study", str(path), "--quiet"]) == 0  # trained once, reused by every worker
         config = load_study(path)
         study = open_study(config)  # created once here, joined by every worker
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
         workers = {}
         for index in range(3):
-            process = subprocess.Popen([sys.executable, "-m", "search.cli", "worker", "--study", str(path),
-                                        "--worker-index", str(index), "--quiet"], cwd=REPO, env=env,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            process = subprocess.Popen(cli_command("worker", "--study", str(path), "--worker-index", str(index), "--quiet"),
+                                       cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             workers[process.pid] = process
         victim = None
         deadline = time.time() + 300
@@ -108,14 +105,15 @@ def test_three_workers_one_killed_mid_trial_lose_nothing(postgres: str, tmp_path
 
 
 @pytest.mark.skipif(not SHARED_ARCHIVE.is_file(), reason="needs ../shared/data/cifar10-jpeg.tar.gz")
-def test_sigint_fails_the_running_trial_cleanly_and_the_same_command_resumes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_fails_the_running_trial_cleanly_and_the_same_command_resumes(signum: int, tmp_path: Path) -> None:
     path = write_study(tmp_path, "", 3)
     # Longer fine-tunes, so the interrupt lands in the training loop of a trial (not between trials).
     path.write_text(path.read_text().replace("finetune_epochs = [1, 1]", "finetune_epochs = [4, 4]\nrequired = [\"channels\"]"))
     config = load_study(path)
     assert main(["baseline", "--study", str(path), "--quiet"]) == 0
     study = open_study(config)
-    command = [sys.executable, "-m", "search.cli", "search", "--study", str(path), "--quiet", "--no-export"]
+    command = cli_command("search", "--study", str(path), "--quiet", "--no-export")
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     victim = None
     deadline = time.time() + 300
@@ -123,10 +121,12 @@ def test_sigint_fails_the_running_trial_cleanly_and_the_same_command_resumes(tmp
         victim = _running_trial_of(study, {process.pid: process}, training=True)
         time.sleep(0.3)
     assert victim is not None
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     code, stderr = process.wait(timeout=120), process.stderr.read()
     assert code == 130, stderr[-2000:]
-    assert "run the same command to resume" in stderr
+    # One paragraph from the tool; nothing from Optuna about the interrupted trial.
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    assert stderr[stderr.index("interrupted:"):].count("\n") == 1 and "run the same command to resume" in stderr
     interrupted = study.get_trials()[victim[0]]
     assert interrupted.state is optuna.trial.TrialState.FAIL  # never left RUNNING
 

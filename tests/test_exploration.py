@@ -1,0 +1,106 @@
+"""Every process and every resume explores new ground: own seeds, no configuration run twice, honest counts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from udacisense.common.errors import IncompatiblePipelineError
+from udacisense.search.budget import budget_left, duplicate_of
+from udacisense.search.objective import TrialRunner
+from udacisense.search.runner import TrialCounts, WorkerSummary, process_seed, search_summary
+from udacisense.search.storage import open_study
+from udacisense.search.study import load_study
+from udacisense.search.workspace import Workspace
+from udacisense.spaces.sampling import sample_pipeline
+from tests.conftest import REPO, SHARED_ARCHIVE, cli_command
+
+TrialState = optuna.trial.TrialState
+X = optuna.distributions.FloatDistribution(0, 1)
+
+
+def _add(study: optuna.Study, state: TrialState, x: float, **attrs) -> None:
+    study.add_trial(optuna.trial.create_trial(state=state, values=[0.5, 0.5, 0.5] if state is TrialState.COMPLETE else None,
+                                              params={"x": x}, distributions={"x": X}, user_attrs=attrs))
+
+
+def test_a_configuration_held_by_a_complete_running_or_queued_trial_is_a_duplicate() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    _add(study, TrialState.COMPLETE, 0.1)
+    _add(study, TrialState.RUNNING, 0.2)
+    _add(study, TrialState.FAIL, 0.3)  # failed: its retry may run it again
+    _add(study, TrialState.PRUNED, 0.4, stage="duplicate")
+    assert duplicate_of(study, 9, {"x": 0.1}) == 0
+    assert duplicate_of(study, 9, {"x": 0.2}) == 1
+    assert duplicate_of(study, 9, {"x": 0.3}) is None
+    assert duplicate_of(study, 1, {"x": 0.2}) is None  # a trial is no duplicate of itself
+    assert budget_left(study, 5) == 2  # the stopped duplicate spent nothing
+    counts = TrialCounts.of(study.get_trials())
+    assert (counts.complete, counts.stopped, counts.failed, counts.skipped) == (1, 0, 1, 1)
+    summary = search_summary(study, [WorkerSummary(0, (0, 3), 1.0, 7)])
+    assert "1 complete, 0 stopped early, 1 failed, 1 sample(s) skipped" in summary
+    assert summary.endswith("this run's 1 worker(s): 1 complete, 0 stopped early, 0 failed, 1 sample(s) skipped without compute")
+
+
+def test_a_proposed_duplicate_is_stopped_before_any_compute(tmp_path: Path) -> None:
+    config = load_study(REPO / "studies" / "smoke.toml", {"runs_dir": str(tmp_path)})
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"],
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    while True:  # a running trial with a configuration that can run
+        first = study.ask()
+        try:
+            sample_pipeline(first, config.space).check()
+            break
+        except IncompatiblePipelineError:
+            study.tell(first, state=TrialState.PRUNED)
+    study.enqueue_trial(first.params)  # the sampler proposes the same configuration again
+    second = study.ask()
+    # No data and no baseline: a duplicate must be recognised before either is touched.
+    runner = TrialRunner(Workspace(config, None, None, {}), None, sampler_seed=11)  # type: ignore[arg-type]
+    with pytest.raises(optuna.TrialPruned):
+        runner(second)
+    stored = study._storage.get_trial(second._trial_id)
+    assert stored.params == first.params
+    assert stored.user_attrs["stage"] == "duplicate" and stored.user_attrs["sampler_seed"] == 11
+    assert f"duplicate of trial {first.number}" in stored.user_attrs["pruned_reason"]
+
+
+def test_every_process_and_every_start_draws_its_own_seed() -> None:
+    code = "from udacisense.search.runner import process_seed; print(process_seed(0))"
+    other = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert len({other, process_seed(0), process_seed(0)}) == 3
+
+
+def _study_file(root: Path, n_trials: int) -> Path:
+    path = root / "explore.toml"
+    text = (REPO / "studies" / "smoke.toml").read_text().replace("n_trials = 4", f"n_trials = {n_trials}\nearly_stopping = false")
+    path.write_text(f'runs_dir = "{root / "runs"}"\n' + text)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_ARCHIVE.is_file(), reason="needs ../shared/data/cifar10-jpeg.tar.gz")
+def test_two_concurrent_searches_and_a_resume_never_repeat_a_configuration(tmp_path: Path) -> None:
+    path = _study_file(tmp_path, 3)
+    baseline = subprocess.run(cli_command("baseline", "--study", str(path), "--quiet"), cwd=REPO, capture_output=True, text=True)
+    assert baseline.returncode == 0, baseline.stderr[-2000:]
+    # The two start on a study (and a database) that does not exist yet, as two users would.
+    search = cli_command("search", "--study", str(path), "--quiet", "--no-export")
+    both = [subprocess.Popen(search, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [process.communicate(timeout=1500) for process in both]
+    assert [p.returncode for p in both] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert all("search done: study 'smoke'" in out and "this run's 1 worker(s)" in out for out, _ in outputs)
+    path.write_text(path.read_text().replace("n_trials = 3", "n_trials = 5"))  # the same study, a larger budget
+    resumed = subprocess.run(search, cwd=REPO, capture_output=True, text=True, timeout=1500)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "study 'smoke': 5 complete" in resumed.stdout
+
+    trials = open_study(load_study(path), create=False).get_trials()
+    complete = [t for t in trials if t.state is TrialState.COMPLETE]
+    assert len(complete) == 5
+    assert len({tuple(sorted(t.params.items())) for t in complete}) == len(complete)
+    assert len({t.user_attrs["sampler_seed"] for t in complete}) >= 2  # several processes, each its own stream
