@@ -19,32 +19,60 @@ from udacisense.search.early_stopping import StopRule
 from udacisense.search.feasibility import footprint, infeasibility
 from udacisense.search.front import pareto_trials, pick, trials_table
 from udacisense.search.runner import requeue
-from udacisense.search.study import TargetsConfig
+from udacisense.search.study import TargetsConfig, load_study
 from udacisense.spaces.sampling import orders, sample_pipeline
 from udacisense.spaces.space import SpaceConfig
+from tests.conftest import REPO
 
 TrialState = optuna.trial.TrialState
 
 
-def test_every_order_is_sampled_and_impossible_ones_are_rejected_without_compute() -> None:
-    space = SpaceConfig(stages=("prune", "channels", "quantize"), required=("prune", "channels"), quant_types=("static",))
-    assert len(orders(space)) == 6
-    accepted, rejected = set(), set()
+def test_every_order_of_the_trainable_stages_is_sampled_and_quantization_comes_last() -> None:
+    space = SpaceConfig(stages=("prune", "quantize", "channels"), required=("prune", "channels"), quant_types=("static",))
+    assert orders(space) == ["prune>channels", "channels>prune"]
     for order in orders(space):
         trial = optuna.trial.FixedTrial({"order": order, "quant_type": "static", "quant_backend": "x86",
                                          "float_prefix_blocks": 0, "finetune_epochs": 1, "finetune_lr": 0.01,
                                          "prune_method": "oneshot", "prune_amount": 0.5, "prune_scope": "global",
                                          "channel_ratio": 0.3, "channel_importance": "l2"})
         pipeline = sample_pipeline(trial, space)
-        assert [s.kind for s in pipeline.stages] == [{"prune": "prune", "channels": "channels", "quantize": "ptq"}[f]
-                                                     for f in order.split(">")]
-        try:
-            pipeline.check()
-            accepted.add(order)
-        except IncompatiblePipelineError:
-            rejected.add(order)
-    assert accepted == {"prune>channels>quantize", "channels>prune>quantize"}
-    assert len(rejected) == 4
+        assert [s.kind for s in pipeline.stages] == [*order.split(">"), "ptq"]
+        pipeline.check()
+
+
+def test_a_written_pipeline_in_an_impossible_order_is_still_rejected_without_compute() -> None:
+    written = Pipeline((StaticQuantConfig(backend="x86"), StructuredPruningConfig(ratio=0.3)))
+    with pytest.raises(IncompatiblePipelineError, match="cannot run on a quantized"):
+        written.check()
+
+
+def _spaces_to_sample() -> list[tuple[str, SpaceConfig]]:
+    every_family = SpaceConfig(stages=("quantize", "fuse", "resolution", "channels", "prune", "distill"))
+    spaces = [("default", SpaceConfig()), ("every family", every_family),
+              ("every family, all required", SpaceConfig(stages=every_family.stages, required=every_family.stages))]
+    return spaces + [(path.name, load_study(path).space) for path in sorted((REPO / "studies").glob("*.toml"))]
+
+
+@pytest.mark.parametrize(("name", "space"), _spaces_to_sample(), ids=[name for name, _ in _spaces_to_sample()])
+@pytest.mark.parametrize("sampler", ["random", "tpe", "nsga2"])
+def test_every_sampled_pipeline_passes_the_order_check(name: str, space: SpaceConfig, sampler: str) -> None:
+    samplers = {"random": optuna.samplers.RandomSampler(seed=1),
+                "tpe": optuna.samplers.TPESampler(seed=1, multivariate=True, group=True, n_startup_trials=5),
+                "nsga2": optuna.samplers.NSGAIISampler(seed=1, population_size=6)}
+    study = optuna.create_study(sampler=samplers[sampler], directions=["maximize", "minimize"])
+    seen: set[tuple[str, ...]] = set()
+    for _ in range(60):
+        trial = study.ask()
+        pipeline = sample_pipeline(trial, space)
+        pipeline.check()  # raises on an impossible order
+        kinds = tuple(s.kind for s in pipeline.stages)
+        if "fuse" in kinds:
+            assert set(kinds[kinds.index("fuse") + 1:]) <= {"dynamic", "ptq", "qat"}  # fused BatchNorm: only quantize
+        seen.add(kinds)
+        # Two varied objectives, so the model-based samplers leave their start-up phase and model.
+        study.tell(trial, [len(kinds) + trial.number % 3, float(sum(map(len, kinds)) % 7)])
+    if len(orders(space)) > 1:
+        assert len(seen) > 1  # the order and the stage set are really searched
 
 
 def test_dynamic_quantization_never_samples_xnnpack_and_a_space_without_its_backends_is_refused() -> None:
