@@ -18,6 +18,7 @@ from udacisense.compression.graph import lower, model_runner
 from udacisense.compression.pipeline import StageRecord
 from udacisense.compression.stage import CompressedModel, ModelForm, StageConfig, StageContext
 from udacisense.evaluators.accuracy import AccuracyReport, accuracy_from_logits, evaluate_accuracy, predict_logits
+from udacisense.evaluators.exclusive import TIMING_LOCK, exclusive
 from udacisense.evaluators.flops import count_flops
 from udacisense.evaluators.latency import LatencyReport, compare_latency
 from udacisense.evaluators.parity import ParityReport, compare_logits
@@ -87,11 +88,12 @@ class TrialRunner:
 
     def measure_latency(self, run: Runner, runtime: str) -> tuple[LatencyReport, LatencyReport]:
         """(candidate, baseline) latency in ``runtime``, timed in alternating rounds in this process."""
-        study = self.workspace.study
-        return compare_latency(run, self.reference_runner(runtime), self.workspace.example_input,
-                               candidate_runtime=runtime, reference_runtime=runtime,
-                               warmup=study.evaluation.latency_warmup, runs=study.search.latency_runs,
-                               threads=study.evaluation.threads)
+        study, reference = self.workspace.study, self.reference_runner(runtime)
+        with exclusive(study.run_dir / TIMING_LOCK):  # never while another worker of the study times
+            return compare_latency(run, reference, self.workspace.example_input,
+                                   candidate_runtime=runtime, reference_runtime=runtime,
+                                   warmup=study.evaluation.latency_warmup, runs=study.search.latency_runs,
+                                   threads=study.evaluation.threads)
 
     def baseline_size(self, runtime: str) -> int:
         return int(self.workspace.metrics["size"][runtime]["bytes"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import joblib
 import optuna
 import pandas as pd
 import pytest
@@ -18,7 +19,7 @@ from udacisense.search.budget import budget_left, is_surplus
 from udacisense.search.early_stopping import StopRule
 from udacisense.search.feasibility import footprint, infeasibility
 from udacisense.search.front import pareto_trials, pick, trials_table
-from udacisense.search.runner import requeue
+from udacisense.search.runner import WorkerPlan, plan_workers, requeue
 from udacisense.search.study import TargetsConfig, load_study
 from udacisense.spaces.sampling import orders, sample_pipeline
 from udacisense.spaces.space import SpaceConfig
@@ -124,6 +125,18 @@ def test_trials_started_after_the_budget_was_taken_are_surplus_for_every_worker(
     assert is_surplus(study, 3, 2)
     _trial(study, TrialState.PRUNED, stage="over-budget")  # a surplus trial spends nothing either
     assert budget_left(study, 3) == 0 and not is_surplus(study, 3, 3)
+
+
+def test_workers_default_to_one_per_core_at_the_study_threads_and_train_on_their_share() -> None:
+    cores = joblib.cpu_count(only_physical_cores=True)
+    smoke = REPO / "studies" / "smoke.toml"
+    study = load_study(smoke, {"evaluation.threads": 1, "search.n_trials": 100})
+    assert plan_workers(study) == WorkerPlan(cores, 1)
+    assert plan_workers(study, 1) == WorkerPlan(1, cores)  # one worker trains on every core
+    assert plan_workers(load_study(smoke, {"evaluation.threads": cores + 1})) == WorkerPlan(1, cores)
+    assert plan_workers(load_study(smoke, {"search.n_trials": 1})).workers == 1
+    with pytest.raises(UserError, match="n-jobs"):
+        plan_workers(study, 0)
 
 
 def test_front_dominance_and_pick_policies() -> None:
