@@ -8,9 +8,12 @@ import signal
 import sys
 from typing import Callable, Sequence
 
-from udacisense.common.errors import UserError
-from udacisense.common.logs import quiet_libraries
-from udacisense.search.study import StudyConfig, load_study
+from udacisense.common.logs import quiet_libraries, quiet_native_logs
+
+quiet_native_logs()  # before anything imports torch: its C++ log level is read once, at import
+
+from udacisense.common.errors import UserError  # noqa: E402
+from udacisense.search.study import StudyConfig, load_study  # noqa: E402
 
 
 def _study(args: argparse.Namespace) -> StudyConfig:
