@@ -27,6 +27,7 @@ from udacisense.runtime import Runner, load_runner, quantized_engine
 from udacisense.search.budget import OVER_BUDGET, REJECTED, is_surplus
 from udacisense.search.early_stopping import AccuracyMonitor, stop_rule_for
 from udacisense.search.feasibility import Footprint, footprint, infeasibility
+from udacisense.search.phases import PhaseClock
 from udacisense.search.workspace import Workspace
 from udacisense.spaces.sampling import sample_pipeline
 
@@ -71,6 +72,7 @@ class TrialRunner:
     progress: bool = False
     budget: int | None = None  # the study's trial budget, shared by every worker; None: no check
     current_trial: int | None = None  # the trial this process is running, for clean interruption
+    phases: PhaseClock = field(default_factory=PhaseClock)  # the running trial's seconds per phase
     _reference: dict[str, Runner] = field(default_factory=dict)
     _baseline_footprint: Footprint | None = None
 
@@ -100,8 +102,10 @@ class TrialRunner:
 
     def _stage_meter(self, model: CompressedModel, stage: StageConfig) -> dict[str, object]:
         data = self.workspace.data
+        with self.phases.phase("validation"):
+            top1 = evaluate_accuracy(model.module, data.loader("val"), len(data.classes)).top1
         metrics: dict[str, object] = {
-            "val_top1": evaluate_accuracy(model.module, data.loader("val"), len(data.classes)).top1,
+            "val_top1": top1,
             "state_dict_bytes": len(state_dict_bytes(model.module)),
             "form": model.form.value,
         }
@@ -113,7 +117,7 @@ class TrialRunner:
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         started = time.perf_counter()
-        self.current_trial = trial.number
+        self.current_trial, self.phases = trial.number, PhaseClock()
         frozen = trial.study.get_trials(deepcopy=False)[trial.number]
         trial.set_user_attr("retry_of", frozen.system_attrs.get("failed_trial"))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -127,6 +131,8 @@ class TrialRunner:
             trial.set_user_attr("error", f"{type(error).__name__}: {error}")
             trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
             raise
+        finally:
+            trial.set_user_attr("phase_seconds", self.phases.summary())
 
     def _run(self, trial: optuna.Trial) -> tuple[float, float, float]:
         study, data, baseline = self.workspace.study, self.workspace.data, self.workspace.baseline
@@ -150,12 +156,14 @@ class TrialRunner:
         context = StageContext(data=data, teacher=baseline.model, seed=study.seed + trial.number,
                                progress=self.progress, epoch_end_hooks=(monitor.on_epoch_end,))
         if study.search.early_stopping:
-            self._stop_if_infeasible(trial, pipeline, context)
+            with self.phases.phase("feasibility"):
+                self._stop_if_infeasible(trial, pipeline, context)
 
         records: list[StageRecord] = []
 
         def observe(record: StageRecord) -> None:
             records.append(record)
+            self.phases.add(f"stage {len(records)} {record.kind}", record.seconds)
             trial.set_user_attr("stages", [vars(r) for r in records])
             monitor.observe(float(record.metrics["val_top1"]), record.description)
 
@@ -177,15 +185,18 @@ class TrialRunner:
     def evaluate(self, model: CompressedModel, runtime: str) -> Candidate:
         """Lower ``model`` to ``runtime`` and measure the artifact itself: accuracy, parity, latency, size."""
         data = self.workspace.data
-        lowered = lower(model, runtime, example_input=self.workspace.example_input)  # type: ignore[arg-type]
-        assert lowered.artifact is not None
-        run = load_runner(lowered.artifact, runtime, lowered.backend)
+        with self.phases.phase("lowering"):
+            lowered = lower(model, runtime, example_input=self.workspace.example_input)  # type: ignore[arg-type]
+            assert lowered.artifact is not None
+            run = load_runner(lowered.artifact, runtime, lowered.backend)
         # Accuracy is that of the shipped artifact in its runtime, not of the PyTorch model.
-        val = evaluate_accuracy(run, data.loader("val"), len(data.classes))
-        test_logits, test_labels = predict_logits(run, data.loader("test"))
-        with quantized_engine(model.backend):
+        with self.phases.phase("artifact accuracy"):
+            val = evaluate_accuracy(run, data.loader("val"), len(data.classes))
+            test_logits, test_labels = predict_logits(run, data.loader("test"))
+        with self.phases.phase("parity"), quantized_engine(model.backend):
             reference_logits, _ = predict_logits(model.module, data.loader("test"))
-        latency, reference_latency = self.measure_latency(run, runtime)
+        with self.phases.phase("latency"):
+            latency, reference_latency = self.measure_latency(run, runtime)
         return Candidate(
             runtime=runtime, artifact=lowered.artifact, val=val,
             test=accuracy_from_logits(test_logits, test_labels, len(data.classes)),

@@ -40,6 +40,10 @@ def test_search_runs_the_budget_and_records_every_trial(smoke_study: Path) -> No
         assert attrs["parity"]["top1_agreement"] >= 0.9
         assert 0 < trial.values[2] < 1  # quantized or channel-pruned: really smaller than the baseline
         assert attrs["curve"]  # intermediate accuracies are kept
+        phases = attrs["phase_seconds"]
+        assert {"validation", "lowering", "artifact accuracy", "parity", "latency", "other"} <= set(phases)
+        assert [name.split()[-1] for name in phases if name.startswith("stage ")] == [s["kind"] for s in attrs["stages"]]
+        assert sum(phases.values()) >= attrs["seconds"] - 0.01  # the phases cover the whole trial
 
 
 def test_front_files_and_export_with_parity(smoke_study: Path) -> None:

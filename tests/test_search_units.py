@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import joblib
 import optuna
 import pandas as pd
@@ -19,6 +21,7 @@ from udacisense.search.budget import budget_left, is_surplus
 from udacisense.search.early_stopping import StopRule
 from udacisense.search.feasibility import footprint, infeasibility
 from udacisense.search.front import pareto_trials, pick, trials_table
+from udacisense.search.phases import PhaseClock
 from udacisense.search.runner import WorkerPlan, plan_workers, requeue
 from udacisense.search.study import TargetsConfig, load_study
 from udacisense.spaces.sampling import orders, sample_pipeline
@@ -137,6 +140,18 @@ def test_workers_default_to_one_per_core_at_the_study_threads_and_train_on_their
     assert plan_workers(load_study(smoke, {"search.n_trials": 1})).workers == 1
     with pytest.raises(UserError, match="n-jobs"):
         plan_workers(study, 0)
+
+
+def test_phase_clock_adds_up_repeated_phases_and_keeps_the_rest_as_other() -> None:
+    clock = PhaseClock()
+    for _ in range(2):
+        with clock.phase("validation"):
+            time.sleep(0.02)
+    time.sleep(0.05)  # a stage that took 0.01 s of this, as its record reports, and 0.04 s of nothing named
+    clock.add("stage 1 channels", 0.01)
+    summary = clock.summary()
+    assert summary["validation"] >= 0.04 and summary["stage 1 channels"] == 0.01
+    assert summary["other"] >= 0.035 and set(summary) == {"validation", "stage 1 channels", "other"}
 
 
 def test_front_dominance_and_pick_policies() -> None:
