@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import io
+import re
 from typing import Callable
 
 import torch
 from torch import nn
 
 from udacisense.common.errors import UserError
+from udacisense.common.logs import native_stderr_without
 from udacisense.runtime.backends import Backend, LoweredRuntime, Runtime, quantized_engine, quiet_legacy_apis
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
+
+# ExecuTorch's XNNPACK delegate probes the CPU when it first loads a method and logs each step
+# (`[cpuinfo_utils.cpp:71] Reading file /sys/devices/soc0/...`) with no switch to turn it off.
+_CPUINFO_LOG = re.compile(r"^\[cpuinfo_utils\.cpp:\d+\] ")
 
 
 def load_runner(artifact: bytes | nn.Module, runtime: Runtime, backend: Backend | None = None) -> Runner:
@@ -66,7 +72,8 @@ class _ExecuTorchRunner:
 
     def __init__(self, program: object) -> None:
         self.program = program  # owns the method's memory: keep it alive as long as the method
-        self.method = program.load_method("forward")  # type: ignore[attr-defined]
+        with native_stderr_without(_CPUINFO_LOG):
+            self.method = program.load_method("forward")  # type: ignore[attr-defined]
         self.batch = int(self.method.metadata.input_tensor_meta(0).sizes()[0])
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

@@ -13,9 +13,12 @@ import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
-from udacisense.common.errors import UserError, os_problem
-from udacisense.common.logs import quiet_libraries
-from udacisense.search.study import StudyConfig, load_study
+from udacisense.common.logs import quiet_libraries, quiet_native_logs
+
+quiet_native_logs()  # before anything imports torch: its C++ log level is read once, at import
+
+from udacisense.common.errors import UserError, os_problem  # noqa: E402
+from udacisense.search.study import StudyConfig, load_study  # noqa: E402
 
 
 def _study(args: argparse.Namespace) -> StudyConfig:
@@ -216,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     baseline = add("baseline", cmd_baseline, "train (or reuse) the study's baseline and measure it")
     baseline.add_argument("--quiet", action="store_true", help="no progress bars")
     search = add("search", cmd_search, "run the multi-objective search, print the front, export the default pick")
-    search.add_argument("--n-jobs", type=int, default=1, help="worker processes on this machine (default 1)")
+    search.add_argument("--n-jobs", type=int, help="worker processes on this machine (default: one per "
+                        "`evaluation.threads` physical cores, at most `search.n_trials`)")
     search.add_argument("--storage", help="override the study's storage URL, e.g. postgresql://user:pw@host/db")
     search.add_argument("--no-export", action="store_true", help="do not export the default pick at the end")
     search.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -18,6 +18,7 @@ from udacisense.compression.graph import lower, model_runner
 from udacisense.compression.pipeline import StageRecord
 from udacisense.compression.stage import CompressedModel, ModelForm, StageConfig, StageContext
 from udacisense.evaluators.accuracy import AccuracyReport, accuracy_from_logits, evaluate_accuracy, predict_logits
+from udacisense.evaluators.exclusive import TIMING_LOCK, exclusive
 from udacisense.evaluators.flops import count_flops
 from udacisense.evaluators.latency import LatencyReport, compare_latency
 from udacisense.evaluators.parity import ParityReport, compare_logits
@@ -26,6 +27,7 @@ from udacisense.runtime import Runner, load_runner, quantized_engine
 from udacisense.search.budget import DUPLICATE, OVER_BUDGET, REJECTED, duplicate_of, is_surplus
 from udacisense.search.early_stopping import AccuracyMonitor, stop_rule_for
 from udacisense.search.feasibility import Footprint, footprint, infeasibility
+from udacisense.search.phases import PhaseClock
 from udacisense.search.workspace import Workspace
 from udacisense.spaces.sampling import sample_pipeline
 
@@ -72,6 +74,7 @@ class TrialRunner:
     current_trial: int | None = None  # the trial this process is running, for clean interruption
     sampler_seed: int | None = None  # this process's sampler seed, recorded so its trials can be replayed
     failure: Exception | None = None  # why the last trial failed, for the worker to judge (Optuna keeps only text)
+    phases: PhaseClock = field(default_factory=PhaseClock)  # the running trial's seconds per phase
     _reference: dict[str, Runner] = field(default_factory=dict)
     _baseline_footprint: Footprint | None = None
 
@@ -89,19 +92,22 @@ class TrialRunner:
 
     def measure_latency(self, run: Runner, runtime: str) -> tuple[LatencyReport, LatencyReport]:
         """(candidate, baseline) latency in ``runtime``, timed in alternating rounds in this process."""
-        study = self.workspace.study
-        return compare_latency(run, self.reference_runner(runtime), self.workspace.example_input,
-                               candidate_runtime=runtime, reference_runtime=runtime,
-                               warmup=study.evaluation.latency_warmup, runs=study.search.latency_runs,
-                               threads=study.evaluation.threads)
+        study, reference = self.workspace.study, self.reference_runner(runtime)
+        with exclusive(study.run_dir / TIMING_LOCK):  # never while another worker of the study times
+            return compare_latency(run, reference, self.workspace.example_input,
+                                   candidate_runtime=runtime, reference_runtime=runtime,
+                                   warmup=study.evaluation.latency_warmup, runs=study.search.latency_runs,
+                                   threads=study.evaluation.threads)
 
     def baseline_size(self, runtime: str) -> int:
         return int(self.workspace.metrics["size"][runtime]["bytes"])
 
     def _stage_meter(self, model: CompressedModel, stage: StageConfig) -> dict[str, object]:
         data = self.workspace.data
+        with self.phases.phase("validation"):
+            top1 = evaluate_accuracy(model.module, data.loader("val"), len(data.classes)).top1
         metrics: dict[str, object] = {
-            "val_top1": evaluate_accuracy(model.module, data.loader("val"), len(data.classes)).top1,
+            "val_top1": top1,
             "state_dict_bytes": len(state_dict_bytes(model.module)),
             "form": model.form.value,
         }
@@ -113,7 +119,7 @@ class TrialRunner:
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         started = time.perf_counter()
-        self.current_trial, self.failure = trial.number, None
+        self.current_trial, self.failure, self.phases = trial.number, None, PhaseClock()
         frozen = trial.study.get_trials(deepcopy=False)[trial.number]
         trial.set_user_attr("retry_of", frozen.system_attrs.get("failed_trial"))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -129,6 +135,8 @@ class TrialRunner:
             trial.set_user_attr("error", f"{type(error).__name__}: {error}")
             trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
             raise
+        finally:
+            trial.set_user_attr("phase_seconds", self.phases.summary())
 
     def _run(self, trial: optuna.Trial) -> tuple[float, float, float]:
         study, data, baseline = self.workspace.study, self.workspace.data, self.workspace.baseline
@@ -155,12 +163,14 @@ class TrialRunner:
         context = StageContext(data=data, teacher=baseline.model, seed=study.seed + trial.number,
                                progress=self.progress, epoch_end_hooks=(monitor.on_epoch_end,))
         if study.search.early_stopping:
-            self._stop_if_infeasible(trial, pipeline, context)
+            with self.phases.phase("feasibility"):
+                self._stop_if_infeasible(trial, pipeline, context)
 
         records: list[StageRecord] = []
 
         def observe(record: StageRecord) -> None:
             records.append(record)
+            self.phases.add(f"stage {len(records)} {record.kind}", record.seconds)
             trial.set_user_attr("stages", [vars(r) for r in records])
             monitor.observe(float(record.metrics["val_top1"]), record.description)
 
@@ -182,15 +192,18 @@ class TrialRunner:
     def evaluate(self, model: CompressedModel, runtime: str) -> Candidate:
         """Lower ``model`` to ``runtime`` and measure the artifact itself: accuracy, parity, latency, size."""
         data = self.workspace.data
-        lowered = lower(model, runtime, example_input=self.workspace.example_input)  # type: ignore[arg-type]
-        assert lowered.artifact is not None
-        run = load_runner(lowered.artifact, runtime, lowered.backend)
+        with self.phases.phase("lowering"):
+            lowered = lower(model, runtime, example_input=self.workspace.example_input)  # type: ignore[arg-type]
+            assert lowered.artifact is not None
+            run = load_runner(lowered.artifact, runtime, lowered.backend)
         # Accuracy is that of the shipped artifact in its runtime, not of the PyTorch model.
-        val = evaluate_accuracy(run, data.loader("val"), len(data.classes))
-        test_logits, test_labels = predict_logits(run, data.loader("test"))
-        with quantized_engine(model.backend):
+        with self.phases.phase("artifact accuracy"):
+            val = evaluate_accuracy(run, data.loader("val"), len(data.classes))
+            test_logits, test_labels = predict_logits(run, data.loader("test"))
+        with self.phases.phase("parity"), quantized_engine(model.backend):
             reference_logits, _ = predict_logits(model.module, data.loader("test"))
-        latency, reference_latency = self.measure_latency(run, runtime)
+        with self.phases.phase("latency"):
+            latency, reference_latency = self.measure_latency(run, runtime)
         return Candidate(
             runtime=runtime, artifact=lowered.artifact, val=val,
             test=accuracy_from_logits(test_logits, test_labels, len(data.classes)),

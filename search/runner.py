@@ -12,14 +12,15 @@ from typing import Any, Mapping
 
 import joblib
 import optuna
+import torch
 from tqdm.auto import tqdm
 
-from udacisense.common.errors import trial_problem
+from udacisense.common.errors import UserError, trial_problem
 from udacisense.common.logs import quiet_libraries
 from udacisense.search.budget import UNSPENT, budget_left, is_wasted_sample
 from udacisense.search.objective import TrialRunner, trial_constraints
 from udacisense.search.storage import artifact_store, open_study
-from udacisense.search.study import SearchConfig, load_study
+from udacisense.search.study import SearchConfig, StudyConfig, load_study
 from udacisense.search.workspace import open_workspace
 
 TrialState = optuna.trial.TrialState
@@ -100,12 +101,16 @@ def search_summary(study: optuna.Study, summaries: list[WorkerSummary]) -> str:
 
 
 def run_worker(study_path: str, worker: int = 0, storage: str | None = None, progress: bool = True,
-               n_trials: int | None = None, overrides: Mapping[str, Any] | None = None) -> WorkerSummary:
+               n_trials: int | None = None, overrides: Mapping[str, Any] | None = None,
+               threads: int | None = None) -> WorkerSummary:
     """Join the study and run trials until its budget (``n_trials`` or the study's) is spent.
 
     ``overrides`` changes dotted study keys (e.g. ``{"search.sampler": "random"}``) for benchmarks.
+    ``threads`` sets the torch threads this process trains with (None: torch's default, all cores).
     """
     quiet_libraries()  # joblib workers are fresh processes: the CLI's settings do not reach them
+    if threads is not None:
+        torch.set_num_threads(threads)
     study_config = load_study(study_path, overrides)
     workspace = open_workspace(study_config, progress=progress and worker == 0)
     budget = n_trials or study_config.search.n_trials
@@ -170,15 +175,39 @@ def describe_trial(trial: optuna.trial.FrozenTrial) -> str:
     return f"#{trial.number} {trial.state.name.lower()} {pipeline}: {reason}"
 
 
-def run_search(study_path: str, n_jobs: int = 1, storage: str | None = None, progress: bool = True,
+@dataclass(frozen=True)
+class WorkerPlan:
+    workers: int
+    threads: int  # torch threads each worker trains with
+
+
+def plan_workers(study: StudyConfig, n_jobs: int | None = None) -> WorkerPlan:
+    """``n_jobs`` workers, or as many as the physical cores hold at the study's thread count; each trains on its share.
+
+    Physical cores, as torch counts them for its default: two threads on one core's SMT siblings
+    train barely faster than one and would disturb each other's latency timing.
+    """
+    if n_jobs is not None and n_jobs < 1:
+        raise UserError(f"--n-jobs is {n_jobs}.", "give 1 or more worker processes, or leave it out for one per core.")
+    cores = joblib.cpu_count(only_physical_cores=True)
+    # More workers than trials would only wait for the others.
+    workers = n_jobs or max(1, min(cores // study.evaluation.threads, study.search.n_trials))
+    return WorkerPlan(workers, max(1, cores // workers))
+
+
+def run_search(study_path: str, n_jobs: int | None = None, storage: str | None = None, progress: bool = True,
                overrides: Mapping[str, Any] | None = None) -> list[WorkerSummary]:
-    """Run ``n_jobs`` worker processes (not threads) on the same study; returns each worker's summary."""
+    """Run worker processes (not threads) on the same study, as ``plan_workers`` sizes them; returns each one's summary."""
     study_config = load_study(study_path, overrides)
+    plan = plan_workers(study_config, n_jobs)
     # The storage first: a study file that no longer matches its stored trials fails before any work.
     open_study(study_config, storage)
     # Train and measure the baseline once, before the workers start, so they all reuse it.
     open_workspace(study_config, progress=progress)
-    if n_jobs == 1:
-        return [run_worker(study_path, 0, storage, progress, overrides=overrides)]
-    return list(joblib.Parallel(n_jobs=n_jobs, backend="loky")(
-        joblib.delayed(run_worker)(study_path, worker, storage, progress, overrides=overrides) for worker in range(n_jobs)))
+    if progress:
+        print(f"search: {plan.workers} worker process(es), {plan.threads} torch thread(s) each", flush=True)
+    if plan.workers == 1:
+        return [run_worker(study_path, 0, storage, progress, overrides=overrides, threads=plan.threads)]
+    return list(joblib.Parallel(n_jobs=plan.workers, backend="loky")(
+        joblib.delayed(run_worker)(study_path, worker, storage, progress, overrides=overrides, threads=plan.threads)
+        for worker in range(plan.workers)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import get_args
 
 import optuna
 
@@ -16,12 +17,41 @@ from udacisense.compression.stage import StageConfig
 from udacisense.training import TrainConfig
 from udacisense.spaces.space import SpaceConfig, StageFamily
 
-_TRAINING_FAMILIES = frozenset({"distill", "prune", "channels", "resolution"})
+# Families that train the float model; their order is what the search permutes.
+_TRAINING_FAMILIES: tuple[StageFamily, ...] = ("distill", "prune", "channels", "resolution")
+# Families with a fixed place after the permuted ones, in this order. Fusion folds BatchNorm with
+# frozen statistics, so a stage that trains after it would train without normalisation; int8
+# quantization accepts only a float model, so nothing may follow it. Lowering to a runtime is the
+# objective's last step, outside the sampled pipeline.
+_FIXED_TAIL: tuple[StageFamily, ...] = ("fuse", "quantize")
+# A new family must be given a place here, or the sampler would silently never offer it.
+assert set(_TRAINING_FAMILIES) | set(_FIXED_TAIL) == set(get_args(StageFamily))
 
 
 def orders(space: SpaceConfig) -> list[str]:
-    """Every permutation of the space's stage families, as ``a>b>c`` strings (the choices of ``order``)."""
-    return [">".join(p) for p in itertools.permutations(space.stages)]
+    """Every order of the space's trainable families, as ``a>b>c`` strings (the choices of ``order``).
+
+    Only these families are permuted and the others follow in ``_FIXED_TAIL`` order, so every
+    sampled pipeline passes ``Pipeline.check``.
+    """
+    return [">".join(p) for p in itertools.permutations(_trainable(space))]
+
+
+def _trainable(space: SpaceConfig) -> list[StageFamily]:
+    return [f for f in space.stages if f in _TRAINING_FAMILIES]
+
+
+def _order(trial: optuna.Trial, space: SpaceConfig) -> list[StageFamily]:
+    # One categorical over the permutations of every trainable family of the space, not only of the
+    # present ones: its choices never change, so all trials share one distribution (Optuna refuses
+    # a parameter whose choices vary, and per-subset parameters would split the history), and TPE
+    # learns a weight per whole order, which per-family keys sorted by value cannot express (an order
+    # is a relation between keys). NSGA-II's crossover keeps or swaps whole orders, never a broken
+    # one. Absent families drop out and the present ones keep their relative order.
+    choices = orders(space)
+    # With fewer than two trainable families there is no order to search.
+    permuted = trial.suggest_categorical("order", choices).split(">") if len(choices) > 1 else _trainable(space)
+    return [*permuted, *(f for f in _FIXED_TAIL if f in space.stages)]  # type: ignore[list-item]
 
 
 def _finetune(trial: optuna.Trial, space: SpaceConfig) -> TrainConfig:
@@ -88,11 +118,10 @@ def _stage(family: StageFamily, trial: optuna.Trial, space: SpaceConfig, finetun
 def sample_pipeline(trial: optuna.Trial, space: SpaceConfig) -> Pipeline:
     """Sample which stage families appear, their order, and each present stage's hyperparameters.
 
-    The order is sampled as one permutation of all families; the present ones keep their relative
-    order. Orders that cannot work (e.g. pruning after int8 conversion) are left for
-    ``Pipeline.check`` to reject before any compute.
+    The trainable families are permuted, fusion and quantization follow them (see ``_order``), so
+    the pipeline always passes ``Pipeline.check``.
     """
-    order = trial.suggest_categorical("order", orders(space)).split(">")
+    order = _order(trial, space)
     present = [f for f in order if f in space.required or f == "quantize"
                or trial.suggest_categorical(f"use_{f}", [True, False])]
     # Optuna returns the same value when _quantize suggests "quant_type" again.

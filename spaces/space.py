@@ -25,7 +25,8 @@ _RANGES = frozenset({
 
 @dataclass(frozen=True)
 class SpaceConfig:
-    # Stage families that may appear. The order among those present is sampled as a permutation.
+    # Stage families that may appear. The order of the trainable ones (distill, prune, channels,
+    # resolution) is sampled as a permutation; fuse and then quantize always follow them.
     stages: tuple[StageFamily, ...] = ("distill", "prune", "channels", "quantize")
     # Families that every pipeline includes (the rest are switched on or off per trial).
     required: tuple[StageFamily, ...] = ()

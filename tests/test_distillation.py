@@ -61,6 +61,8 @@ def test_student_learns_from_teacher(tiny_bundle, teacher):
 
     assert end >= 0.7 and end >= start + 0.2
     assert unchanged(student, student_before) and unchanged(teacher, teacher_before)
+    # Both trained in channels_last, both are back in the default layout.
+    assert all(p.is_contiguous() for p in [*teacher.parameters(), *result.module.parameters()])
     assert result.form is ModelForm.FLOAT
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import multiprocessing
 import time
+from pathlib import Path
 
 import torch
 import torchvision
 
 from udacisense.evaluators.accuracy import accuracy_from_logits, evaluate_accuracy
+from udacisense.evaluators.exclusive import exclusive
 from udacisense.evaluators.flops import count_flops
 from udacisense.evaluators.latency import compare_latency, measure_latency
 from udacisense.evaluators.memory import peak_forward_memory
@@ -72,6 +76,33 @@ def test_latency_statistics_threads_and_alternating_comparison() -> None:
     assert candidate.runs == reference.runs == 10
     assert candidate.median_ms >= 4.0 and reference.median_ms >= 1.0
     assert torch.get_num_threads() == threads_before  # restored after timing single-threaded
+
+
+def _time_latency(lock: str, barrier, results) -> None:
+    for locked in (False, True):
+        barrier.wait()  # both processes reach the timing at the same moment
+        with exclusive(Path(lock)) if locked else contextlib.nullcontext():
+            start = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process of the machine
+            compare_latency(lambda t: time.sleep(0.01), lambda t: time.sleep(0.01), torch.zeros(1, 3, 8, 8),
+                            candidate_runtime="eager", reference_runtime="eager", warmup=1, runs=15, rounds=3)
+            results.put((locked, start, time.monotonic()))
+
+
+def test_latency_timings_of_two_processes_take_turns_under_the_lock(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("spawn")  # fresh interpreters, as the search's loky workers are
+    barrier, results = context.Barrier(2), context.Queue()
+    workers = [context.Process(target=_time_latency, args=(str(tmp_path / "run" / "timing.lock"), barrier, results))
+               for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    spans = sorted(results.get(timeout=120) for _ in range(4))
+    for worker in workers:
+        worker.join(timeout=30)
+        assert worker.exitcode == 0
+    (_, _, first_end), (_, second_start, _) = spans[:2]
+    assert second_start < first_end  # without the lock the two timings overlap: the check below can fail
+    (_, _, first_end), (_, second_start, second_end) = spans[2:]
+    assert first_end <= second_start < second_end
 
 
 def test_peak_memory_grows_with_resolution(tiny_model) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
+import joblib
 import optuna
 import pandas as pd
 import pytest
@@ -18,33 +21,62 @@ from udacisense.search.budget import budget_left, is_surplus
 from udacisense.search.early_stopping import StopRule
 from udacisense.search.feasibility import footprint, infeasibility
 from udacisense.search.front import pareto_trials, pick, trials_table
-from udacisense.search.runner import requeue
-from udacisense.search.study import TargetsConfig
+from udacisense.search.phases import PhaseClock
+from udacisense.search.runner import WorkerPlan, plan_workers, requeue
+from udacisense.search.study import TargetsConfig, load_study
 from udacisense.spaces.sampling import orders, sample_pipeline
 from udacisense.spaces.space import SpaceConfig
+from tests.conftest import REPO
 
 TrialState = optuna.trial.TrialState
 
 
-def test_every_order_is_sampled_and_impossible_ones_are_rejected_without_compute() -> None:
-    space = SpaceConfig(stages=("prune", "channels", "quantize"), required=("prune", "channels"), quant_types=("static",))
-    assert len(orders(space)) == 6
-    accepted, rejected = set(), set()
+def test_every_order_of_the_trainable_stages_is_sampled_and_quantization_comes_last() -> None:
+    space = SpaceConfig(stages=("prune", "quantize", "channels"), required=("prune", "channels"), quant_types=("static",))
+    assert orders(space) == ["prune>channels", "channels>prune"]
     for order in orders(space):
         trial = optuna.trial.FixedTrial({"order": order, "quant_type": "static", "quant_backend": "x86",
                                          "float_prefix_blocks": 0, "finetune_epochs": 1, "finetune_lr": 0.01,
                                          "prune_method": "oneshot", "prune_amount": 0.5, "prune_scope": "global",
                                          "channel_ratio": 0.3, "channel_importance": "l2"})
         pipeline = sample_pipeline(trial, space)
-        assert [s.kind for s in pipeline.stages] == [{"prune": "prune", "channels": "channels", "quantize": "ptq"}[f]
-                                                     for f in order.split(">")]
-        try:
-            pipeline.check()
-            accepted.add(order)
-        except IncompatiblePipelineError:
-            rejected.add(order)
-    assert accepted == {"prune>channels>quantize", "channels>prune>quantize"}
-    assert len(rejected) == 4
+        assert [s.kind for s in pipeline.stages] == [*order.split(">"), "ptq"]
+        pipeline.check()
+
+
+def test_a_written_pipeline_in_an_impossible_order_is_still_rejected_without_compute() -> None:
+    written = Pipeline((StaticQuantConfig(backend="x86"), StructuredPruningConfig(ratio=0.3)))
+    with pytest.raises(IncompatiblePipelineError, match="cannot run on a quantized"):
+        written.check()
+
+
+def _spaces_to_sample() -> list[tuple[str, SpaceConfig]]:
+    every_family = SpaceConfig(stages=("quantize", "fuse", "resolution", "channels", "prune", "distill"))
+    spaces = [("default", SpaceConfig()), ("every family", every_family),
+              ("every family, all required", SpaceConfig(stages=every_family.stages, required=every_family.stages))]
+    return spaces + [(path.name, load_study(path).space) for path in sorted((REPO / "studies").glob("*.toml"))]
+
+
+@pytest.mark.parametrize(("name", "space"), _spaces_to_sample(), ids=[name for name, _ in _spaces_to_sample()])
+@pytest.mark.parametrize("sampler", ["random", "tpe", "nsga2"])
+def test_every_sampled_pipeline_passes_the_order_check(name: str, space: SpaceConfig, sampler: str) -> None:
+    samplers = {"random": optuna.samplers.RandomSampler(seed=1),
+                "tpe": optuna.samplers.TPESampler(seed=1, multivariate=True, group=True, n_startup_trials=5),
+                "nsga2": optuna.samplers.NSGAIISampler(seed=1, population_size=6)}
+    study = optuna.create_study(sampler=samplers[sampler], directions=["maximize", "minimize"])
+    seen: set[tuple[str, ...]] = set()
+    for _ in range(60):
+        trial = study.ask()
+        pipeline = sample_pipeline(trial, space)
+        pipeline.check()  # raises on an impossible order
+        kinds = tuple(s.kind for s in pipeline.stages)
+        if "fuse" in kinds:
+            assert set(kinds[kinds.index("fuse") + 1:]) <= {"dynamic", "ptq", "qat"}  # fused BatchNorm: only quantize
+        seen.add(kinds)
+        # Two varied objectives, so the model-based samplers leave their start-up phase and model.
+        study.tell(trial, [len(kinds) + trial.number % 3, float(sum(map(len, kinds)) % 7)])
+    if len(orders(space)) > 1:
+        assert len(seen) > 1  # the order and the stage set are really searched
 
 
 def test_dynamic_quantization_never_samples_xnnpack_and_a_space_without_its_backends_is_refused() -> None:
@@ -96,6 +128,30 @@ def test_trials_started_after_the_budget_was_taken_are_surplus_for_every_worker(
     assert is_surplus(study, 3, 2)
     _trial(study, TrialState.PRUNED, stage="over-budget")  # a surplus trial spends nothing either
     assert budget_left(study, 3) == 0 and not is_surplus(study, 3, 3)
+
+
+def test_workers_default_to_one_per_core_at_the_study_threads_and_train_on_their_share() -> None:
+    cores = joblib.cpu_count(only_physical_cores=True)
+    smoke = REPO / "studies" / "smoke.toml"
+    study = load_study(smoke, {"evaluation.threads": 1, "search.n_trials": 100})
+    assert plan_workers(study) == WorkerPlan(cores, 1)
+    assert plan_workers(study, 1) == WorkerPlan(1, cores)  # one worker trains on every core
+    assert plan_workers(load_study(smoke, {"evaluation.threads": cores + 1})) == WorkerPlan(1, cores)
+    assert plan_workers(load_study(smoke, {"search.n_trials": 1})).workers == 1
+    with pytest.raises(UserError, match="n-jobs"):
+        plan_workers(study, 0)
+
+
+def test_phase_clock_adds_up_repeated_phases_and_keeps_the_rest_as_other() -> None:
+    clock = PhaseClock()
+    for _ in range(2):
+        with clock.phase("validation"):
+            time.sleep(0.02)
+    time.sleep(0.05)  # a stage that took 0.01 s of this, as its record reports, and 0.04 s of nothing named
+    clock.add("stage 1 channels", 0.01)
+    summary = clock.summary()
+    assert summary["validation"] >= 0.04 and summary["stage 1 channels"] == 0.01
+    assert summary["other"] >= 0.035 and set(summary) == {"validation", "stage 1 channels", "other"}
 
 
 def test_front_dominance_and_pick_policies() -> None:
