@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from udacisense.common.logs import quiet_libraries
 from udacisense.search.budget import budget_left, is_rejected
-from udacisense.search.objective import TrialRunner, trial_constraints
+from udacisense.search.objective import TrialRunner
 from udacisense.search.storage import artifact_store, open_study
 from udacisense.search.study import SearchConfig, load_study
 from udacisense.search.workspace import open_workspace
@@ -21,15 +21,14 @@ TrialState = optuna.trial.TrialState
 
 
 def make_sampler(search: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
+    # Trials set their constraints themselves (``trial.set_constraint``); these samplers read them
+    # from every finished trial (``FrozenTrial.constraints``) for constrained dominance.
     if search.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=search.population_size, seed=seed,
-                                             constraints_func=trial_constraints)
+        return optuna.samplers.NSGAIISampler(population_size=search.population_size, seed=seed)
     if search.sampler == "nsga3":
-        return optuna.samplers.NSGAIIISampler(population_size=search.population_size, seed=seed,
-                                              constraints_func=trial_constraints)
+        return optuna.samplers.NSGAIIISampler(population_size=search.population_size, seed=seed)
     if search.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constraints_func=trial_constraints,
-                                          n_startup_trials=min(10, search.n_trials))
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, search.n_trials))
     return optuna.samplers.RandomSampler(seed=seed)
 
 
