@@ -15,7 +15,7 @@ from udacisense.compression.stage import StageContext
 from udacisense.models.config import ModelConfig
 from udacisense.models.mobilenet import build_model
 from udacisense.search.budget import budget_left, is_surplus
-from udacisense.search.early_stopping import StopRule
+from udacisense.search.early_stopping import AccuracyMonitor, StopRule
 from udacisense.search.feasibility import footprint, infeasibility
 from udacisense.search.front import pareto_trials, pick, trials_table
 from udacisense.search.runner import requeue
@@ -47,24 +47,42 @@ def test_every_order_is_sampled_and_impossible_ones_are_rejected_without_compute
     assert len(rejected) == 4
 
 
-def test_dynamic_quantization_never_samples_xnnpack_and_a_space_without_its_backends_is_refused() -> None:
+def test_dynamic_quantization_samples_every_backend_including_pt2e_xnnpack() -> None:
     space = SpaceConfig(stages=("quantize",), quant_types=("dynamic",), quant_backends=("xnnpack", "qnnpack"))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     backends = {sample_pipeline(study.ask(), space).stages[0].backend for _ in range(20)}
-    assert backends == {"qnnpack"}
-    with pytest.raises(UserError, match="dynamic"):
-        SpaceConfig(quant_types=("dynamic", "static"), quant_backends=("xnnpack",))
+    assert backends == {"xnnpack", "qnnpack"}
 
 
-def test_stop_rule_spares_the_first_cut_and_trusts_recovered_history() -> None:
+def test_stop_rule_needs_history_at_the_same_stage_and_epoch() -> None:
     rule = StopRule(floor=0.6, margin=0.2, chance=0.1)
-    assert not rule.should_stop(0, 0.2)  # right after the cut: only a collapse counts
-    assert rule.should_stop(0, 0.12)
-    assert rule.should_stop(2, 0.3)
-    assert not rule.should_stop(2, 0.45)
-    recovered = StopRule(floor=0.6, margin=0.2, chance=0.1, recovered=(((0, 0.3), (1, 0.31), (2, 0.32), (3, 0.65)),))
-    assert not recovered.should_stop(2, 0.31)  # a completed trial was this low here and still made the floor
-    assert recovered.should_stop(2, 0.2)
+    # Without history nothing is stopped, however low: a lack of evidence is no evidence.
+    assert not rule.should_stop((0, 0), 0.12, first_of_stage=True)
+    assert not rule.should_stop((1, 2), 0.05)
+    recovered = StopRule(floor=0.6, margin=0.2, chance=0.1,
+                         recovered=((((0, 0), 0.3), ((0, 1), 0.31), ((0, None), 0.32), ((1, 0), 0.65)),))
+    assert not recovered.should_stop((0, 1), 0.31)  # a completed trial was this low here and still made the floor
+    assert recovered.should_stop((0, 1), 0.2)
+    assert not recovered.should_stop((0, 1), 0.45)  # within the margin of the floor
+    assert not recovered.should_stop((0, 0), 0.2, first_of_stage=True)  # right after a cut: only a collapse counts
+    assert recovered.should_stop((0, 0), 0.12, first_of_stage=True)
+    # Epoch 1 of stage 1 is not epoch 1 of stage 0: no history there, no stop.
+    assert not recovered.should_stop((1, 1), 0.05)
+
+
+def test_monitor_records_stage_and_epoch_and_marks_rule_stops() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    history = StopRule(floor=0.6, margin=0.2, chance=0.1, recovered=((((1, 1), 0.5),),))
+    trial = study.ask()
+    monitor = AccuracyMonitor(trial, history)
+    monitor.on_epoch_end(0, 0.3)  # stage 0, epoch 0 (no history there: kept)
+    monitor.observe(0.3, "stage 0 done")
+    monitor.on_epoch_end(0, 0.4)  # stage 1, epoch 0: right after its cut, and no history there
+    with pytest.raises(optuna.TrialPruned):
+        monitor.on_epoch_end(1, 0.2)  # stage 1, epoch 1: every recovered trial was at 0.5 here
+    frozen = study.trials[trial.number]
+    assert frozen.user_attrs["curve"] == [[0, 0, 0.3], [0, None, 0.3], [1, 0, 0.4], [1, 1, 0.2]]
+    assert frozen.user_attrs["early_stopped"] == "during-training"
 
 
 def _trial(study: optuna.Study, state: TrialState, values=None, **attrs) -> None:
