@@ -96,7 +96,7 @@ class StaticQuantConfig:
 
     kind: ClassVar[str] = "ptq"
     backend: StaticBackend = "x86"
-    calibration_samples: int = bounded(256, min=1, max=1_000_000,
+    calibration_samples: int = bounded(1024, min=1, max=1_000_000,
                                        doc="un-augmented train images, drawn evenly from every class, that observe ranges")
     float_prefix_blocks: int = bounded(0, min=0, max=64,
                                        doc="first blocks of `features` kept float (they are the most sensitive)")

@@ -22,7 +22,7 @@ from udacisense.evaluators.flops import count_flops
 from udacisense.evaluators.latency import LatencyComparison, compare_latencies
 from udacisense.evaluators.parity import ParityReport, ParityRule, compare_logits, parity_rule
 from udacisense.evaluators.size import SizeReport, parameter_counts, size_report, state_dict_bytes
-from udacisense.runtime import Runner, deployment_label, load_runner, quantized_engine
+from udacisense.runtime import Runner, deployment_label, executorch_threads, load_runner, quantized_engine
 from udacisense.search.budget import OVER_BUDGET, REJECTED, is_surplus
 from udacisense.search.early_stopping import AccuracyMonitor, stop_rule_for
 from udacisense.search.feasibility import Footprint, footprint, infeasibility
@@ -237,8 +237,7 @@ class TrialRunner:
             "latency_ratio_same_runtime": candidate.same_runtime_latency.ratio,
             "same_runtime_latency": candidate.same_runtime_latency.reference.as_dict(),
             "torch_threads": latency.candidate.torch_threads,
-            "executorch_threads": latency.reference.executorch_threads if latency.reference.executorch_threads is not None
-            else latency.candidate.executorch_threads,
+            "executorch_threads": executorch_threads(),  # the pool every program of this process runs on
             "size_ratio_same_runtime": candidate.size_ratio_same_runtime,
             "deployment": deployment_label(runtime, model.backend),
             "parity": candidate.parity.as_dict(), "parity_rule": candidate.parity_rule.as_dict(),

@@ -112,7 +112,10 @@ def describe_trial(trial: optuna.trial.FrozenTrial) -> str:
     pipeline = trial.user_attrs.get("pipeline", "?")
     if trial.state is TrialState.COMPLETE and trial.values:
         acc, lat, size = trial.values
-        return f"#{trial.number} {pipeline}: acc {acc:.3f} latency x{lat:.2f} size x{size:.2f}"
+        attrs = trial.user_attrs
+        parity = "" if attrs.get("parity_ok", True) else " FAILS PARITY (infeasible, artifact not kept)"
+        return (f"#{trial.number} {pipeline}: acc {acc:.3f} latency {attrs.get('latency_ms', float('nan')):.3f} ms "
+                f"x{lat:.2f} of the float {attrs.get('reference_runtime', 'baseline')} size x{size:.2f}{parity}")
     reason = trial.user_attrs.get("pruned_reason") or trial.user_attrs.get("error") or ""
     return f"#{trial.number} {trial.state.name.lower()} {pipeline}: {reason}"
 
