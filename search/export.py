@@ -22,6 +22,7 @@ from udacisense.common.files import atomic_dir, sha256_of, write_json
 from udacisense.evaluators.accuracy import accuracy_from_logits, predict_logits
 from udacisense.evaluators.parity import ParityReport, ParityRule, compare_logits
 from udacisense.runtime import deployment_label, executorch_threads, load_runner
+from udacisense.search.front import mark_targets
 from udacisense.search.objective import ARTIFACT_SUFFIX, TrialLatency, TrialRunner
 from udacisense.search.workspace import Workspace
 
@@ -72,7 +73,6 @@ def retime_front(front: pd.DataFrame, study: optuna.Study, runner: TrialRunner) 
     """The front with every exportable candidate timed again, ``search.retime_factor`` times the runs,
     alternating with the reference: picks rest on these figures, not on one short trial measurement."""
     trials = study.get_trials(deepcopy=False)
-    targets = runner.workspace.study.targets
     retimed = front.copy()
     retimed["retimed"] = False
     for index, row in front.iterrows():
@@ -85,10 +85,8 @@ def retime_front(front: pd.DataFrame, study: optuna.Study, runner: TrialRunner) 
                             "latency_ratio_p90"]] = [latency.candidate.median_ms, latency.reference.median_ms,
                                                      latency.ratio, latency.ratio_p10, latency.ratio_p90]
         retimed.loc[index, "retimed"] = True
-    retimed["meets_latency"] = retimed["latency_ratio"] <= 1 - targets.latency_reduction
-    retimed["meets_all"] = (retimed["meets_accuracy"] & retimed["meets_latency"] & retimed["meets_size"]
-                            & retimed["parity_ok"])
-    return retimed
+    workspace = runner.workspace
+    return mark_targets(retimed, workspace.study.targets, float(workspace.metrics["accuracy"]["val"]["top1"]))
 
 
 def export_trial(workspace: Workspace, study: optuna.Study, trial_number: int, out_dir: Path,

@@ -120,8 +120,9 @@ def test_front_dominance_and_pick_policies() -> None:
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     for values in ([0.90, 0.50, 0.30], [0.80, 0.30, 0.20], [0.70, 0.70, 0.70], [0.95, 0.90, 0.90], [0.85, 0.55, 0.25]):
         _trial(study, TrialState.COMPLETE, values, pipeline="p")
+    _trial(study, TrialState.COMPLETE, [0.99, 0.1, 0.1], pipeline="p", parity_ok=False)  # 5: a broken artifact
     front = pareto_trials(study.trials)
-    assert sorted(t.number for t in front) == [0, 1, 3, 4]  # trial 2 is dominated by trial 1
+    assert sorted(t.number for t in front) == [0, 1, 3, 4]  # trial 2 is dominated by trial 1; 5 counts for nothing
     table = trials_table(front, TargetsConfig(), baseline_val=0.9)
     assert list(table["meets_all"]) == [False, True, True, False]  # sorted by accuracy: 3, 0, 4, 1
     assert pick(table, "most-accurate") == 0 and pick(table, "fastest") == 0 and pick(table, "smallest") == 4
