@@ -1,9 +1,10 @@
 """The ExecuTorch (XNNPACK) thread pool: its size is set once per process, before any program loads.
 
 ``torch.set_num_threads`` does not reach this pool; it starts at the machine's core count. Resetting
-it after a program was loaded crashed the process (ExecuTorch 1.5.1: delegates keep the old pool),
-so the size is requested up front and applied just before the first program is loaded, and a later
-request for another size is refused with an error instead of a crash.
+it after a program was loaded crashed the process (a segfault, ExecuTorch 1.5.1), so the size is
+requested up front and applied just before the first program is loaded; a later request for another
+size is refused with an error instead of a crash. That is also why timing does not set and restore
+the pool around each measurement: it is pinned for the whole process.
 """
 
 from __future__ import annotations
