@@ -14,7 +14,6 @@ Every stage works on a deep copy; the input model is never touched.
 from __future__ import annotations
 
 import copy
-import itertools
 import types
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, ClassVar, Literal, Sequence, get_args
@@ -26,6 +25,7 @@ from torch.fx import GraphModule, Node
 from udacisense.common.errors import UserError
 from udacisense.common.schema import bounded
 from udacisense.compression.finetune import finetune as run_finetune
+from udacisense.datasources.loaders import stratified_sample
 from udacisense.compression.stage import (
     CompressedModel,
     ModelForm,
@@ -36,7 +36,7 @@ from udacisense.compression.stage import (
     register_stage,
     require_form,
 )
-from udacisense.runtime import FX_BACKENDS, Backend, FxBackend, quantized_engine, quiet_legacy_apis, runtime_for
+from udacisense.runtime import Backend, quantized_engine, quiet_legacy_apis, runtime_for
 from udacisense.training import EpochStartHook, TrainConfig
 
 if TYPE_CHECKING:
@@ -70,16 +70,17 @@ def _check_at_least(config: StageConfig, field: str, value: int, low: int) -> No
 
 @dataclass(frozen=True)
 class DynamicQuantConfig:
-    """Int8 weights, activations quantized on the fly, for ``nn.Linear`` layers only.
+    """Int8 weights, activations quantized on the fly, for linear layers; it needs no calibration data.
 
-    Convolutions stay float, so on MobileNet this shrinks only the classifier; it needs no data.
+    ``xnnpack`` goes through PT2E (``is_dynamic=True``) and ships in an ExecuTorch ``.pte`` (the phone
+    path); the FX backends give TorchScript (the legacy path). On MobileNet it shrinks mostly the classifier.
     """
 
     kind: ClassVar[str] = "dynamic"
-    backend: FxBackend = "x86"
+    backend: StaticBackend = "x86"
 
     def __post_init__(self) -> None:
-        _check_choice(self, "backend", self.backend, FX_BACKENDS)
+        _check_choice(self, "backend", self.backend, get_args(StaticBackend))
 
     def transition(self, signature: Signature) -> Signature:
         require_form(self, signature, ModelForm.FLOAT)
@@ -95,13 +96,14 @@ class StaticQuantConfig:
 
     kind: ClassVar[str] = "ptq"
     backend: StaticBackend = "x86"
-    calibration_batches: int = bounded(8, min=1, max=10_000, doc="un-augmented train batches used to observe ranges")
+    calibration_samples: int = bounded(1024, min=1, max=1_000_000,
+                                       doc="un-augmented train images, drawn evenly from every class, that observe ranges")
     float_prefix_blocks: int = bounded(0, min=0, max=64,
                                        doc="first blocks of `features` kept float (they are the most sensitive)")
 
     def __post_init__(self) -> None:
         _check_choice(self, "backend", self.backend, get_args(StaticBackend))
-        _check_at_least(self, "calibration_batches", self.calibration_batches, 1)
+        _check_at_least(self, "calibration_samples", self.calibration_samples, 1)
         _check_at_least(self, "float_prefix_blocks", self.float_prefix_blocks, 0)
 
     def transition(self, signature: Signature) -> Signature:
@@ -191,13 +193,17 @@ def _outside_of(blocks: Sequence[str]) -> Callable[[Node], bool]:
 # --------------------------------------------------------------------------- data
 
 
-def _calibration_batches(context: StageContext, count: int) -> list[torch.Tensor]:
-    # Un-augmented, fixed-order train batches: calibration must see the data distribution, not crops.
-    batches = [images for images, _ in itertools.islice(context.data.loader("train"), count)]
-    if not batches:
+def _calibration_batches(context: StageContext, samples: int) -> list[torch.Tensor]:
+    """Un-augmented train images (calibration must see the data, not crops), every class in a seeded
+    shuffled sample: the split is sorted by class, so its first batches would show only a few."""
+    data = context.data
+    sample = stratified_sample(data.train, samples, context.seed)
+    if not len(sample):
         raise UserError("The train split is empty, so there is nothing to calibrate quantization on.",
                         "check the data source of the study.")
-    return batches
+    loader = data.loader("train")
+    images = loader.normalise(sample.images)
+    return [batch.contiguous() for batch in images.split(loader.batch_size)]
 
 
 def _observe(module: nn.Module, batches: Sequence[torch.Tensor]) -> None:
@@ -240,13 +246,14 @@ def export_graph(module: nn.Module, example: torch.Tensor) -> GraphModule:
     return torch.export.export(module, (example,), dynamic_shapes=({0: batch},)).module()
 
 
-def _xnnpack_quantizer(*, qat: bool, float_blocks: Sequence[str]) -> XNNPACKQuantizer:
+def _xnnpack_quantizer(*, qat: bool, float_blocks: Sequence[str], dynamic: bool = False) -> XNNPACKQuantizer:
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
 
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat,
+                                                                                  is_dynamic=dynamic))
     if float_blocks:
         quantizer.set_filter_function(_outside_of(float_blocks))
     return quantizer
@@ -269,6 +276,15 @@ def _ptq_pt2e(module: nn.Module, batches: Sequence[torch.Tensor], float_blocks: 
     quantizer = _xnnpack_quantizer(qat=False, float_blocks=float_blocks)
     prepared = prepare_pt2e(export_graph(module.eval(), batches[0]), quantizer)
     _observe(prepared, batches)
+    return _converted_pt2e(prepared)
+
+
+def _dynamic_pt2e(module: nn.Module, example: torch.Tensor) -> GraphModule:
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    prepared = prepare_pt2e(export_graph(module.eval(), example), _xnnpack_quantizer(qat=False, float_blocks=(),
+                                                                                     dynamic=True))
+    _observe(prepared, [example])  # only shapes: dynamic activations carry no observed ranges
     return _converted_pt2e(prepared)
 
 
@@ -386,6 +402,9 @@ def dynamic_quantize(model: CompressedModel, config: DynamicQuantConfig, context
 
     check_runs_on(config, model)
     module = copy.deepcopy(model.module).eval()
+    if config.backend == "xnnpack":
+        example = _calibration_batches(context, context.data.config.batch_size)[0]
+        return _as_quantized(model, _dynamic_pt2e(module, example), config.backend)
     with quiet_legacy_apis(), quantized_engine(config.backend):
         quantized = quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8, inplace=True)
     return _as_quantized(model, quantized, config.backend)
@@ -396,7 +415,7 @@ def static_quantize(model: CompressedModel, config: StaticQuantConfig, context: 
     check_runs_on(config, model)
     module = copy.deepcopy(model.module).eval()
     float_blocks = _float_prefix(module, config.float_prefix_blocks)
-    batches = _calibration_batches(context, config.calibration_batches)
+    batches = _calibration_batches(context, config.calibration_samples)
     if config.backend == "xnnpack":
         quantized = _ptq_pt2e(module, batches, float_blocks)
     else:
@@ -408,7 +427,7 @@ def static_quantize(model: CompressedModel, config: StaticQuantConfig, context: 
 def quantization_aware_training(model: CompressedModel, config: QATConfig, context: StageContext) -> CompressedModel:
     check_runs_on(config, model)
     module = copy.deepcopy(model.module)
-    example = _calibration_batches(context, 1)[0]
+    example = _calibration_batches(context, context.data.config.batch_size)[0]
     if config.backend == "xnnpack":
         quantized = _qat_pt2e(module, config, context, example)
     else:

@@ -165,6 +165,22 @@ def stratified_split(data: Split, fraction: float, seed: int) -> tuple[Split, Sp
             Split(data.images[val_mask], data.labels[val_mask]))
 
 
+def stratified_sample(data: Split, count: int, seed: int) -> Split:
+    """``count`` samples drawn class by class in turn (each class shuffled with ``seed``), in shuffled order.
+
+    Splits are stored sorted by class, so their first samples are a few classes only; this sample
+    holds every class as evenly as ``count`` allows.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    per_class = [members[torch.randperm(len(members), generator=generator)]
+                 for members in ((data.labels == label).nonzero().flatten() for label in data.labels.unique())]
+    longest = max((len(m) for m in per_class), default=0)
+    interleaved = [m[i] for i in range(longest) for m in per_class if i < len(m)][:count]
+    index = torch.stack(interleaved)[torch.randperm(len(interleaved), generator=generator)] if interleaved \
+        else torch.zeros(0, dtype=torch.long)
+    return Split(data.images[index], data.labels[index])
+
+
 def channel_stats(data: Split) -> tuple[tuple[float, ...], tuple[float, ...]]:
     pixels = data.images.float().div(255.0).permute(1, 0, 2, 3).reshape(3, -1)
     return tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).tolist())

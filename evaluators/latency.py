@@ -1,7 +1,8 @@
-"""Latency of any callable at batch 1 on CPU: single thread, warm-up, median and spread of many runs.
+"""Latency of any callable at batch 1 on CPU: fixed threads, warm-up, median and spread of many runs.
 
-Compare candidates as ratios to a reference measured in the same process: absolute numbers drift
-with the machine's load, ratios much less.
+Compare candidates as ratios to a reference timed in alternating rounds in the same process:
+absolute numbers drift with the machine's load, ratios much less. The spread of the per-round
+ratios says how much a ratio can be trusted.
 """
 
 from __future__ import annotations
@@ -10,9 +11,13 @@ import statistics
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import torch
+
+from udacisense.runtime import executorch_threads, request_executorch_threads
+
+Timed = Callable[[torch.Tensor], object]
 
 
 @dataclass(frozen=True)
@@ -22,7 +27,8 @@ class LatencyReport:
     p90_ms: float
     mean_ms: float
     runs: int
-    threads: int
+    torch_threads: int
+    executorch_threads: int | None  # the XNNPACK pool in force while timing; None when no program ran
     runtime: str
 
     def as_dict(self) -> dict[str, object]:
@@ -30,6 +36,22 @@ class LatencyReport:
 
     def ratio_to(self, reference: "LatencyReport") -> float:
         return self.median_ms / reference.median_ms
+
+
+@dataclass(frozen=True)
+class LatencyComparison:
+    """A candidate against a reference timed in the same alternating rounds."""
+
+    candidate: LatencyReport
+    reference: LatencyReport
+    ratio: float  # median over all the candidate's runs / median over all the reference's runs
+    ratio_p10: float  # deciles of the per-round ratios: how far the ratio moves between rounds
+    ratio_p90: float
+    rounds: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {"ratio": self.ratio, "ratio_p10": self.ratio_p10, "ratio_p90": self.ratio_p90, "rounds": self.rounds,
+                "candidate": self.candidate.as_dict(), "reference": self.reference.as_dict()}
 
 
 @contextmanager
@@ -42,9 +64,19 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def measure_latency(run: Callable[[torch.Tensor], object], example_input: torch.Tensor, *, runtime: str,
+def _pool_for(runtime: str, threads: int) -> int | None:
+    """The XNNPACK pool size while timing ``runtime``, checked against the requested ``threads``."""
+    if runtime != "executorch":
+        return None
+    # The pool cannot be resized once programs are loaded (see runtime.threads): this only checks it.
+    request_executorch_threads(threads)
+    return executorch_threads()
+
+
+def measure_latency(run: Timed, example_input: torch.Tensor, *, runtime: str,
                     warmup: int = 10, runs: int = 100, threads: int = 1) -> LatencyReport:
     """Time ``run(example_input)``; ``runtime`` names what was timed (eager, torchscript, executorch)."""
+    pool = _pool_for(runtime, threads)
     example_input = example_input.contiguous()
     samples: list[float] = []
     with torch_threads(threads), torch.inference_mode():
@@ -54,34 +86,64 @@ def measure_latency(run: Callable[[torch.Tensor], object], example_input: torch.
             start = time.perf_counter()
             run(example_input)
             samples.append((time.perf_counter() - start) * 1000.0)
-    return _report(samples, threads, runtime)
+    return _report(samples, threads, pool, runtime)
 
 
-def compare_latency(candidate: Callable[[torch.Tensor], object], reference: Callable[[torch.Tensor], object],
-                    example_input: torch.Tensor, *, candidate_runtime: str, reference_runtime: str,
-                    warmup: int = 10, runs: int = 100, threads: int = 1, rounds: int = 5) -> tuple[LatencyReport, LatencyReport]:
-    """Time a candidate and its reference in alternating rounds, so load on a shared machine hits both alike.
+def compare_latency(candidate: Timed, reference: Timed, example_input: torch.Tensor, *, candidate_runtime: str,
+                    reference_runtime: str, warmup: int = 10, runs: int = 100, threads: int = 1,
+                    rounds: int | None = None) -> LatencyComparison:
+    """Time a candidate and its reference in alternating rounds, so load on a shared machine hits both alike."""
+    return compare_latencies(candidate, {"reference": (reference, reference_runtime)}, example_input,
+                             candidate_runtime=candidate_runtime, warmup=warmup, runs=runs, threads=threads,
+                             rounds=rounds)["reference"]
 
-    Returns (candidate, reference) reports over all rounds; use ``candidate.ratio_to(reference)``.
+
+def compare_latencies(candidate: Timed, references: Mapping[str, tuple[Timed, str]], example_input: torch.Tensor, *,
+                      candidate_runtime: str, warmup: int = 10, runs: int = 100, threads: int = 1,
+                      rounds: int | None = None) -> dict[str, LatencyComparison]:
+    """The candidate against each named ``(runner, runtime)`` reference, all timed in the same rounds.
+
+    ``rounds`` defaults to one per 10 runs (at least 5), so the per-round ratios have a spread.
     """
+    rounds = rounds or max(5, runs // 10)
     per_round = max(1, runs // rounds)
-    samples: dict[str, list[float]] = {"candidate": [], "reference": []}
+    timed = {"": (candidate, candidate_runtime), **references}
+    pools = {name: _pool_for(runtime, threads) for name, (_, runtime) in timed.items()}
+    samples: dict[str, list[list[float]]] = {name: [] for name in timed}
     example_input = example_input.contiguous()
     with torch_threads(threads), torch.inference_mode():
-        for run in (candidate, reference):
+        for run, _ in timed.values():
             for _ in range(warmup):
                 run(example_input)
         for _ in range(rounds):
-            for name, run in (("candidate", candidate), ("reference", reference)):
+            for name, (run, _) in timed.items():
+                round_samples = []
                 for _ in range(per_round):
                     start = time.perf_counter()
                     run(example_input)
-                    samples[name].append((time.perf_counter() - start) * 1000.0)
-    return (_report(samples["candidate"], threads, candidate_runtime),
-            _report(samples["reference"], threads, reference_runtime))
+                    round_samples.append((time.perf_counter() - start) * 1000.0)
+                samples[name].append(round_samples)
+    flat = {name: [s for r in rounds_ for s in r] for name, rounds_ in samples.items()}
+    candidate_report = _report(flat[""], threads, pools[""], candidate_runtime)
+    comparisons = {}
+    for name, (_, runtime) in references.items():
+        reference_report = _report(flat[name], threads, pools[name], runtime)
+        per_round_ratios = [statistics.median(c) / statistics.median(r) for c, r in zip(samples[""], samples[name])]
+        low, high = _deciles(per_round_ratios)
+        comparisons[name] = LatencyComparison(candidate_report, reference_report, candidate_report.ratio_to(reference_report),
+                                              low, high, rounds)
+    return comparisons
 
 
-def _report(samples: list[float], threads: int, runtime: str) -> LatencyReport:
-    deciles = statistics.quantiles(samples, n=10) if len(samples) >= 2 else samples * 9
-    return LatencyReport(median_ms=statistics.median(samples), p10_ms=deciles[0], p90_ms=deciles[-1],
-                         mean_ms=statistics.fmean(samples), runs=len(samples), threads=threads, runtime=runtime)
+def _deciles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return values[0], values[0]
+    deciles = statistics.quantiles(values, n=10, method="inclusive")
+    return deciles[0], deciles[-1]
+
+
+def _report(samples: list[float], threads: int, pool: int | None, runtime: str) -> LatencyReport:
+    low, high = _deciles(samples)
+    return LatencyReport(median_ms=statistics.median(samples), p10_ms=low, p90_ms=high,
+                         mean_ms=statistics.fmean(samples), runs=len(samples), torch_threads=threads,
+                         executorch_threads=pool, runtime=runtime)

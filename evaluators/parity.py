@@ -24,6 +24,38 @@ class ParityReport:
         return self.top1_agreement >= min_agreement
 
 
+@dataclass(frozen=True)
+class ParityRule:
+    """What an artifact must match of its PyTorch model: a top-1 agreement and, for float, a logit tolerance."""
+
+    min_agreement: float
+    max_abs_diff: float | None  # None: int8 kernels round differently, so only the top-1 is compared
+
+    def shortfall(self, report: ParityReport) -> float:
+        """How far ``report`` misses the rule: <= 0 passes (an Optuna constraint value)."""
+        missing = self.min_agreement - report.top1_agreement
+        if self.max_abs_diff is None:
+            return missing
+        return max(missing, report.max_abs_diff - self.max_abs_diff)
+
+    def passes(self, report: ParityReport) -> bool:
+        return self.shortfall(report) <= 0
+
+    def describe(self) -> str:
+        tolerance = "" if self.max_abs_diff is None else f", max |logit difference| <= {self.max_abs_diff:g}"
+        return f"top-1 agreement >= {self.min_agreement:g}{tolerance}"
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def parity_rule(quantized: bool, *, float_logit_tolerance: float, int8_min_agreement: float) -> ParityRule:
+    """Float artifacts must agree on every image within ``float_logit_tolerance``; int8 at ``int8_min_agreement``."""
+    if quantized:
+        return ParityRule(int8_min_agreement, None)
+    return ParityRule(1.0, float_logit_tolerance)
+
+
 def compare_logits(reference: torch.Tensor, candidate: torch.Tensor) -> ParityReport:
     if reference.shape != candidate.shape:
         raise ValueError(f"logit shapes differ: {tuple(reference.shape)} vs {tuple(candidate.shape)}")

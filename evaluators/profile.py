@@ -38,6 +38,7 @@ def profile_float_model(module: nn.Module, bundle: DataBundle, *, runtimes: Sequ
                         "what": "peak bytes allocated by torch during one batch-1 eager forward pass"},
         "size": {"state_dict": size_report(state_dict_bytes(module), "state_dict", module).as_dict()},
         "latency": {},
+        "threads": {"torch_threads": threads, "executorch_threads": None},
         "environment": environment(),
     }
     for runtime in tqdm(runtimes, desc="measure runtimes", disable=not progress, leave=False):
@@ -49,4 +50,6 @@ def profile_float_model(module: nn.Module, bundle: DataBundle, *, runtimes: Sequ
             run = load_runner(artifact, runtime)
         report = measure_latency(run, example, runtime=runtime, warmup=latency_warmup, runs=latency_runs, threads=threads)
         metrics["latency"][runtime] = report.as_dict()  # type: ignore[index]
+        if report.executorch_threads is not None:
+            metrics["threads"]["executorch_threads"] = report.executorch_threads  # type: ignore[index]
     return metrics

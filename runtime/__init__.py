@@ -12,6 +12,7 @@ from udacisense.runtime.backends import (
     Runtime,
     quantized_engine,
     quiet_legacy_apis,
+    deployment_label,
     runtime_for,
 )
 from udacisense.runtime.lowering import (
@@ -23,9 +24,11 @@ from udacisense.runtime.lowering import (
     torchscript_bytes,
 )
 from udacisense.runtime.runners import LoweredModule, Runner, load_runner
+from udacisense.runtime.threads import executorch_threads, request_executorch_threads
 
 __all__ = [
     "FX_BACKENDS", "Backend", "FxBackend", "LoweredRuntime", "Runtime", "quantized_engine", "quiet_legacy_apis",
     "runtime_for", "Delegation", "ExecuTorchProgram", "artifact_bytes", "executorch_bytes", "executorch_program",
-    "torchscript_bytes", "LoweredModule", "Runner", "load_runner",
+    "torchscript_bytes", "LoweredModule", "Runner", "load_runner", "executorch_threads", "request_executorch_threads",
+    "deployment_label",
 ]

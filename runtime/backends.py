@@ -68,3 +68,18 @@ def quiet_legacy_apis() -> Iterator[None]:
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*`torch.jit.*` is deprecated.*")
         warnings.filterwarnings("ignore", message=".*TorchScript type system.*")
         yield
+
+
+def deployment_label(runtime: str, backend: str | None, *, short: bool = False) -> str:
+    """Where an artifact of ``runtime`` quantized for ``backend`` actually runs well, in a few words.
+
+    x86/fbgemm int8 kernels exist only on x86 CPUs: such a TorchScript file is a server artifact,
+    whatever the project's phone target. TorchScript itself is deprecated upstream (legacy path).
+    """
+    if runtime == "executorch":
+        return ".pte phone" if short else "phone: ExecuTorch .pte (XNNPACK)"
+    if backend in ("x86", "fbgemm"):
+        return "TS x86 server" if short else f"x86 server: TorchScript, {backend} int8 (legacy, not a phone artifact)"
+    if backend == "qnnpack":
+        return "TS ARM legacy" if short else "ARM: TorchScript, qnnpack int8 (legacy PyTorch Mobile)"
+    return "TS legacy" if short else "TorchScript float (legacy)"

@@ -12,6 +12,7 @@ from torch import nn
 from udacisense.common.errors import UserError
 from udacisense.common.logs import native_stderr_without
 from udacisense.runtime.backends import Backend, LoweredRuntime, Runtime, quantized_engine, quiet_legacy_apis
+from udacisense.runtime.threads import before_program_load
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
@@ -64,6 +65,7 @@ def _torchscript_runner(artifact: bytes, backend: Backend | None) -> Runner:
 def _executorch_runner(artifact: bytes) -> Runner:
     from executorch.runtime import Runtime as ExecuTorchRuntime
 
+    before_program_load()
     return _ExecuTorchRunner(ExecuTorchRuntime.get().load_program(artifact))
 
 

@@ -25,12 +25,13 @@ from udacisense.compression.resolution import set_resolution
 from udacisense.evaluators.flops import count_flops, macs_from_flops
 from udacisense.evaluators.latency import compare_latency
 from udacisense.models.mobilenet import build_model
-from udacisense.runtime import executorch_bytes, load_runner, torchscript_bytes
+from udacisense.runtime import executorch_bytes, load_runner, request_executorch_threads, torchscript_bytes
 from udacisense.search.study import StudyConfig, load_study
 
 
 def measure(study: StudyConfig, resolutions: list[int], runs: int) -> pd.DataFrame:
     native = study.data.image_size
+    request_executorch_threads(study.evaluation.threads)  # before the first program loads
     example = torch.rand(1, 3, native, native)
     torch.manual_seed(study.seed)
     # Untrained weights: nothing to download or train, and the same FLOPs and latency.
@@ -50,11 +51,11 @@ def measure(study: StudyConfig, resolutions: list[int], runs: int) -> pd.DataFra
         flops = count_flops(model, example)
         row = {"resolution": size, "mmacs": macs_from_flops(flops) / 1e6, "flops_ratio": flops / reference_flops}
         for runtime, make in artifacts.items():
-            candidate, base = compare_latency(make(model), reference_runners[runtime], example,
-                                              candidate_runtime=runtime, reference_runtime=runtime,
-                                              runs=runs, warmup=max(2, runs // 10))
-            row[f"{runtime}_ms"] = candidate.median_ms
-            row[f"{runtime}_ratio"] = candidate.ratio_to(base)
+            timed = compare_latency(make(model), reference_runners[runtime], example,
+                                    candidate_runtime=runtime, reference_runtime=runtime,
+                                    runs=runs, warmup=max(2, runs // 10), threads=study.evaluation.threads)
+            row[f"{runtime}_ms"] = timed.candidate.median_ms
+            row[f"{runtime}_ratio"] = timed.ratio
         rows.append(row)
         timings = "  ".join(f"{runtime} {row[f'{runtime}_ms']:6.2f} ms x{row[f'{runtime}_ratio']:.2f}" for runtime in artifacts)
         print(f"{size:>4}px  {row['mmacs']:5.1f} MMACs x{row['flops_ratio']:.3f}  {timings}  (ratios to {reference_resolution}px)",

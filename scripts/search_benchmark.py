@@ -4,7 +4,8 @@
     .venv/bin/python scripts/search_benchmark.py --study ... --compare-random
 
 Prints the Pareto front, wall time, trials complete/pruned/failed, the CPU time early stopping
-saved, and (with --compare-random) the hypervolume of the default sampler's trials against a
+saved, (with --false-stops N) how many of N trials stopped by the early-stopping rule would have
+reached the accuracy floor had they run to completion, and (with --compare-random) the hypervolume of the default sampler's trials against a
 random-sampler study with the same budget, on the same baseline. The hypervolumes are compared
 over the same number of finished trials in both studies, so a run cut short still compares fairly.
 """
@@ -22,9 +23,11 @@ from udacisense.search.budget import counted_trials, is_rejected
 from udacisense.search.cli import main as cli_main
 from udacisense.search.hypervolume import hypervolume
 from udacisense.search.report.facts import early_stopping_savings, state_counts
+from udacisense.search.early_stopping import STOPPED_DURING_TRAINING
 from udacisense.search.runner import run_search
 from udacisense.search.storage import open_study
 from udacisense.search.study import load_study
+from udacisense.search.workspace import open_workspace
 
 
 def finished_in_budget(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
@@ -54,6 +57,31 @@ def summarise(study_path: str, overrides: dict) -> dict:
     }
 
 
+def false_stop_rate(study_path: str, overrides: dict, sample: int, n_jobs: int) -> dict:
+    """Run up to ``sample`` trials stopped during training by the rule again, to completion (early
+    stopping off, same parameters, in a sibling study on the same baseline): a stopped trial that
+    reaches the floor was a false stop."""
+    config = load_study(study_path, overrides)
+    stopped = [t for t in open_study(config, create=False).get_trials()
+               if t.user_attrs.get("early_stopped") == STOPPED_DURING_TRAINING][:sample]
+    if not stopped:
+        return {"sample": 0, "false_stops": 0, "trials": []}
+    rerun = {**overrides, "name": f"{config.name}-false-stops", "search.early_stopping": False,
+             "search.n_trials": len(stopped)}
+    rerun_config = load_study(study_path, rerun)
+    shutil.copytree(config.run_dir / "baseline", rerun_config.run_dir / "baseline", dirs_exist_ok=True)
+    study = open_study(rerun_config)
+    if not study.get_trials():
+        for trial in stopped:
+            study.enqueue_trial(trial.params, user_attrs={"stopped_trial": trial.number})
+    run_search(study_path, n_jobs=n_jobs, overrides=rerun, progress=True)
+    floor = float(open_workspace(config, progress=False).metrics["accuracy"]["val"]["top1"]) - config.targets.max_accuracy_drop
+    finished = [t for t in open_study(rerun_config, create=False).get_trials() if t.state is optuna.trial.TrialState.COMPLETE]
+    reached = [t for t in finished if t.values[0] >= floor]
+    return {"sample": len(finished), "false_stops": len(reached), "floor": floor,
+            "trials": [(t.user_attrs.get("stopped_trial"), round(t.values[0], 4)) for t in finished]}
+
+
 def run(study_path: str, overrides: dict, n_jobs: int, summary_only: bool) -> dict:
     if not summary_only:
         run_search(study_path, n_jobs=n_jobs, overrides=overrides, progress=True)
@@ -67,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-jobs", type=int, default=1)
     parser.add_argument("--compare-random", action="store_true", help="also run a random-sampler study, same budget")
     parser.add_argument("--summary-only", action="store_true", help="summarise the studies as they are; run no trials")
+    parser.add_argument("--false-stops", type=int, default=0, metavar="N",
+                        help="run N trials stopped by the early-stopping rule to completion and count false stops")
     args = parser.parse_args(argv)
     quiet_libraries()
     base = load_study(args.study)
@@ -85,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  rejected orders (no compute): {result['rejected_orders']}; meeting all targets: {result['meets_all_targets']}")
         print(f"  hypervolume {result['hypervolume']:.4f}")
         print(f"  early stopping: {result['early_stopping']}")
+    if args.false_stops:
+        rate = false_stop_rate(args.study, overrides, args.false_stops, args.n_jobs)
+        print(f"\nfalse stops: {rate['false_stops']} of {rate['sample']} trials stopped by the early-stopping rule "
+              f"reached the accuracy floor when run to completion ({rate['trials']})")
     if len(results) == 2:
         common = min(r["finished_in_budget"] for r in results)
         at = [hypervolume_of_first(r["all_trials"], common) for r in results]

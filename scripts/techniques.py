@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
             "bytes": candidate.size.bytes, "gzip_bytes": candidate.size.gzip_bytes,
             "size_ratio": candidate.size_ratio,
             "gzip_ratio": candidate.size.gzip_bytes / workspace.metrics["size"].get(runtime, workspace.metrics["size"]["state_dict"])["gzip_bytes"],
-            "latency_ms": candidate.latency.median_ms, "latency_ratio": candidate.latency_ratio,
+            "latency_ms": candidate.latency.candidate.median_ms, "latency_ratio": candidate.latency_ratio,
+            "latency_ratio_p10": candidate.latency.ratio_p10, "latency_ratio_p90": candidate.latency.ratio_p90,
+            "latency_ratio_same_runtime": candidate.same_runtime_latency.ratio,
             "parity_top1": candidate.parity.top1_agreement, "seconds": time.perf_counter() - started,
         })
         print(f"{rows[-1]['technique']:<40} {runtime:<12} top-1 {candidate.test.top1:.3f}  "

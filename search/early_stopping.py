@@ -2,8 +2,10 @@
 
 Optuna's ``trial.report``/``should_prune`` do not support multi-objective studies, so the
 intermediate validation accuracies are kept as the trial's ``curve`` user attribute (a pruned
-trial keeps them), and a trial is stopped when its accuracy cannot plausibly reach the floor:
-it is well below the floor, and no completed trial that was as low at the same step recovered.
+trial keeps them), and a trial is stopped only on evidence: it is well below the floor, and every
+completed trial that reached the floor was clearly higher at the same point. Points are compared
+only where they mean the same thing: the same stage index and the same fine-tune epoch within it
+(``epoch`` None: the measurement that closes the stage). Without such history nothing is stopped.
 """
 
 from __future__ import annotations
@@ -13,59 +15,79 @@ from typing import Sequence
 
 import optuna
 
+# Where a measurement was taken: (stage index, fine-tune epoch within the stage or None at its end).
+Point = tuple[int, int | None]
+STOPPED_DURING_TRAINING = "during-training"
+
 
 @dataclass(frozen=True)
 class StopRule:
     floor: float  # the accuracy the targets allow: baseline val top-1 minus the allowed drop
     margin: float  # how far below the floor a trial may sit before its recovery becomes implausible
-    # (step, accuracy) curves of completed trials that ended at or above the floor.
-    recovered: tuple[tuple[tuple[int, float], ...], ...] = ()
+    # (point, accuracy) curves of completed trials that ended at or above the floor.
+    recovered: tuple[tuple[tuple[Point, float], ...], ...] = ()
     chance: float = 0.1  # 1 / number of classes
 
-    def lowest_recovered_at(self, step: int) -> float | None:
-        values = [acc for curve in self.recovered for s, acc in curve if s == step]
+    def lowest_recovered_at(self, point: Point) -> float | None:
+        values = [acc for curve in self.recovered for p, acc in curve if p == point]
         return min(values) if values else None
 
-    def should_stop(self, step: int, accuracy: float) -> bool:
-        # The first measurement follows the most destructive moment (a pruning cut, one epoch of
-        # recovery): only a collapse to near chance is judged there.
-        if step == 0 and accuracy >= 1.5 * self.chance:
+    def should_stop(self, point: Point, accuracy: float, *, first_of_stage: bool = False) -> bool:
+        # A stage's first measurement follows its most destructive moment (a pruning cut, one epoch
+        # of recovery): only a collapse to near chance is judged there.
+        if first_of_stage and accuracy >= 1.5 * self.chance:
             return False
         if accuracy >= self.floor - self.margin:
             return False
-        lowest = self.lowest_recovered_at(step)
-        return lowest is None or accuracy < lowest - 0.02
+        lowest = self.lowest_recovered_at(point)
+        return lowest is not None and accuracy < lowest - 0.02
+
+
+def _curve_points(curve: Sequence[Sequence[object]]) -> tuple[tuple[Point, float], ...]:
+    # Curves of older studies hold (step, accuracy) pairs whose steps mix stages: they are no evidence.
+    return tuple(((int(stage), None if epoch is None else int(epoch)), float(acc))  # type: ignore[arg-type]
+                 for stage, epoch, acc in (p for p in curve if len(p) == 3))
 
 
 def stop_rule_for(study: optuna.Study, floor: float, margin: float, num_classes: int) -> StopRule:
     curves = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         if trial.values and trial.values[0] >= floor:
-            curves.append(tuple((int(s), float(a)) for s, a in trial.user_attrs.get("curve", [])))
-    return StopRule(floor, margin, tuple(curves), chance=1.0 / num_classes)
+            curves.append(_curve_points(trial.user_attrs.get("curve", [])))
+    return StopRule(floor, margin, tuple(c for c in curves if c), chance=1.0 / num_classes)
 
 
 @dataclass
 class AccuracyMonitor:
-    """Collects a trial's validation curve (after every fine-tune epoch and every stage) and stops it early."""
+    """Collects a trial's validation curve (after every fine-tune epoch and every stage) and stops it early.
+
+    ``observe`` closes a stage; ``on_epoch_end`` reports a fine-tune epoch of the stage running now.
+    """
 
     trial: optuna.Trial
     rule: StopRule
     enabled: bool = True
-    curve: list[tuple[int, float]] = field(default_factory=list)
+    curve: list[tuple[Point, float]] = field(default_factory=list)
+    stage: int = 0
 
-    def observe(self, accuracy: float, where: str) -> None:
-        step = len(self.curve)
-        self.curve.append((step, accuracy))
-        self.trial.set_user_attr("curve", [list(point) for point in self.curve])
-        if self.enabled and self.rule.should_stop(step, accuracy):
-            message = (f"val top-1 {accuracy:.3f} at step {step} ({where}) is hopeless: floor {self.rule.floor:.3f}, "
-                       f"margin {self.rule.margin:.2f}")
+    def _add(self, point: Point, accuracy: float, where: str) -> None:
+        first_of_stage = not any(p[0] == point[0] for p, _ in self.curve)
+        self.curve.append((point, accuracy))
+        self.trial.set_user_attr("curve", [[p[0], p[1], acc] for p, acc in self.curve])
+        if self.enabled and self.rule.should_stop(point, accuracy, first_of_stage=first_of_stage):
+            message = (f"val top-1 {accuracy:.3f} at stage {point[0] + 1} ({where}) is hopeless: floor "
+                       f"{self.rule.floor:.3f}, margin {self.rule.margin:.2f}, and every completed trial that "
+                       f"reached the floor was higher there")
             self.trial.set_user_attr("pruned_reason", message)
+            self.trial.set_user_attr("early_stopped", STOPPED_DURING_TRAINING)
             raise optuna.TrialPruned(message)
 
-    def on_epoch_end(self, epoch: int, accuracy: float) -> None:
-        self.observe(accuracy, f"fine-tune epoch {epoch + 1}")
+    def observe(self, accuracy: float, where: str) -> None:
+        stage, self.stage = self.stage, self.stage + 1
+        self._add((stage, None), accuracy, where)
 
-    def history(self) -> Sequence[tuple[int, float]]:
+    def on_epoch_end(self, epoch: int, accuracy: float) -> None:
+        self._add((self.stage, epoch), accuracy, f"fine-tune epoch {epoch + 1}")
+
+    def history(self) -> Sequence[tuple[Point, float]]:
         return tuple(self.curve)

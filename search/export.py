@@ -1,4 +1,9 @@
-"""Export a chosen trial as a verified mobile artifact with its model card; verify one later."""
+"""Export a chosen trial as a verified mobile artifact with its model card; verify one later.
+
+Before a pick the front's candidates are timed again (more runs, alternating with the reference)
+and picked on those figures; an export is written to a temporary folder that replaces the output
+folder only once the artifact passed its parity check.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import torch
 
 from udacisense.common.errors import UserError
-from udacisense.common.files import atomic_path, sha256_of, write_json
+from udacisense.common.files import atomic_dir, sha256_of, write_json
 from udacisense.evaluators.accuracy import accuracy_from_logits, predict_logits
-from udacisense.evaluators.parity import ParityReport, compare_logits
-from udacisense.runtime import load_runner
-from udacisense.search.objective import ARTIFACT_SUFFIX, TrialRunner
+from udacisense.evaluators.parity import ParityReport, ParityRule, compare_logits
+from udacisense.runtime import deployment_label, executorch_threads, load_runner
+from udacisense.search.front import mark_targets
+from udacisense.search.objective import ARTIFACT_SUFFIX, TrialLatency, TrialRunner
 from udacisense.search.workspace import Workspace
 
-MIN_AGREEMENT = 0.95
 CARD_NAME = "model_card.json"
 REFERENCE_NAME = "reference_logits.pt"
 
@@ -30,23 +36,58 @@ class ExportResult:
     artifact: Path
     card: Path
     parity: ParityReport
-    latency_ms: float
-    latency_ratio: float
+    latency: TrialLatency
+    constraints: dict[str, float]
+
+    @property
+    def meets_targets(self) -> bool:
+        return all(value <= 0 for value in self.constraints.values())
 
 
-def check_parity(artifact: Path, runtime: str, backend: str | None, reference: Path, workspace: Workspace) -> tuple[ParityReport, torch.Tensor]:
+def check_parity(artifact: Path, runtime: str, backend: str | None, reference: Path, rule: ParityRule,
+                 workspace: Workspace) -> tuple[ParityReport, float]:
     """Run the artifact on the whole test split and compare with the PyTorch model's stored logits."""
     run = load_runner(artifact.read_bytes(), runtime, backend)  # type: ignore[arg-type]
     logits, labels = predict_logits(run, workspace.data.loader("test"))
     expected = torch.load(reference, map_location="cpu", weights_only=True)
     parity = compare_logits(expected, logits)
-    if not parity.passes(MIN_AGREEMENT):
+    if not rule.passes(parity):
         raise UserError(
-            f"The artifact {artifact} disagrees with its PyTorch model: top-1 agreement {parity.top1_agreement:.3f} "
-            f"(< {MIN_AGREEMENT}), max |difference| {parity.max_abs_diff:.4f} over {parity.samples} test images.",
+            f"The artifact {artifact.name} disagrees with its PyTorch model: top-1 agreement "
+            f"{parity.top1_agreement:.3f}, max |difference| {parity.max_abs_diff:.4g} over {parity.samples} test "
+            f"images (required: {rule.describe()}).",
             "do not ship it; export another trial, or report the pipeline as a bug.",
         )
     return parity, accuracy_from_logits(logits, labels, len(workspace.data.classes)).top1
+
+
+def _trial_rule(trial: optuna.trial.FrozenTrial, runner: TrialRunner) -> ParityRule:
+    return runner.parity_rule(quantized=trial.user_attrs.get("backend") is not None)
+
+
+def _retime_runs(runner: TrialRunner) -> int:
+    search = runner.workspace.study.search
+    return search.latency_runs * search.retime_factor
+
+
+def retime_front(front: pd.DataFrame, study: optuna.Study, runner: TrialRunner) -> pd.DataFrame:
+    """The front with every exportable candidate timed again, ``search.retime_factor`` times the runs,
+    alternating with the reference: picks rest on these figures, not on one short trial measurement."""
+    trials = study.get_trials(deepcopy=False)
+    retimed = front.copy()
+    retimed["retimed"] = False
+    for index, row in front.iterrows():
+        attrs = trials[int(row["trial"])].user_attrs
+        if not row["parity_ok"] or "artifact_path" not in attrs or not Path(attrs["artifact_path"]).is_file():
+            continue
+        run = load_runner(Path(attrs["artifact_path"]).read_bytes(), attrs["runtime"], attrs.get("backend"))
+        latency = runner.measure_latency(run, attrs["runtime"], runs=_retime_runs(runner)).reference
+        retimed.loc[index, ["latency_ms", "reference_latency_ms", "latency_ratio", "latency_ratio_p10",
+                            "latency_ratio_p90"]] = [latency.candidate.median_ms, latency.reference.median_ms,
+                                                     latency.ratio, latency.ratio_p10, latency.ratio_p90]
+        retimed.loc[index, "retimed"] = True
+    workspace = runner.workspace
+    return mark_targets(retimed, workspace.study.targets, float(workspace.metrics["accuracy"]["val"]["top1"]))
 
 
 def export_trial(workspace: Workspace, study: optuna.Study, trial_number: int, out_dir: Path,
@@ -58,37 +99,61 @@ def export_trial(workspace: Workspace, study: optuna.Study, trial_number: int, o
     if trial.state is not optuna.trial.TrialState.COMPLETE:
         raise UserError(f"Trial {trial_number} is {trial.state.name.lower()}, not complete; it has no artifact.",
                         "pick a completed trial from `udacisense front`.")
+    if not trial.user_attrs.get("parity_ok", True):
+        parity = trial.user_attrs.get("parity", {})
+        raise UserError(f"Trial {trial_number} failed its parity check during the search (top-1 agreement "
+                        f"{parity.get('top1_agreement', float('nan')):.3f}): its artifact was not kept.",
+                        "pick another trial from `udacisense front` (a parity failure is never feasible).")
     source = Path(trial.user_attrs["artifact_path"])
     if not source.is_file() or sha256_of(source) != trial.user_attrs["artifact_sha256"]:
         raise UserError(f"The stored artifact of trial {trial_number} ({source}) is missing or was modified.",
                         "re-run the search for that configuration; never ship an artifact that fails its checksum.")
     runtime, backend = trial.user_attrs["runtime"], trial.user_attrs.get("backend")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    artifact = out_dir / f"model{ARTIFACT_SUFFIX[runtime]}"
-    with atomic_path(artifact) as tmp:
-        shutil.copyfile(source, tmp)
-    reference = out_dir / REFERENCE_NAME
-    with atomic_path(reference) as tmp:
-        shutil.copyfile(source.parent / REFERENCE_NAME, tmp)
-    parity, test_top1 = check_parity(artifact, runtime, backend, reference, workspace)
-    latency, reference_latency = runner.measure_latency(load_runner(artifact.read_bytes(), runtime, backend), runtime)  # type: ignore[arg-type]
-    latency_ratio = latency.ratio_to(reference_latency)
-    data, metrics = workspace.data, workspace.metrics
+    rule = _trial_rule(trial, runner)
+    with atomic_dir(out_dir) as folder:
+        artifact = folder / f"model{ARTIFACT_SUFFIX[runtime]}"
+        shutil.copyfile(source, artifact)
+        reference = folder / REFERENCE_NAME
+        shutil.copyfile(source.parent / REFERENCE_NAME, reference)
+        parity, test_top1 = check_parity(artifact, runtime, backend, reference, rule, workspace)
+        latency = runner.measure_latency(load_runner(artifact.read_bytes(), runtime, backend), runtime,  # type: ignore[arg-type]
+                                         runs=_retime_runs(runner))
+        card, constraints = _card(workspace, trial, artifact, reference, parity, rule, test_top1, latency, runner,
+                                  study_path)
+        write_json(folder / CARD_NAME, card)
+    artifact = out_dir / artifact.name
+    return ExportResult(artifact, out_dir / CARD_NAME, parity, latency, constraints)
+
+
+def _card(workspace: Workspace, trial: optuna.trial.FrozenTrial, artifact: Path, reference: Path, parity: ParityReport,
+          rule: ParityRule, test_top1: float, latency: TrialLatency, runner: TrialRunner,
+          study_path: str) -> tuple[dict, dict[str, float]]:
+    data, metrics, study = workspace.data, workspace.metrics, workspace.study
+    runtime, backend = trial.user_attrs["runtime"], trial.user_attrs.get("backend")
+    targets, main = study.targets, latency.reference
+    constraints = {
+        "accuracy": runner.floor - trial.values[0],
+        "size": trial.values[2] - (1 - targets.size_reduction),
+        "latency": main.ratio - (1 - targets.latency_reduction),
+        "parity": rule.shortfall(parity),
+    }
     card = {
-        "name": f"{workspace.study.name}-trial-{trial_number}",
+        "name": f"{study.name}-trial-{trial.number}",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         # Enough for `udacisense verify` from any directory: the study file (absolute, and relative to the
         # card for a moved folder) and the directory its own relative paths (runs, data) are resolved in.
         "study_file": str(Path(study_path).resolve()),
-        "study_file_from_card": os.path.relpath(Path(study_path).resolve(), out_dir.resolve()),
+        # The card is written in a sibling folder that replaces the export folder: same relative path.
+        "study_file_from_card": os.path.relpath(Path(study_path).resolve(), artifact.parent.resolve()),
         "working_directory": str(Path.cwd()),
-        "trial": trial_number,
+        "trial": trial.number,
         "artifact": artifact.name,
         "sha256": sha256_of(artifact),
         "bytes": artifact.stat().st_size,
         "format": {"executorch": "ExecuTorch program (.pte), XNNPACK delegate",
-                   "torchscript": "TorchScript (frozen), PyTorch mobile/server runtime"}[runtime],
+                   "torchscript": "TorchScript (frozen), PyTorch runtime (deprecated upstream: legacy option)"}[runtime],
         "runtime": runtime,
+        "deployment": deployment_label(runtime, backend),
         "quantization_backend": backend,
         "classes": list(data.classes),
         "input": {"shape": list(workspace.example_input.shape), "dtype": "float32", "layout": "NCHW, RGB",
@@ -96,19 +161,31 @@ def export_trial(workspace: Workspace, study: optuna.Study, trial_number: int, o
                                     "formula": "(pixel / 255 - mean) / std"}},
         "pipeline": trial.user_attrs.get("pipeline"),
         "stages": trial.user_attrs.get("stages", []),
+        "targets": {
+            "meets_targets": all(value <= 0 for value in constraints.values()),
+            "constraints": constraints,  # <= 0 meets the target
+            "accuracy_floor": runner.floor, "max_size_ratio": 1 - targets.size_reduction,
+            "max_latency_ratio": 1 - targets.latency_reduction,
+        },
         "metrics": {
             "val_top1": trial.values[0], "test_top1": test_top1,
-            "latency_ms": latency.median_ms, "latency_ratio_to_baseline": latency_ratio,
+            "latency_ms": main.candidate.median_ms, "reference_latency_ms": main.reference.median_ms,
+            "reference_runtime": main.reference.runtime,
+            "latency_ratio_to_baseline": main.ratio,
+            "latency_ratio_interval": {"p10": main.ratio_p10, "p90": main.ratio_p90, "rounds": main.rounds,
+                                       "what": "deciles of the per-round ratios"},
+            "latency_ratio_same_runtime": latency.same_runtime.ratio,
             "size_ratio_to_baseline": trial.values[2],
             "baseline": {"val_top1": metrics["accuracy"]["val"]["top1"], "test_top1": metrics["accuracy"]["test"]["top1"],
-                         "bytes": metrics["size"][runtime]["bytes"]},
-            "latency": latency.as_dict(), "baseline_latency": reference_latency.as_dict(),
+                         "bytes": metrics["size"][main.reference.runtime]["bytes"]},
+            "latency": main.candidate.as_dict(), "baseline_latency": main.reference.as_dict(),
+            "torch_threads": main.candidate.torch_threads,
+            "executorch_threads": executorch_threads(),
         },
-        "parity": {**parity.as_dict(), "min_agreement": MIN_AGREEMENT, "reference": REFERENCE_NAME,
-                   "split": "test"},
+        "parity": {**parity.as_dict(), "rule": rule.as_dict(), "reference": REFERENCE_NAME,
+                   "reference_sha256": sha256_of(reference), "split": "test"},
     }
-    card_path = write_json(out_dir / CARD_NAME, card)
-    return ExportResult(artifact, card_path, parity, latency.median_ms, latency_ratio)
+    return card, constraints
 
 
 def read_card(artifact: Path) -> dict:
@@ -137,10 +214,17 @@ def card_study(card: dict, card_dir: Path) -> tuple[Path, Path]:
 
 def verify_artifact(artifact: Path, workspace: Workspace) -> tuple[dict, ParityReport]:
     card = read_card(artifact)
-    actual = sha256_of(artifact)
-    if actual != card["sha256"]:
-        raise UserError(f"{artifact} does not match its model card: sha256 {actual[:16]}… != {card['sha256'][:16]}….",
-                        "the file was modified or corrupted; export it again and do not ship this copy.")
-    parity, _ = check_parity(artifact, card["runtime"], card.get("quantization_backend"),
-                             artifact.parent / card["parity"]["reference"], workspace)
+    checks = [(artifact, card["sha256"])]
+    reference = artifact.parent / card["parity"]["reference"]
+    if "reference_sha256" in card["parity"]:
+        checks.append((reference, card["parity"]["reference_sha256"]))
+    for path, expected in checks:
+        actual = sha256_of(path) if path.is_file() else "missing"
+        if actual != expected:
+            raise UserError(f"{path} does not match its model card: sha256 {actual[:16]}… != {expected[:16]}….",
+                            "the file was modified or corrupted; export it again and do not ship this copy.")
+    # Cards written before the rules were recorded held only the int8-level agreement.
+    rule = card["parity"].get("rule") or {"min_agreement": card["parity"].get("min_agreement", 0.95), "max_abs_diff": None}
+    parity, _ = check_parity(artifact, card["runtime"], card.get("quantization_backend"), reference,
+                             ParityRule(float(rule["min_agreement"]), rule["max_abs_diff"]), workspace)
     return card, parity

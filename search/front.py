@@ -1,4 +1,8 @@
-"""The Pareto front of a study: a table with targets met, CSV/JSON/PNG exports, and pick policies."""
+"""The Pareto front of a study: a table with targets met, CSV/JSON/PNG exports, and pick policies.
+
+Every latency and size ratio is to the float baseline in the study's reference runtime (one
+yardstick), so ratios of TorchScript and ExecuTorch trials compare directly.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import pandas as pd
 
 from udacisense.common.errors import UserError
 from udacisense.common.files import atomic_path, write_json, write_text
+from udacisense.runtime.backends import deployment_label
 from udacisense.search.study import TargetsConfig
 
 Policy = Literal["knee", "smallest", "fastest", "most-accurate"]
@@ -27,43 +32,68 @@ def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
 
 
 def pareto_trials(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
-    complete = [t for t in trials if t.state is optuna.trial.TrialState.COMPLETE and t.values]
+    """The non-dominated completed trials. An artifact failing parity computes something else than its
+    model: its numbers are no point of the trade-off, and it must not hide the points it "dominates"."""
+    complete = [t for t in trials if t.state is optuna.trial.TrialState.COMPLETE and t.values
+                and t.user_attrs.get("parity_ok", True)]
     return [t for t in complete if not any(_dominates(o.values, t.values) for o in complete if o is not t)]
+
+
+COLUMNS = ["trial", "pipeline", "runtime", "target", "deployment", "val_top1", "test_top1", "latency_ms", "reference_latency_ms",
+           "reference_runtime", "latency_ratio", "latency_ratio_p10", "latency_ratio_p90", "latency_ratio_same_runtime",
+           "size_bytes", "size_ratio", "parity_ok"]
 
 
 def trials_table(trials: Sequence[optuna.trial.FrozenTrial], targets: TargetsConfig, baseline_val: float) -> pd.DataFrame:
     rows = []
     for t in trials:
         acc, latency_ratio, size_ratio = t.values
+        attrs = t.user_attrs
         rows.append({
             "trial": t.number,
-            "pipeline": t.user_attrs.get("pipeline", ""),
-            "runtime": t.user_attrs.get("runtime", ""),
+            "pipeline": attrs.get("pipeline", ""),
+            "runtime": attrs.get("runtime", ""),
+            "target": deployment_label(attrs.get("runtime", ""), attrs.get("backend"), short=True),
+            "deployment": deployment_label(attrs.get("runtime", ""), attrs.get("backend")),
             "val_top1": acc,
-            "test_top1": t.user_attrs.get("test", {}).get("top1"),
-            "latency_ms": t.user_attrs.get("latency", {}).get("median_ms"),
+            "test_top1": attrs.get("test", {}).get("top1"),
+            "latency_ms": attrs.get("latency", {}).get("median_ms"),
+            "reference_latency_ms": attrs.get("reference_latency_ms"),
+            "reference_runtime": attrs.get("reference_runtime"),
             "latency_ratio": latency_ratio,
-            "size_bytes": t.user_attrs.get("artifact_bytes"),
+            "latency_ratio_p10": attrs.get("latency_ratio_p10"),
+            "latency_ratio_p90": attrs.get("latency_ratio_p90"),
+            "latency_ratio_same_runtime": attrs.get("latency_ratio_same_runtime"),
+            "size_bytes": attrs.get("artifact_bytes"),
             "size_ratio": size_ratio,
-            "meets_accuracy": acc >= baseline_val - targets.max_accuracy_drop,
-            "meets_latency": latency_ratio <= 1 - targets.latency_reduction,
-            "meets_size": size_ratio <= 1 - targets.size_reduction,
+            # Trials from before parity was a trial constraint were only checked at export.
+            "parity_ok": bool(attrs.get("parity_ok", True)),
         })
-    table = pd.DataFrame(rows, columns=["trial", "pipeline", "runtime", "val_top1", "test_top1", "latency_ms",
-                                        "latency_ratio", "size_bytes", "size_ratio", "meets_accuracy",
-                                        "meets_latency", "meets_size"])
-    table["meets_all"] = table["meets_accuracy"] & table["meets_latency"] & table["meets_size"]
+    table = mark_targets(pd.DataFrame(rows, columns=COLUMNS), targets, baseline_val)
     return table.sort_values("val_top1", ascending=False).reset_index(drop=True)
+
+
+def mark_targets(table: pd.DataFrame, targets: TargetsConfig, baseline_val: float) -> pd.DataFrame:
+    """``table`` with its meets_* columns (re)computed from its accuracy, ratios and parity."""
+    return table.assign(
+        meets_accuracy=table["val_top1"] >= baseline_val - targets.max_accuracy_drop,
+        meets_latency=table["latency_ratio"] <= 1 - targets.latency_reduction,
+        meets_size=table["size_ratio"] <= 1 - targets.size_reduction,
+    ).pipe(lambda t: t.assign(meets_all=t["meets_accuracy"] & t["meets_latency"] & t["meets_size"] & t["parity_ok"]))
 
 
 def pick(front: pd.DataFrame, policy: Policy) -> int:
     """The trial number a policy chooses. ``knee``: nearest the ideal point after min-max scaling,
-    among points meeting all targets when there are any; the others require meeting the targets."""
+    among points meeting all targets when there are any, else among those passing parity (say so:
+    see ``missed_targets``); the others require meeting the targets. A parity failure is never picked."""
     if front.empty:
         raise UserError("The study has no completed trials yet.", "run `udacisense search` first.")
     feasible = front[front["meets_all"]]
     if policy == "knee":
-        pool = feasible if not feasible.empty else front
+        pool = feasible if not feasible.empty else front[front["parity_ok"]]
+        if pool.empty:
+            raise UserError("Every trial on the front fails its parity check: none of their artifacts computes "
+                            "what its PyTorch model computes.", "report the pipelines as a bug, or run more trials.")
         scaled = pd.DataFrame({
             "acc": _scale(-pool["val_top1"]), "lat": _scale(pool["latency_ratio"]), "size": _scale(pool["size_ratio"]),
         })
@@ -76,6 +106,27 @@ def pick(front: pd.DataFrame, policy: Policy) -> int:
     return int(feasible.sort_values(column, ascending=ascending).iloc[0]["trial"])
 
 
+def missed_targets(front: pd.DataFrame, chosen: int, targets: TargetsConfig, baseline_val: float) -> str | None:
+    """One paragraph saying that no front point meets every target and how the chosen one misses; None if it meets them."""
+    row = front[front["trial"] == chosen].iloc[0]
+    if bool(row["meets_all"]):
+        return None
+    reference = row["reference_runtime"] or "the reference runtime"
+    misses = [text for ok, text in (
+        (row["meets_accuracy"], f"val top-1 {row['val_top1']:.3f} < floor {baseline_val - targets.max_accuracy_drop:.3f}"),
+        (row["meets_latency"], f"latency x{row['latency_ratio']:.2f} > x{1 - targets.latency_reduction:.2f} "
+                               f"of the float baseline in {reference}"),
+        (row["meets_size"], f"size x{row['size_ratio']:.2f} > x{1 - targets.size_reduction:.2f}"),
+        (row["parity_ok"], "its artifact fails the parity check"),
+    ) if not ok]
+    feasible = int(front["meets_all"].sum())
+    lead = ("No point on the Pareto front meets all targets." if feasible == 0
+            else f"Trial {chosen} does not meet all targets (trials meeting them: {feasible}).")
+    return (f"{lead} Trial {chosen} was chosen as the closest compromise and misses: {'; '.join(misses)}. "
+            "Its model card records meets_targets = false. Do not ship it as meeting the brief: run more trials, "
+            "widen [space], or relax [targets] with the app team.")
+
+
 def _scale(values: pd.Series) -> pd.Series:
     span = values.max() - values.min()
     return (values - values.min()) / span if span > 0 else values * 0.0
@@ -85,13 +136,22 @@ def plot_front(all_trials: pd.DataFrame, front: pd.DataFrame, targets: TargetsCo
                path: Path) -> Path:
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     floor = baseline_val - targets.max_accuracy_drop
+    reference = next((r for r in front["reference_runtime"] if r), "reference runtime")
     for axis, column, limit, label in (
-        (axes[0], "latency_ratio", 1 - targets.latency_reduction, "latency / baseline (same runtime)"),
-        (axes[1], "size_ratio", 1 - targets.size_reduction, "artifact size / baseline"),
+        (axes[0], "latency_ratio", 1 - targets.latency_reduction, f"latency / float baseline in {reference}"),
+        (axes[1], "size_ratio", 1 - targets.size_reduction, f"artifact size / float baseline in {reference}"),
     ):
         axis.scatter(all_trials[column], all_trials["val_top1"], s=18, c="#bbbbbb", label="completed trials")
-        axis.scatter(front[column], front["val_top1"], s=40, c=front["meets_all"].map({True: "#1a9850", False: "#d73027"}),
-                     edgecolors="black", linewidths=0.5, label="Pareto front (green: meets all targets)")
+        for runtime, marker, name in (("executorch", "o", ".pte"), ("torchscript", "s", "TorchScript")):
+            points = front[front["runtime"] == runtime]
+            if points.empty:
+                continue
+            axis.scatter(points[column], points["val_top1"], s=44, marker=marker,
+                         c=points["meets_all"].map({True: "#1a9850", False: "#d73027"}), edgecolors="black",
+                         linewidths=0.5, label=f"front, {name} (green: meets all targets)")
+        for _, row in front.iterrows():
+            axis.annotate(f"#{row['trial']}", (row[column], row["val_top1"]), xytext=(4, 3),
+                          textcoords="offset points", fontsize=7)
         axis.axvline(limit, color="#4575b4", linestyle="--", linewidth=1, label="target")
         axis.axhline(floor, color="#4575b4", linestyle=":", linewidth=1, label="accuracy floor")
         axis.scatter([1.0], [baseline_val], marker="*", s=140, c="#fdae61", edgecolors="black", label="baseline")

@@ -20,10 +20,10 @@ from udacisense.compression.stage import CompressedModel, ModelForm, StageConfig
 from udacisense.evaluators.accuracy import AccuracyReport, accuracy_from_logits, evaluate_accuracy, predict_logits
 from udacisense.evaluators.exclusive import TIMING_LOCK, exclusive
 from udacisense.evaluators.flops import count_flops
-from udacisense.evaluators.latency import LatencyReport, compare_latency
-from udacisense.evaluators.parity import ParityReport, compare_logits
+from udacisense.evaluators.latency import LatencyComparison, compare_latencies
+from udacisense.evaluators.parity import ParityReport, ParityRule, compare_logits, parity_rule
 from udacisense.evaluators.size import SizeReport, parameter_counts, size_report, state_dict_bytes
-from udacisense.runtime import Runner, load_runner, quantized_engine
+from udacisense.runtime import Runner, deployment_label, executorch_threads, load_runner, quantized_engine
 from udacisense.search.budget import DUPLICATE, OVER_BUDGET, REJECTED, duplicate_of, is_surplus
 from udacisense.search.early_stopping import AccuracyMonitor, stop_rule_for
 from udacisense.search.feasibility import Footprint, footprint, infeasibility
@@ -44,16 +44,24 @@ class Candidate:
     test: AccuracyReport
     reference_logits: torch.Tensor  # the PyTorch model's test logits, for parity checks after export
     parity: ParityReport
-    latency: LatencyReport
-    reference_latency: LatencyReport  # the baseline in the same runtime, timed alongside
-    latency_ratio: float
+    parity_rule: ParityRule
+    latency: LatencyComparison  # against the float baseline in the study's reference runtime
+    same_runtime_latency: LatencyComparison  # against the float baseline in the candidate's runtime (information)
     size: SizeReport
-    size_ratio: float
+    size_ratio: float  # to the float baseline in the reference runtime
+    size_ratio_same_runtime: float
+
+    @property
+    def latency_ratio(self) -> float:
+        return self.latency.ratio
 
 
-def trial_constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
-    """Optuna constraint values (<= 0 is feasible): accuracy floor, size target, latency target."""
-    return list(trial.user_attrs.get("constraints", [1.0, 1.0, 1.0]))
+@dataclass(frozen=True)
+class TrialLatency:
+    """A candidate timed in the same rounds as the float baseline in the reference runtime and in its own."""
+
+    reference: LatencyComparison
+    same_runtime: LatencyComparison
 
 
 def pruned(trial: optuna.Trial, stage: str, reason: str, message: str) -> optuna.TrialPruned:
@@ -90,17 +98,27 @@ class TrialRunner:
             self._reference[runtime] = model_runner(lowered)
         return self._reference[runtime]
 
-    def measure_latency(self, run: Runner, runtime: str) -> tuple[LatencyReport, LatencyReport]:
-        """(candidate, baseline) latency in ``runtime``, timed in alternating rounds in this process."""
-        study, reference = self.workspace.study, self.reference_runner(runtime)
+    def measure_latency(self, run: Runner, runtime: str, runs: int | None = None) -> TrialLatency:
+        """The candidate against the float baseline in the reference runtime (the one yardstick) and in
+        ``runtime`` (information only), timed in alternating rounds in this process."""
+        study = self.workspace.study
+        reference_runtime = study.evaluation.reference_runtime
+        references = {"reference": (self.reference_runner(reference_runtime), reference_runtime)}
+        if runtime != reference_runtime:
+            references["same_runtime"] = (self.reference_runner(runtime), runtime)
         with exclusive(study.run_dir / TIMING_LOCK):  # never while another worker of the study times
-            return compare_latency(run, reference, self.workspace.example_input,
-                                   candidate_runtime=runtime, reference_runtime=runtime,
-                                   warmup=study.evaluation.latency_warmup, runs=study.search.latency_runs,
-                                   threads=study.evaluation.threads)
+            timed = compare_latencies(run, references, self.workspace.example_input, candidate_runtime=runtime,
+                                      warmup=study.evaluation.latency_warmup, runs=runs or study.search.latency_runs,
+                                      threads=study.evaluation.threads)
+        return TrialLatency(timed["reference"], timed.get("same_runtime", timed["reference"]))
 
     def baseline_size(self, runtime: str) -> int:
         return int(self.workspace.metrics["size"][runtime]["bytes"])
+
+    def parity_rule(self, quantized: bool) -> ParityRule:
+        evaluation = self.workspace.study.evaluation
+        return parity_rule(quantized, float_logit_tolerance=evaluation.float_logit_tolerance,
+                           int8_min_agreement=evaluation.int8_min_agreement)
 
     def _stage_meter(self, model: CompressedModel, stage: StageConfig) -> dict[str, object]:
         data = self.workspace.data
@@ -187,6 +205,7 @@ class TrialRunner:
         targets = self.workspace.study.targets
         reason = infeasibility(candidate, self._baseline_footprint, 1 - targets.size_reduction, 1 - targets.latency_reduction)
         if reason:
+            trial.set_user_attr("early_stopped", "before-training")
             raise pruned(trial, "before-training", f"stopped before training: {reason}", reason)
 
     def evaluate(self, model: CompressedModel, runtime: str) -> Candidate:
@@ -203,35 +222,63 @@ class TrialRunner:
         with self.phases.phase("parity"), quantized_engine(model.backend):
             reference_logits, _ = predict_logits(model.module, data.loader("test"))
         with self.phases.phase("latency"):
-            latency, reference_latency = self.measure_latency(run, runtime)
+            latency = self.measure_latency(run, runtime)
+        reference_runtime = self.workspace.study.evaluation.reference_runtime
         return Candidate(
             runtime=runtime, artifact=lowered.artifact, val=val,
             test=accuracy_from_logits(test_logits, test_labels, len(data.classes)),
             reference_logits=reference_logits, parity=compare_logits(reference_logits, test_logits),
-            latency=latency, reference_latency=reference_latency, latency_ratio=latency.ratio_to(reference_latency),
+            parity_rule=self.parity_rule(model.form is ModelForm.QUANTIZED),
+            latency=latency.reference, same_runtime_latency=latency.same_runtime,
             size=size_report(lowered.artifact, runtime),
-            size_ratio=len(lowered.artifact) / self.baseline_size(runtime),
+            size_ratio=len(lowered.artifact) / self.baseline_size(reference_runtime),
+            size_ratio_same_runtime=len(lowered.artifact) / self.baseline_size(runtime),
         )
 
     def _measure(self, trial: optuna.Trial, model: CompressedModel, runtime: str, started: float) -> tuple[float, float, float]:
         study = self.workspace.study
         candidate = self.evaluate(model, runtime)
-        artifact_dir = study.run_dir / "trials" / f"{trial.number:05d}"
-        save_torch(artifact_dir / "reference_logits.pt", candidate.reference_logits)
-        path = write_bytes(artifact_dir / f"model{ARTIFACT_SUFFIX[runtime]}", candidate.artifact)
         targets = study.targets
-        constraints = [self.floor - candidate.val.top1, candidate.size_ratio - (1 - targets.size_reduction),
-                       candidate.latency_ratio - (1 - targets.latency_reduction)]
+        constraints = {
+            "accuracy": self.floor - candidate.val.top1,
+            "size": candidate.size_ratio - (1 - targets.size_reduction),
+            "latency": candidate.latency_ratio - (1 - targets.latency_reduction),
+            "parity": candidate.parity_rule.shortfall(candidate.parity),
+        }
+        for key, value in constraints.items():
+            trial.set_constraint(key, value)
+        latency = candidate.latency
         attrs = {
-            "val": candidate.val.as_dict(), "test": candidate.test.as_dict(), "latency": candidate.latency.as_dict(),
-            "parity": candidate.parity.as_dict(), "reference_latency": candidate.reference_latency.as_dict(),
+            "val": candidate.val.as_dict(), "test": candidate.test.as_dict(),
+            "latency": latency.candidate.as_dict(), "reference_latency": latency.reference.as_dict(),
+            "latency_ms": latency.candidate.median_ms, "reference_latency_ms": latency.reference.median_ms,
+            "reference_runtime": latency.reference.runtime,
+            "latency_ratio_p10": latency.ratio_p10, "latency_ratio_p90": latency.ratio_p90,
+            "latency_ratio_same_runtime": candidate.same_runtime_latency.ratio,
+            "same_runtime_latency": candidate.same_runtime_latency.reference.as_dict(),
+            "torch_threads": latency.candidate.torch_threads,
+            "executorch_threads": executorch_threads(),  # the pool every program of this process runs on
+            "size_ratio_same_runtime": candidate.size_ratio_same_runtime,
+            "deployment": deployment_label(runtime, model.backend),
+            "parity": candidate.parity.as_dict(), "parity_rule": candidate.parity_rule.as_dict(),
+            "parity_ok": candidate.parity_rule.passes(candidate.parity),
             "artifact_bytes": candidate.size.bytes, "artifact_gzip_bytes": candidate.size.gzip_bytes,
-            "artifact_path": str(path), "artifact_sha256": sha256_of(path), "constraints": constraints,
-            "meets_targets": all(c <= 0 for c in constraints), "seconds": time.perf_counter() - started,
+            "constraints": constraints, "meets_targets": all(c <= 0 for c in constraints.values()),
         }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
+        if attrs["parity_ok"]:
+            self._store_artifact(trial, candidate)
+        trial.set_user_attr("seconds", time.perf_counter() - started)
+        return candidate.val.top1, candidate.latency_ratio, candidate.size_ratio
+
+    def _store_artifact(self, trial: optuna.Trial, candidate: Candidate) -> None:
+        """Keep the artifact (and the logits export checks it against); only parity-checked ones are kept."""
+        artifact_dir = self.workspace.study.run_dir / "trials" / f"{trial.number:05d}"
+        save_torch(artifact_dir / "reference_logits.pt", candidate.reference_logits)
+        path = write_bytes(artifact_dir / f"model{ARTIFACT_SUFFIX[candidate.runtime]}", candidate.artifact)
+        trial.set_user_attr("artifact_path", str(path))
+        trial.set_user_attr("artifact_sha256", sha256_of(path))
         artifact_id = optuna.artifacts.upload_artifact(artifact_store=self.artifact_store, file_path=str(path),
                                                       study_or_trial=trial)
         trial.set_user_attr("artifact_id", artifact_id)
-        return candidate.val.top1, candidate.latency_ratio, candidate.size_ratio

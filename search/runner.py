@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from udacisense.common.errors import UserError, trial_problem
 from udacisense.common.logs import quiet_libraries
 from udacisense.search.budget import UNSPENT, budget_left, is_wasted_sample
-from udacisense.search.objective import TrialRunner, trial_constraints
+from udacisense.search.objective import TrialRunner
 from udacisense.search.storage import artifact_store, open_study
 from udacisense.search.study import SearchConfig, StudyConfig, load_study
 from udacisense.search.workspace import open_workspace
@@ -27,15 +27,14 @@ TrialState = optuna.trial.TrialState
 
 
 def make_sampler(search: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
+    # Trials set their constraints themselves (``trial.set_constraint``); these samplers read them
+    # from every finished trial (``FrozenTrial.constraints``) for constrained dominance.
     if search.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=search.population_size, seed=seed,
-                                             constraints_func=trial_constraints)
+        return optuna.samplers.NSGAIISampler(population_size=search.population_size, seed=seed)
     if search.sampler == "nsga3":
-        return optuna.samplers.NSGAIIISampler(population_size=search.population_size, seed=seed,
-                                              constraints_func=trial_constraints)
+        return optuna.samplers.NSGAIIISampler(population_size=search.population_size, seed=seed)
     if search.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constraints_func=trial_constraints,
-                                          n_startup_trials=min(10, search.n_trials))
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, search.n_trials))
     return optuna.samplers.RandomSampler(seed=seed)
 
 
@@ -170,7 +169,10 @@ def describe_trial(trial: optuna.trial.FrozenTrial) -> str:
     pipeline = trial.user_attrs.get("pipeline", "?")
     if trial.state is TrialState.COMPLETE and trial.values:
         acc, lat, size = trial.values
-        return f"#{trial.number} {pipeline}: acc {acc:.3f} latency x{lat:.2f} size x{size:.2f}"
+        attrs = trial.user_attrs
+        parity = "" if attrs.get("parity_ok", True) else " FAILS PARITY (infeasible, artifact not kept)"
+        return (f"#{trial.number} {pipeline}: acc {acc:.3f} latency {attrs.get('latency_ms', float('nan')):.3f} ms "
+                f"x{lat:.2f} of the float {attrs.get('reference_runtime', 'baseline')} size x{size:.2f}{parity}")
     reason = trial.user_attrs.get("pruned_reason") or trial.user_attrs.get("error") or ""
     return f"#{trial.number} {trial.state.name.lower()} {pipeline}: {reason}"
 

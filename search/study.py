@@ -26,11 +26,24 @@ class EvaluationConfig:
     threads: int = bounded(1, min=1, max=256)
     runtimes: tuple[Runtime, ...] = ("eager", "torchscript", "executorch")
     float_runtime: Runtime = "executorch"
+    # The deployment runtime: the float baseline lowered to it is the denominator of every latency
+    # and size ratio, whatever runtime a candidate ships in, so all trials share one yardstick.
+    reference_runtime: Literal["executorch", "torchscript"] = "executorch"
+    # A float artifact must compute what its PyTorch model computes: same top-1 on every test image,
+    # logits within this absolute tolerance. Int8 artifacts must agree on this share of test images.
+    float_logit_tolerance: float = bounded(1e-3, min=0.0, max=100.0, doc="max |logit difference|, float artifacts")
+    int8_min_agreement: float = bounded(0.95, min=0.0, max=1.0, doc="top-1 agreement required of int8 artifacts")
+
+    def __post_init__(self) -> None:
+        if self.reference_runtime not in self.runtimes:
+            raise UserError(f"`evaluation.reference_runtime` is {self.reference_runtime!r}, which "
+                            f"`evaluation.runtimes` ({list(self.runtimes)}) does not measure.",
+                            f"add {self.reference_runtime!r} to `evaluation.runtimes`.")
 
 
 @dataclass(frozen=True)
 class TargetsConfig:
-    """What the app team asked for, relative to the baseline in the same runtime (``[targets]``)."""
+    """What the app team asked for, relative to the float baseline in `evaluation.reference_runtime` (``[targets]``)."""
 
     size_reduction: float = bounded(0.30, min=0.0, max=0.99)
     latency_reduction: float = bounded(0.40, min=0.0, max=0.99)
@@ -50,6 +63,8 @@ class SearchConfig:
     patience_margin: float = bounded(0.2, min=0.0, max=1.0)
     default_pick: Literal["knee", "smallest", "fastest", "most-accurate"] = "knee"
     latency_runs: int = bounded(60, min=3, max=10000, doc="runs per trial latency measurement")
+    # Before a pick, the front's candidates are timed again with this many times latency_runs.
+    retime_factor: int = bounded(5, min=1, max=1000, doc="re-timing runs before a pick, as a multiple of latency_runs")
     # A worker that misses heartbeats for 4x this long is presumed dead; its trial is failed and retried.
     heartbeat_seconds: int = bounded(30, min=1, max=3600)
 

@@ -50,7 +50,8 @@ class SpaceConfig:
 
     @property
     def dynamic_backends(self) -> tuple[QuantBackend, ...]:
-        return tuple(b for b in self.quant_backends if b != "xnnpack")
+        # Every backend has a dynamic flavour: xnnpack through PT2E (a .pte), the others through FX.
+        return self.quant_backends
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -69,10 +70,6 @@ class SpaceConfig:
                                     f"write it as [low, high] with low <= high, e.g. {list(getattr(SpaceConfig, field.name))}.")
             elif isinstance(value, tuple) and field.name not in ("required",) and not value:
                 raise UserError(f"`space.{field.name}` is empty.", "give at least one choice.")
-        if "dynamic" in self.quant_types and not self.dynamic_backends:
-            raise UserError("`space.quant_types` offers \"dynamic\", but dynamic quantization has no xnnpack flavour "
-                            "and `space.quant_backends` offers only xnnpack.",
-                            "add \"x86\" or \"qnnpack\" to `space.quant_backends`, or drop \"dynamic\".")
         if self.prune_amount[0] < 0.0 or self.prune_amount[1] > 0.95:
             raise UserError("`space.prune_amount` must lie within [0, 0.95].", "narrow the range.")
         if self.channel_ratio[0] < 0.0 or self.channel_ratio[1] > 0.9:

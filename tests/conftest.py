@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from udacisense.datasources.config import DataConfig
+from udacisense.runtime import request_executorch_threads
 from udacisense.datasources.loaders import DataBundle, Split, channel_stats, stratified_split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,8 +23,10 @@ def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "udacisense.search.cli", *args]
 
 
-# One thread: the machines are shared and small; more threads mostly add contention.
+# One thread: the machines are shared and small; more threads mostly add contention. The XNNPACK
+# pool must be sized before the first ExecuTorch program of the session loads.
 torch.set_num_threads(1)
+request_executorch_threads(1)
 
 
 def make_pattern_images(per_class: int, classes: int, size: int, seed: int, noise_seed: int) -> Split:

@@ -69,12 +69,13 @@ def test_latency_statistics_threads_and_alternating_comparison() -> None:
     threads_before = torch.get_num_threads()
     report = measure_latency(lambda t: time.sleep(0.004), x, runtime="eager", warmup=1, runs=9, threads=1)
     assert report.median_ms >= 4.0 and report.p10_ms <= report.median_ms <= report.p90_ms
-    assert report.runs == 9 and report.threads == 1 and report.as_dict()["unit"] == "milliseconds"
-    candidate, reference = compare_latency(lambda t: time.sleep(0.004), lambda t: time.sleep(0.001), x,
-                                           candidate_runtime="executorch", reference_runtime="executorch",
-                                           warmup=1, runs=10, rounds=5)
-    assert candidate.runs == reference.runs == 10
+    assert report.runs == 9 and report.torch_threads == 1 and report.as_dict()["unit"] == "milliseconds"
+    timed = compare_latency(lambda t: time.sleep(0.004), lambda t: time.sleep(0.001), x,
+                            candidate_runtime="eager", reference_runtime="eager", warmup=1, runs=10, rounds=5)
+    candidate, reference = timed.candidate, timed.reference
+    assert candidate.runs == reference.runs == 10 and timed.rounds == 5
     assert candidate.median_ms >= 4.0 and reference.median_ms >= 1.0
+    assert 1.5 < timed.ratio_p10 <= timed.ratio_p90  # every round saw the candidate slower
     assert torch.get_num_threads() == threads_before  # restored after timing single-threaded
 
 

@@ -143,9 +143,9 @@ def test_configs_reject_bad_values():
     with pytest.raises(UserError, match="backend"):
         StaticQuantConfig(backend="arm")  # type: ignore[arg-type]
     with pytest.raises(UserError, match="backend"):
-        DynamicQuantConfig(backend="xnnpack")  # type: ignore[arg-type]
-    with pytest.raises(UserError, match="calibration_batches"):
-        StaticQuantConfig(calibration_batches=0)
+        DynamicQuantConfig(backend="arm")  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="calibration_samples"):
+        StaticQuantConfig(calibration_samples=0)
     with pytest.raises(UserError, match="start_epoch"):
         QATConfig(start_epoch=3, finetune=TrainConfig(epochs=3))
     assert StaticQuantConfig(backend="qnnpack", float_prefix_blocks=2).describe() == "ptq(qnnpack, float_prefix=2)"
@@ -184,6 +184,36 @@ def test_dynamic_quantizes_only_linear_layers(float_model, context, tiny_bundle,
     report = parity(model_runner(float_model), model_runner(lowered), tiny_bundle.loader("test"))
     assert report.top1_agreement >= 0.95 and report.max_abs_diff < 0.2, report
     assert len(lowered.artifact) < float_torchscript_bytes  # only the classifier (a third of the weights) shrinks
+
+
+def test_xnnpack_dynamic_ships_an_int8_pte_that_agrees_with_float(float_model, context, tiny_bundle):
+    from udacisense.compression.graph import ExecuTorchConfig
+
+    quantized = apply_stage(float_model, DynamicQuantConfig(backend="xnnpack"), context)
+    assert (quantized.form, quantized.backend, quantized.runtime) == (ModelForm.QUANTIZED, "xnnpack", "executorch")
+    lowered = apply_stage(quantized, ExecuTorchConfig(), context)
+    float_pte = apply_stage(float_model, ExecuTorchConfig(), context)
+    assert len(lowered.artifact) < 0.9 * len(float_pte.artifact)  # int8 classifier weights inside the .pte
+    report = parity(model_runner(float_model), model_runner(lowered), tiny_bundle.loader("test"))
+    assert report.top1_agreement >= 0.95, report
+    # The program runs what the eager PT2E graph simulates.
+    assert parity(model_runner(quantized), model_runner(lowered), tiny_bundle.loader("test")).top1_agreement == 1.0
+
+
+def test_calibration_sees_every_class_of_a_class_sorted_split(context, tiny_bundle):
+    from udacisense.compression.quantization import _calibration_batches
+    from udacisense.datasources.loaders import stratified_sample
+
+    labels = tiny_bundle.train.labels
+    assert labels[:16].unique().numel() == 1  # the split is sorted by class: its first batch is one class
+    sample = stratified_sample(tiny_bundle.train, 8, seed=0)
+    assert sorted(sample.labels.tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert sample.labels.tolist() != sorted(sample.labels.tolist())  # shuffled, not in class blocks
+    assert torch.equal(stratified_sample(tiny_bundle.train, 8, seed=0).images, sample.images)  # seeded
+    batches = _calibration_batches(context, 40)
+    assert [b.shape[0] for b in batches] == [32, 8]  # the evaluation batch size of the tiny bundle
+    expected = tiny_bundle.loader("train").normalise(stratified_sample(tiny_bundle.train, 40, 0).images)
+    assert torch.equal(torch.cat(batches), expected)
 
 
 # --- quantization-aware training -----------------------------------------------------------------

@@ -18,7 +18,7 @@ from udacisense.compression.stage import StageContext
 from udacisense.models.config import ModelConfig
 from udacisense.models.mobilenet import build_model
 from udacisense.search.budget import budget_left, is_surplus
-from udacisense.search.early_stopping import StopRule
+from udacisense.search.early_stopping import AccuracyMonitor, StopRule
 from udacisense.search.feasibility import footprint, infeasibility
 from udacisense.search.front import pareto_trials, pick, trials_table
 from udacisense.search.phases import PhaseClock
@@ -79,24 +79,42 @@ def test_every_sampled_pipeline_passes_the_order_check(name: str, space: SpaceCo
         assert len(seen) > 1  # the order and the stage set are really searched
 
 
-def test_dynamic_quantization_never_samples_xnnpack_and_a_space_without_its_backends_is_refused() -> None:
+def test_dynamic_quantization_samples_every_backend_including_pt2e_xnnpack() -> None:
     space = SpaceConfig(stages=("quantize",), quant_types=("dynamic",), quant_backends=("xnnpack", "qnnpack"))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     backends = {sample_pipeline(study.ask(), space).stages[0].backend for _ in range(20)}
-    assert backends == {"qnnpack"}
-    with pytest.raises(UserError, match="dynamic"):
-        SpaceConfig(quant_types=("dynamic", "static"), quant_backends=("xnnpack",))
+    assert backends == {"xnnpack", "qnnpack"}
 
 
-def test_stop_rule_spares_the_first_cut_and_trusts_recovered_history() -> None:
+def test_stop_rule_needs_history_at_the_same_stage_and_epoch() -> None:
     rule = StopRule(floor=0.6, margin=0.2, chance=0.1)
-    assert not rule.should_stop(0, 0.2)  # right after the cut: only a collapse counts
-    assert rule.should_stop(0, 0.12)
-    assert rule.should_stop(2, 0.3)
-    assert not rule.should_stop(2, 0.45)
-    recovered = StopRule(floor=0.6, margin=0.2, chance=0.1, recovered=(((0, 0.3), (1, 0.31), (2, 0.32), (3, 0.65)),))
-    assert not recovered.should_stop(2, 0.31)  # a completed trial was this low here and still made the floor
-    assert recovered.should_stop(2, 0.2)
+    # Without history nothing is stopped, however low: a lack of evidence is no evidence.
+    assert not rule.should_stop((0, 0), 0.12, first_of_stage=True)
+    assert not rule.should_stop((1, 2), 0.05)
+    recovered = StopRule(floor=0.6, margin=0.2, chance=0.1,
+                         recovered=((((0, 0), 0.3), ((0, 1), 0.31), ((0, None), 0.32), ((1, 0), 0.65)),))
+    assert not recovered.should_stop((0, 1), 0.31)  # a completed trial was this low here and still made the floor
+    assert recovered.should_stop((0, 1), 0.2)
+    assert not recovered.should_stop((0, 1), 0.45)  # within the margin of the floor
+    assert not recovered.should_stop((0, 0), 0.2, first_of_stage=True)  # right after a cut: only a collapse counts
+    assert recovered.should_stop((0, 0), 0.12, first_of_stage=True)
+    # Epoch 1 of stage 1 is not epoch 1 of stage 0: no history there, no stop.
+    assert not recovered.should_stop((1, 1), 0.05)
+
+
+def test_monitor_records_stage_and_epoch_and_marks_rule_stops() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    history = StopRule(floor=0.6, margin=0.2, chance=0.1, recovered=((((1, 1), 0.5),),))
+    trial = study.ask()
+    monitor = AccuracyMonitor(trial, history)
+    monitor.on_epoch_end(0, 0.3)  # stage 0, epoch 0 (no history there: kept)
+    monitor.observe(0.3, "stage 0 done")
+    monitor.on_epoch_end(0, 0.4)  # stage 1, epoch 0: right after its cut, and no history there
+    with pytest.raises(optuna.TrialPruned):
+        monitor.on_epoch_end(1, 0.2)  # stage 1, epoch 1: every recovered trial was at 0.5 here
+    frozen = study.trials[trial.number]
+    assert frozen.user_attrs["curve"] == [[0, 0, 0.3], [0, None, 0.3], [1, 0, 0.4], [1, 1, 0.2]]
+    assert frozen.user_attrs["early_stopped"] == "during-training"
 
 
 def _trial(study: optuna.Study, state: TrialState, values=None, **attrs) -> None:
@@ -158,8 +176,9 @@ def test_front_dominance_and_pick_policies() -> None:
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     for values in ([0.90, 0.50, 0.30], [0.80, 0.30, 0.20], [0.70, 0.70, 0.70], [0.95, 0.90, 0.90], [0.85, 0.55, 0.25]):
         _trial(study, TrialState.COMPLETE, values, pipeline="p")
+    _trial(study, TrialState.COMPLETE, [0.99, 0.1, 0.1], pipeline="p", parity_ok=False)  # 5: a broken artifact
     front = pareto_trials(study.trials)
-    assert sorted(t.number for t in front) == [0, 1, 3, 4]  # trial 2 is dominated by trial 1
+    assert sorted(t.number for t in front) == [0, 1, 3, 4]  # trial 2 is dominated by trial 1; 5 counts for nothing
     table = trials_table(front, TargetsConfig(), baseline_val=0.9)
     assert list(table["meets_all"]) == [False, True, True, False]  # sorted by accuracy: 3, 0, 4, 1
     assert pick(table, "most-accurate") == 0 and pick(table, "fastest") == 0 and pick(table, "smallest") == 4
