@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(rows[-1], flush=True)
     out = base.run_dir / "worker_benchmark.csv"
     write_text(out, pd.DataFrame(rows).to_csv(index=False))
-    print(f"\n| workers | minutes | finished (complete+pruned) | trials/min | complete/min | failed | left running |")
+    print("\n| workers | minutes | finished (complete+pruned) | trials/min | complete/min | failed | left running |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['workers']} | {row['minutes']} | {row['trials_finished']} ({row['complete']}+{row['pruned']}) "

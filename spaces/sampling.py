@@ -68,7 +68,7 @@ def _quantize(trial: optuna.Trial, space: SpaceConfig, finetune: TrainConfig | N
     if quant_type == "none":
         return None
     if quant_type == "dynamic":
-        # Its own parameter: dynamic quantization has no xnnpack flavour, so it never samples one.
+        # Its own parameter, so the backends offered for dynamic int8 can differ from the static ones.
         backend = trial.suggest_categorical("dynamic_backend", list(space.dynamic_backends))
         return DynamicQuantConfig(backend=backend)
     backend = trial.suggest_categorical("quant_backend", list(space.quant_backends))
@@ -98,6 +98,7 @@ def _stage(family: StageFamily, trial: optuna.Trial, space: SpaceConfig, finetun
     if family == "channels":
         return StructuredPruningConfig(
             ratio=trial.suggest_float("channel_ratio", *space.channel_ratio),
+            head_ratio=trial.suggest_float("channel_head_ratio", *space.channel_head_ratio),
             importance=trial.suggest_categorical("channel_importance", list(space.channel_importance)),
             finetune=finetune,
         )

@@ -18,7 +18,7 @@ QuantBackend = Literal["x86", "fbgemm", "qnnpack", "xnnpack"]
 
 # Fields that hold a [low, high] range; every other tuple field is a list of choices.
 _RANGES = frozenset({
-    "prune_amount", "channel_ratio", "distill_alpha", "distill_temperature", "finetune_epochs", "finetune_lr",
+    "prune_amount", "channel_ratio", "channel_head_ratio", "distill_alpha", "distill_temperature", "finetune_epochs", "finetune_lr",
     "qat_start_epoch", "bn_freeze_epoch", "float_prefix_blocks",
 })
 
@@ -35,6 +35,8 @@ class SpaceConfig:
     prune_scopes: tuple[Literal["layer", "global"], ...] = ("global", "layer")
     gradual_schedules: tuple[Literal["linear", "cubic", "exponential"], ...] = ("linear", "cubic", "exponential")
     channel_ratio: tuple[float, ...] = (0.1, 0.6)
+    # The classifier's hidden layer (39% of the weights at 32x32) is pruned at its own ratio.
+    channel_head_ratio: tuple[float, ...] = (0.0, 0.8)
     channel_importance: tuple[Literal["l1", "l2"], ...] = ("l1", "l2")
     distill_alpha: tuple[float, ...] = (0.3, 0.9)
     distill_temperature: tuple[float, ...] = (2.0, 8.0)
@@ -72,8 +74,10 @@ class SpaceConfig:
                 raise UserError(f"`space.{field.name}` is empty.", "give at least one choice.")
         if self.prune_amount[0] < 0.0 or self.prune_amount[1] > 0.95:
             raise UserError("`space.prune_amount` must lie within [0, 0.95].", "narrow the range.")
-        if self.channel_ratio[0] < 0.0 or self.channel_ratio[1] > 0.9:
-            raise UserError("`space.channel_ratio` must lie within [0, 0.9].", "narrow the range.")
+        for name in ("channel_ratio", "channel_head_ratio"):
+            low, high = getattr(self, name)
+            if low < 0.0 or high > 0.9:
+                raise UserError(f"`space.{name}` must lie within [0, 0.9].", "narrow the range.")
         if self.distill_alpha[0] < 0.0 or self.distill_alpha[1] > 1.0:
             raise UserError("`space.distill_alpha` must lie within [0, 1].", "narrow the range.")
         if self.distill_temperature[0] <= 0.0:
