@@ -22,8 +22,8 @@ from udacisense.common.logs import quiet_libraries
 from udacisense.search.budget import counted_trials, is_rejected
 from udacisense.search.cli import main as cli_main
 from udacisense.search.hypervolume import hypervolume
+from udacisense.search.records import Attr, StopReason, stop_reason
 from udacisense.search.report.facts import early_stopping_savings, state_counts
-from udacisense.search.early_stopping import STOPPED_DURING_TRAINING
 from udacisense.search.runner import run_search
 from udacisense.search.storage import open_study
 from udacisense.search.study import load_study
@@ -48,7 +48,7 @@ def summarise(study_path: str, overrides: dict) -> dict:
     return {
         "study": config.name, "sampler": config.search.sampler, "trials": state_counts(trials),
         "rejected_orders": sum(1 for t in trials if is_rejected(t)),
-        "meets_all_targets": sum(1 for t in complete if t.user_attrs.get("meets_targets")),
+        "meets_all_targets": sum(1 for t in complete if t.user_attrs.get(Attr.MEETS_TARGETS)),
         "hypervolume": hypervolume([t.values for t in complete]) if complete else 0.0,
         "early_stopping": early_stopping_savings(trials),
         "finished_in_budget": len(finished), "all_trials": trials,
@@ -63,7 +63,7 @@ def false_stop_rate(study_path: str, overrides: dict, sample: int, n_jobs: int) 
     reaches the floor was a false stop."""
     config = load_study(study_path, overrides)
     stopped = [t for t in open_study(config, create=False).get_trials()
-               if t.user_attrs.get("early_stopped") == STOPPED_DURING_TRAINING][:sample]
+               if stop_reason(t) is StopReason.DURING_TRAINING][:sample]
     if not stopped:
         return {"sample": 0, "false_stops": 0, "trials": []}
     rerun = {**overrides, "name": f"{config.name}-false-stops", "search.early_stopping": False,
@@ -79,7 +79,7 @@ def false_stop_rate(study_path: str, overrides: dict, sample: int, n_jobs: int) 
     finished = [t for t in open_study(rerun_config, create=False).get_trials() if t.state is optuna.trial.TrialState.COMPLETE]
     reached = [t for t in finished if t.values[0] >= floor]
     return {"sample": len(finished), "false_stops": len(reached), "floor": floor,
-            "trials": [(t.user_attrs.get("stopped_trial"), round(t.values[0], 4)) for t in finished]}
+            "trials": [(t.user_attrs.get(Attr.STOPPED_TRIAL), round(t.values[0], 4)) for t in finished]}
 
 
 def run(study_path: str, overrides: dict, n_jobs: int, summary_only: bool) -> dict:

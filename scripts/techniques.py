@@ -24,11 +24,11 @@ from udacisense.compression.pipeline import Pipeline
 from udacisense.compression.pruning import GradualPruningConfig, StructuredPruningConfig, UnstructuredPruningConfig
 from udacisense.compression.quantization import DynamicQuantConfig, QATConfig, StaticQuantConfig
 from udacisense.compression.stage import CompressedModel, StageConfig, StageContext
-from udacisense.training import TrainConfig
 from udacisense.search.objective import TrialRunner
 from udacisense.search.storage import artifact_store
 from udacisense.search.study import load_study
 from udacisense.search.workspace import open_workspace
+from udacisense.training import TrainConfig
 
 
 def techniques(epochs: int, lr: float) -> list[tuple[StageConfig | None, str]]:

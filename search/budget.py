@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import optuna
 
+from udacisense.search.records import UNSPENT, StopReason, stop_reason
+
 TrialState = optuna.trial.TrialState
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL, TrialState.WAITING)
-# Trials that ran no compute and spend no budget: impossible stage orders, configurations another
-# trial already has, and a worker's trial that started after the budget was already taken by others.
-REJECTED, DUPLICATE, OVER_BUDGET = "rejected", "duplicate", "over-budget"
-UNSPENT = (REJECTED, DUPLICATE, OVER_BUDGET)
 # A configuration is taken once one of these trials has it (a waiting one is a queued retry).
 HOLDERS = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
 
 
 def is_rejected(trial: optuna.trial.FrozenTrial) -> bool:
-    return trial.user_attrs.get("stage") == REJECTED
+    return stop_reason(trial) is StopReason.REJECTED
 
 
 def is_wasted_sample(trial: optuna.trial.FrozenTrial) -> bool:
     """A sample the search could not use: an impossible order or a configuration it already has."""
-    return trial.user_attrs.get("stage") in (REJECTED, DUPLICATE)
+    return stop_reason(trial) in (StopReason.REJECTED, StopReason.DUPLICATE)
 
 
 def duplicate_of(study: optuna.Study, number: int, params: dict[str, object]) -> int | None:
@@ -40,7 +38,7 @@ def counted_trials(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.
     # A trial whose worker died is re-queued by the heartbeat callback: count it once, through its retry.
     retried = {number for t in trials for number in t.system_attrs.get("retry_history", [])}
     return [t for t in sorted(trials, key=lambda t: t.number) if t.state in COUNTED and t.number not in retried
-            and t.user_attrs.get("stage") not in UNSPENT]
+            and stop_reason(t) not in UNSPENT]
 
 
 def budget_left(study: optuna.Study, n_trials: int) -> int:

@@ -15,9 +15,10 @@ from typing import Sequence
 
 import optuna
 
+from udacisense.search.records import Attr, StopReason, record_stop
+
 # Where a measurement was taken: (stage index, fine-tune epoch within the stage or None at its end).
 Point = tuple[int, int | None]
-STOPPED_DURING_TRAINING = "during-training"
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def stop_rule_for(study: optuna.Study, floor: float, margin: float, num_classes:
     curves = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         if trial.values and trial.values[0] >= floor:
-            curves.append(_curve_points(trial.user_attrs.get("curve", [])))
+            curves.append(_curve_points(trial.user_attrs.get(Attr.CURVE, [])))
     return StopRule(floor, margin, tuple(c for c in curves if c), chance=1.0 / num_classes)
 
 
@@ -73,14 +74,12 @@ class AccuracyMonitor:
     def _add(self, point: Point, accuracy: float, where: str) -> None:
         first_of_stage = not any(p[0] == point[0] for p, _ in self.curve)
         self.curve.append((point, accuracy))
-        self.trial.set_user_attr("curve", [[p[0], p[1], acc] for p, acc in self.curve])
+        self.trial.set_user_attr(Attr.CURVE, [[p[0], p[1], acc] for p, acc in self.curve])
         if self.enabled and self.rule.should_stop(point, accuracy, first_of_stage=first_of_stage):
             message = (f"val top-1 {accuracy:.3f} at stage {point[0] + 1} ({where}) is hopeless: floor "
                        f"{self.rule.floor:.3f}, margin {self.rule.margin:.2f}, and every completed trial that "
                        f"reached the floor was higher there")
-            self.trial.set_user_attr("pruned_reason", message)
-            self.trial.set_user_attr("early_stopped", STOPPED_DURING_TRAINING)
-            raise optuna.TrialPruned(message)
+            raise record_stop(self.trial, StopReason.DURING_TRAINING, message)
 
     def observe(self, accuracy: float, where: str) -> None:
         stage, self.stage = self.stage, self.stage + 1

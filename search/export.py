@@ -25,6 +25,7 @@ from udacisense.evaluators.parity import ParityReport, ParityRule, compare_logit
 from udacisense.runtime import deployment_label, executorch_threads, load_runner
 from udacisense.search.front import mark_targets
 from udacisense.search.objective import ARTIFACT_SUFFIX, TrialLatency, TrialRunner
+from udacisense.search.records import Attr
 from udacisense.search.workspace import Workspace
 
 CARD_NAME = "model_card.json"
@@ -62,7 +63,7 @@ def check_parity(artifact: Path, runtime: str, backend: str | None, reference: P
 
 
 def _trial_rule(trial: optuna.trial.FrozenTrial, runner: TrialRunner) -> ParityRule:
-    return runner.parity_rule(quantized=trial.user_attrs.get("backend") is not None)
+    return runner.parity_rule(quantized=trial.user_attrs.get(Attr.BACKEND) is not None)
 
 
 def _retime_runs(runner: TrialRunner) -> int:
@@ -78,10 +79,10 @@ def retime_front(front: pd.DataFrame, study: optuna.Study, runner: TrialRunner) 
     retimed["retimed"] = False
     for index, row in front.iterrows():
         attrs = trials[int(row["trial"])].user_attrs
-        if not row["parity_ok"] or "artifact_path" not in attrs or not Path(attrs["artifact_path"]).is_file():
+        if not row["parity_ok"] or "artifact_path" not in attrs or not Path(attrs[Attr.ARTIFACT_PATH]).is_file():
             continue
-        run = load_runner(Path(attrs["artifact_path"]).read_bytes(), attrs["runtime"], attrs.get("backend"))
-        latency = runner.measure_latency(run, attrs["runtime"], runs=_retime_runs(runner)).reference
+        run = load_runner(Path(attrs[Attr.ARTIFACT_PATH]).read_bytes(), attrs[Attr.RUNTIME], attrs.get(Attr.BACKEND))
+        latency = runner.measure_latency(run, attrs[Attr.RUNTIME], runs=_retime_runs(runner)).reference
         retimed.loc[index, ["latency_ms", "reference_latency_ms", "latency_ratio", "latency_ratio_p10",
                             "latency_ratio_p90"]] = [latency.candidate.median_ms, latency.reference.median_ms,
                                                      latency.ratio, latency.ratio_p10, latency.ratio_p90]
@@ -99,16 +100,16 @@ def export_trial(workspace: Workspace, study: optuna.Study, trial_number: int, o
     if trial.state is not optuna.trial.TrialState.COMPLETE:
         raise UserError(f"Trial {trial_number} is {trial.state.name.lower()}, not complete; it has no artifact.",
                         "pick a completed trial from `udacisense front`.")
-    if not trial.user_attrs.get("parity_ok", True):
-        parity = trial.user_attrs.get("parity", {})
+    if not trial.user_attrs.get(Attr.PARITY_OK, True):
+        parity = trial.user_attrs.get(Attr.PARITY, {})
         raise UserError(f"Trial {trial_number} failed its parity check during the search (top-1 agreement "
                         f"{parity.get('top1_agreement', float('nan')):.3f}): its artifact was not kept.",
                         "pick another trial from `udacisense front` (a parity failure is never feasible).")
-    source = Path(trial.user_attrs["artifact_path"])
-    if not source.is_file() or sha256_of(source) != trial.user_attrs["artifact_sha256"]:
+    source = Path(trial.user_attrs[Attr.ARTIFACT_PATH])
+    if not source.is_file() or sha256_of(source) != trial.user_attrs[Attr.ARTIFACT_SHA256]:
         raise UserError(f"The stored artifact of trial {trial_number} ({source}) is missing or was modified.",
                         "re-run the search for that configuration; never ship an artifact that fails its checksum.")
-    runtime, backend = trial.user_attrs["runtime"], trial.user_attrs.get("backend")
+    runtime, backend = trial.user_attrs[Attr.RUNTIME], trial.user_attrs.get(Attr.BACKEND)
     rule = _trial_rule(trial, runner)
     with atomic_dir(out_dir) as folder:
         artifact = folder / f"model{ARTIFACT_SUFFIX[runtime]}"
@@ -129,7 +130,7 @@ def _card(workspace: Workspace, trial: optuna.trial.FrozenTrial, artifact: Path,
           rule: ParityRule, test_top1: float, latency: TrialLatency, runner: TrialRunner,
           study_path: str) -> tuple[dict, dict[str, float]]:
     data, metrics, study = workspace.data, workspace.metrics, workspace.study
-    runtime, backend = trial.user_attrs["runtime"], trial.user_attrs.get("backend")
+    runtime, backend = trial.user_attrs[Attr.RUNTIME], trial.user_attrs.get(Attr.BACKEND)
     targets, main = study.targets, latency.reference
     constraints = {
         "accuracy": runner.floor - trial.values[0],
@@ -159,8 +160,8 @@ def _card(workspace: Workspace, trial: optuna.trial.FrozenTrial, artifact: Path,
         "input": {"shape": list(workspace.example_input.shape), "dtype": "float32", "layout": "NCHW, RGB",
                   "normalisation": {"mean": list(data.mean), "std": list(data.std),
                                     "formula": "(pixel / 255 - mean) / std"}},
-        "pipeline": trial.user_attrs.get("pipeline"),
-        "stages": trial.user_attrs.get("stages", []),
+        "pipeline": trial.user_attrs.get(Attr.PIPELINE),
+        "stages": trial.user_attrs.get(Attr.STAGES, []),
         "targets": {
             "meets_targets": all(value <= 0 for value in constraints.values()),
             "constraints": constraints,  # <= 0 meets the target

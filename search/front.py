@@ -19,6 +19,7 @@ import pandas as pd
 from udacisense.common.errors import UserError
 from udacisense.common.files import atomic_path, write_json, write_text
 from udacisense.runtime.backends import deployment_label
+from udacisense.search.records import Attr, as_losses
 from udacisense.search.study import TargetsConfig
 
 Policy = Literal["knee", "smallest", "fastest", "most-accurate"]
@@ -26,16 +27,16 @@ POLICIES: tuple[str, ...] = ("knee", "smallest", "fastest", "most-accurate")
 
 
 def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
-    """Objectives are (accuracy: max, latency ratio: min, size ratio: min)."""
-    better_or_equal = a[0] >= b[0] and a[1] <= b[1] and a[2] <= b[2]
-    return better_or_equal and (a[0] > b[0] or a[1] < b[1] or a[2] < b[2])
+    """``a`` is no worse than ``b`` in every objective and better in one (directions from ``records.OBJECTIVES``)."""
+    loss_a, loss_b = as_losses(list(a)), as_losses(list(b))
+    return all(x <= y for x, y in zip(loss_a, loss_b, strict=True)) and loss_a != loss_b
 
 
 def pareto_trials(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
     """The non-dominated completed trials. An artifact failing parity computes something else than its
     model: its numbers are no point of the trade-off, and it must not hide the points it "dominates"."""
     complete = [t for t in trials if t.state is optuna.trial.TrialState.COMPLETE and t.values
-                and t.user_attrs.get("parity_ok", True)]
+                and t.user_attrs.get(Attr.PARITY_OK, True)]
     return [t for t in complete if not any(_dominates(o.values, t.values) for o in complete if o is not t)]
 
 
@@ -51,23 +52,23 @@ def trials_table(trials: Sequence[optuna.trial.FrozenTrial], targets: TargetsCon
         attrs = t.user_attrs
         rows.append({
             "trial": t.number,
-            "pipeline": attrs.get("pipeline", ""),
-            "runtime": attrs.get("runtime", ""),
-            "target": deployment_label(attrs.get("runtime", ""), attrs.get("backend"), short=True),
-            "deployment": deployment_label(attrs.get("runtime", ""), attrs.get("backend")),
+            "pipeline": attrs.get(Attr.PIPELINE, ""),
+            "runtime": attrs.get(Attr.RUNTIME, ""),
+            "target": deployment_label(attrs.get(Attr.RUNTIME, ""), attrs.get(Attr.BACKEND), short=True),
+            "deployment": deployment_label(attrs.get(Attr.RUNTIME, ""), attrs.get(Attr.BACKEND)),
             "val_top1": acc,
-            "test_top1": attrs.get("test", {}).get("top1"),
-            "latency_ms": attrs.get("latency", {}).get("median_ms"),
-            "reference_latency_ms": attrs.get("reference_latency_ms"),
-            "reference_runtime": attrs.get("reference_runtime"),
+            "test_top1": attrs.get(Attr.TEST, {}).get("top1"),
+            "latency_ms": attrs.get(Attr.LATENCY, {}).get("median_ms"),
+            "reference_latency_ms": attrs.get(Attr.REFERENCE_LATENCY_MS),
+            "reference_runtime": attrs.get(Attr.REFERENCE_RUNTIME),
             "latency_ratio": latency_ratio,
-            "latency_ratio_p10": attrs.get("latency_ratio_p10"),
-            "latency_ratio_p90": attrs.get("latency_ratio_p90"),
-            "latency_ratio_same_runtime": attrs.get("latency_ratio_same_runtime"),
-            "size_bytes": attrs.get("artifact_bytes"),
+            "latency_ratio_p10": attrs.get(Attr.LATENCY_RATIO_P10),
+            "latency_ratio_p90": attrs.get(Attr.LATENCY_RATIO_P90),
+            "latency_ratio_same_runtime": attrs.get(Attr.LATENCY_RATIO_SAME_RUNTIME),
+            "size_bytes": attrs.get(Attr.ARTIFACT_BYTES),
             "size_ratio": size_ratio,
             # Trials from before parity was a trial constraint were only checked at export.
-            "parity_ok": bool(attrs.get("parity_ok", True)),
+            "parity_ok": bool(attrs.get(Attr.PARITY_OK, True)),
         })
     table = mark_targets(pd.DataFrame(rows, columns=COLUMNS), targets, baseline_val)
     return table.sort_values("val_top1", ascending=False).reset_index(drop=True)

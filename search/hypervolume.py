@@ -6,9 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# Hypervolume is computed in minimisation form (-accuracy, latency ratio, size ratio) against this
-# reference point: zero accuracy, twice the baseline's latency, twice its size.
-HV_REFERENCE = (0.0, 2.0, 2.0)
+from udacisense.search.records import HV_REFERENCE, OBJECTIVES, as_losses
 
 
 def _hypervolume_slices(points: np.ndarray, reference: np.ndarray) -> float:
@@ -37,7 +35,7 @@ def _hypervolume_slices(points: np.ndarray, reference: np.ndarray) -> float:
 def hypervolume(values: Sequence[Sequence[float]], reference: Sequence[float] = HV_REFERENCE) -> float:
     """Hypervolume of (accuracy, latency ratio, size ratio) triples, in the minimisation form above."""
     ref = np.asarray(reference, dtype=float)
-    loss = np.asarray([[-v[0], v[1], v[2]] for v in values], dtype=float).reshape(-1, 3)
+    loss = np.asarray([as_losses(list(v)) for v in values], dtype=float).reshape(-1, len(OBJECTIVES))
     loss = loss[np.all(loss < ref, axis=1)] if len(loss) else loss  # points beyond the reference add nothing
     if len(loss) == 0:
         return 0.0

@@ -24,10 +24,11 @@ from udacisense.evaluators.latency import LatencyComparison, compare_latencies
 from udacisense.evaluators.parity import ParityReport, ParityRule, compare_logits, parity_rule
 from udacisense.evaluators.size import SizeReport, parameter_counts, size_report, state_dict_bytes
 from udacisense.runtime import Runner, deployment_label, executorch_threads, load_runner, quantized_engine
-from udacisense.search.budget import DUPLICATE, OVER_BUDGET, REJECTED, duplicate_of, is_surplus
+from udacisense.search.budget import duplicate_of, is_surplus
 from udacisense.search.early_stopping import AccuracyMonitor, stop_rule_for
 from udacisense.search.feasibility import Footprint, footprint, infeasibility
 from udacisense.search.phases import PhaseClock
+from udacisense.search.records import Attr, StopReason, record_stop
 from udacisense.search.workspace import Workspace
 from udacisense.spaces.sampling import sample_pipeline
 
@@ -62,13 +63,6 @@ class TrialLatency:
 
     reference: LatencyComparison
     same_runtime: LatencyComparison
-
-
-def pruned(trial: optuna.Trial, stage: str, reason: str, message: str) -> optuna.TrialPruned:
-    """Record why ``trial`` stops at ``stage`` (the report groups trials by these), for raising."""
-    trial.set_user_attr("pruned_reason", reason)
-    trial.set_user_attr("stage", stage)
-    return optuna.TrialPruned(message)
 
 
 @dataclass
@@ -139,43 +133,43 @@ class TrialRunner:
         started = time.perf_counter()
         self.current_trial, self.failure, self.phases = trial.number, None, PhaseClock()
         frozen = trial.study.get_trials(deepcopy=False)[trial.number]
-        trial.set_user_attr("retry_of", frozen.system_attrs.get("failed_trial"))
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        trial.set_user_attr("sampler_seed", self.sampler_seed)
+        trial.set_user_attr(Attr.RETRY_OF, frozen.system_attrs.get("failed_trial"))
+        trial.set_user_attr(Attr.WORKER, f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr(Attr.SAMPLER_SEED, self.sampler_seed)
         try:
             return self._run(trial)
         except optuna.TrialPruned:
-            trial.set_user_attr("seconds", time.perf_counter() - started)
+            trial.set_user_attr(Attr.SECONDS, time.perf_counter() - started)
             raise
         except Exception as error:
             self.failure = error
-            trial.set_user_attr("seconds", time.perf_counter() - started)
-            trial.set_user_attr("error", f"{type(error).__name__}: {error}")
-            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+            trial.set_user_attr(Attr.SECONDS, time.perf_counter() - started)
+            trial.set_user_attr(Attr.ERROR, f"{type(error).__name__}: {error}")
+            trial.set_user_attr(Attr.TRACEBACK, traceback.format_exc()[-4000:])
             raise
         finally:
-            trial.set_user_attr("phase_seconds", self.phases.summary())
+            trial.set_user_attr(Attr.PHASE_SECONDS, self.phases.summary())
 
     def _run(self, trial: optuna.Trial) -> tuple[float, float, float]:
         study, data, baseline = self.workspace.study, self.workspace.data, self.workspace.baseline
         started = time.perf_counter()
         try:
             pipeline = sample_pipeline(trial, study.space)
-            trial.set_user_attr("pipeline", pipeline.describe())
+            trial.set_user_attr(Attr.PIPELINE, pipeline.describe())
             signature = pipeline.check()
         except IncompatiblePipelineError as error:
-            raise pruned(trial, REJECTED, f"rejected before compute: {error.problem}", error.problem) from None
+            raise record_stop(trial, StopReason.REJECTED, f"rejected before compute: {error.problem}") from None
         original = duplicate_of(trial.study, trial.number, trial.params)
         if original is not None:
-            raise pruned(trial, DUPLICATE, f"duplicate of trial {original}: not run again", "duplicate configuration")
+            raise record_stop(trial, StopReason.DUPLICATE, f"duplicate of trial {original}: not run again")
         if self.budget is not None and is_surplus(trial.study, trial.number, self.budget):
             # Another worker took the last trial of the budget at the same moment: run nothing.
             reason = f"over budget: {self.budget} trials were already taken by other workers"
-            raise pruned(trial, OVER_BUDGET, reason, reason)
+            raise record_stop(trial, StopReason.OVER_BUDGET, reason)
         runtime = "executorch" if signature.backend == "xnnpack" else (
             "torchscript" if signature.backend else study.evaluation.float_runtime)
-        trial.set_user_attr("runtime", runtime)
-        trial.set_user_attr("backend", signature.backend)
+        trial.set_user_attr(Attr.RUNTIME, runtime)
+        trial.set_user_attr(Attr.BACKEND, signature.backend)
         monitor = AccuracyMonitor(trial, stop_rule_for(trial.study, self.floor, study.search.patience_margin, len(data.classes)),
                                   enabled=study.search.early_stopping)
         context = StageContext(data=data, teacher=baseline.model, seed=study.seed + trial.number,
@@ -189,7 +183,7 @@ class TrialRunner:
         def observe(record: StageRecord) -> None:
             records.append(record)
             self.phases.add(f"stage {len(records)} {record.kind}", record.seconds)
-            trial.set_user_attr("stages", [vars(r) for r in records])
+            trial.set_user_attr(Attr.STAGES, [vars(r) for r in records])
             monitor.observe(float(record.metrics["val_top1"]), record.description)
 
         model, _ = pipeline.run(CompressedModel(copy.deepcopy(baseline.model)), context,
@@ -201,12 +195,11 @@ class TrialRunner:
         if self._baseline_footprint is None:
             self._baseline_footprint = footprint(type(pipeline)(()), self.workspace.baseline.model, context, example)
         candidate = footprint(pipeline, self.workspace.baseline.model, context, example)
-        trial.set_user_attr("estimated_flops", candidate.flops)
+        trial.set_user_attr(Attr.ESTIMATED_FLOPS, candidate.flops)
         targets = self.workspace.study.targets
         reason = infeasibility(candidate, self._baseline_footprint, 1 - targets.size_reduction, 1 - targets.latency_reduction)
         if reason:
-            trial.set_user_attr("early_stopped", "before-training")
-            raise pruned(trial, "before-training", f"stopped before training: {reason}", reason)
+            raise record_stop(trial, StopReason.BEFORE_TRAINING, f"stopped before training: {reason}")
 
     def evaluate(self, model: CompressedModel, runtime: str) -> Candidate:
         """Lower ``model`` to ``runtime`` and measure the artifact itself: accuracy, parity, latency, size."""
@@ -249,27 +242,27 @@ class TrialRunner:
             trial.set_constraint(key, value)
         latency = candidate.latency
         attrs = {
-            "val": candidate.val.as_dict(), "test": candidate.test.as_dict(),
-            "latency": latency.candidate.as_dict(), "reference_latency": latency.reference.as_dict(),
-            "latency_ms": latency.candidate.median_ms, "reference_latency_ms": latency.reference.median_ms,
-            "reference_runtime": latency.reference.runtime,
-            "latency_ratio_p10": latency.ratio_p10, "latency_ratio_p90": latency.ratio_p90,
-            "latency_ratio_same_runtime": candidate.same_runtime_latency.ratio,
-            "same_runtime_latency": candidate.same_runtime_latency.reference.as_dict(),
-            "torch_threads": latency.candidate.torch_threads,
-            "executorch_threads": executorch_threads(),  # the pool every program of this process runs on
-            "size_ratio_same_runtime": candidate.size_ratio_same_runtime,
-            "deployment": deployment_label(runtime, model.backend),
-            "parity": candidate.parity.as_dict(), "parity_rule": candidate.parity_rule.as_dict(),
-            "parity_ok": candidate.parity_rule.passes(candidate.parity),
-            "artifact_bytes": candidate.size.bytes, "artifact_gzip_bytes": candidate.size.gzip_bytes,
-            "constraints": constraints, "meets_targets": all(c <= 0 for c in constraints.values()),
+            Attr.VAL: candidate.val.as_dict(), Attr.TEST: candidate.test.as_dict(),
+            Attr.LATENCY: latency.candidate.as_dict(), Attr.REFERENCE_LATENCY: latency.reference.as_dict(),
+            Attr.LATENCY_MS: latency.candidate.median_ms, Attr.REFERENCE_LATENCY_MS: latency.reference.median_ms,
+            Attr.REFERENCE_RUNTIME: latency.reference.runtime,
+            Attr.LATENCY_RATIO_P10: latency.ratio_p10, Attr.LATENCY_RATIO_P90: latency.ratio_p90,
+            Attr.LATENCY_RATIO_SAME_RUNTIME: candidate.same_runtime_latency.ratio,
+            Attr.SAME_RUNTIME_LATENCY: candidate.same_runtime_latency.reference.as_dict(),
+            Attr.TORCH_THREADS: latency.candidate.torch_threads,
+            Attr.EXECUTORCH_THREADS: executorch_threads(),  # the pool every program of this process runs on
+            Attr.SIZE_RATIO_SAME_RUNTIME: candidate.size_ratio_same_runtime,
+            Attr.DEPLOYMENT: deployment_label(runtime, model.backend),
+            Attr.PARITY: candidate.parity.as_dict(), Attr.PARITY_RULE: candidate.parity_rule.as_dict(),
+            Attr.PARITY_OK: candidate.parity_rule.passes(candidate.parity),
+            Attr.ARTIFACT_BYTES: candidate.size.bytes, Attr.ARTIFACT_GZIP_BYTES: candidate.size.gzip_bytes,
+            Attr.CONSTRAINTS: constraints, Attr.MEETS_TARGETS: all(c <= 0 for c in constraints.values()),
         }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        if attrs["parity_ok"]:
+        if attrs[Attr.PARITY_OK]:
             self._store_artifact(trial, candidate)
-        trial.set_user_attr("seconds", time.perf_counter() - started)
+        trial.set_user_attr(Attr.SECONDS, time.perf_counter() - started)
         return candidate.val.top1, candidate.latency_ratio, candidate.size_ratio
 
     def _store_artifact(self, trial: optuna.Trial, candidate: Candidate) -> None:
@@ -277,8 +270,8 @@ class TrialRunner:
         artifact_dir = self.workspace.study.run_dir / "trials" / f"{trial.number:05d}"
         save_torch(artifact_dir / "reference_logits.pt", candidate.reference_logits)
         path = write_bytes(artifact_dir / f"model{ARTIFACT_SUFFIX[candidate.runtime]}", candidate.artifact)
-        trial.set_user_attr("artifact_path", str(path))
-        trial.set_user_attr("artifact_sha256", sha256_of(path))
+        trial.set_user_attr(Attr.ARTIFACT_PATH, str(path))
+        trial.set_user_attr(Attr.ARTIFACT_SHA256, sha256_of(path))
         artifact_id = optuna.artifacts.upload_artifact(artifact_store=self.artifact_store, file_path=str(path),
                                                       study_or_trial=trial)
-        trial.set_user_attr("artifact_id", artifact_id)
+        trial.set_user_attr(Attr.ARTIFACT_ID, artifact_id)

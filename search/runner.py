@@ -17,8 +17,9 @@ from tqdm.auto import tqdm
 
 from udacisense.common.errors import UserError, trial_problem
 from udacisense.common.logs import quiet_libraries
-from udacisense.search.budget import UNSPENT, budget_left, is_wasted_sample
+from udacisense.search.budget import budget_left, is_wasted_sample
 from udacisense.search.objective import TrialRunner
+from udacisense.search.records import UNSPENT, Attr, stop_reason
 from udacisense.search.storage import artifact_store, open_study
 from udacisense.search.study import SearchConfig, StudyConfig, load_study
 from udacisense.search.workspace import open_workspace
@@ -83,7 +84,7 @@ class TrialCounts:
 
     @classmethod
     def of(cls, trials: list[optuna.trial.FrozenTrial]) -> TrialCounts:
-        counts = Counter("skipped" if t.user_attrs.get("stage") in UNSPENT else t.state.name for t in trials)
+        counts = Counter("skipped" if stop_reason(t) in UNSPENT else t.state.name for t in trials)
         return cls(counts["COMPLETE"], counts["PRUNED"], counts["FAIL"], counts["skipped"])
 
     def describe(self) -> str:
@@ -166,14 +167,14 @@ def requeue(study: optuna.Study, number: int) -> None:
 
 
 def describe_trial(trial: optuna.trial.FrozenTrial) -> str:
-    pipeline = trial.user_attrs.get("pipeline", "?")
+    pipeline = trial.user_attrs.get(Attr.PIPELINE, "?")
     if trial.state is TrialState.COMPLETE and trial.values:
         acc, lat, size = trial.values
         attrs = trial.user_attrs
-        parity = "" if attrs.get("parity_ok", True) else " FAILS PARITY (infeasible, artifact not kept)"
+        parity = "" if attrs.get(Attr.PARITY_OK, True) else " FAILS PARITY (infeasible, artifact not kept)"
         return (f"#{trial.number} {pipeline}: acc {acc:.3f} latency {attrs.get('latency_ms', float('nan')):.3f} ms "
                 f"x{lat:.2f} of the float {attrs.get('reference_runtime', 'baseline')} size x{size:.2f}{parity}")
-    reason = trial.user_attrs.get("pruned_reason") or trial.user_attrs.get("error") or ""
+    reason = trial.user_attrs.get(Attr.STOP_MESSAGE) or trial.user_attrs.get(Attr.ERROR) or ""
     return f"#{trial.number} {trial.state.name.lower()} {pipeline}: {reason}"
 
 

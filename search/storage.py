@@ -12,10 +12,9 @@ import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from udacisense.common.errors import UserError
+from udacisense.search.records import DIRECTIONS, OBJECTIVE_NAMES
 from udacisense.search.study import StudyConfig
 
-OBJECTIVE_NAMES = ("val_accuracy", "latency_ratio", "size_ratio")
-DIRECTIONS = ("maximize", "minimize", "minimize")
 # The study settings its stored trials were measured under, kept as a study user attribute.
 SETTINGS_ATTR = "settings"
 # Paths and download switches move with a checkout without changing what a trial measures.

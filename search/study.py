@@ -11,8 +11,8 @@ from udacisense.common.errors import UserError
 from udacisense.common.schema import bounded, parse_dataclass
 from udacisense.datasources.config import DataConfig
 from udacisense.models.config import ModelConfig
-from udacisense.training import TrainConfig
 from udacisense.spaces.space import SpaceConfig
+from udacisense.training import TrainConfig
 
 Runtime = Literal["eager", "torchscript", "executorch"]
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from udacisense.datasources.config import DataConfig
-from udacisense.runtime import request_executorch_threads
 from udacisense.datasources.loaders import DataBundle, Split, channel_stats, stratified_split
+from udacisense.runtime import request_executorch_threads
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -98,8 +98,7 @@ def unchanged(module: torch.nn.Module, before: dict[str, torch.Tensor]) -> bool:
 
 
 def train_briefly(model: torch.nn.Module, bundle: DataBundle, epochs: int = 15) -> torch.nn.Module:
-    from udacisense.training import fit
-    from udacisense.training import TrainConfig
+    from udacisense.training import TrainConfig, fit
 
     fit(model, bundle.loader("train", train=True), TrainConfig(epochs=epochs, lr=0.05, schedule="cosine"),
         num_classes=len(bundle.classes), progress=False)

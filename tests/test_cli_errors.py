@@ -14,12 +14,12 @@ import optuna
 import pytest
 import sqlalchemy
 
+from tests.conftest import REPO, SHARED_ARCHIVE
 from udacisense.common.errors import UserError, trial_problem
 from udacisense.search import cli
 from udacisense.search.cli import main
 from udacisense.search.storage import open_study, storage_problem
 from udacisense.search.study import load_study
-from tests.conftest import REPO, SHARED_ARCHIVE
 
 
 def write_study(root: Path, extra: str = "") -> Path:

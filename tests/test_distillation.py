@@ -7,6 +7,7 @@ import torch
 import torchvision
 from torch import nn
 
+from tests.conftest import snapshot, unchanged
 from udacisense.common.errors import IncompatiblePipelineError, UserError
 from udacisense.compression.distillation import DistillationConfig, build_student
 from udacisense.compression.stage import (
@@ -16,12 +17,10 @@ from udacisense.compression.stage import (
     StageContext,
     apply_stage,
 )
-from udacisense.training import fit
 from udacisense.evaluators.accuracy import evaluate_accuracy
 from udacisense.evaluators.size import parameter_counts
-from udacisense.training import TrainConfig
 from udacisense.models.mobilenet import ResizeInput
-from tests.conftest import snapshot, unchanged
+from udacisense.training import TrainConfig, fit
 
 ONE_STEP = TrainConfig(epochs=1, lr=0.05, max_batches_per_epoch=1)
 
@@ -43,7 +42,7 @@ def _fresh(seed: int) -> nn.Module:
 @pytest.fixture(scope="module")
 def teacher(tiny_bundle) -> nn.Module:
     model = _fresh(0)
-    history = fit(model, tiny_bundle.loader("train", train=True), TrainConfig(epochs=6, lr=0.1),
+    history = fit(model, tiny_bundle.loader("train", train=True), TrainConfig(epochs=8, lr=0.1),
                   val=tiny_bundle.loader("val"), num_classes=4, progress=False)
     assert history.val_top1[-1] >= 0.9, "the teacher fixture must be good for the student to learn from it"
     return model

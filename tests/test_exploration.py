@@ -9,6 +9,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from tests.conftest import REPO, SHARED_ARCHIVE, cli_command
 from udacisense.common.errors import IncompatiblePipelineError
 from udacisense.search.budget import budget_left, duplicate_of
 from udacisense.search.objective import TrialRunner
@@ -17,7 +18,6 @@ from udacisense.search.storage import open_study
 from udacisense.search.study import load_study
 from udacisense.search.workspace import Workspace
 from udacisense.spaces.sampling import sample_pipeline
-from tests.conftest import REPO, SHARED_ARCHIVE, cli_command
 
 TrialState = optuna.trial.TrialState
 X = optuna.distributions.FloatDistribution(0, 1)

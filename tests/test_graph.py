@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.conftest import snapshot, train_briefly, unchanged
 from udacisense.common.errors import IncompatiblePipelineError, UserError
 from udacisense.compression.graph import (
     ExecuTorchConfig,
@@ -29,7 +30,6 @@ from udacisense.evaluators.parity import parity
 from udacisense.models.config import ModelConfig
 from udacisense.models.mobilenet import ResizeInput, build_model
 from udacisense.runtime import LoweredModule, load_runner
-from tests.conftest import snapshot, train_briefly, unchanged
 
 
 @pytest.fixture(scope="module")

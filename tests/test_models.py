@@ -13,8 +13,8 @@ from udacisense.common.errors import UserError
 from udacisense.evaluators.flops import count_flops
 from udacisense.models.baseline import ensure_baseline
 from udacisense.models.config import ModelConfig
-from udacisense.training import TrainConfig
 from udacisense.models.mobilenet import ResizeInput, build_model
+from udacisense.training import TrainConfig
 
 
 def test_starter_kit_head_and_in_model_upsampling() -> None:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.conftest import snapshot, unchanged
 from udacisense.common.errors import IncompatiblePipelineError, UserError
 from udacisense.compression import pruning
 from udacisense.compression.pruning import (
@@ -29,9 +30,8 @@ from udacisense.compression.stage import (
 )
 from udacisense.evaluators.flops import count_flops
 from udacisense.evaluators.size import parameter_counts, state_dict_bytes
-from udacisense.training import TrainConfig
 from udacisense.models.mobilenet import ResizeInput
-from tests.conftest import snapshot, unchanged
+from udacisense.training import TrainConfig
 
 # One capped epoch: enough to prove the loop runs with masks in place, cheap on two cores.
 ONE_STEP = TrainConfig(epochs=1, lr=0.05, max_batches_per_epoch=1)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.conftest import snapshot, train_briefly, unchanged
 from udacisense.common.errors import IncompatiblePipelineError, UserError
 from udacisense.compression.graph import TorchScriptConfig, model_runner
 from udacisense.compression.quantization import (
@@ -35,10 +36,9 @@ from udacisense.compression.stage import (
 from udacisense.evaluators.accuracy import evaluate_accuracy
 from udacisense.evaluators.parity import parity
 from udacisense.models.config import ModelConfig
+from udacisense.models.mobilenet import build_model
 from udacisense.runtime import quantized_engine
 from udacisense.training import TrainConfig
-from udacisense.models.mobilenet import build_model
-from tests.conftest import snapshot, train_briefly, unchanged
 
 MIN_AGREEMENT = 0.85
 

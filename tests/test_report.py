@@ -15,9 +15,9 @@ from udacisense.common.errors import UserError
 from udacisense.search.cli import main
 from udacisense.search.front import pareto_trials, pick, trials_table
 from udacisense.search.hypervolume import HV_REFERENCE, _hypervolume_slices, hypervolume
+from udacisense.search.records import DIRECTIONS, OBJECTIVE_NAMES
 from udacisense.search.report import FIGURES, write_report
 from udacisense.search.report.format import fmt_acc, fmt_int, fmt_ratio
-from udacisense.search.storage import DIRECTIONS, OBJECTIVE_NAMES
 from udacisense.search.study import load_study
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -93,10 +93,11 @@ def _synthetic_study(root: Path, *, complete: bool = True) -> Path:
     study.add_trial(done((0.78, 0.5, 0.3), [stage("channels", 0.75, 600_000), stage("quantize", 0.78, 300_000)], 40.0))
     study.add_trial(done((0.8, 0.9, 0.26), [stage("quantize", 0.8, 260_000)], 20.0))
     study.add_trial(done((0.7, 0.7, 0.6), [stage("channels", 0.7, 600_000)], 30.0))
-    for reason, seconds in (("rejected before compute: `prune` cannot run on a quantized model.", 0.01),
-                            ("val top-1 0.100 at step 1 (fine-tune epoch 1) is hopeless: floor 0.700, margin 0.15", 6.0)):
+    for stop, reason, seconds in (
+            ("rejected", "rejected before compute: `prune` cannot run on a quantized model.", 0.01),
+            ("during-training", "val top-1 0.100 at step 1 (fine-tune epoch 1) is hopeless: floor 0.700, margin 0.15", 6.0)):
         study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, distributions={}, params={},
-                                                  user_attrs={"pruned_reason": reason, "seconds": seconds}))
+                                                  user_attrs={"pruned_reason": reason, "stage": stop, "seconds": seconds}))
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, distributions={}, params={},
                                               user_attrs={"error": "RuntimeError: boom", "seconds": 3.0}))
     return path
@@ -122,8 +123,9 @@ def test_report_from_a_synthetic_study(tmp_path: Path) -> None:
     assert "6 recorded: 3 complete, 2 pruned, 1 failed" in markdown
     assert "the search's completed single-stage trials" in markdown  # no techniques.csv: the fallback is named
     assert "| validation top-1 | 80.0% | 78.0% | -2.0 points |" in markdown
-    # saved = median(40, 20, 30) * 2 pruned - (0.01 + 6.0) spent
-    assert f"**{30 * 2 - 6.01:.0f} s**" in markdown
+    # Only the trial the rule stopped saved anything: median(40, 20, 30) * 1 - 6.0 spent; the rejected
+    # order would never have run.
+    assert "rules stopped 1 trial(s)" in markdown and f"**{30 - 6.0:.0f} s**" in markdown
     assert "RuntimeError" in markdown and "rejected before compute" in markdown
     # with a techniques benchmark, that is the source of "each technique alone", and the best one is computed
     csv = load_study(path).run_dir / "techniques" / "techniques.csv"

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.conftest import REPO
 from udacisense.common.errors import IncompatiblePipelineError, UserError
 from udacisense.compression.pipeline import Pipeline
 from udacisense.compression.pruning import StructuredPruningConfig, UnstructuredPruningConfig
@@ -22,11 +23,11 @@ from udacisense.search.early_stopping import AccuracyMonitor, StopRule
 from udacisense.search.feasibility import footprint, infeasibility
 from udacisense.search.front import pareto_trials, pick, trials_table
 from udacisense.search.phases import PhaseClock
+from udacisense.search.records import StopReason, stop_reason
 from udacisense.search.runner import WorkerPlan, plan_workers, requeue
 from udacisense.search.study import TargetsConfig, load_study
 from udacisense.spaces.sampling import orders, sample_pipeline
 from udacisense.spaces.space import SpaceConfig
-from tests.conftest import REPO
 
 TrialState = optuna.trial.TrialState
 
@@ -38,7 +39,7 @@ def test_every_order_of_the_trainable_stages_is_sampled_and_quantization_comes_l
         trial = optuna.trial.FixedTrial({"order": order, "quant_type": "static", "quant_backend": "x86",
                                          "float_prefix_blocks": 0, "finetune_epochs": 1, "finetune_lr": 0.01,
                                          "prune_method": "oneshot", "prune_amount": 0.5, "prune_scope": "global",
-                                         "channel_ratio": 0.3, "channel_importance": "l2"})
+                                         "channel_ratio": 0.3, "channel_head_ratio": 0.5, "channel_importance": "l2"})
         pipeline = sample_pipeline(trial, space)
         assert [s.kind for s in pipeline.stages] == [*order.split(">"), "ptq"]
         pipeline.check()
@@ -114,7 +115,7 @@ def test_monitor_records_stage_and_epoch_and_marks_rule_stops() -> None:
         monitor.on_epoch_end(1, 0.2)  # stage 1, epoch 1: every recovered trial was at 0.5 here
     frozen = study.trials[trial.number]
     assert frozen.user_attrs["curve"] == [[0, 0, 0.3], [0, None, 0.3], [1, 0, 0.4], [1, 1, 0.2]]
-    assert frozen.user_attrs["early_stopped"] == "during-training"
+    assert stop_reason(frozen) is StopReason.DURING_TRAINING
 
 
 def _trial(study: optuna.Study, state: TrialState, values=None, **attrs) -> None:

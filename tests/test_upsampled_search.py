@@ -9,9 +9,9 @@ from pathlib import Path
 import optuna
 import pytest
 
+from tests.conftest import SHARED_ARCHIVE
 from udacisense.search.cli import main
 from udacisense.search.study import load_study
-from tests.conftest import SHARED_ARCHIVE
 
 pytestmark = pytest.mark.skipif(not SHARED_ARCHIVE.is_file(), reason="needs ../shared/data/cifar10-jpeg.tar.gz")
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.conftest import train_briefly
 from udacisense.common.errors import UserError
 from udacisense.compression.quantization import StaticQuantConfig
 from udacisense.compression.stage import CompressedModel, StageContext, apply_stage
@@ -26,7 +27,6 @@ from udacisense.search.front import missed_targets, pareto_trials, pick, trials_
 from udacisense.search.objective import TrialRunner
 from udacisense.search.study import TargetsConfig, parse_study
 from udacisense.search.workspace import Workspace
-from tests.conftest import train_briefly
 
 LOOSE = {"size_reduction": 0.0, "latency_reduction": 0.0, "max_accuracy_drop": 1.0}
 

@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from udacisense.common.errors import UserError
 from udacisense.search.front import pareto_trials, pick, trials_table
 from udacisense.search.hypervolume import hypervolume
+from udacisense.search.records import EARLY_STOPS, Attr, StopReason, stop_reason
 from udacisense.search.study import StudyConfig
 
 # Stage kinds (recorded per stage) to the `[space]` family that produces them.
@@ -128,12 +129,12 @@ def load_inputs(study: StudyConfig, storage: str | None, trial_number: int | Non
 
 def family(trial: FrozenTrial) -> str:
     """A trial's pipeline family: the set of its stage kinds."""
-    kinds = sorted({str(s.get("kind")) for s in trial.user_attrs.get("stages", [])})
+    kinds = sorted({str(s.get("kind")) for s in trial.user_attrs.get(Attr.STAGES, [])})
     return " + ".join(kinds) if kinds else "no stage"
 
 
 def trial_seconds(trial: FrozenTrial) -> float:
-    seconds = trial.user_attrs.get("seconds")
+    seconds = trial.user_attrs.get(Attr.SECONDS)
     if seconds is not None:
         return float(seconds)
     if trial.datetime_start and trial.datetime_complete:
@@ -141,16 +142,20 @@ def trial_seconds(trial: FrozenTrial) -> float:
     return 0.0
 
 
-def prune_category(reason: str) -> str:
-    if reason.startswith("rejected before compute"):
-        return "rejected before compute (impossible stage order)"
-    if reason.startswith("over budget"):
-        return "over budget (another worker took the last trial first; nothing ran)"
-    if reason.startswith("stopped before training"):
-        return "stopped before training (estimated to miss the size or latency target)"
-    if reason:
-        return "stopped early during training (accuracy hopeless)"
-    return "pruned without a recorded reason"
+STOP_CATEGORIES = {
+    StopReason.REJECTED: "rejected before compute (impossible stage order)",
+    StopReason.DUPLICATE: "duplicate configuration (not run again)",
+    StopReason.OVER_BUDGET: "over budget (another worker took the last trial first; nothing ran)",
+    StopReason.BEFORE_TRAINING: "stopped before training (estimated to miss the size or latency target)",
+    StopReason.DURING_TRAINING: "stopped early during training (accuracy hopeless)",
+}
+UNRECORDED = "pruned without a recorded reason"
+
+
+def prune_category(trial: FrozenTrial) -> str:
+    """The report's heading for why ``trial`` stopped, from its recorded stop reason (never its prose)."""
+    reason = stop_reason(trial)
+    return STOP_CATEGORIES[reason] if reason is not None else UNRECORDED
 
 
 def state_counts(trials: Sequence[FrozenTrial]) -> dict[str, int]:
@@ -169,26 +174,26 @@ def hypervolume_history(trials: Sequence[FrozenTrial]) -> list[tuple[int, float]
 
 
 def early_stopping_savings(trials: Sequence[FrozenTrial]) -> dict[str, Any]:
-    """Estimate: median seconds of complete trials x pruned trials - seconds the pruned trials spent."""
+    """Estimate: median seconds of complete trials x pruned trials - seconds the pruned trials spent.
+
+    ``stopped`` and ``saved_by_stopping`` count only trials the early-stopping rules stopped (before
+    or during training): rejected orders, duplicates and over-budget trials would never have run.
+    """
     complete = [trial_seconds(t) for t in trials if t.state is TrialState.COMPLETE]
     pruned = [t for t in trials if t.state is TrialState.PRUNED]
     median = statistics.median(complete) if complete else 0.0
     by_category: dict[str, dict[str, float]] = {}
     for trial in pruned:
-        entry = by_category.setdefault(prune_category(str(trial.user_attrs.get("pruned_reason", ""))),
-                                       {"trials": 0, "spent": 0.0})
+        entry = by_category.setdefault(prune_category(trial), {"trials": 0, "spent": 0.0})
         entry["trials"] += 1
         entry["spent"] += trial_seconds(trial)
     for entry in by_category.values():
         entry["saved"] = median * entry["trials"] - entry["spent"]
     spent = sum(trial_seconds(t) for t in pruned)
-    # Impossible orders and surplus trials would never have run: they are not savings of early stopping.
-    never_ran = [by_category.get(prune_category(reason), {"trials": 0, "saved": 0.0})
-                 for reason in ("rejected before compute", "over budget")]
+    stopped = [t for t in pruned if stop_reason(t) in EARLY_STOPS]
     return {"median_complete": median, "pruned": len(pruned), "spent": spent, "saved": median * len(pruned) - spent,
-            "complete_total": sum(complete), "by_category": by_category,
-            "stopped": len(pruned) - sum(int(entry["trials"]) for entry in never_ran),
-            "saved_by_stopping": median * len(pruned) - spent - sum(entry["saved"] for entry in never_ran)}
+            "complete_total": sum(complete), "by_category": by_category, "stopped": len(stopped),
+            "saved_by_stopping": median * len(stopped) - sum(trial_seconds(t) for t in stopped)}
 
 
 @dataclass(frozen=True)
@@ -225,14 +230,14 @@ def technique_rows(inputs: Inputs) -> tuple[list[TechniqueRow], str]:
                       "applied alone to the baseline, accuracy lost measured against the baseline row in the same runtime)")
     rows = []
     for trial in inputs.complete:
-        stages = trial.user_attrs.get("stages", [])
+        stages = trial.user_attrs.get(Attr.STAGES, [])
         if len(stages) != 1:
             continue
         attrs = trial.user_attrs
-        rows.append(TechniqueRow(str(stages[0].get("description", stages[0].get("kind"))), str(attrs.get("runtime", "")),
-                                 float(trial.values[0]), as_float(attrs.get("test", {}).get("top1")),
-                                 as_float(attrs.get("artifact_bytes")), float(trial.values[2]),
-                                 as_float(attrs.get("latency", {}).get("median_ms")), float(trial.values[1]),
+        rows.append(TechniqueRow(str(stages[0].get("description", stages[0].get("kind"))), str(attrs.get(Attr.RUNTIME, "")),
+                                 float(trial.values[0]), as_float(attrs.get(Attr.TEST, {}).get("top1")),
+                                 as_float(attrs.get(Attr.ARTIFACT_BYTES)), float(trial.values[2]),
+                                 as_float(attrs.get(Attr.LATENCY, {}).get("median_ms")), float(trial.values[1]),
                                  inputs.baseline_val, trial.number))
     source = ("the search's completed single-stage trials (no techniques benchmark at "
               f"`{inputs.techniques_path}`; run `scripts/techniques.py --study ...` for every technique on equal terms)")
@@ -274,7 +279,7 @@ def stage_steps(inputs: Inputs) -> list[dict[str, Any]]:
               "val_top1": inputs.baseline_val, "bytes": state["bytes"], "form": "float",
               "parameters": state.get("parameters"), "nonzero_parameters": state.get("nonzero_parameters"),
               "flops": metrics["flops"]["flops"]}]
-    for i, stage in enumerate(trial.user_attrs.get("stages", []), start=1):
+    for i, stage in enumerate(trial.user_attrs.get(Attr.STAGES, []), start=1):
         m = stage.get("metrics", {})
         steps.append({"label": f"{i}. {stage.get('kind')}", "what": stage.get("description", ""),
                       "seconds": stage.get("seconds"), "val_top1": m.get("val_top1"), "bytes": m.get("state_dict_bytes"),
@@ -286,17 +291,17 @@ def stage_steps(inputs: Inputs) -> list[dict[str, Any]]:
 def chosen_facts(inputs: Inputs) -> dict[str, Any]:
     trial, metrics = inputs.chosen, inputs.metrics
     attrs = trial.user_attrs
-    runtime = attrs.get("runtime", "")
+    runtime = attrs.get(Attr.RUNTIME, "")
     acc, latency_ratio, size_ratio = trial.values
-    artifact_bytes = attrs.get("artifact_bytes")
+    artifact_bytes = attrs.get(Attr.ARTIFACT_BYTES)
     baseline_bytes = metrics["size"].get(runtime, {}).get("bytes")
     if baseline_bytes is None and artifact_bytes:
         baseline_bytes = artifact_bytes / size_ratio
     return {
         "runtime": runtime, "val": acc, "latency_ratio": latency_ratio, "size_ratio": size_ratio,
-        "test": attrs.get("test", {}).get("top1"), "bytes": artifact_bytes, "baseline_bytes": baseline_bytes,
-        "latency_ms": attrs.get("latency", {}).get("median_ms"),
-        "baseline_latency_ms": attrs.get("reference_latency", {}).get("median_ms"),
+        "test": attrs.get(Attr.TEST, {}).get("top1"), "bytes": artifact_bytes, "baseline_bytes": baseline_bytes,
+        "latency_ms": attrs.get(Attr.LATENCY, {}).get("median_ms"),
+        "baseline_latency_ms": attrs.get(Attr.REFERENCE_LATENCY, {}).get("median_ms"),
         "meets_accuracy": acc >= inputs.floor, "meets_latency": latency_ratio <= inputs.max_latency_ratio,
         "meets_size": size_ratio <= inputs.max_size_ratio,
     }

@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from udacisense.search.hypervolume import HV_REFERENCE
+from udacisense.search.records import Attr
 from udacisense.search.report.facts import Inputs, family
 
 FIGURES = {
@@ -41,8 +42,8 @@ def plot_pareto(inputs: Inputs, path: Path) -> Path:
     front_numbers = set(inputs.front["trial"])
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     for axis, column, index, limit, label in (
-        (axes[0], "latency_ratio", 1, inputs.max_latency_ratio, "latency / baseline (same runtime)"),
-        (axes[1], "size_ratio", 2, inputs.max_size_ratio, "artifact size / baseline (same runtime)"),
+        (axes[0], "latency_ratio", 1, inputs.max_latency_ratio, f"latency / float baseline in {inputs.study.evaluation.reference_runtime}"),
+        (axes[1], "size_ratio", 2, inputs.max_size_ratio, f"artifact bytes / float baseline in {inputs.study.evaluation.reference_runtime}"),
     ):
         for name in names:
             members = [t for t in inputs.complete if families[t.number] == name]
@@ -95,10 +96,10 @@ def plot_hypervolume(history: Sequence[tuple[int, float]], trials: Sequence[Froz
 
 def plot_waterfall(inputs: Inputs, steps: Sequence[dict[str, Any]], path: Path) -> Path:
     trial = inputs.chosen
-    runtime = trial.user_attrs.get("runtime", "")
+    runtime = trial.user_attrs.get(Attr.RUNTIME, "")
     labels = [s["label"] for s in steps] + [f"artifact ({runtime})"]
     sizes = [float(s["bytes"]) / 1e6 if s["bytes"] is not None else np.nan for s in steps]
-    sizes.append(float(trial.user_attrs.get("artifact_bytes", np.nan)) / 1e6)
+    sizes.append(float(trial.user_attrs.get(Attr.ARTIFACT_BYTES, np.nan)) / 1e6)
     accuracy = [float(s["val_top1"]) if s["val_top1"] is not None else np.nan for s in steps] + [float(trial.values[0])]
     figure, axis = plt.subplots(figsize=(max(6.5, 1.5 * len(labels)), 4.2))
     x = np.arange(len(labels))
@@ -141,7 +142,7 @@ def _accuracy_limits(axis: plt.Axes, values: Sequence[float]) -> None:
 def plot_per_class(inputs: Inputs, path: Path) -> Path:
     classes = list(inputs.metrics.get("classes", []))
     base = inputs.metrics["accuracy"]["test"]["per_class"]
-    chosen = inputs.chosen.user_attrs.get("test", {}).get("per_class", [np.nan] * len(base))
+    chosen = inputs.chosen.user_attrs.get(Attr.TEST, {}).get("per_class", [np.nan] * len(base))
     if not classes:
         classes = [str(i) for i in range(len(base))]
     x = np.arange(len(classes))

@@ -13,6 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 from udacisense.common.files import sha256_of
 from udacisense.search.budget import is_rejected
 from udacisense.search.hypervolume import HV_REFERENCE
+from udacisense.search.records import Attr
 from udacisense.search.report.facts import (
     SPACE_FAMILY,
     Inputs,
@@ -127,9 +128,10 @@ def section_baseline(inputs: Inputs) -> list[str]:
         [name, fmt_int(r["bytes"]), fmt_bytes(r["bytes"]), fmt_int(r["gzip_bytes"]), fmt_ratio(r["gzip_bytes"] / r["bytes"])]
         for name, r in metrics["size"].items()])
     lines += ["### Latency per runtime", ""]
-    lines += md_table(["runtime", "median", "p10", "p90", "mean", "runs", "threads"], [
+    lines += md_table(["runtime", "median", "p10", "p90", "mean", "runs", "torch / ExecuTorch threads"], [
         [name, fmt_ms(r["median_ms"]), fmt_ms(r["p10_ms"]), fmt_ms(r["p90_ms"]), fmt_ms(r.get("mean_ms", float("nan"))),
-         r.get("runs", ""), r.get("threads", "")] for name, r in metrics["latency"].items()])
+         r.get("runs", ""), f"{r.get('torch_threads', '')} / {r.get('executorch_threads', '')}"]
+        for name, r in metrics["latency"].items()])
     lines += ["### Per-class accuracy", ""]
     classes = metrics.get("classes") or [str(i) for i in range(len(acc["test"]["per_class"]))]
     lines += md_table(["class", "validation top-1", "test top-1"], [
@@ -180,21 +182,21 @@ def section_search(inputs: Inputs, history: Sequence[tuple[int, float]], savings
                    + (f", {counts['waiting']} waiting" if counts["waiting"] else "")
                    + (f"; {rejected} of the pruned were impossible orders rejected before compute, which do not count "
                       "against the budget" if rejected else "")],
-        ["retries of trials whose worker died", str(sum(1 for t in inputs.trials if t.user_attrs.get("retry_of") is not None))],
+        ["retries of trials whose worker died", str(sum(1 for t in inputs.trials if t.user_attrs.get(Attr.RETRY_OF) is not None))],
     ])
     pruned = [t for t in inputs.trials if t.state is TrialState.PRUNED]
     if pruned:
         lines += ["### Why trials were pruned", ""]
         groups: dict[str, dict[str, list[FrozenTrial]]] = {}
         for trial in pruned:
-            reason = str(trial.user_attrs.get("pruned_reason", ""))
+            reason = str(trial.user_attrs.get(Attr.STOP_MESSAGE, ""))
             detail = reason.split(": ", 1)[1] if reason.startswith(("rejected before compute", "stopped before training")) else reason
             key = re.sub(r"\d+(\.\d+)?", "#", detail)
-            groups.setdefault(prune_category(reason), {}).setdefault(key, []).append(trial)
+            groups.setdefault(prune_category(trial), {}).setdefault(key, []).append(trial)
         rows = []
         for category, details in groups.items():
             for members in details.values():
-                detail = str(members[0].user_attrs.get("pruned_reason", "")) or "(none)"
+                detail = str(members[0].user_attrs.get(Attr.STOP_MESSAGE, "")) or "(none)"
                 rows.append([category, len(members), ", ".join(str(t.number) for t in members), detail])
         lines += md_table(["category", "trials", "trial numbers", "reason (first trial of the group)"], rows)
     failed = [t for t in inputs.trials if t.state is TrialState.FAIL]
@@ -202,20 +204,22 @@ def section_search(inputs: Inputs, history: Sequence[tuple[int, float]], savings
         lines += ["### Failed trials", ""]
         groups_f: dict[str, list[FrozenTrial]] = {}
         for trial in failed:
-            error = str(trial.user_attrs.get("error", "no error recorded (worker died or was interrupted)"))
+            error = str(trial.user_attrs.get(Attr.ERROR, "no error recorded (worker died or was interrupted)"))
             groups_f.setdefault(error.split(":", 1)[0], []).append(trial)
         lines += md_table(["error", "trials", "trial numbers", "message (first trial)"], [
             [kind, len(members), ", ".join(str(t.number) for t in members),
-             str(members[0].user_attrs.get("error", "no error recorded"))[:240]] for kind, members in groups_f.items()])
+             str(members[0].user_attrs.get(Attr.ERROR, "no error recorded"))[:240]] for kind, members in groups_f.items()])
     lines += ["### Compute and early stopping", ""]
     lines += [f"Completed trials took {fmt_seconds(savings['complete_total'])} in total (median "
               f"{fmt_seconds(savings['median_complete'])} per trial); the {savings['pruned']} pruned trial(s) spent "
-              f"{fmt_seconds(savings['spent'])}. Estimated compute saved by stopping them early "
-              f"(median complete-trial time × pruned trials − time the pruned trials spent): "
-              f"**{fmt_seconds(savings['saved'])}**.", ""]
-    if prune_category("rejected before compute") in savings["by_category"]:
-        lines += [f"Trials rejected before compute could not have run at all; counting only the trials stopped before "
-                  f"or during training, the estimate is {fmt_seconds(savings['saved_by_stopping'])}.", ""]
+              f"{fmt_seconds(savings['spent'])}.", ""]
+    if not inputs.study.search.early_stopping:
+        lines += ["Early stopping is off in this study (`search.early_stopping = false`): it saved nothing.", ""]
+    else:
+        lines += [f"The early-stopping rules stopped {savings['stopped']} trial(s) before or during training. Estimated "
+                  f"compute saved (median complete-trial time × those trials − the time they spent): "
+                  f"**{fmt_seconds(savings['saved_by_stopping'])}**. Rejected orders, duplicates and over-budget trials "
+                  "are not counted: they would never have run.", ""]
     if savings["by_category"]:
         lines += md_table(["category", "trials", "time spent", "estimated saving"], [
             [name, int(e["trials"]), fmt_seconds(e["spent"]), fmt_seconds(e["saved"])]
@@ -268,24 +272,24 @@ def section_chosen(inputs: Inputs, steps: Sequence[dict[str, Any]]) -> list[str]
                      fmt_ratio(step["flops"] / base_flops) if step["flops"] is not None else "—"])
         previous = acc if acc is not None else previous
     rows.append([f"artifact ({f['runtime']})", f"lowered for {f['runtime']}"
-                 + (f", {attrs.get('backend')} kernels" if attrs.get("backend") else ""), "",
+                 + (f", {attrs.get('backend')} kernels" if attrs.get(Attr.BACKEND) else ""), "",
                  fmt_acc(f["val"]), fmt_points(f["val"] - previous) if previous is not None else "",
                  fmt_bytes(f["bytes"]), f"{fmt_ratio(f['size_ratio'])} of the baseline artifact", "lowered", "—", "—", "—"])
     lines += md_table(["step", "what", "time", "val top-1", "change", "size", "size / baseline", "form", "parameters",
                        "non-zero", "FLOPs / baseline"], rows)
-    latency = attrs.get("latency", {})
-    parity = attrs.get("parity", {})
+    latency = attrs.get(Attr.LATENCY, {})
+    parity = attrs.get(Attr.PARITY, {})
     lines += [f"Final artifact: {fmt_int(f['bytes'])} B ({fmt_bytes(attrs.get('artifact_gzip_bytes', 0))} gzipped), "
               f"latency median {fmt_ms(latency.get('median_ms', float('nan')))} (p10 {fmt_ms(latency.get('p10_ms', float('nan')))}, "
-              f"p90 {fmt_ms(latency.get('p90_ms', float('nan')))}) against {fmt_ms(f['baseline_latency_ms'])} for the baseline "
-              f"in the same runtime and process (ratio {fmt_ratio(f['latency_ratio'])}); test top-1 "
+              f"p90 {fmt_ms(latency.get('p90_ms', float('nan')))}) against {fmt_ms(f['baseline_latency_ms'])} for the float baseline "
+              f"in {attrs.get(Attr.REFERENCE_RUNTIME, inputs.study.evaluation.reference_runtime)}, timed alongside (ratio {fmt_ratio(f['latency_ratio'])}); test top-1 "
               f"{fmt_acc(f['test']) if f['test'] is not None else 'n/a'}; parity with its PyTorch model: top-1 agreement "
               f"{fmt_acc(parity.get('top1_agreement', float('nan')))} on {parity.get('samples', 'n/a')} test images.", ""]
     lines += [f"![Size and accuracy after each stage]({FIGURES['waterfall']})", ""]
     lines += ["### Per-class accuracy, baseline vs chosen model (test split)", ""]
     classes = inputs.metrics.get("classes") or []
     base = inputs.metrics["accuracy"]["test"]["per_class"]
-    chosen = attrs.get("test", {}).get("per_class", [])
+    chosen = attrs.get(Attr.TEST, {}).get("per_class", [])
     lines += md_table(["class", "baseline", "chosen", "change"], [
         [name, fmt_acc(b), fmt_acc(c), fmt_points(c - b)] for name, b, c in zip(classes, base, chosen)])
     lines += [f"![Per-class test accuracy, baseline vs chosen]({FIGURES['per_class']})", ""]
@@ -307,10 +311,10 @@ def section_deployment(inputs: Inputs) -> list[str]:
         lines += [f"Trial {trial.number} has not been exported yet (no model card for it at `{inputs.card_path}`); the "
                   f"values below are the search's own measurements of its artifact. Export and verify it with "
                   f"`udacisense export --study ... --trial {trial.number} --out DIR`.", ""]
-        parity = attrs.get("parity", {})
+        parity = attrs.get(Attr.PARITY, {})
         lines += md_table(["property", "value"], [
             ["artifact", f"`{attrs.get('artifact_path', '')}`"],
-            ["runtime", f"{attrs.get('runtime', '')}" + (f" ({attrs.get('backend')} quantization)" if attrs.get("backend") else "")],
+            ["runtime", f"{attrs.get('runtime', '')}" + (f" ({attrs.get('backend')} quantization)" if attrs.get(Attr.BACKEND) else "")],
             ["size", f"{fmt_int(attrs.get('artifact_bytes', 0))} B ({fmt_bytes(attrs.get('artifact_gzip_bytes', 0))} gzipped)"],
             ["sha256", f"`{attrs.get('artifact_sha256', '')}`"],
             ["parity (test split)", f"top-1 agreement {fmt_acc(parity.get('top1_agreement', float('nan')))}, max |diff| "
@@ -339,7 +343,8 @@ def section_deployment(inputs: Inputs) -> list[str]:
         ["latency at export", f"{fmt_ms(m.get('latency_ms', float('nan')))} median"
                               + (f" against {fmt_ms(m['baseline_latency']['median_ms'])} for the baseline timed alongside"
                                  if "baseline_latency" in m else "")
-                              + f" (ratio {fmt_ratio(m.get('latency_ratio_to_baseline', float('nan')))}, same runtime)"],
+                              + f" (ratio {fmt_ratio(m.get('latency_ratio_to_baseline', float('nan')))} to the float baseline "
+                              f"in {m.get('reference_runtime', inputs.study.evaluation.reference_runtime)})"],
         ["accuracy of the artifact", f"test top-1 {fmt_acc(m.get('test_top1', float('nan')))}, "
                                      f"validation top-1 {fmt_acc(m.get('val_top1', float('nan')))}"],
         ["input", f"{' × '.join(str(d) for d in card.get('input', {}).get('shape', []))} "
@@ -376,7 +381,7 @@ def recommendations(inputs: Inputs, rows: Sequence[TechniqueRow], history: Seque
     feasible = [inputs.trial(int(n)) for n in inputs.front.loc[inputs.front["meets_all"], "trial"]]
     pool, pool_name = (feasible, "feasible front points") if feasible else (
         [inputs.trial(int(n)) for n in inputs.front["trial"]], "front points (none meets all targets)")
-    kinds = Counter(kind for t in pool for kind in {str(s.get("kind")) for s in t.user_attrs.get("stages", [])})
+    kinds = Counter(kind for t in pool for kind in {str(s.get("kind")) for s in t.user_attrs.get(Attr.STAGES, [])})
     if kinds:
         ranked = ", ".join(f"{kind} in {count} of {len(pool)}" for kind, count in kinds.most_common())
         everywhere = [kind for kind, count in kinds.most_common() if count == len(pool)]
@@ -412,7 +417,7 @@ def recommendations(inputs: Inputs, rows: Sequence[TechniqueRow], history: Seque
                      f"{fmt_seconds(savings['saved_by_stopping'])} against {fmt_seconds(savings['complete_total'])} spent "
                      "on completed trials: keep `search.early_stopping` on.")
     base = inputs.metrics["accuracy"]["test"]["per_class"]
-    chosen = trial.user_attrs.get("test", {}).get("per_class", [])
+    chosen = trial.user_attrs.get(Attr.TEST, {}).get("per_class", [])
     classes = inputs.metrics.get("classes") or [str(i) for i in range(len(base))]
     if chosen:
         drops = [(b - c, name) for b, c, name in zip(base, chosen, classes)]
