@@ -12,8 +12,10 @@ import re
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
+
+from udacisense.common.errors import trial_problem
 
 # Environment switches of native libraries; setdefault keeps whatever a user set to debug them.
 _NATIVE_LOG_LEVELS = {
@@ -44,8 +46,6 @@ class _DropMessage(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return self.fragment not in str(record.msg)
-
-from udacisense.common.errors import trial_problem
 
 
 class _DropExpectedTrialFailure(logging.Filter):

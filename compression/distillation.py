@@ -17,11 +17,9 @@ from torch import nn
 from udacisense.common.errors import UserError
 from udacisense.common.schema import bounded, check_bounds
 from udacisense.compression.finetune import finetune
-from udacisense.compression.stage import (CompressedModel, ModelForm, Signature, StageContext, register_stage,
-                               require_form)
-from udacisense.training import Distillation
-from udacisense.training import TrainConfig
+from udacisense.compression.stage import CompressedModel, ModelForm, Signature, StageContext, register_stage, require_form
 from udacisense.models.mobilenet import ResizeInput
+from udacisense.training import Distillation, TrainConfig
 
 
 @dataclass(frozen=True)

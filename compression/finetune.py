@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
 from udacisense.compression.stage import StageContext
-from udacisense.training import Distillation, EpochStartHook, TrainHistory, fit
-from udacisense.training import TrainConfig
+from udacisense.training import Distillation, EpochStartHook, TrainConfig, TrainHistory, fit
 
 
 def finetune(module: nn.Module, config: TrainConfig, context: StageContext, *, description: str,

@@ -26,7 +26,6 @@ from udacisense.compression.stage import (
 )
 from udacisense.runtime import FX_BACKENDS, LoweredModule, LoweredRuntime, Runner, artifact_bytes, load_runner, runtime_for
 
-
 # --------------------------------------------------------------------------- configs
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from udacisense.compression.stage import CompressedModel, Signature, StageConfig, StageContext, apply_stage
 
@@ -25,6 +25,10 @@ StageMeter = Callable[[CompressedModel, StageConfig], dict[str, object]]
 StageObserver = Callable[[StageRecord], None]
 
 
+# What every pipeline starts from unless told otherwise: a trainable float model.
+FLOAT_MODEL = Signature()
+
+
 @dataclass(frozen=True)
 class Pipeline:
     stages: tuple[StageConfig, ...]
@@ -32,7 +36,7 @@ class Pipeline:
     def describe(self) -> str:
         return " → ".join(stage.describe() for stage in self.stages) or "baseline"
 
-    def check(self, start: Signature = Signature()) -> Signature:
+    def check(self, start: Signature = FLOAT_MODEL) -> Signature:
         """Walk the stage signatures without compute; raises IncompatiblePipelineError on an impossible order."""
         signature = start
         for stage in self.stages:

@@ -9,8 +9,9 @@ and faster.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar, Iterator, Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch_pruning as tp
@@ -20,8 +21,7 @@ from torch.nn.utils import prune
 from udacisense.common.errors import UserError
 from udacisense.common.schema import bounded, check_bounds
 from udacisense.compression.finetune import finetune
-from udacisense.compression.stage import (CompressedModel, ModelForm, Signature, StageContext, register_stage,
-                               require_form)
+from udacisense.compression.stage import CompressedModel, ModelForm, Signature, StageContext, register_stage, require_form
 from udacisense.training import TrainConfig
 
 Scope = Literal["layer", "global"]

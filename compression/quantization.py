@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import copy
 import types
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ClassVar, Literal, Sequence, get_args
+from typing import TYPE_CHECKING, ClassVar, Literal, get_args
 
 import torch
 from torch import nn
@@ -25,7 +26,6 @@ from torch.fx import GraphModule, Node
 from udacisense.common.errors import UserError
 from udacisense.common.schema import bounded
 from udacisense.compression.finetune import finetune as run_finetune
-from udacisense.datasources.loaders import stratified_sample
 from udacisense.compression.stage import (
     CompressedModel,
     ModelForm,
@@ -36,6 +36,7 @@ from udacisense.compression.stage import (
     register_stage,
     require_form,
 )
+from udacisense.datasources.loaders import stratified_sample
 from udacisense.runtime import Backend, quantized_engine, quiet_legacy_apis, runtime_for
 from udacisense.training import EpochStartHook, TrainConfig
 
@@ -346,7 +347,10 @@ def qat_switches(backend: StaticBackend) -> QatSwitches:
     from torch.ao.quantization import enable_fake_quant as fx_enable
     from torch.ao.quantization import enable_observer as fx_observe
 
-    return QatSwitches(fx_enable, fx_disable, fx_observe, lambda model: model.apply(nniqat.freeze_bn_stats))
+    def freeze_bn(model: nn.Module) -> None:
+        model.apply(nniqat.freeze_bn_stats)
+
+    return QatSwitches(fx_enable, fx_disable, fx_observe, freeze_bn)
 
 
 def qat_schedule(config: QATConfig, switches: QatSwitches) -> EpochStartHook:

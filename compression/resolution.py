@@ -15,8 +15,8 @@ from torch import nn
 from udacisense.common.schema import check_bounds
 from udacisense.compression.finetune import finetune
 from udacisense.compression.stage import CompressedModel, ModelForm, Signature, StageContext, register_stage, require_form
-from udacisense.training import TrainConfig
 from udacisense.models.mobilenet import ResizeInput
+from udacisense.training import TrainConfig
 
 
 @dataclass(frozen=True)

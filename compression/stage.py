@@ -8,8 +8,9 @@ one, so a pipeline can reject an impossible order before spending any compute.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable, ClassVar, Protocol, TypeVar
+from typing import ClassVar, Protocol, TypeVar
 
 from torch import nn
 
@@ -36,7 +37,7 @@ class CompressedModel:
     # Bytes of the lowered artifact (TorchScript or .pte) once a graph stage has produced one.
     artifact: bytes | None = None
 
-    def evolve(self, **changes: object) -> "CompressedModel":
+    def evolve(self, **changes: object) -> CompressedModel:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 

@@ -8,9 +8,9 @@ workers of a study share one lock file, so their timings take turns while their 
 from __future__ import annotations
 
 import fcntl
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 # The lock file's name inside a study's run folder.
 TIMING_LOCK = "timing.lock"

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator, Mapping
 
 import torch
 
@@ -34,7 +34,7 @@ class LatencyReport:
     def as_dict(self) -> dict[str, object]:
         return {**asdict(self), "unit": "milliseconds"}
 
-    def ratio_to(self, reference: "LatencyReport") -> float:
+    def ratio_to(self, reference: LatencyReport) -> float:
         return self.median_ms / reference.median_ms
 
 

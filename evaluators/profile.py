@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 from tqdm.auto import tqdm
@@ -15,7 +15,7 @@ from udacisense.evaluators.flops import count_flops, macs_from_flops
 from udacisense.evaluators.latency import measure_latency
 from udacisense.evaluators.memory import peak_forward_memory
 from udacisense.evaluators.size import size_report, state_dict_bytes
-from udacisense.runtime import artifact_bytes, load_runner
+from udacisense.runtime import Runner, artifact_bytes, load_runner
 
 
 def profile_float_model(module: nn.Module, bundle: DataBundle, *, runtimes: Sequence[str], latency_runs: int,
@@ -42,10 +42,11 @@ def profile_float_model(module: nn.Module, bundle: DataBundle, *, runtimes: Sequ
         "environment": environment(),
     }
     for runtime in tqdm(runtimes, desc="measure runtimes", disable=not progress, leave=False):
+        run: Runner
         if runtime == "eager":
             run = module
         else:
-            artifact = artifact_bytes(copy.deepcopy(module), runtime, example_input=example)  # type: ignore[arg-type]
+            artifact = artifact_bytes(copy.deepcopy(module), runtime, example_input=example)
             metrics["size"][runtime] = size_report(artifact, runtime).as_dict()  # type: ignore[index]
             run = load_runner(artifact, runtime)
         report = measure_latency(run, example, runtime=runtime, warmup=latency_warmup, runs=latency_runs, threads=threads)

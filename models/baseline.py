@@ -13,11 +13,10 @@ from torch import nn
 
 from udacisense.common.errors import UserError
 from udacisense.common.files import save_torch
-from udacisense.training import fit
 from udacisense.datasources.loaders import DataBundle
 from udacisense.models.config import ModelConfig
-from udacisense.training import TrainConfig
 from udacisense.models.mobilenet import build_model
+from udacisense.training import TrainConfig, fit
 
 
 @dataclass(frozen=True)

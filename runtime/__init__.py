@@ -10,9 +10,9 @@ from udacisense.runtime.backends import (
     FxBackend,
     LoweredRuntime,
     Runtime,
+    deployment_label,
     quantized_engine,
     quiet_legacy_apis,
-    deployment_label,
     runtime_for,
 )
 from udacisense.runtime.lowering import (

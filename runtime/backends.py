@@ -8,8 +8,9 @@ either way.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Literal, get_args
+from typing import Literal, get_args
 
 import torch
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -104,7 +104,7 @@ class LoweredModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x)
 
-    def __deepcopy__(self, memo: dict[int, object]) -> "LoweredModule":
+    def __deepcopy__(self, memo: dict[int, object]) -> LoweredModule:
         # Loaded programs cannot be deep-copied; a copy reloads the same bytes.
         return LoweredModule(self.artifact, self.runtime, self.backend)
 

@@ -10,8 +10,8 @@ import signal
 import socket
 import sys
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from udacisense.common.logs import quiet_libraries, quiet_native_logs
 

@@ -10,8 +10,9 @@ only where they mean the same thing: the same stage index and the same fine-tune
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any
 
 import optuna
 
@@ -44,9 +45,9 @@ class StopRule:
         return lowest is not None and accuracy < lowest - 0.02
 
 
-def _curve_points(curve: Sequence[Sequence[object]]) -> tuple[tuple[Point, float], ...]:
+def _curve_points(curve: Sequence[Sequence[Any]]) -> tuple[tuple[Point, float], ...]:
     # Curves of older studies hold (step, accuracy) pairs whose steps mix stages: they are no evidence.
-    return tuple(((int(stage), None if epoch is None else int(epoch)), float(acc))  # type: ignore[arg-type]
+    return tuple(((int(stage), None if epoch is None else int(epoch)), float(acc))
                  for stage, epoch, acc in (p for p in curve if len(p) == 3))
 
 

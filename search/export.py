@@ -22,7 +22,7 @@ from udacisense.common.errors import UserError
 from udacisense.common.files import atomic_dir, sha256_of, write_json
 from udacisense.evaluators.accuracy import accuracy_from_logits, predict_logits
 from udacisense.evaluators.parity import ParityReport, ParityRule, compare_logits
-from udacisense.runtime import deployment_label, executorch_threads, load_runner
+from udacisense.runtime import LoweredRuntime, deployment_label, executorch_threads, load_runner
 from udacisense.search.front import mark_targets
 from udacisense.search.objective import ARTIFACT_SUFFIX, TrialLatency, TrialRunner
 from udacisense.search.records import Attr
@@ -45,7 +45,7 @@ class ExportResult:
         return all(value <= 0 for value in self.constraints.values())
 
 
-def check_parity(artifact: Path, runtime: str, backend: str | None, reference: Path, rule: ParityRule,
+def check_parity(artifact: Path, runtime: LoweredRuntime, backend: str | None, reference: Path, rule: ParityRule,
                  workspace: Workspace) -> tuple[ParityReport, float]:
     """Run the artifact on the whole test split and compare with the PyTorch model's stored logits."""
     run = load_runner(artifact.read_bytes(), runtime, backend)  # type: ignore[arg-type]
@@ -117,7 +117,7 @@ def export_trial(workspace: Workspace, study: optuna.Study, trial_number: int, o
         reference = folder / REFERENCE_NAME
         shutil.copyfile(source.parent / REFERENCE_NAME, reference)
         parity, test_top1 = check_parity(artifact, runtime, backend, reference, rule, workspace)
-        latency = runner.measure_latency(load_runner(artifact.read_bytes(), runtime, backend), runtime,  # type: ignore[arg-type]
+        latency = runner.measure_latency(load_runner(artifact.read_bytes(), runtime, backend), runtime,
                                          runs=_retime_runs(runner))
         card, constraints = _card(workspace, trial, artifact, reference, parity, rule, test_top1, latency, runner,
                                   study_path)
@@ -140,7 +140,7 @@ def _card(workspace: Workspace, trial: optuna.trial.FrozenTrial, artifact: Path,
     }
     card = {
         "name": f"{study.name}-trial-{trial.number}",
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         # Enough for `udacisense verify` from any directory: the study file (absolute, and relative to the
         # card for a moved folder) and the directory its own relative paths (runs, data) are resolved in.
         "study_file": str(Path(study_path).resolve()),

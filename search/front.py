@@ -6,8 +6,9 @@ yardstick), so ratios of TorchScript and ExecuTorch trials compare directly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import matplotlib
 

@@ -8,6 +8,7 @@ import socket
 import time
 import traceback
 from dataclasses import dataclass, field
+from typing import cast
 
 import optuna
 import torch
@@ -23,7 +24,7 @@ from udacisense.evaluators.flops import count_flops
 from udacisense.evaluators.latency import LatencyComparison, compare_latencies
 from udacisense.evaluators.parity import ParityReport, ParityRule, compare_logits, parity_rule
 from udacisense.evaluators.size import SizeReport, parameter_counts, size_report, state_dict_bytes
-from udacisense.runtime import Runner, deployment_label, executorch_threads, load_runner, quantized_engine
+from udacisense.runtime import LoweredRuntime, Runner, deployment_label, executorch_threads, load_runner, quantized_engine, runtime_for
 from udacisense.search.budget import duplicate_of, is_surplus
 from udacisense.search.early_stopping import AccuracyMonitor, stop_rule_for
 from udacisense.search.feasibility import Footprint, footprint, infeasibility
@@ -39,7 +40,7 @@ ARTIFACT_SUFFIX = {"torchscript": ".pt", "executorch": ".pte"}
 class Candidate:
     """A compressed model as shipped: its artifact and what was measured of it."""
 
-    runtime: str
+    runtime: LoweredRuntime
     artifact: bytes
     val: AccuracyReport
     test: AccuracyReport
@@ -84,15 +85,15 @@ class TrialRunner:
     def floor(self) -> float:
         return float(self.workspace.metrics["accuracy"]["val"]["top1"]) - self.workspace.study.targets.max_accuracy_drop
 
-    def reference_runner(self, runtime: str) -> Runner:
+    def reference_runner(self, runtime: LoweredRuntime) -> Runner:
         """The baseline lowered to ``runtime``, loaded once per process."""
         if runtime not in self._reference:
-            lowered = lower(CompressedModel(self.workspace.baseline.model), runtime,  # type: ignore[arg-type]
+            lowered = lower(CompressedModel(self.workspace.baseline.model), runtime,
                             example_input=self.workspace.example_input)
             self._reference[runtime] = model_runner(lowered)
         return self._reference[runtime]
 
-    def measure_latency(self, run: Runner, runtime: str, runs: int | None = None) -> TrialLatency:
+    def measure_latency(self, run: Runner, runtime: LoweredRuntime, runs: int | None = None) -> TrialLatency:
         """The candidate against the float baseline in the reference runtime (the one yardstick) and in
         ``runtime`` (information only), timed in alternating rounds in this process."""
         study = self.workspace.study
@@ -166,8 +167,7 @@ class TrialRunner:
             # Another worker took the last trial of the budget at the same moment: run nothing.
             reason = f"over budget: {self.budget} trials were already taken by other workers"
             raise record_stop(trial, StopReason.OVER_BUDGET, reason)
-        runtime = "executorch" if signature.backend == "xnnpack" else (
-            "torchscript" if signature.backend else study.evaluation.float_runtime)
+        runtime = runtime_for(signature.backend, study.evaluation.float_runtime)
         trial.set_user_attr(Attr.RUNTIME, runtime)
         trial.set_user_attr(Attr.BACKEND, signature.backend)
         monitor = AccuracyMonitor(trial, stop_rule_for(trial.study, self.floor, study.search.patience_margin, len(data.classes)),
@@ -184,7 +184,7 @@ class TrialRunner:
             records.append(record)
             self.phases.add(f"stage {len(records)} {record.kind}", record.seconds)
             trial.set_user_attr(Attr.STAGES, [vars(r) for r in records])
-            monitor.observe(float(record.metrics["val_top1"]), record.description)
+            monitor.observe(cast(float, record.metrics["val_top1"]), record.description)
 
         model, _ = pipeline.run(CompressedModel(copy.deepcopy(baseline.model)), context,
                                 meter=self._stage_meter, observers=(observe,))
@@ -201,11 +201,11 @@ class TrialRunner:
         if reason:
             raise record_stop(trial, StopReason.BEFORE_TRAINING, f"stopped before training: {reason}")
 
-    def evaluate(self, model: CompressedModel, runtime: str) -> Candidate:
+    def evaluate(self, model: CompressedModel, runtime: LoweredRuntime) -> Candidate:
         """Lower ``model`` to ``runtime`` and measure the artifact itself: accuracy, parity, latency, size."""
         data = self.workspace.data
         with self.phases.phase("lowering"):
-            lowered = lower(model, runtime, example_input=self.workspace.example_input)  # type: ignore[arg-type]
+            lowered = lower(model, runtime, example_input=self.workspace.example_input)
             assert lowered.artifact is not None
             run = load_runner(lowered.artifact, runtime, lowered.backend)
         # Accuracy is that of the shipped artifact in its runtime, not of the PyTorch model.
@@ -228,7 +228,7 @@ class TrialRunner:
             size_ratio_same_runtime=len(lowered.artifact) / self.baseline_size(runtime),
         )
 
-    def _measure(self, trial: optuna.Trial, model: CompressedModel, runtime: str, started: float) -> tuple[float, float, float]:
+    def _measure(self, trial: optuna.Trial, model: CompressedModel, runtime: LoweredRuntime, started: float) -> tuple[float, float, float]:
         study = self.workspace.study
         candidate = self.evaluate(model, runtime)
         targets = study.targets
@@ -241,7 +241,7 @@ class TrialRunner:
         for key, value in constraints.items():
             trial.set_constraint(key, value)
         latency = candidate.latency
-        attrs = {
+        attrs: dict[Attr, object] = {
             Attr.VAL: candidate.val.as_dict(), Attr.TEST: candidate.test.as_dict(),
             Attr.LATENCY: latency.candidate.as_dict(), Attr.REFERENCE_LATENCY: latency.reference.as_dict(),
             Attr.LATENCY_MS: latency.candidate.median_ms, Attr.REFERENCE_LATENCY_MS: latency.reference.median_ms,
@@ -258,8 +258,8 @@ class TrialRunner:
             Attr.ARTIFACT_BYTES: candidate.size.bytes, Attr.ARTIFACT_GZIP_BYTES: candidate.size.gzip_bytes,
             Attr.CONSTRAINTS: constraints, Attr.MEETS_TARGETS: all(c <= 0 for c in constraints.values()),
         }
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+        for key, attr in attrs.items():
+            trial.set_user_attr(key, attr)
         if attrs[Attr.PARITY_OK]:
             self._store_artifact(trial, candidate)
         trial.set_user_attr(Attr.SECONDS, time.perf_counter() - started)

@@ -113,4 +113,4 @@ def record_stop(trial: optuna.Trial, reason: StopReason, message: str) -> optuna
 
 def stop_reason(trial: optuna.trial.FrozenTrial) -> StopReason | None:
     value = trial.user_attrs.get(Attr.STOP_REASON)
-    return StopReason(value) if value in StopReason._value2member_map_ else None
+    return StopReason(value) if isinstance(value, str) and value in StopReason._value2member_map_ else None

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from udacisense.common.errors import UserError
 from udacisense.common.schema import bounded, parse_dataclass
 from udacisense.datasources.config import DataConfig
 from udacisense.models.config import ModelConfig
+from udacisense.runtime.backends import LoweredRuntime, Runtime
 from udacisense.spaces.space import SpaceConfig
 from udacisense.training import TrainConfig
-
-Runtime = Literal["eager", "torchscript", "executorch"]
 
 
 @dataclass(frozen=True)
@@ -25,10 +25,10 @@ class EvaluationConfig:
     latency_warmup: int = bounded(10, min=0, max=10000)
     threads: int = bounded(1, min=1, max=256)
     runtimes: tuple[Runtime, ...] = ("eager", "torchscript", "executorch")
-    float_runtime: Runtime = "executorch"
+    float_runtime: LoweredRuntime = "executorch"
     # The deployment runtime: the float baseline lowered to it is the denominator of every latency
     # and size ratio, whatever runtime a candidate ships in, so all trials share one yardstick.
-    reference_runtime: Literal["executorch", "torchscript"] = "executorch"
+    reference_runtime: LoweredRuntime = "executorch"
     # A float artifact must compute what its PyTorch model computes: same top-1 on every test image,
     # logits within this absolute tolerance. Int8 artifacts must agree on this share of test images.
     float_logit_tolerance: float = bounded(1e-3, min=0.0, max=100.0, doc="max |logit difference|, float artifacts")

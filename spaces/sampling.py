@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from typing import get_args
+from collections.abc import Sequence
+from typing import TypeVar, cast, get_args
 
 import optuna
 
@@ -14,10 +15,12 @@ from udacisense.compression.pruning import GradualPruningConfig, StructuredPruni
 from udacisense.compression.quantization import DynamicQuantConfig, QATConfig, StaticQuantConfig
 from udacisense.compression.resolution import ResolutionConfig
 from udacisense.compression.stage import StageConfig
-from udacisense.training import TrainConfig
 from udacisense.spaces.space import SpaceConfig, StageFamily
+from udacisense.training import TrainConfig
 
 # Families that train the float model; their order is what the search permutes.
+T = TypeVar("T")
+
 _TRAINING_FAMILIES: tuple[StageFamily, ...] = ("distill", "prune", "channels", "resolution")
 # Families with a fixed place after the permuted ones, in this order. Fusion folds BatchNorm with
 # frozen statistics, so a stage that trains after it would train without normalisation; int8
@@ -51,7 +54,12 @@ def _order(trial: optuna.Trial, space: SpaceConfig) -> list[StageFamily]:
     choices = orders(space)
     # With fewer than two trainable families there is no order to search.
     permuted = trial.suggest_categorical("order", choices).split(">") if len(choices) > 1 else _trainable(space)
-    return [*permuted, *(f for f in _FIXED_TAIL if f in space.stages)]  # type: ignore[list-item]
+    return [*permuted, *(f for f in _FIXED_TAIL if f in space.stages)]
+
+
+def _choose(trial: optuna.Trial, name: str, choices: Sequence[T]) -> T:
+    """``suggest_categorical`` keeping the choices' type (Optuna types every choice as a plain scalar)."""
+    return cast(T, trial.suggest_categorical(name, list(choices)))  # type: ignore[arg-type]  # T is a scalar
 
 
 def _finetune(trial: optuna.Trial, space: SpaceConfig) -> TrainConfig:
@@ -64,14 +72,14 @@ def _finetune(trial: optuna.Trial, space: SpaceConfig) -> TrainConfig:
 
 
 def _quantize(trial: optuna.Trial, space: SpaceConfig, finetune: TrainConfig | None) -> StageConfig | None:
-    quant_type = trial.suggest_categorical("quant_type", list(space.quant_types))
+    quant_type = _choose(trial, "quant_type", space.quant_types)
     if quant_type == "none":
         return None
     if quant_type == "dynamic":
         # Its own parameter, so the backends offered for dynamic int8 can differ from the static ones.
-        backend = trial.suggest_categorical("dynamic_backend", list(space.dynamic_backends))
+        backend = _choose(trial, "dynamic_backend", space.dynamic_backends)
         return DynamicQuantConfig(backend=backend)
-    backend = trial.suggest_categorical("quant_backend", list(space.quant_backends))
+    backend = _choose(trial, "quant_backend", space.quant_backends)
     if quant_type == "static":
         prefix = trial.suggest_int("float_prefix_blocks", *space.float_prefix_blocks)
         return StaticQuantConfig(backend=backend, float_prefix_blocks=prefix)
@@ -85,33 +93,33 @@ def _quantize(trial: optuna.Trial, space: SpaceConfig, finetune: TrainConfig | N
 def _stage(family: StageFamily, trial: optuna.Trial, space: SpaceConfig, finetune: TrainConfig | None) -> StageConfig | None:
     if family == "quantize":
         return _quantize(trial, space, finetune)
-    assert finetune is not None or family == "fuse"
     if family == "fuse":
         return FuseConfig()
+    assert finetune is not None, f"`{family}` trains, so the sampler gives the trial a fine-tune budget"
     if family == "distill":
         return DistillationConfig(
             alpha=trial.suggest_float("distill_alpha", *space.distill_alpha),
             temperature=trial.suggest_float("distill_temperature", *space.distill_temperature),
-            student_width=trial.suggest_categorical("student_width", list(space.student_widths)),
+            student_width=_choose(trial, "student_width", space.student_widths),
             finetune=finetune,
         )
     if family == "channels":
         return StructuredPruningConfig(
             ratio=trial.suggest_float("channel_ratio", *space.channel_ratio),
             head_ratio=trial.suggest_float("channel_head_ratio", *space.channel_head_ratio),
-            importance=trial.suggest_categorical("channel_importance", list(space.channel_importance)),
+            importance=_choose(trial, "channel_importance", space.channel_importance),
             finetune=finetune,
         )
     if family == "resolution":
-        return ResolutionConfig(size=trial.suggest_categorical("resolution", list(space.resolutions)), finetune=finetune)
-    method = trial.suggest_categorical("prune_method", list(space.prune_methods))
+        return ResolutionConfig(size=_choose(trial, "resolution", space.resolutions), finetune=finetune)
+    method = _choose(trial, "prune_method", space.prune_methods)
     amount = trial.suggest_float("prune_amount", *space.prune_amount)
-    scope = trial.suggest_categorical("prune_scope", list(space.prune_scopes))
+    scope = _choose(trial, "prune_scope", space.prune_scopes)
     if method == "oneshot":
         return UnstructuredPruningConfig(amount=amount, scope=scope, finetune=finetune)
     return GradualPruningConfig(
         initial_sparsity=0.0, final_sparsity=amount, start_epoch=0, end_epoch=max(0, finetune.epochs - 1),
-        schedule=trial.suggest_categorical("gradual_schedule", list(space.gradual_schedules)),
+        schedule=_choose(trial, "gradual_schedule", space.gradual_schedules),
         scope=scope, finetune=finetune,
     )
 
@@ -126,7 +134,7 @@ def sample_pipeline(trial: optuna.Trial, space: SpaceConfig) -> Pipeline:
     present = [f for f in order if f in space.required or f == "quantize"
                or trial.suggest_categorical(f"use_{f}", [True, False])]
     # Optuna returns the same value when _quantize suggests "quant_type" again.
-    quant_type = trial.suggest_categorical("quant_type", list(space.quant_types)) if "quantize" in present else "none"
+    quant_type = _choose(trial, "quant_type", space.quant_types) if "quantize" in present else "none"
     needs_training = quant_type == "qat" or any(f in _TRAINING_FAMILIES for f in present)
     finetune = _finetune(trial, space) if needs_training else None
     stages = [_stage(family, trial, space, finetune) for family in present]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +64,7 @@ def fit(model: nn.Module, train: BatchLoader, config: TrainConfig, *, val: Batch
     steps = len(train) if not config.max_batches_per_epoch else min(len(train), config.max_batches_per_epoch)
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
-    for name, parameter in model.named_parameters():
+    for parameter in model.parameters():
         if parameter.requires_grad:
             # Weight decay on BatchNorm and biases only hurts small networks.
             (no_decay if parameter.ndim <= 1 else decay).append(parameter)

@@ -41,9 +41,9 @@ def plot_pareto(inputs: Inputs, path: Path) -> Path:
     colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(names)}
     front_numbers = set(inputs.front["trial"])
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    for axis, column, index, limit, label in (
-        (axes[0], "latency_ratio", 1, inputs.max_latency_ratio, f"latency / float baseline in {inputs.study.evaluation.reference_runtime}"),
-        (axes[1], "size_ratio", 2, inputs.max_size_ratio, f"artifact bytes / float baseline in {inputs.study.evaluation.reference_runtime}"),
+    for axis, index, limit, label in (
+        (axes[0], 1, inputs.max_latency_ratio, f"latency / float baseline in {inputs.study.evaluation.reference_runtime}"),
+        (axes[1], 2, inputs.max_size_ratio, f"artifact bytes / float baseline in {inputs.study.evaluation.reference_runtime}"),
     ):
         for name in names:
             members = [t for t in inputs.complete if families[t.number] == name]

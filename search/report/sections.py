@@ -282,7 +282,8 @@ def section_chosen(inputs: Inputs, steps: Sequence[dict[str, Any]]) -> list[str]
     lines += [f"Final artifact: {fmt_int(f['bytes'])} B ({fmt_bytes(attrs.get('artifact_gzip_bytes', 0))} gzipped), "
               f"latency median {fmt_ms(latency.get('median_ms', float('nan')))} (p10 {fmt_ms(latency.get('p10_ms', float('nan')))}, "
               f"p90 {fmt_ms(latency.get('p90_ms', float('nan')))}) against {fmt_ms(f['baseline_latency_ms'])} for the float baseline "
-              f"in {attrs.get(Attr.REFERENCE_RUNTIME, inputs.study.evaluation.reference_runtime)}, timed alongside (ratio {fmt_ratio(f['latency_ratio'])}); test top-1 "
+              f"in {attrs.get(Attr.REFERENCE_RUNTIME, inputs.study.evaluation.reference_runtime)}, timed alongside "
+              f"(ratio {fmt_ratio(f['latency_ratio'])}); test top-1 "
               f"{fmt_acc(f['test']) if f['test'] is not None else 'n/a'}; parity with its PyTorch model: top-1 agreement "
               f"{fmt_acc(parity.get('top1_agreement', float('nan')))} on {parity.get('samples', 'n/a')} test images.", ""]
     lines += [f"![Size and accuracy after each stage]({FIGURES['waterfall']})", ""]
@@ -394,8 +395,10 @@ def recommendations(inputs: Inputs, rows: Sequence[TechniqueRow], history: Seque
     for column, what in (("size_ratio", "size"), ("latency_ratio", "latency")):
         best = best_technique(rows, column)
         if best is not None:
+            ratio = getattr(best, column)
+            change = fmt_change(ratio) if what == "size" else fmt_faster(ratio)
             items.append(f"Largest {what} reduction per accuracy point lost, technique alone: `{best.name}` ({best.runtime}) — "
-                         f"{what} ratio {fmt_ratio(getattr(best, column))} ({fmt_change(getattr(best, column)) if what == 'size' else fmt_faster(getattr(best, column))}) "
+                         f"{what} ratio {fmt_ratio(ratio)} ({change}) "
                          f"for {fmt_points(-best.lost)} validation accuracy ({_efficiency_text(best, column)}).")
     if len(history) >= 4:
         quarter = history[-max(1, len(history) // 4) - 1][1]
