@@ -26,14 +26,11 @@ from pathlib import Path
 
 import optuna
 
-# The PostgreSQL helper lives with the tests; the repository root makes it importable from here.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.postgres import create_database, postgres_bin, postgres_server  # noqa: E402
-from udacisense.common.files import sha256_of  # noqa: E402
+from udacisense.common.files import sha256_of
+from udacisense.search.local_postgres import create_database, postgres_bin, postgres_server
 from udacisense.search.records import Attr
-from udacisense.search.storage import open_study  # noqa: E402
-from udacisense.search.study import load_study  # noqa: E402
+from udacisense.search.storage import open_study
+from udacisense.search.study import load_study
 
 TrialState = optuna.trial.TrialState
 SIGNALS = (signal.SIGKILL, signal.SIGINT)

@@ -12,10 +12,10 @@ import optuna
 import pytest
 
 from tests.conftest import REPO, SHARED_ARCHIVE, cli_command
-from tests.postgres import create_database, drop_database, postgres_bin, postgres_server
 from udacisense.common.errors import UserError
 from udacisense.common.files import sha256_of
 from udacisense.search.cli import main
+from udacisense.search.local_postgres import create_database, drop_database, postgres_bin, postgres_server
 from udacisense.search.storage import open_storage, open_study
 from udacisense.search.study import load_study
 

@@ -1,4 +1,4 @@
-"""A real PostgreSQL server on loopback for the shared-storage tests (Debian's postgresql package)."""
+"""A throwaway PostgreSQL server on loopback (Debian's postgresql package), for shared-storage tests and benchmarks."""
 
 from __future__ import annotations
 
