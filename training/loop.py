@@ -101,8 +101,12 @@ def _train_epochs(model: nn.Module, train: BatchLoader, val: BatchLoader | None,
                   progress: bool, description: str) -> None:
     bar = tqdm(total=config.epochs * steps, desc=description, disable=not progress, leave=False, unit="batch")
     for epoch in range(config.epochs):
-        for hook in on_epoch_start:
-            hook(model, epoch)
+        if on_epoch_start:
+            # Hooks (pruning masks, QAT switches) flatten parameters with view(), which NHWC strides refuse.
+            model.to(memory_format=torch.contiguous_format)
+            for hook in on_epoch_start:
+                hook(model, epoch)
+            model.to(memory_format=torch.channels_last)
         model.train()
         running, seen = 0.0, 0
         for step, (images, labels) in enumerate(train):
