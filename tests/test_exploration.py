@@ -89,7 +89,8 @@ def test_two_concurrent_searches_and_a_resume_never_repeat_a_configuration(tmp_p
     baseline = subprocess.run(cli_command("baseline", "--study", str(path), "--quiet"), cwd=REPO, capture_output=True, text=True)
     assert baseline.returncode == 0, baseline.stderr[-2000:]
     # The two start on a study (and a database) that does not exist yet, as two users would.
-    search = cli_command("search", "--study", str(path), "--quiet", "--no-export")
+    # One worker each: two processes on one study, as two users would start them.
+    search = cli_command("search", "--study", str(path), "--quiet", "--no-export", "--n-jobs", "1")
     both = [subprocess.Popen(search, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [process.communicate(timeout=1500) for process in both]
     assert [p.returncode for p in both] == [0, 0], [err[-2000:] for _, err in outputs]
