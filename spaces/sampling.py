@@ -76,8 +76,9 @@ def _quantize(trial: optuna.Trial, space: SpaceConfig, finetune: TrainConfig | N
     if quant_type == "none":
         return None
     if quant_type == "dynamic":
-        # Its own parameter, so the backends offered for dynamic int8 can differ from the static ones.
-        backend = _choose(trial, "dynamic_backend", space.dynamic_backends)
+        # Every backend has a dynamic flavour (xnnpack through PT2E, the others through FX); the
+        # parameter keeps its own name so studies stored with it still resume.
+        backend = _choose(trial, "dynamic_backend", space.quant_backends)
         return DynamicQuantConfig(backend=backend)
     backend = _choose(trial, "quant_backend", space.quant_backends)
     if quant_type == "static":

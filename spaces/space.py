@@ -50,11 +50,6 @@ class SpaceConfig:
     finetune_epochs: tuple[int, ...] = (1, 4)
     finetune_lr: tuple[float, ...] = (0.002, 0.05)
 
-    @property
-    def dynamic_backends(self) -> tuple[QuantBackend, ...]:
-        # Every backend has a dynamic flavour: xnnpack through PT2E (a .pte), the others through FX.
-        return self.quant_backends
-
     def __post_init__(self) -> None:
         if not self.stages:
             raise UserError("`space.stages` is empty.", "list at least one stage family, e.g. [\"quantize\"].")
