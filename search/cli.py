@@ -156,7 +156,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     study, workspace, optuna_study = _open(args)
     runner = TrialRunner(workspace, artifact_store(study))
-    number, paragraph = args.trial, None
+    number, paragraph, picked_by = args.trial, None, None
     if number is None:
         baseline_val = float(workspace.metrics["accuracy"]["val"]["top1"])
         front, _ = export_front(optuna_study, study.targets, baseline_val, study.run_dir / "front")
@@ -164,8 +164,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"front re-timed with {study.search.retime_factor}x the runs before picking `{args.pick}`:")
         print(front_text(front, shutil.get_terminal_size((120, 24)).columns))
         number = pick(front, args.pick)
+        picked_by = f"the `{args.pick}` policy on the Pareto front re-timed with {study.search.retime_factor}x the runs"
         paragraph = missed_targets(front, number, study.targets, baseline_val)
-    result = export_trial(workspace, optuna_study, number, Path(args.out), runner, args.study)
+    result = export_trial(workspace, optuna_study, number, Path(args.out), runner, args.study, picked_by)
     main = result.latency.reference
     print(f"exported trial {number}: {result.artifact} ({result.artifact.stat().st_size / 1e6:.2f} MB)")
     print(f"  parity on the test split: top-1 agreement {result.parity.top1_agreement:.4f}, "

@@ -92,7 +92,12 @@ def retime_front(front: pd.DataFrame, study: optuna.Study, runner: TrialRunner) 
 
 
 def export_trial(workspace: Workspace, study: optuna.Study, trial_number: int, out_dir: Path,
-                 runner: TrialRunner, study_path: str) -> ExportResult:
+                 runner: TrialRunner, study_path: str, picked_by: str | None = None) -> ExportResult:
+    """Copy, re-check and re-time one trial's artifact into ``out_dir`` with its model card.
+
+    ``picked_by`` says how the trial was chosen (a pick policy on the re-timed front); ``None`` means
+    the user named it. The report recommends the exported trial, so the card must say why it is the one.
+    """
     trials = study.get_trials(deepcopy=False)
     if not 0 <= trial_number < len(trials):
         raise UserError(f"The study has no trial {trial_number} (it has {len(trials)}).", "pick a number from `udacisense front`.")
@@ -120,7 +125,7 @@ def export_trial(workspace: Workspace, study: optuna.Study, trial_number: int, o
         latency = runner.measure_latency(load_runner(artifact.read_bytes(), runtime, backend), runtime,
                                          runs=_retime_runs(runner))
         card, constraints = _card(workspace, trial, artifact, reference, parity, rule, test_top1, latency, runner,
-                                  study_path)
+                                  study_path, picked_by)
         write_json(folder / CARD_NAME, card)
     artifact = out_dir / artifact.name
     return ExportResult(artifact, out_dir / CARD_NAME, parity, latency, constraints)
@@ -128,7 +133,7 @@ def export_trial(workspace: Workspace, study: optuna.Study, trial_number: int, o
 
 def _card(workspace: Workspace, trial: optuna.trial.FrozenTrial, artifact: Path, reference: Path, parity: ParityReport,
           rule: ParityRule, test_top1: float, latency: TrialLatency, runner: TrialRunner,
-          study_path: str) -> tuple[dict, dict[str, float]]:
+          study_path: str, picked_by: str | None) -> tuple[dict, dict[str, float]]:
     data, metrics, study = workspace.data, workspace.metrics, workspace.study
     runtime, backend = trial.user_attrs[Attr.RUNTIME], trial.user_attrs.get(Attr.BACKEND)
     targets, main = study.targets, latency.reference
@@ -148,6 +153,7 @@ def _card(workspace: Workspace, trial: optuna.trial.FrozenTrial, artifact: Path,
         "study_file_from_card": os.path.relpath(Path(study_path).resolve(), artifact.parent.resolve()),
         "working_directory": str(Path.cwd()),
         "trial": trial.number,
+        "picked_by": picked_by or "named with --trial",
         "artifact": artifact.name,
         "sha256": sha256_of(artifact),
         "bytes": artifact.stat().st_size,

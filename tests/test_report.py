@@ -13,7 +13,7 @@ import pytest
 
 from udacisense.common.errors import UserError
 from udacisense.search.cli import main
-from udacisense.search.front import pareto_trials, pick, trials_table
+from udacisense.search.front import pareto_trials, trials_table
 from udacisense.search.hypervolume import HV_REFERENCE, _hypervolume_slices, hypervolume
 from udacisense.search.records import DIRECTIONS, OBJECTIVE_NAMES
 from udacisense.search.report import FIGURES, write_report
@@ -193,10 +193,15 @@ def test_smoke_report_numbers_are_the_stored_ones(smoke_report: tuple[Path, Path
     complete = [t for t in trials if t.state is optuna.trial.TrialState.COMPLETE]
     baseline_val = metrics["accuracy"]["val"]["top1"]
     front = trials_table(pareto_trials(complete), config.targets, baseline_val)
-    chosen = next(t for t in trials if t.number == pick(front, config.search.default_pick))
+    # `search` exported its default pick, made on the front re-timed with more runs: the report
+    # recommends that exported trial, not a pick on the shorter search-time timings.
+    card = json.loads((config.run_dir / "export" / "model_card.json").read_text())
+    assert f"`{config.search.default_pick}` policy" in card["picked_by"] and card["trial"] in set(front["trial"])
+    chosen = next(t for t in trials if t.number == card["trial"])
     acc, latency_ratio, size_ratio = chosen.values
 
     assert f"The recommended model is **trial {chosen.number}**" in markdown
+    assert "It was selected by the exported model, chosen by the" in markdown
     base_test, chosen_test = metrics["accuracy"]["test"]["top1"], chosen.user_attrs["test"]["top1"]
     assert f"| test top-1 (held out) | {fmt_acc(base_test)} | {fmt_acc(chosen_test)} |" in markdown
     assert f"| validation top-1 | {fmt_acc(baseline_val)} | {fmt_acc(acc)} |" in markdown
@@ -209,9 +214,7 @@ def test_smoke_report_numbers_are_the_stored_ones(smoke_report: tuple[Path, Path
     # every stage of the chosen pipeline appears with its measured accuracy
     for stage in chosen.user_attrs["stages"]:
         assert f"| {stage['description']} |" in markdown and fmt_acc(stage["metrics"]["val_top1"]) in markdown
-    # `search` exported the default pick: the deployment section is the model card's
-    card = json.loads((config.run_dir / "export" / "model_card.json").read_text())
-    assert card["trial"] == chosen.number
+    # the deployment section is the model card's
     assert f"`{card['sha256']}` (matches the file on disk)" in markdown
     front_rows = [line for line in markdown.splitlines() if re.match(r"^\| \d+( ◀)? \| ", line)]
     assert len(front_rows) >= len(front)

@@ -90,6 +90,8 @@ def load_inputs(study: StudyConfig, storage: str | None, trial_number: int | Non
     baseline_val = float(metrics["accuracy"]["val"]["top1"])
     front = trials_table(pareto_trials(complete), study.targets, baseline_val)
     everything = trials_table(complete, study.targets, baseline_val)
+    card_path = study.run_dir / "export" / "model_card.json"
+    exported = _read_card(card_path, study, trials)
     if trial_number is not None:
         match = [t for t in trials if t.number == trial_number]
         if not match:
@@ -100,15 +102,7 @@ def load_inputs(study: StudyConfig, storage: str | None, trial_number: int | Non
                             "pick a completed trial from `udacisense front`.")
         chosen, note = match[0], f"trial {trial_number}, chosen with `--trial`"
     else:
-        policy = study.search.default_pick
-        try:
-            number = pick(front, policy)
-            note = f"the study's default pick policy `{policy}` on the Pareto front"
-        except UserError:
-            number = pick(front, "knee")
-            note = (f"the `knee` policy, because the study's default policy `{policy}` needs a front point "
-                    "that meets all targets and there is none")
-        chosen = next(t for t in trials if t.number == number)
+        chosen, note = _default_choice(study, trials, front, exported)
     techniques_path = study.run_dir / "techniques" / "techniques.csv"
     techniques = None
     if techniques_path.is_file():
@@ -116,15 +110,40 @@ def load_inputs(study: StudyConfig, storage: str | None, trial_number: int | Non
             techniques = pd.read_csv(techniques_path)
         except (OSError, ValueError, pd.errors.ParserError):
             techniques = None
-    card_path = study.run_dir / "export" / "model_card.json"
-    card = None
-    try:
-        loaded = json.loads(card_path.read_text(encoding="utf-8"))
-        card = loaded if loaded.get("trial") == chosen.number else None
-    except (OSError, ValueError):
-        pass
+    card = exported if exported is not None and exported.get("trial") == chosen.number else None
     return Inputs(study, _storage_label(url), metrics, metrics_path, optuna_study, trials, complete, front, everything,
                   chosen, note, techniques, techniques_path, card, card_path)
+
+
+def _read_card(card_path: Path, study: StudyConfig, trials: Sequence[FrozenTrial]) -> dict[str, Any] | None:
+    """The export folder's model card when it belongs to a completed trial of this study, else None."""
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    number = card.get("trial")
+    belongs = card.get("name") == f"{study.name}-trial-{number}"
+    complete = any(t.number == number and t.state is TrialState.COMPLETE for t in trials)
+    return card if belongs and complete else None
+
+
+def _default_choice(study: StudyConfig, trials: Sequence[FrozenTrial], front: pd.DataFrame,
+                    exported: dict[str, Any] | None) -> tuple[FrozenTrial, str]:
+    """The exported trial when there is one (it was picked on a re-timed front, so its figures are the
+    better ones), otherwise the study's pick policy on the stored front."""
+    if exported is not None:
+        number = int(exported["trial"])
+        how = exported.get("picked_by", "an earlier `udacisense export`")
+        return next(t for t in trials if t.number == number), f"the exported model, chosen by {how}"
+    policy = study.search.default_pick
+    try:
+        number = pick(front, policy)
+        note = f"the study's default pick policy `{policy}` on the Pareto front"
+    except UserError:
+        number = pick(front, "knee")
+        note = (f"the `knee` policy, because the study's default policy `{policy}` needs a front point "
+                "that meets all targets and there is none")
+    return next(t for t in trials if t.number == number), note
 
 
 def family(trial: FrozenTrial) -> str:
