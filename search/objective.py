@@ -188,7 +188,19 @@ class TrialRunner:
 
         model, _ = pipeline.run(CompressedModel(copy.deepcopy(baseline.model)), context,
                                 meter=self._stage_meter, observers=(observe,))
+        if records and not study.search.lower_below_floor:
+            self._stop_if_below_floor(trial, cast(float, records[-1].metrics["val_top1"]))
         return self._measure(trial, model, runtime, started)
+
+    def _stop_if_below_floor(self, trial: optuna.Trial, val_top1: float) -> None:
+        # The artifact's accuracy follows its PyTorch model's within the parity rule (a point or so
+        # for int8), so a model this far below the floor cannot ship: lowering it only costs time.
+        margin = self.workspace.study.search.below_floor_margin
+        if val_top1 < self.floor - margin:
+            trial.set_constraint("accuracy", self.floor - val_top1)
+            raise record_stop(trial, StopReason.BELOW_FLOOR,
+                              f"val top-1 {val_top1:.3f} after the last stage is more than {margin:.2f} below the "
+                              f"accuracy floor {self.floor:.3f}: infeasible whatever its size, so not lowered")
 
     def _stop_if_infeasible(self, trial: optuna.Trial, pipeline, context: StageContext) -> None:
         example = self.workspace.example_input

@@ -96,12 +96,13 @@ class StopReason(enum.StrEnum):
     OVER_BUDGET = "over-budget"  # another worker took the budget's last trial first
     BEFORE_TRAINING = "before-training"  # estimated size or FLOPs miss the targets
     DURING_TRAINING = "during-training"  # validation accuracy hopeless (the early-stopping rule)
+    BELOW_FLOOR = "below-floor"  # trained, but clearly below the accuracy floor: not lowered or measured
 
 
 # Trials that ran no compute and spend no budget.
 UNSPENT = (StopReason.REJECTED, StopReason.DUPLICATE, StopReason.OVER_BUDGET)
 # Trials the early-stopping rules stopped: only these count as compute saved by early stopping.
-EARLY_STOPS = (StopReason.BEFORE_TRAINING, StopReason.DURING_TRAINING)
+EARLY_STOPS = (StopReason.BEFORE_TRAINING, StopReason.DURING_TRAINING, StopReason.BELOW_FLOOR)
 
 
 def record_stop(trial: optuna.Trial, reason: StopReason, message: str) -> optuna.TrialPruned:

@@ -61,6 +61,11 @@ class SearchConfig:
     early_stopping: bool = True
     # Stop a trial whose val accuracy is this far below what completed trials had at the same step.
     patience_margin: float = bounded(0.2, min=0.0, max=1.0)
+    # Lowering and measuring a .pte costs 20-40 s of CPU (more than most fine-tunes): a trial whose
+    # PyTorch model ends this far below the accuracy floor is infeasible whatever its artifact, so
+    # it stops there unless `lower_below_floor` is set (then every trial is lowered and measured).
+    lower_below_floor: bool = False
+    below_floor_margin: float = bounded(0.02, min=0.0, max=1.0, doc="accuracy below the floor that stops a trial before lowering")
     default_pick: Literal["knee", "smallest", "fastest", "most-accurate"] = "knee"
     latency_runs: int = bounded(60, min=3, max=10000, doc="runs per trial latency measurement")
     # Before a pick, the front's candidates are timed again with this many times latency_runs.

@@ -196,3 +196,17 @@ def test_an_export_without_a_feasible_point_says_so_and_records_it(workspace, mi
     assert card["targets"]["meets_targets"] is False and card["targets"]["constraints"]["size"] > 0
     assert card["metrics"]["executorch_threads"] == 1 and card["metrics"]["reference_runtime"] == "executorch"
     assert card["parity"]["reference_sha256"] and parity.top1_agreement >= card["parity"]["rule"]["min_agreement"]
+
+
+def test_a_trial_clearly_below_the_floor_stops_before_lowering(workspace) -> None:
+    runner = _runner(workspace, size_reduction=0.0, latency_reduction=0.0, max_accuracy_drop=0.1)
+    margin = runner.workspace.study.search.below_floor_margin
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    trial = study.ask()
+    with pytest.raises(optuna.TrialPruned, match="not lowered"):
+        runner._stop_if_below_floor(trial, runner.floor - margin - 0.01)
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    stopped = study.trials[0]
+    assert stopped.user_attrs["stage"] == "below-floor" and stopped.constraints["accuracy"] > margin
+    # Within the margin the artifact may still reach the floor (int8 moves accuracy a little): it is measured.
+    runner._stop_if_below_floor(study.ask(), runner.floor - margin / 2)

@@ -167,6 +167,7 @@ STOP_CATEGORIES = {
     StopReason.OVER_BUDGET: "over budget (another worker took the last trial first; nothing ran)",
     StopReason.BEFORE_TRAINING: "stopped before training (estimated to miss the size or latency target)",
     StopReason.DURING_TRAINING: "stopped early during training (accuracy hopeless)",
+    StopReason.BELOW_FLOOR: "stopped after training, before lowering (clearly below the accuracy floor)",
 }
 UNRECORDED = "pruned without a recorded reason"
 
