@@ -86,7 +86,8 @@ def _synthetic_study(root: Path, *, complete: bool = True) -> Path:
                  "artifact_bytes": int(1_000_000 * values[2]), "artifact_gzip_bytes": int(800_000 * values[2]),
                  "artifact_path": "nowhere", "artifact_sha256": "ab" * 32,
                  "parity": {"top1_agreement": 1.0, "max_abs_diff": 0.01, "samples": 30}, "seconds": seconds,
-                 "curve": [[0, values[0]]]}
+                 "curve": [[0, values[0]]],
+                 "phase_seconds": {f"stage 1 {stages[0]['kind']}": seconds / 2, "lowering": seconds / 4, "latency": seconds / 4}}
         return optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, values=list(values), user_attrs=attrs,
                                          distributions={}, params={})
 
@@ -127,6 +128,9 @@ def test_report_from_a_synthetic_study(tmp_path: Path) -> None:
     # order would never have run.
     assert "rules stopped 1 trial(s)" in markdown and f"**{30 - 6.0:.0f} s**" in markdown
     assert "RuntimeError" in markdown and "rejected before compute" in markdown
+    # seconds per phase over the three trials (90 s): channels trains (20 + 15 s), the rest does not
+    assert "training stages took **39%**" in markdown and "lowering to the runtime alone 25%" in markdown
+    assert "| stage: channels | 35 | 38.9% | 2 | yes |" in markdown and "| stage: quantize | 10 | 11.1% | 1 |  |" in markdown
     # with a techniques benchmark, that is the source of "each technique alone", and the best one is computed
     csv = load_study(path).run_dir / "techniques" / "techniques.csv"
     csv.parent.mkdir(parents=True)

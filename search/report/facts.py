@@ -216,6 +216,41 @@ def early_stopping_savings(trials: Sequence[FrozenTrial]) -> dict[str, Any]:
             "saved_by_stopping": median * len(stopped) - sum(trial_seconds(t) for t in stopped)}
 
 
+
+# Stage kinds whose phase is (mostly) gradient steps; the others calibrate, convert or rewrite.
+TRAINING_KINDS = frozenset({"distill", "prune", "gradual", "channels", "resolution", "qat"})
+
+
+@dataclass(frozen=True)
+class PhaseTotal:
+    name: str  # a measuring phase (lowering, latency, ...) or `stage: <kind>`
+    seconds: float  # summed over every finished trial that recorded phases
+    trials: int  # trials in which the phase ran
+    training: bool
+
+    def share(self, total: float) -> float:
+        return self.seconds / total if total else 0.0
+
+
+def phase_totals(trials: Sequence[FrozenTrial]) -> list[PhaseTotal]:
+    """Seconds per phase over the finished trials, stages grouped by kind, largest first.
+
+    Pruned trials count too: their compute was spent. A stage's seconds include its validation
+    passes only where the stage itself measured them; the per-stage `validation` phase is separate.
+    """
+    seconds: Counter[str] = Counter()
+    present: Counter[str] = Counter()
+    for trial in trials:
+        if not trial.state.is_finished():
+            continue
+        for name, value in trial.user_attrs.get(Attr.PHASE_SECONDS, {}).items():
+            # Stage phases are named `stage <index> <kind>`: the kind is what is comparable across trials.
+            key = f"stage: {name.split(' ', 2)[2]}" if name.startswith("stage ") and name.count(" ") >= 2 else name
+            seconds[key] += float(value)
+            present[key] += 1
+    return [PhaseTotal(name, value, present[name], name.startswith("stage: ") and name[7:] in TRAINING_KINDS)
+            for name, value in seconds.most_common()]
+
 @dataclass(frozen=True)
 class TechniqueRow:
     name: str

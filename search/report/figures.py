@@ -17,13 +17,14 @@ import matplotlib.pyplot as plt
 
 from udacisense.search.hypervolume import HV_REFERENCE
 from udacisense.search.records import Attr
-from udacisense.search.report.facts import Inputs, family
+from udacisense.search.report.facts import Inputs, PhaseTotal, family
 
 FIGURES = {
     "pareto": "pareto_projections.png",
     "hypervolume": "hypervolume.png",
     "waterfall": "chosen_waterfall.png",
     "per_class": "per_class_accuracy.png",
+    "phases": "phase_seconds.png",
 }
 
 
@@ -156,3 +157,18 @@ def plot_per_class(inputs: Inputs, path: Path) -> Path:
     axis.legend(fontsize=8)
     return _save(figure, path)
 
+
+
+def plot_phases(phases: Sequence[PhaseTotal], path: Path) -> Path:
+    figure, axis = plt.subplots(figsize=(7, 0.35 * max(len(phases), 3) + 1.0))
+    total = sum(p.seconds for p in phases)
+    names = [p.name for p in phases][::-1]
+    shares = [100 * p.share(total) for p in phases][::-1]
+    colours = ["#1a9850" if p.training else "#fdae61" for p in phases][::-1]
+    axis.barh(names, shares, color=colours)
+    for y, share in enumerate(shares):
+        axis.text(share, y, f" {share:.0f}%", va="center", fontsize=8)
+    axis.set_xlabel("share of the trials' compute (%); green: training, orange: everything else")
+    axis.set_xlim(0, max(shares + [1.0]) * 1.15)
+    axis.grid(axis="x", alpha=0.3)
+    return _save(figure, path)

@@ -17,11 +17,13 @@ from udacisense.search.records import Attr
 from udacisense.search.report.facts import (
     SPACE_FAMILY,
     Inputs,
+    PhaseTotal,
     TechniqueRow,
     as_float,
     best_technique,
     chosen_facts,
     family,
+    phase_totals,
     prune_category,
     reduction_per_point,
     state_counts,
@@ -224,6 +226,7 @@ def section_search(inputs: Inputs, history: Sequence[tuple[int, float]], savings
         lines += md_table(["category", "trials", "time spent", "estimated saving"], [
             [name, int(e["trials"]), fmt_seconds(e["spent"]), fmt_seconds(e["saved"])]
             for name, e in savings["by_category"].items()])
+    lines += _phase_lines(phase_totals(inputs.trials))
     lines += ["### Hypervolume", ""]
     final = history[-1][1] if history else 0.0
     ideal = abs(HV_REFERENCE[0] - (-1.0)) * HV_REFERENCE[1] * HV_REFERENCE[2]
@@ -247,6 +250,22 @@ def section_search(inputs: Inputs, history: Sequence[tuple[int, float]], savings
     )
     lines += [f"![Pareto projections: accuracy vs latency ratio and vs size ratio]({FIGURES['pareto']})", ""]
     return lines
+
+
+def _phase_lines(phases: Sequence[PhaseTotal]) -> list[str]:
+    lines = ["### Where the trials' time went", ""]
+    total = sum(p.seconds for p in phases)
+    if not total:
+        return lines + ["No trial recorded its seconds per phase (`phase_seconds`).", ""]
+    training = sum(p.seconds for p in phases if p.training)
+    lowering = sum(p.seconds for p in phases if p.name == "lowering")
+    lines += [f"Over the finished trials, training stages took **{100 * training / total:.0f}%** of the "
+              f"{fmt_seconds(total)} of trial compute; everything else {100 * (total - training) / total:.0f}% "
+              f"(lowering to the runtime alone {100 * lowering / total:.0f}%).", ""]
+    lines += md_table(["phase", "seconds", "share", "trials", "training"], [
+        [p.name, f"{p.seconds:.0f}", f"{100 * p.share(total):.1f}%", p.trials, "yes" if p.training else ""]
+        for p in phases])
+    return lines + [f"![Seconds per phase]({FIGURES['phases']})", ""]
 
 
 def section_chosen(inputs: Inputs, steps: Sequence[dict[str, Any]]) -> list[str]:
