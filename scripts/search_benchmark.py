@@ -1,13 +1,13 @@
 """Benchmark: a real search on a study, and the default sampler against random sampling.
 
     .venv/bin/python scripts/search_benchmark.py --study studies/cifar10-offline.toml [--n-trials N] [--n-jobs K]
-    .venv/bin/python scripts/search_benchmark.py --study ... --compare-random
+
+(Samplers are compared by scripts/sampler_benchmark.py.)
 
 Prints the Pareto front, wall time, trials complete/pruned/failed, the CPU time early stopping
 saved, (with --false-stops N) how many of N trials stopped by the early-stopping rule would have
-reached the accuracy floor had they run to completion, and (with --compare-random) the hypervolume of the default sampler's trials against a
-random-sampler study with the same budget, on the same baseline. The hypervolumes are compared
-over the same number of finished trials in both studies, so a run cut short still compares fairly.
+reached the accuracy floor had they run to completion, and how often a trial's leading stages
+repeated an earlier trial's exactly (what a cache of stage results could have reused).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 import optuna
 
 from udacisense.common.logs import quiet_libraries
-from udacisense.search.budget import counted_trials, is_rejected
+from udacisense.search.budget import finished_in_budget, is_rejected
 from udacisense.search.cli import main as cli_main
 from udacisense.search.hypervolume import hypervolume
 from udacisense.search.records import Attr, StopReason, stop_reason
@@ -30,14 +30,24 @@ from udacisense.search.study import load_study
 from udacisense.search.workspace import open_workspace
 
 
-def finished_in_budget(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
-    """The finished trials that spent the budget, in the order they were started."""
-    return [t for t in counted_trials(trials) if t.state.is_finished()]
-
-
-def hypervolume_of_first(trials: list[optuna.trial.FrozenTrial], n: int) -> float:
-    values = [t.values for t in finished_in_budget(trials)[:n] if t.state is optuna.trial.TrialState.COMPLETE]
-    return hypervolume(values) if values else 0.0
+def prefix_reuse(trials: list[optuna.trial.FrozenTrial]) -> dict:
+    """Trials whose leading stages (same configs, hence same input) equal an earlier trial's, and the
+    stage seconds a cache would have saved: the case for (or against) caching stage results."""
+    seen: set[tuple[str, ...]] = set()
+    hits, saved, total, counted = 0, 0.0, 0.0, 0
+    for trial in sorted(trials, key=lambda t: t.number):
+        stages = trial.user_attrs.get(Attr.STAGES) or []
+        if not stages:
+            continue
+        counted += 1
+        descriptions = tuple(stage["description"] for stage in stages)
+        total += sum(stage["seconds"] for stage in stages)
+        shared = next((m for m in range(len(descriptions), 0, -1) if descriptions[:m] in seen), 0)
+        if shared:
+            hits += 1
+            saved += sum(stage["seconds"] for stage in stages[:shared])
+        seen.update(descriptions[:m] for m in range(1, len(descriptions) + 1))
+    return {"trials": counted, "hits": hits, "stage_seconds": total, "reusable_seconds": saved}
 
 
 def summarise(study_path: str, overrides: dict) -> dict:
@@ -51,7 +61,7 @@ def summarise(study_path: str, overrides: dict) -> dict:
         "meets_all_targets": sum(1 for t in complete if t.user_attrs.get(Attr.MEETS_TARGETS)),
         "hypervolume": hypervolume([t.values for t in complete]) if complete else 0.0,
         "early_stopping": early_stopping_savings(trials),
-        "finished_in_budget": len(finished), "all_trials": trials,
+        "prefix_reuse": prefix_reuse(trials),
         "wall_seconds": (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds()
         if finished else 0.0,
     }
@@ -93,37 +103,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study", default="studies/cifar10-offline.toml")
     parser.add_argument("--n-trials", type=int, help="override the study's budget")
     parser.add_argument("--n-jobs", type=int, default=1)
-    parser.add_argument("--compare-random", action="store_true", help="also run a random-sampler study, same budget")
     parser.add_argument("--summary-only", action="store_true", help="summarise the studies as they are; run no trials")
     parser.add_argument("--false-stops", type=int, default=0, metavar="N",
                         help="run N trials stopped by the early-stopping rule to completion and count false stops")
     args = parser.parse_args(argv)
     quiet_libraries()
-    base = load_study(args.study)
     overrides = {"search.n_trials": args.n_trials} if args.n_trials else {}
-    results = [run(args.study, overrides, args.n_jobs, args.summary_only)]
+    result = run(args.study, overrides, args.n_jobs, args.summary_only)
     cli_main(["front", "--study", args.study] if not overrides else ["check", "--study", args.study])
-    if args.compare_random:
-        random_overrides = {**overrides, "name": f"{base.name}-random", "search.sampler": "random"}
-        # Same baseline for both: its checkpoint is reused because its settings key matches.
-        shutil.copytree(base.run_dir / "baseline", load_study(args.study, random_overrides).run_dir / "baseline",
-                        dirs_exist_ok=True)
-        results.append(run(args.study, random_overrides, args.n_jobs, args.summary_only))
-    for result in results:
-        print(f"\n{result['study']} ({result['sampler']}): {result['trials']}; first start to last finish "
-              f"{result['wall_seconds'] / 60:.1f} min")
-        print(f"  rejected orders (no compute): {result['rejected_orders']}; meeting all targets: {result['meets_all_targets']}")
-        print(f"  hypervolume {result['hypervolume']:.4f}")
-        print(f"  early stopping: {result['early_stopping']}")
+    print(f"\n{result['study']} ({result['sampler']}): {result['trials']}; first start to last finish "
+          f"{result['wall_seconds'] / 60:.1f} min")
+    print(f"  rejected orders (no compute): {result['rejected_orders']}; meeting all targets: {result['meets_all_targets']}")
+    print(f"  hypervolume {result['hypervolume']:.4f}")
+    print(f"  early stopping: {result['early_stopping']}")
+    reuse = result["prefix_reuse"]
+    print(f"  leading stages equal to an earlier trial's: {reuse['hits']} of {reuse['trials']} trials; a stage cache "
+          f"would have saved {reuse['reusable_seconds']:.0f} s of {reuse['stage_seconds']:.0f} s in stages")
     if args.false_stops:
         rate = false_stop_rate(args.study, overrides, args.false_stops, args.n_jobs)
         print(f"\nfalse stops: {rate['false_stops']} of {rate['sample']} trials stopped by the early-stopping rule "
               f"reached the accuracy floor when run to completion ({rate['trials']})")
-    if len(results) == 2:
-        common = min(r["finished_in_budget"] for r in results)
-        at = [hypervolume_of_first(r["all_trials"], common) for r in results]
-        print(f"\nhypervolume over the first {common} finished trials of each: {results[0]['sampler']} {at[0]:.4f}, "
-              f"random {at[1]:.4f}" + (f", ratio {at[0] / at[1]:.3f}" if at[1] > 0 else ""))
     return 0
 
 

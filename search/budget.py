@@ -41,6 +41,11 @@ def counted_trials(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.
             and stop_reason(t) not in UNSPENT]
 
 
+def finished_in_budget(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The finished trials that spent the budget, in the order they were started."""
+    return [t for t in counted_trials(trials) if t.state.is_finished()]
+
+
 def budget_left(study: optuna.Study, n_trials: int) -> int:
     """Trials still to start: the budget counts every worker's trials, running and queued ones included."""
     return n_trials - len(counted_trials(study.get_trials(deepcopy=False)))

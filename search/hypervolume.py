@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import optuna
 
+from udacisense.search.budget import finished_in_budget
 from udacisense.search.records import HV_REFERENCE, OBJECTIVES, as_losses
 
 
@@ -47,3 +49,11 @@ def hypervolume(values: Sequence[Sequence[float]], reference: Sequence[float] = 
         return _hypervolume_slices(loss, ref)
     return float(compute_hypervolume(loss, ref))
 
+
+
+def hypervolume_of_first(trials: list[optuna.trial.FrozenTrial], n: int, floor: float | None = None) -> float:
+    """Hypervolume of the completed trials among the first ``n`` that spent the budget; with ``floor``,
+    only of those whose accuracy reaches it (what a user can ship), so searches compare at equal budget."""
+    values = [t.values for t in finished_in_budget(trials)[:n] if t.state is optuna.trial.TrialState.COMPLETE
+              and (floor is None or t.values[0] >= floor)]
+    return hypervolume(values) if values else 0.0

@@ -36,7 +36,8 @@ def make_sampler(search: SearchConfig, seed: int) -> optuna.samplers.BaseSampler
     if search.sampler == "nsga3":
         return optuna.samplers.NSGAIIISampler(population_size=search.population_size, seed=seed)
     if search.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, search.n_trials))
+        # group=True: the conditional space (params exist only with their stage) is modelled per group.
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=min(10, search.n_trials))
     return optuna.samplers.RandomSampler(seed=seed)
 
 

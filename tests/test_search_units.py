@@ -22,6 +22,7 @@ from udacisense.search.budget import budget_left, is_surplus
 from udacisense.search.early_stopping import AccuracyMonitor, StopRule
 from udacisense.search.feasibility import footprint, infeasibility
 from udacisense.search.front import pareto_trials, pick, trials_table
+from udacisense.search.hypervolume import hypervolume, hypervolume_of_first
 from udacisense.search.phases import PhaseClock
 from udacisense.search.records import StopReason, stop_reason
 from udacisense.search.runner import WorkerPlan, plan_workers, requeue
@@ -202,3 +203,17 @@ def test_feasibility_rules_out_float_unstructured_but_not_quantized(tiny_bundle)
     assert infeasibility(quantized, reference, 0.7, 0.6) is None
     narrow_float = footprint(Pipeline((StructuredPruningConfig(ratio=0.6),)), baseline, context, example)
     assert infeasibility(narrow_float, reference, 0.7, 0.6) is None
+
+
+def test_sampler_scores_count_only_the_first_trials_that_reach_the_floor() -> None:
+    def complete(values):
+        return optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, values=list(values))
+
+    rejected = optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs={"stage": "rejected"})
+    trials = [complete((0.8, 0.5, 0.3)), rejected, complete((0.4, 0.1, 0.1)), complete((0.9, 0.2, 0.2))]
+    for number, trial in enumerate(trials):
+        trial.number = number
+    # The rejected order spent no budget; the 0.4 model is below the floor and cannot ship.
+    assert hypervolume_of_first(trials, 2, floor=0.7) == pytest.approx(hypervolume([(0.8, 0.5, 0.3)]))
+    assert hypervolume_of_first(trials, 3, floor=0.7) == pytest.approx(hypervolume([(0.8, 0.5, 0.3), (0.9, 0.2, 0.2)]))
+    assert hypervolume_of_first(trials, 2) > hypervolume_of_first(trials, 2, floor=0.7)
