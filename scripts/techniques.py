@@ -1,6 +1,6 @@
-"""Benchmark: each compression technique alone on a study's trained baseline.
+"""Benchmark: each compression technique alone, and the pairs that matter, on a study's trained baseline.
 
-    .venv/bin/python scripts/techniques.py --study studies/cifar10-offline.toml [--epochs 2]
+    .venv/bin/python scripts/techniques.py --study studies/cifar10-offline.toml [--epochs 2] [--only ptq ...]
 
 Prints a table of accuracy, artifact size, gzip size and latency in each technique's target
 runtime, with ratios to the baseline measured in the same runtime in this process, and writes it
@@ -31,25 +31,45 @@ from udacisense.search.workspace import open_workspace
 from udacisense.training import TrainConfig
 
 
-def techniques(epochs: int, lr: float) -> list[tuple[StageConfig | None, str]]:
-    """(stage, runtime) pairs: every technique alone, lowered to the runtime it targets."""
+def techniques(epochs: int, lr: float) -> list[tuple[tuple[StageConfig, ...], str]]:
+    """(pipeline, runtime) pairs: every technique alone, lowered to the runtime it targets, then the
+    pairs with int8 that a phone study combines (structure first, int8 last)."""
     tune = TrainConfig(epochs=epochs, lr=lr, schedule="cosine")
-    return [
-        (None, "torchscript"), (None, "executorch"),
-        (FuseConfig(), "torchscript"),
-        (UnstructuredPruningConfig(amount=0.5, scope="global", finetune=tune), "executorch"),
-        (GradualPruningConfig(final_sparsity=0.7, end_epoch=max(0, epochs - 1), finetune=tune), "executorch"),
-        (StructuredPruningConfig(ratio=0.3, finetune=tune), "executorch"),
-        (StructuredPruningConfig(ratio=0.5, finetune=tune), "executorch"),
-        (DistillationConfig(alpha=0.7, temperature=4.0, student_width=0.5, finetune=TrainConfig(epochs=epochs * 3, lr=0.05)),
-         "executorch"),
-        (DynamicQuantConfig(backend="x86"), "torchscript"),
-        (StaticQuantConfig(backend="x86"), "torchscript"),
-        (StaticQuantConfig(backend="qnnpack"), "torchscript"),
-        (StaticQuantConfig(backend="xnnpack"), "executorch"),
-        (QATConfig(backend="x86", finetune=tune, freeze_bn_epoch=max(1, epochs - 1)), "torchscript"),
-        (QATConfig(backend="xnnpack", finetune=tune, freeze_bn_epoch=max(1, epochs - 1)), "executorch"),
+    long_tune = TrainConfig(epochs=epochs * 3, lr=0.05)
+    int8 = StaticQuantConfig(backend="xnnpack")
+    head_only = StructuredPruningConfig(ratio=0.0, head_ratio=0.75, finetune=tune)
+    features_and_head = StructuredPruningConfig(ratio=0.25, head_ratio=0.75, finetune=tune)
+    recover = DistillationConfig(alpha=0.7, temperature=4.0, finetune=tune)
+    student = DistillationConfig(alpha=0.7, temperature=4.0, student_width=0.5, finetune=long_tune)
+    alone: list[tuple[tuple[StageConfig, ...], str]] = [
+        ((), "torchscript"), ((), "executorch"),
+        ((FuseConfig(),), "torchscript"),
+        ((UnstructuredPruningConfig(amount=0.5, scope="global", finetune=tune),), "executorch"),
+        ((GradualPruningConfig(final_sparsity=0.7, end_epoch=max(0, epochs - 1), finetune=tune),), "executorch"),
+        ((StructuredPruningConfig(ratio=0.3, finetune=tune),), "executorch"),
+        ((StructuredPruningConfig(ratio=0.5, finetune=tune),), "executorch"),
+        ((head_only,), "executorch"),
+        ((features_and_head,), "executorch"),
+        ((student,), "executorch"),
+        ((DynamicQuantConfig(backend="x86"),), "torchscript"),
+        ((DynamicQuantConfig(backend="xnnpack"),), "executorch"),
+        ((StaticQuantConfig(backend="x86"),), "torchscript"),
+        ((StaticQuantConfig(backend="qnnpack"),), "torchscript"),
+        ((int8,), "executorch"),
+        ((QATConfig(backend="x86", finetune=tune, freeze_bn_epoch=max(1, epochs - 1)),), "torchscript"),
+        ((QATConfig(backend="xnnpack", finetune=tune, freeze_bn_epoch=max(1, epochs - 1)),), "executorch"),
     ]
+    pairs: list[tuple[tuple[StageConfig, ...], str]] = [
+        ((head_only, int8), "executorch"),
+        ((features_and_head, int8), "executorch"),
+        ((features_and_head, recover, int8), "executorch"),
+        ((student, int8), "executorch"),
+    ]
+    return alone + pairs
+
+
+def describe(pipeline: tuple[StageConfig, ...]) -> str:
+    return " → ".join(stage.describe() for stage in pipeline) if pipeline else "baseline"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study", default="studies/cifar10-offline.toml")
     parser.add_argument("--epochs", type=int, default=2, help="fine-tune epochs for techniques that train")
     parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--only", nargs="+", metavar="TEXT", help="run only the rows whose description contains one of these")
     args = parser.parse_args(argv)
     try:
         study = load_study(args.study)
@@ -68,20 +89,22 @@ def main(argv: list[str] | None = None) -> int:
     out = study.run_dir / "techniques"
     context = StageContext(data=workspace.data, teacher=workspace.baseline.model, seed=study.seed)
     rows = []
-    for stage, runtime in techniques(args.epochs, args.lr):
+    for pipeline, runtime in techniques(args.epochs, args.lr):
+        if args.only and not any(text in describe(pipeline) for text in args.only):
+            continue
         started = time.perf_counter()
         model = CompressedModel(workspace.baseline.model)
         try:
-            if stage is not None:
-                model, _ = Pipeline((stage,)).run(model, context)
+            if pipeline:
+                model, _ = Pipeline(pipeline).run(model, context)
             candidate = runner.evaluate(model, runtime)
         except Exception as error:  # one broken technique must not lose the others' measurements
-            rows.append({"technique": stage.describe() if stage else "baseline", "runtime": runtime,
+            rows.append({"technique": describe(pipeline), "runtime": runtime,
                          "error": f"{type(error).__name__}: {error}"})
             print(f"{rows[-1]['technique']:<40} {runtime:<12} FAILED: {rows[-1]['error']}", flush=True)
             continue
         rows.append({
-            "technique": stage.describe() if stage else "baseline", "runtime": runtime,
+            "technique": describe(pipeline), "runtime": runtime,
             "val_top1": candidate.val.top1, "test_top1": candidate.test.top1,
             "bytes": candidate.size.bytes, "gzip_bytes": candidate.size.gzip_bytes,
             "size_ratio": candidate.size_ratio,
@@ -91,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
             "latency_ratio_same_runtime": candidate.same_runtime_latency.ratio,
             "parity_top1": candidate.parity.top1_agreement, "seconds": time.perf_counter() - started,
         })
-        print(f"{rows[-1]['technique']:<40} {runtime:<12} top-1 {candidate.test.top1:.3f}  "
-              f"size x{candidate.size_ratio:.2f}  latency x{candidate.latency_ratio:.2f}", flush=True)
+        print(f"{rows[-1]['technique']:<40} {runtime:<12} val {candidate.val.top1:.3f} test {candidate.test.top1:.3f}  "
+              f"size x{candidate.size_ratio:.2f}  latency x{candidate.latency_ratio:.2f} "
+              f"[{candidate.latency.ratio_p10:.2f}-{candidate.latency.ratio_p90:.2f}]", flush=True)
         # Written after every row: an interrupted benchmark keeps what it measured.
         write_text(out / "techniques.csv", pd.DataFrame(rows).to_csv(index=False))
     table = pd.DataFrame(rows)
