@@ -18,6 +18,7 @@ import pandas as pd
 import udacisense.compression  # noqa: F401  registers the stages
 from udacisense.common.errors import UserError
 from udacisense.common.files import write_json, write_text
+from udacisense.common.logs import quiet_libraries
 from udacisense.compression.distillation import DistillationConfig
 from udacisense.compression.graph import FuseConfig
 from udacisense.compression.pipeline import Pipeline
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--only", nargs="+", metavar="TEXT", help="run only the rows whose description contains one of these")
     args = parser.parse_args(argv)
+    quiet_libraries()
     try:
         study = load_study(args.study)
         workspace = open_workspace(study)
