@@ -18,7 +18,9 @@ Runner = Callable[[torch.Tensor], torch.Tensor]
 
 # ExecuTorch's XNNPACK delegate probes the CPU when it first loads a method and logs each step
 # (`[cpuinfo_utils.cpp:71] Reading file /sys/devices/soc0/...`) with no switch to turn it off.
-_CPUINFO_LOG = re.compile(r"^\[cpuinfo_utils\.cpp:\d+\] ")
+# ExecuTorch describes the machine and its pool (`CPU info and manual query ... dont match`,
+# `Resetting threadpool to 1 threads`) on stderr with no switch to turn it off.
+_EXECUTORCH_MACHINE_LOG = re.compile(r"^\[(cpuinfo_utils|threadpool)\.cpp:\d+\] ")
 
 
 def load_runner(artifact: bytes | nn.Module, runtime: Runtime, backend: Backend | None = None) -> Runner:
@@ -65,7 +67,8 @@ def _torchscript_runner(artifact: bytes, backend: Backend | None) -> Runner:
 def _executorch_runner(artifact: bytes) -> Runner:
     from executorch.runtime import Runtime as ExecuTorchRuntime
 
-    before_program_load()
+    with native_stderr_without(_EXECUTORCH_MACHINE_LOG):
+        before_program_load()
     return _ExecuTorchRunner(ExecuTorchRuntime.get().load_program(artifact))
 
 
@@ -74,7 +77,7 @@ class _ExecuTorchRunner:
 
     def __init__(self, program: object) -> None:
         self.program = program  # owns the method's memory: keep it alive as long as the method
-        with native_stderr_without(_CPUINFO_LOG):
+        with native_stderr_without(_EXECUTORCH_MACHINE_LOG):
             self.method = program.load_method("forward")  # type: ignore[attr-defined]
         self.batch = int(self.method.metadata.input_tensor_meta(0).sizes()[0])
 
