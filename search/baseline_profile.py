@@ -16,6 +16,7 @@ from typing import Any
 
 from udacisense.common.errors import UserError
 from udacisense.common.files import write_json
+from udacisense.search.records import optional_int
 
 FILE_NAME = "metrics.json"
 
@@ -49,10 +50,6 @@ class BaselineTraining:
     samples: int | None
     val_samples: int | None
     test_samples: int | None
-
-
-def _optional_int(value: object) -> int | None:
-    return None if value is None else int(value)  # type: ignore[call-overload]
 
 
 @dataclass(frozen=True)
@@ -130,8 +127,8 @@ class BaselineProfile:
     @property
     def sizes(self) -> dict[str, BaselineSize]:
         """Per format as measured: ``state_dict`` first, then each lowered runtime's artifact."""
-        return {name: BaselineSize(int(r["bytes"]), int(r["gzip_bytes"]), _optional_int(r.get("parameters")),
-                                   _optional_int(r.get("nonzero_parameters")))
+        return {name: BaselineSize(int(r["bytes"]), int(r["gzip_bytes"]), optional_int(r.get("parameters")),
+                                   optional_int(r.get("nonzero_parameters")))
                 for name, r in self.document["size"].items()}
 
     @property
@@ -158,8 +155,8 @@ class BaselineProfile:
     @property
     def latencies(self) -> dict[str, BaselineLatency]:
         return {name: BaselineLatency(float(r["median_ms"]), float(r["p10_ms"]), float(r["p90_ms"]),
-                                      float(r.get("mean_ms", math.nan)), _optional_int(r.get("runs")),
-                                      _optional_int(r.get("torch_threads")), _optional_int(r.get("executorch_threads")))
+                                      float(r.get("mean_ms", math.nan)), optional_int(r.get("runs")),
+                                      optional_int(r.get("torch_threads")), optional_int(r.get("executorch_threads")))
                 for name, r in self.document["latency"].items()}
 
     def latency(self, runtime: str) -> BaselineLatency | None:
@@ -184,7 +181,7 @@ class BaselineProfile:
     @property
     def training(self) -> BaselineTraining:
         train = self.document.get("train", {})
-        return BaselineTraining(*(_optional_int(train.get(key)) for key in ("epochs", "samples", "val_samples", "test_samples")))
+        return BaselineTraining(*(optional_int(train.get(key)) for key in ("epochs", "samples", "val_samples", "test_samples")))
 
     @property
     def environment(self) -> dict[str, Any]:

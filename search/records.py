@@ -116,11 +116,13 @@ def record_stop(trial: optuna.Trial, reason: StopReason, message: str) -> optuna
     return optuna.TrialPruned(message)
 
 
-def _optional_float(value: object) -> float | None:
+def optional_float(value: object) -> float | None:
+    """A stored number that may be absent (null)."""
     return None if value is None else float(value)  # type: ignore[arg-type]
 
 
-def _optional_int(value: object) -> int | None:
+def optional_int(value: object) -> int | None:
+    """A stored count that may be absent (null)."""
     return None if value is None else int(value)  # type: ignore[call-overload]
 
 
@@ -229,7 +231,7 @@ class TrialRecord:
 
     @property
     def test_top1(self) -> float | None:
-        return _optional_float(self._report(Attr.TEST).get("top1"))
+        return optional_float(self._report(Attr.TEST).get("top1"))
 
     @property
     def test_per_class(self) -> list[float]:
@@ -238,20 +240,20 @@ class TrialRecord:
     @property
     def latency_ms(self) -> float | None:
         """Median ms of the artifact at batch 1 (from the full latency report the flat attribute copies)."""
-        return _optional_float(self._report(Attr.LATENCY).get("median_ms"))
+        return optional_float(self._report(Attr.LATENCY).get("median_ms"))
 
     @property
     def latency_p10_ms(self) -> float | None:
-        return _optional_float(self._report(Attr.LATENCY).get("p10_ms"))
+        return optional_float(self._report(Attr.LATENCY).get("p10_ms"))
 
     @property
     def latency_p90_ms(self) -> float | None:
-        return _optional_float(self._report(Attr.LATENCY).get("p90_ms"))
+        return optional_float(self._report(Attr.LATENCY).get("p90_ms"))
 
     @property
     def reference_latency_ms(self) -> float | None:
         """Median ms of the float baseline in the reference runtime, timed alongside."""
-        return _optional_float(self._report(Attr.REFERENCE_LATENCY).get("median_ms"))
+        return optional_float(self._report(Attr.REFERENCE_LATENCY).get("median_ms"))
 
     @property
     def reference_runtime(self) -> str | None:
@@ -259,15 +261,15 @@ class TrialRecord:
 
     @property
     def latency_ratio_p10(self) -> float | None:
-        return _optional_float(self._attr(Attr.LATENCY_RATIO_P10))
+        return optional_float(self._attr(Attr.LATENCY_RATIO_P10))
 
     @property
     def latency_ratio_p90(self) -> float | None:
-        return _optional_float(self._attr(Attr.LATENCY_RATIO_P90))
+        return optional_float(self._attr(Attr.LATENCY_RATIO_P90))
 
     @property
     def latency_ratio_same_runtime(self) -> float | None:
-        return _optional_float(self._attr(Attr.LATENCY_RATIO_SAME_RUNTIME))
+        return optional_float(self._attr(Attr.LATENCY_RATIO_SAME_RUNTIME))
 
     @property
     def artifact_path(self) -> Path | None:
@@ -277,11 +279,11 @@ class TrialRecord:
 
     @property
     def artifact_bytes(self) -> int | None:
-        return _optional_int(self._attr(Attr.ARTIFACT_BYTES))
+        return optional_int(self._attr(Attr.ARTIFACT_BYTES))
 
     @property
     def artifact_gzip_bytes(self) -> int | None:
-        return _optional_int(self._attr(Attr.ARTIFACT_GZIP_BYTES))
+        return optional_int(self._attr(Attr.ARTIFACT_GZIP_BYTES))
 
     @property
     def artifact_sha256(self) -> str | None:
@@ -329,17 +331,17 @@ class TrialRecord:
 
     @property
     def sampler_seed(self) -> int | None:
-        return _optional_int(self._attr(Attr.SAMPLER_SEED))
+        return optional_int(self._attr(Attr.SAMPLER_SEED))
 
     @property
     def retry_of(self) -> int | None:
         """The failed trial this one retries."""
-        return _optional_int(self._attr(Attr.RETRY_OF))
+        return optional_int(self._attr(Attr.RETRY_OF))
 
     @property
     def stopped_trial(self) -> int | None:
         """The early-stopped trial this one runs again to completion (the false-stop benchmark)."""
-        return _optional_int(self._attr(Attr.STOPPED_TRIAL))
+        return optional_int(self._attr(Attr.STOPPED_TRIAL))
 
 
 def records(trials: Iterable[FrozenTrial]) -> list[TrialRecord]:
