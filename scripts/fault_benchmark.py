@@ -28,7 +28,7 @@ import optuna
 
 from udacisense.common.files import sha256_of
 from udacisense.search.local_postgres import create_database, postgres_bin, postgres_server
-from udacisense.search.records import Attr
+from udacisense.search.records import TrialRecord, records
 from udacisense.search.storage import open_study
 from udacisense.search.study import load_study
 
@@ -64,7 +64,7 @@ def shared_study_file(source: Path, root: Path, url: str) -> Path:
 def busy_trial(study: optuna.Study, pids: set[int]) -> tuple[int, int] | None:
     """(trial, pid) of a trial a live worker has been running for a while."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid = int(str(trial.user_attrs.get(Attr.WORKER, ":0")).rsplit(":", 1)[1])
+        pid = int((TrialRecord.of(trial).worker or ":0").rsplit(":", 1)[1])
         started = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
         if pid in pids and time.time() - started > BUSY_SECONDS:
             return trial.number, pid
@@ -105,7 +105,9 @@ def checks(study: optuna.Study, budget: int) -> dict[str, tuple[bool, str]]:
     running = [t.number for t in trials if t.state is TrialState.RUNNING]
     retries = [t for t in trials if t.system_attrs.get("failed_trial") is not None]
     bad_retries = [t.number for t in retries if t.params != trials[t.system_attrs["failed_trial"]].params]
-    bad_artifacts = [t.number for t in complete if sha256_of(t.user_attrs[Attr.ARTIFACT_PATH]) != t.user_attrs[Attr.ARTIFACT_SHA256]]
+    # A trial failing parity keeps no artifact, by design.
+    bad_artifacts = [r.number for r in records(complete) if r.parity_ok
+                     and (r.artifact_path is None or sha256_of(r.artifact_path) != r.artifact_sha256)]
     distinct = len({tuple(sorted(t.params.items())) for t in complete})
     return {
         "complete trials equal the budget": (len(complete) == budget, f"{len(complete)} of {budget}"),

@@ -24,7 +24,7 @@ import optuna
 from udacisense.common.logs import quiet_libraries
 from udacisense.search.budget import finished_in_budget
 from udacisense.search.hypervolume import hypervolume_of_first
-from udacisense.search.records import Attr
+from udacisense.search.records import records
 from udacisense.search.runner import run_search
 from udacisense.search.storage import open_study
 from udacisense.search.study import load_study
@@ -100,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         mean = statistics.mean(values)
         sd = statistics.stdev(values) if len(values) > 1 else float("nan")
         ratio = f"{mean / random_mean:.2f}" if random_mean > 0 else "n/a"
-        meets = [sum(1 for t in finished_in_budget(found)[:common] if t.user_attrs.get(Attr.MEETS_TARGETS))
+        meets = [sum(1 for r in records(finished_in_budget(found)[:common]) if r.meets_targets)
                  for found in by_sampler[sampler]]
-        seeds = {t.user_attrs.get(Attr.SAMPLER_SEED) for found in by_sampler[sampler] for t in found} - {None}
+        seeds = {r.sampler_seed for found in by_sampler[sampler] for r in records(found)} - {None}
         print(f"{sampler:<8} {len(values):>8} {mean:>14.4f} ± {sd:<7.4f} {ratio:>9} {statistics.mean(meets):>13.1f}  "
               f"{len(seeds)} distinct")
     return 0

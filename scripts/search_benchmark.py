@@ -22,7 +22,7 @@ from udacisense.common.logs import quiet_libraries
 from udacisense.search.budget import finished_in_budget, is_rejected
 from udacisense.search.cli import main as cli_main
 from udacisense.search.hypervolume import hypervolume
-from udacisense.search.records import Attr, StopReason, stop_reason
+from udacisense.search.records import Attr, StopReason, TrialRecord, records
 from udacisense.search.report.facts import early_stopping_savings, state_counts
 from udacisense.search.runner import run_search
 from udacisense.search.storage import open_study
@@ -35,8 +35,8 @@ def prefix_reuse(trials: list[optuna.trial.FrozenTrial]) -> dict:
     stage seconds a cache would have saved: the case for (or against) caching stage results."""
     seen: set[tuple[str, ...]] = set()
     hits, saved, total, counted = 0, 0.0, 0.0, 0
-    for trial in sorted(trials, key=lambda t: t.number):
-        stages = trial.user_attrs.get(Attr.STAGES) or []
+    for record in sorted(records(trials), key=lambda r: r.number):
+        stages = record.stages
         if not stages:
             continue
         counted += 1
@@ -54,13 +54,13 @@ def summarise(study_path: str, overrides: dict) -> dict:
     config = load_study(study_path, overrides)
     trials = open_study(config, create=False).get_trials()
     finished = finished_in_budget(trials)
-    complete = [t for t in trials if t.state is optuna.trial.TrialState.COMPLETE]
+    complete = [r for r in records(trials) if r.has_values]
     return {
-        "study": config.name, "sampler": config.search.sampler, "trials": state_counts(trials),
+        "study": config.name, "sampler": config.search.sampler, "trials": state_counts(records(trials)),
         "rejected_orders": sum(1 for t in trials if is_rejected(t)),
-        "meets_all_targets": sum(1 for t in complete if t.user_attrs.get(Attr.MEETS_TARGETS)),
-        "hypervolume": hypervolume([t.values for t in complete]) if complete else 0.0,
-        "early_stopping": early_stopping_savings(trials),
+        "meets_all_targets": sum(1 for r in complete if r.meets_targets),
+        "hypervolume": hypervolume([r.values for r in complete]) if complete else 0.0,
+        "early_stopping": early_stopping_savings(records(trials)),
         "prefix_reuse": prefix_reuse(trials),
         "wall_seconds": (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds()
         if finished else 0.0,
@@ -73,7 +73,7 @@ def false_stop_rate(study_path: str, overrides: dict, sample: int, n_jobs: int) 
     reaches the floor was a false stop."""
     config = load_study(study_path, overrides)
     stopped = [t for t in open_study(config, create=False).get_trials()
-               if stop_reason(t) is StopReason.DURING_TRAINING][:sample]
+               if TrialRecord.of(t).stop_reason is StopReason.DURING_TRAINING][:sample]
     if not stopped:
         return {"sample": 0, "false_stops": 0, "trials": []}
     rerun = {**overrides, "name": f"{config.name}-false-stops", "search.early_stopping": False,
@@ -83,13 +83,13 @@ def false_stop_rate(study_path: str, overrides: dict, sample: int, n_jobs: int) 
     study = open_study(rerun_config)
     if not study.get_trials():
         for trial in stopped:
-            study.enqueue_trial(trial.params, user_attrs={"stopped_trial": trial.number})
+            study.enqueue_trial(trial.params, user_attrs={Attr.STOPPED_TRIAL.value: trial.number})
     run_search(study_path, n_jobs=n_jobs, overrides=rerun, progress=True)
-    floor = float(open_workspace(config, progress=False).metrics["accuracy"]["val"]["top1"]) - config.targets.max_accuracy_drop
-    finished = [t for t in open_study(rerun_config, create=False).get_trials() if t.state is optuna.trial.TrialState.COMPLETE]
-    reached = [t for t in finished if t.values[0] >= floor]
+    floor = open_workspace(config, progress=False).profile.val_top1 - config.targets.max_accuracy_drop
+    finished = [r for r in records(open_study(rerun_config, create=False).get_trials()) if r.has_values]
+    reached = [r for r in finished if r.val_accuracy >= floor]
     return {"sample": len(finished), "false_stops": len(reached), "floor": floor,
-            "trials": [(t.user_attrs.get(Attr.STOPPED_TRIAL), round(t.values[0], 4)) for t in finished]}
+            "trials": [(r.stopped_trial, round(r.val_accuracy, 4)) for r in finished]}
 
 
 def run(study_path: str, overrides: dict, n_jobs: int, summary_only: bool) -> dict:

@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     runner = TrialRunner(workspace, artifact_store(study))
+    profile = workspace.profile
     out = study.run_dir / "techniques"
     context = StageContext(data=workspace.data, teacher=workspace.baseline.model, seed=study.seed)
     rows = []
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             "val_top1": candidate.val.top1, "test_top1": candidate.test.top1,
             "bytes": candidate.size.bytes, "gzip_bytes": candidate.size.gzip_bytes,
             "size_ratio": candidate.size_ratio,
-            "gzip_ratio": candidate.size.gzip_bytes / workspace.metrics["size"].get(runtime, workspace.metrics["size"]["state_dict"])["gzip_bytes"],
+            "gzip_ratio": candidate.size.gzip_bytes / (profile.size(runtime) or profile.sizes["state_dict"]).gzip_bytes,
             "latency_ms": candidate.latency.candidate.median_ms, "latency_ratio": candidate.latency_ratio,
             "latency_ratio_p10": candidate.latency.ratio_p10, "latency_ratio_p90": candidate.latency.ratio_p90,
             "latency_ratio_same_runtime": candidate.same_runtime_latency.ratio,

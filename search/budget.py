@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import optuna
 
-from udacisense.search.records import UNSPENT, StopReason, stop_reason
+from udacisense.search.records import UNSPENT, StopReason, TrialRecord
 
 TrialState = optuna.trial.TrialState
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL, TrialState.WAITING)
@@ -13,12 +13,12 @@ HOLDERS = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
 
 
 def is_rejected(trial: optuna.trial.FrozenTrial) -> bool:
-    return stop_reason(trial) is StopReason.REJECTED
+    return TrialRecord.of(trial).stop_reason is StopReason.REJECTED
 
 
 def is_wasted_sample(trial: optuna.trial.FrozenTrial) -> bool:
     """A sample the search could not use: an impossible order or a configuration it already has."""
-    return stop_reason(trial) in (StopReason.REJECTED, StopReason.DUPLICATE)
+    return TrialRecord.of(trial).stop_reason in (StopReason.REJECTED, StopReason.DUPLICATE)
 
 
 def duplicate_of(study: optuna.Study, number: int, params: dict[str, object]) -> int | None:
@@ -38,7 +38,7 @@ def counted_trials(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.
     # A trial whose worker died is re-queued by the heartbeat callback: count it once, through its retry.
     retried = {number for t in trials for number in t.system_attrs.get("retry_history", [])}
     return [t for t in sorted(trials, key=lambda t: t.number) if t.state in COUNTED and t.number not in retried
-            and stop_reason(t) not in UNSPENT]
+            and TrialRecord.of(t).stop_reason not in UNSPENT]
 
 
 def finished_in_budget(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:

@@ -26,19 +26,19 @@ def _study(args: argparse.Namespace) -> StudyConfig:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
+    from udacisense.search.baseline_profile import FILE_NAME
     from udacisense.search.workspace import open_workspace
 
     workspace = open_workspace(_study(args), progress=not args.quiet)
-    metrics = workspace.metrics
-    verb = "reused" if workspace.baseline.reused else f"trained in {metrics['train_seconds']:.0f} s"
+    profile = workspace.profile
+    verb = "reused" if workspace.baseline.reused else f"trained in {profile.train_seconds:.0f} s"
     print(f"baseline {verb}: {workspace.baseline.directory / 'model.pt'}")
-    acc = metrics["accuracy"]
-    print(f"  accuracy   val top-1 {acc['val']['top1']:.4f}   test top-1 {acc['test']['top1']:.4f}   "
-          f"test top-5 {acc['test']['top5']:.4f}")
-    print("  size       " + "   ".join(f"{name} {report['bytes'] / 1e6:.2f} MB" for name, report in metrics["size"].items()))
-    print("  latency    " + "   ".join(f"{name} {report['median_ms']:.2f} ms" for name, report in metrics["latency"].items()))
-    print(f"  compute    {metrics['flops']['macs'] / 1e6:.1f} MMACs, peak memory {metrics['peak_memory']['bytes'] / 1e6:.2f} MB")
-    print(f"  metrics    {workspace.baseline.directory / 'metrics.json'}")
+    print(f"  accuracy   val top-1 {profile.val_top1:.4f}   test top-1 {profile.test_top1:.4f}   "
+          f"test top-5 {profile.test_top5:.4f}")
+    print("  size       " + "   ".join(f"{name} {size.bytes / 1e6:.2f} MB" for name, size in profile.sizes.items()))
+    print("  latency    " + "   ".join(f"{name} {latency.median_ms:.2f} ms" for name, latency in profile.latencies.items()))
+    print(f"  compute    {profile.macs / 1e6:.1f} MMACs, peak memory {profile.peak_memory_bytes / 1e6:.2f} MB")
+    print(f"  metrics    {workspace.baseline.directory / FILE_NAME}")
     return 0
 
 
@@ -130,7 +130,7 @@ def cmd_front(args: argparse.Namespace) -> int:
     from udacisense.search.front import export_front
 
     study, workspace, optuna_study = _open(args)
-    baseline_val = float(workspace.metrics["accuracy"]["val"]["top1"])
+    baseline_val = workspace.profile.val_top1
     front, paths = export_front(optuna_study, study.targets, baseline_val, study.run_dir / "front")
     if front.empty:
         print("the study has no completed trials yet")
@@ -158,7 +158,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     runner = TrialRunner(workspace, artifact_store(study))
     number, paragraph, picked_by = args.trial, None, None
     if number is None:
-        baseline_val = float(workspace.metrics["accuracy"]["val"]["top1"])
+        baseline_val = workspace.profile.val_top1
         front, _ = export_front(optuna_study, study.targets, baseline_val, study.run_dir / "front")
         front = retime_front(front, optuna_study, runner)
         print(f"front re-timed with {study.search.retime_factor}x the runs before picking `{args.pick}`:")

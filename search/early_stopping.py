@@ -16,7 +16,7 @@ from typing import Any
 
 import optuna
 
-from udacisense.search.records import Attr, StopReason, record_stop
+from udacisense.search.records import Attr, StopReason, TrialRecord, record_stop, store
 
 # Where a measurement was taken: (stage index, fine-tune epoch within the stage or None at its end).
 Point = tuple[int, int | None]
@@ -54,8 +54,9 @@ def _curve_points(curve: Sequence[Sequence[Any]]) -> tuple[tuple[Point, float], 
 def stop_rule_for(study: optuna.Study, floor: float, margin: float, num_classes: int) -> StopRule:
     curves = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if trial.values and trial.values[0] >= floor:
-            curves.append(_curve_points(trial.user_attrs.get(Attr.CURVE, [])))
+        record = TrialRecord.of(trial)
+        if record.has_values and record.val_accuracy >= floor:
+            curves.append(_curve_points(record.curve))
     return StopRule(floor, margin, tuple(c for c in curves if c), chance=1.0 / num_classes)
 
 
@@ -75,7 +76,7 @@ class AccuracyMonitor:
     def _add(self, point: Point, accuracy: float, where: str) -> None:
         first_of_stage = not any(p[0] == point[0] for p, _ in self.curve)
         self.curve.append((point, accuracy))
-        self.trial.set_user_attr(Attr.CURVE, [[p[0], p[1], acc] for p, acc in self.curve])
+        store(self.trial, {Attr.CURVE: [[p[0], p[1], acc] for p, acc in self.curve]})
         if self.enabled and self.rule.should_stop(point, accuracy, first_of_stage=first_of_stage):
             message = (f"val top-1 {accuracy:.3f} at stage {point[0] + 1} ({where}) is hopeless: floor "
                        f"{self.rule.floor:.3f}, margin {self.rule.margin:.2f}, and every completed trial that "

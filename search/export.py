@@ -13,6 +13,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import optuna
 import pandas as pd
@@ -25,7 +26,7 @@ from udacisense.evaluators.parity import ParityReport, ParityRule, compare_logit
 from udacisense.runtime import LoweredRuntime, deployment_label, executorch_threads, load_runner
 from udacisense.search.front import mark_targets
 from udacisense.search.objective import ARTIFACT_SUFFIX, TrialLatency, TrialRunner
-from udacisense.search.records import Attr
+from udacisense.search.records import TrialRecord
 from udacisense.search.workspace import Workspace
 
 CARD_NAME = "model_card.json"
@@ -62,8 +63,8 @@ def check_parity(artifact: Path, runtime: LoweredRuntime, backend: str | None, r
     return parity, accuracy_from_logits(logits, labels, len(workspace.data.classes)).top1
 
 
-def _trial_rule(trial: optuna.trial.FrozenTrial, runner: TrialRunner) -> ParityRule:
-    return runner.parity_rule(quantized=trial.user_attrs.get(Attr.BACKEND) is not None)
+def _trial_rule(record: TrialRecord, runner: TrialRunner) -> ParityRule:
+    return runner.parity_rule(quantized=record.backend is not None)
 
 
 def _retime_runs(runner: TrialRunner) -> int:
@@ -78,17 +79,19 @@ def retime_front(front: pd.DataFrame, study: optuna.Study, runner: TrialRunner) 
     retimed = front.copy()
     retimed["retimed"] = False
     for index, row in front.iterrows():
-        attrs = trials[int(row["trial"])].user_attrs
-        if not row["parity_ok"] or "artifact_path" not in attrs or not Path(attrs[Attr.ARTIFACT_PATH]).is_file():
+        record = TrialRecord.of(trials[int(row["trial"])])
+        artifact = record.artifact_path
+        if not row["parity_ok"] or artifact is None or not artifact.is_file():
             continue
-        run = load_runner(Path(attrs[Attr.ARTIFACT_PATH]).read_bytes(), attrs[Attr.RUNTIME], attrs.get(Attr.BACKEND))
-        latency = runner.measure_latency(run, attrs[Attr.RUNTIME], runs=_retime_runs(runner)).reference
+        runtime = cast(LoweredRuntime, record.runtime)
+        run = load_runner(artifact.read_bytes(), runtime, record.backend)
+        latency = runner.measure_latency(run, runtime, runs=_retime_runs(runner)).reference
         retimed.loc[index, ["latency_ms", "reference_latency_ms", "latency_ratio", "latency_ratio_p10",
                             "latency_ratio_p90"]] = [latency.candidate.median_ms, latency.reference.median_ms,
                                                      latency.ratio, latency.ratio_p10, latency.ratio_p90]
         retimed.loc[index, "retimed"] = True
     workspace = runner.workspace
-    return mark_targets(retimed, workspace.study.targets, float(workspace.metrics["accuracy"]["val"]["top1"]))
+    return mark_targets(retimed, workspace.study.targets, workspace.profile.val_top1)
 
 
 def export_trial(workspace: Workspace, study: optuna.Study, trial_number: int, out_dir: Path,
@@ -101,21 +104,20 @@ def export_trial(workspace: Workspace, study: optuna.Study, trial_number: int, o
     trials = study.get_trials(deepcopy=False)
     if not 0 <= trial_number < len(trials):
         raise UserError(f"The study has no trial {trial_number} (it has {len(trials)}).", "pick a number from `udacisense front`.")
-    trial = trials[trial_number]
-    if trial.state is not optuna.trial.TrialState.COMPLETE:
-        raise UserError(f"Trial {trial_number} is {trial.state.name.lower()}, not complete; it has no artifact.",
+    record = TrialRecord.of(trials[trial_number])
+    if record.state is not optuna.trial.TrialState.COMPLETE:
+        raise UserError(f"Trial {trial_number} is {record.state.name.lower()}, not complete; it has no artifact.",
                         "pick a completed trial from `udacisense front`.")
-    if not trial.user_attrs.get(Attr.PARITY_OK, True):
-        parity = trial.user_attrs.get(Attr.PARITY, {})
+    if not record.parity_ok:
         raise UserError(f"Trial {trial_number} failed its parity check during the search (top-1 agreement "
-                        f"{parity.get('top1_agreement', float('nan')):.3f}): its artifact was not kept.",
+                        f"{record.parity.get('top1_agreement', float('nan')):.3f}): its artifact was not kept.",
                         "pick another trial from `udacisense front` (a parity failure is never feasible).")
-    source = Path(trial.user_attrs[Attr.ARTIFACT_PATH])
-    if not source.is_file() or sha256_of(source) != trial.user_attrs[Attr.ARTIFACT_SHA256]:
+    source = record.artifact_path
+    if source is None or not source.is_file() or sha256_of(source) != record.artifact_sha256:
         raise UserError(f"The stored artifact of trial {trial_number} ({source}) is missing or was modified.",
                         "re-run the search for that configuration; never ship an artifact that fails its checksum.")
-    runtime, backend = trial.user_attrs[Attr.RUNTIME], trial.user_attrs.get(Attr.BACKEND)
-    rule = _trial_rule(trial, runner)
+    runtime, backend = cast(LoweredRuntime, record.runtime), record.backend
+    rule = _trial_rule(record, runner)
     with atomic_dir(out_dir) as folder:
         artifact = folder / f"model{ARTIFACT_SUFFIX[runtime]}"
         shutil.copyfile(source, artifact)
@@ -124,27 +126,27 @@ def export_trial(workspace: Workspace, study: optuna.Study, trial_number: int, o
         parity, test_top1 = check_parity(artifact, runtime, backend, reference, rule, workspace)
         latency = runner.measure_latency(load_runner(artifact.read_bytes(), runtime, backend), runtime,
                                          runs=_retime_runs(runner))
-        card, constraints = _card(workspace, trial, artifact, reference, parity, rule, test_top1, latency, runner,
+        card, constraints = _card(workspace, record, artifact, reference, parity, rule, test_top1, latency, runner,
                                   study_path, picked_by)
         write_json(folder / CARD_NAME, card)
     artifact = out_dir / artifact.name
     return ExportResult(artifact, out_dir / CARD_NAME, parity, latency, constraints)
 
 
-def _card(workspace: Workspace, trial: optuna.trial.FrozenTrial, artifact: Path, reference: Path, parity: ParityReport,
+def _card(workspace: Workspace, record: TrialRecord, artifact: Path, reference: Path, parity: ParityReport,
           rule: ParityRule, test_top1: float, latency: TrialLatency, runner: TrialRunner,
           study_path: str, picked_by: str | None) -> tuple[dict, dict[str, float]]:
-    data, metrics, study = workspace.data, workspace.metrics, workspace.study
-    runtime, backend = trial.user_attrs[Attr.RUNTIME], trial.user_attrs.get(Attr.BACKEND)
+    data, profile, study = workspace.data, workspace.profile, workspace.study
+    runtime, backend = record.runtime, record.backend
     targets, main = study.targets, latency.reference
     constraints = {
-        "accuracy": runner.floor - trial.values[0],
-        "size": trial.values[2] - (1 - targets.size_reduction),
+        "accuracy": runner.floor - record.val_accuracy,
+        "size": record.size_ratio - (1 - targets.size_reduction),
         "latency": main.ratio - (1 - targets.latency_reduction),
         "parity": rule.shortfall(parity),
     }
     card = {
-        "name": f"{study.name}-trial-{trial.number}",
+        "name": f"{study.name}-trial-{record.number}",
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         # Enough for `udacisense verify` from any directory: the study file (absolute, and relative to the
         # card for a moved folder) and the directory its own relative paths (runs, data) are resolved in.
@@ -152,7 +154,7 @@ def _card(workspace: Workspace, trial: optuna.trial.FrozenTrial, artifact: Path,
         # The card is written in a sibling folder that replaces the export folder: same relative path.
         "study_file_from_card": os.path.relpath(Path(study_path).resolve(), artifact.parent.resolve()),
         "working_directory": str(Path.cwd()),
-        "trial": trial.number,
+        "trial": record.number,
         "picked_by": picked_by or "named with --trial",
         "artifact": artifact.name,
         "sha256": sha256_of(artifact),
@@ -166,8 +168,8 @@ def _card(workspace: Workspace, trial: optuna.trial.FrozenTrial, artifact: Path,
         "input": {"shape": list(workspace.example_input.shape), "dtype": "float32", "layout": "NCHW, RGB",
                   "normalisation": {"mean": list(data.mean), "std": list(data.std),
                                     "formula": "(pixel / 255 - mean) / std"}},
-        "pipeline": trial.user_attrs.get(Attr.PIPELINE),
-        "stages": trial.user_attrs.get(Attr.STAGES, []),
+        "pipeline": record.pipeline,
+        "stages": record.stages,
         "targets": {
             "meets_targets": all(value <= 0 for value in constraints.values()),
             "constraints": constraints,  # <= 0 meets the target
@@ -175,16 +177,16 @@ def _card(workspace: Workspace, trial: optuna.trial.FrozenTrial, artifact: Path,
             "max_latency_ratio": 1 - targets.latency_reduction,
         },
         "metrics": {
-            "val_top1": trial.values[0], "test_top1": test_top1,
+            "val_top1": record.val_accuracy, "test_top1": test_top1,
             "latency_ms": main.candidate.median_ms, "reference_latency_ms": main.reference.median_ms,
             "reference_runtime": main.reference.runtime,
             "latency_ratio_to_baseline": main.ratio,
             "latency_ratio_interval": {"p10": main.ratio_p10, "p90": main.ratio_p90, "rounds": main.rounds,
                                        "what": "deciles of the per-round ratios"},
             "latency_ratio_same_runtime": latency.same_runtime.ratio,
-            "size_ratio_to_baseline": trial.values[2],
-            "baseline": {"val_top1": metrics["accuracy"]["val"]["top1"], "test_top1": metrics["accuracy"]["test"]["top1"],
-                         "bytes": metrics["size"][main.reference.runtime]["bytes"]},
+            "size_ratio_to_baseline": record.size_ratio,
+            "baseline": {"val_top1": profile.val_top1, "test_top1": profile.test_top1,
+                         "bytes": profile.bytes(main.reference.runtime)},
             "latency": main.candidate.as_dict(), "baseline_latency": main.reference.as_dict(),
             "torch_threads": main.candidate.torch_threads,
             "executorch_threads": executorch_threads(),

@@ -19,8 +19,7 @@ import pandas as pd
 
 from udacisense.common.errors import UserError
 from udacisense.common.files import atomic_path, write_json, write_text
-from udacisense.runtime.backends import deployment_label
-from udacisense.search.records import Attr, as_losses
+from udacisense.search.records import TrialRecord, as_losses
 from udacisense.search.study import TargetsConfig
 
 Policy = Literal["knee", "smallest", "fastest", "most-accurate"]
@@ -36,9 +35,8 @@ def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
 def pareto_trials(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
     """The non-dominated completed trials. An artifact failing parity computes something else than its
     model: its numbers are no point of the trade-off, and it must not hide the points it "dominates"."""
-    complete = [t for t in trials if t.state is optuna.trial.TrialState.COMPLETE and t.values
-                and t.user_attrs.get(Attr.PARITY_OK, True)]
-    return [t for t in complete if not any(_dominates(o.values, t.values) for o in complete if o is not t)]
+    complete = [r for r in map(TrialRecord.of, trials) if r.has_values and r.parity_ok]
+    return [r.trial for r in complete if not any(_dominates(o.values, r.values) for o in complete if o is not r)]
 
 
 COLUMNS = ["trial", "pipeline", "runtime", "target", "deployment", "val_top1", "test_top1", "latency_ms", "reference_latency_ms",
@@ -48,28 +46,25 @@ COLUMNS = ["trial", "pipeline", "runtime", "target", "deployment", "val_top1", "
 
 def trials_table(trials: Sequence[optuna.trial.FrozenTrial], targets: TargetsConfig, baseline_val: float) -> pd.DataFrame:
     rows = []
-    for t in trials:
-        acc, latency_ratio, size_ratio = t.values
-        attrs = t.user_attrs
+    for r in map(TrialRecord.of, trials):
         rows.append({
-            "trial": t.number,
-            "pipeline": attrs.get(Attr.PIPELINE, ""),
-            "runtime": attrs.get(Attr.RUNTIME, ""),
-            "target": deployment_label(attrs.get(Attr.RUNTIME, ""), attrs.get(Attr.BACKEND), short=True),
-            "deployment": deployment_label(attrs.get(Attr.RUNTIME, ""), attrs.get(Attr.BACKEND)),
-            "val_top1": acc,
-            "test_top1": attrs.get(Attr.TEST, {}).get("top1"),
-            "latency_ms": attrs.get(Attr.LATENCY, {}).get("median_ms"),
-            "reference_latency_ms": attrs.get(Attr.REFERENCE_LATENCY_MS),
-            "reference_runtime": attrs.get(Attr.REFERENCE_RUNTIME),
-            "latency_ratio": latency_ratio,
-            "latency_ratio_p10": attrs.get(Attr.LATENCY_RATIO_P10),
-            "latency_ratio_p90": attrs.get(Attr.LATENCY_RATIO_P90),
-            "latency_ratio_same_runtime": attrs.get(Attr.LATENCY_RATIO_SAME_RUNTIME),
-            "size_bytes": attrs.get(Attr.ARTIFACT_BYTES),
-            "size_ratio": size_ratio,
-            # Trials from before parity was a trial constraint were only checked at export.
-            "parity_ok": bool(attrs.get(Attr.PARITY_OK, True)),
+            "trial": r.number,
+            "pipeline": r.pipeline,
+            "runtime": r.runtime,
+            "target": r.deployment(short=True),
+            "deployment": r.deployment(),
+            "val_top1": r.val_accuracy,
+            "test_top1": r.test_top1,
+            "latency_ms": r.latency_ms,
+            "reference_latency_ms": r.reference_latency_ms,
+            "reference_runtime": r.reference_runtime,
+            "latency_ratio": r.latency_ratio,
+            "latency_ratio_p10": r.latency_ratio_p10,
+            "latency_ratio_p90": r.latency_ratio_p90,
+            "latency_ratio_same_runtime": r.latency_ratio_same_runtime,
+            "size_bytes": r.artifact_bytes,
+            "size_ratio": r.size_ratio,
+            "parity_ok": r.parity_ok,
         })
     table = mark_targets(pd.DataFrame(rows, columns=COLUMNS), targets, baseline_val)
     return table.sort_values("val_top1", ascending=False).reset_index(drop=True)
@@ -170,7 +165,7 @@ def plot_front(all_trials: pd.DataFrame, front: pd.DataFrame, targets: TargetsCo
 
 def export_front(study: optuna.Study, targets: TargetsConfig, baseline_val: float, out_dir: Path) -> tuple[pd.DataFrame, dict[str, Path]]:
     trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state is optuna.trial.TrialState.COMPLETE and t.values]
+    complete = [t for t in trials if TrialRecord.of(t).has_values]
     front = trials_table(pareto_trials(complete), targets, baseline_val)
     everything = trials_table(complete, targets, baseline_val)
     paths = {

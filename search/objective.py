@@ -29,7 +29,7 @@ from udacisense.search.budget import duplicate_of, is_surplus
 from udacisense.search.early_stopping import AccuracyMonitor, stop_rule_for
 from udacisense.search.feasibility import Footprint, footprint, infeasibility
 from udacisense.search.phases import PhaseClock
-from udacisense.search.records import Attr, StopReason, record_stop
+from udacisense.search.records import Attr, StopReason, record_stop, store
 from udacisense.search.workspace import Workspace
 from udacisense.spaces.sampling import sample_pipeline
 
@@ -83,7 +83,7 @@ class TrialRunner:
 
     @property
     def floor(self) -> float:
-        return float(self.workspace.metrics["accuracy"]["val"]["top1"]) - self.workspace.study.targets.max_accuracy_drop
+        return self.workspace.profile.val_top1 - self.workspace.study.targets.max_accuracy_drop
 
     def reference_runner(self, runtime: LoweredRuntime) -> Runner:
         """The baseline lowered to ``runtime``, loaded once per process."""
@@ -108,7 +108,7 @@ class TrialRunner:
         return TrialLatency(timed["reference"], timed.get("same_runtime", timed["reference"]))
 
     def baseline_size(self, runtime: str) -> int:
-        return int(self.workspace.metrics["size"][runtime]["bytes"])
+        return self.workspace.profile.bytes(runtime)
 
     def parity_rule(self, quantized: bool) -> ParityRule:
         evaluation = self.workspace.study.evaluation
@@ -134,29 +134,27 @@ class TrialRunner:
         started = time.perf_counter()
         self.current_trial, self.failure, self.phases = trial.number, None, PhaseClock()
         frozen = trial.study.get_trials(deepcopy=False)[trial.number]
-        trial.set_user_attr(Attr.RETRY_OF, frozen.system_attrs.get("failed_trial"))
-        trial.set_user_attr(Attr.WORKER, f"{socket.gethostname()}:{os.getpid()}")
-        trial.set_user_attr(Attr.SAMPLER_SEED, self.sampler_seed)
+        store(trial, {Attr.RETRY_OF: frozen.system_attrs.get("failed_trial"),
+                      Attr.WORKER: f"{socket.gethostname()}:{os.getpid()}", Attr.SAMPLER_SEED: self.sampler_seed})
         try:
             return self._run(trial)
         except optuna.TrialPruned:
-            trial.set_user_attr(Attr.SECONDS, time.perf_counter() - started)
+            store(trial, {Attr.SECONDS: time.perf_counter() - started})
             raise
         except Exception as error:
             self.failure = error
-            trial.set_user_attr(Attr.SECONDS, time.perf_counter() - started)
-            trial.set_user_attr(Attr.ERROR, f"{type(error).__name__}: {error}")
-            trial.set_user_attr(Attr.TRACEBACK, traceback.format_exc()[-4000:])
+            store(trial, {Attr.SECONDS: time.perf_counter() - started, Attr.ERROR: f"{type(error).__name__}: {error}",
+                          Attr.TRACEBACK: traceback.format_exc()[-4000:]})
             raise
         finally:
-            trial.set_user_attr(Attr.PHASE_SECONDS, self.phases.summary())
+            store(trial, {Attr.PHASE_SECONDS: self.phases.summary()})
 
     def _run(self, trial: optuna.Trial) -> tuple[float, float, float]:
         study, data, baseline = self.workspace.study, self.workspace.data, self.workspace.baseline
         started = time.perf_counter()
         try:
             pipeline = sample_pipeline(trial, study.space)
-            trial.set_user_attr(Attr.PIPELINE, pipeline.describe())
+            store(trial, {Attr.PIPELINE: pipeline.describe()})
             signature = pipeline.check()
         except IncompatiblePipelineError as error:
             raise record_stop(trial, StopReason.REJECTED, f"rejected before compute: {error.problem}") from None
@@ -168,8 +166,7 @@ class TrialRunner:
             reason = f"over budget: {self.budget} trials were already taken by other workers"
             raise record_stop(trial, StopReason.OVER_BUDGET, reason)
         runtime = runtime_for(signature.backend, study.evaluation.float_runtime)
-        trial.set_user_attr(Attr.RUNTIME, runtime)
-        trial.set_user_attr(Attr.BACKEND, signature.backend)
+        store(trial, {Attr.RUNTIME: runtime, Attr.BACKEND: signature.backend})
         monitor = AccuracyMonitor(trial, stop_rule_for(trial.study, self.floor, study.search.patience_margin, len(data.classes)),
                                   enabled=study.search.early_stopping)
         context = StageContext(data=data, teacher=baseline.model, seed=study.seed + trial.number,
@@ -183,7 +180,7 @@ class TrialRunner:
         def observe(record: StageRecord) -> None:
             records.append(record)
             self.phases.add(f"stage {len(records)} {record.kind}", record.seconds)
-            trial.set_user_attr(Attr.STAGES, [vars(r) for r in records])
+            store(trial, {Attr.STAGES: [vars(r) for r in records]})
             monitor.observe(cast(float, record.metrics["val_top1"]), record.description)
 
         model, _ = pipeline.run(CompressedModel(copy.deepcopy(baseline.model)), context,
@@ -207,7 +204,7 @@ class TrialRunner:
         if self._baseline_footprint is None:
             self._baseline_footprint = footprint(type(pipeline)(()), self.workspace.baseline.model, context, example)
         candidate = footprint(pipeline, self.workspace.baseline.model, context, example)
-        trial.set_user_attr(Attr.ESTIMATED_FLOPS, candidate.flops)
+        store(trial, {Attr.ESTIMATED_FLOPS: candidate.flops})
         targets = self.workspace.study.targets
         reason = infeasibility(candidate, self._baseline_footprint, 1 - targets.size_reduction, 1 - targets.latency_reduction)
         if reason:
@@ -270,11 +267,10 @@ class TrialRunner:
             Attr.ARTIFACT_BYTES: candidate.size.bytes, Attr.ARTIFACT_GZIP_BYTES: candidate.size.gzip_bytes,
             Attr.CONSTRAINTS: constraints, Attr.MEETS_TARGETS: all(c <= 0 for c in constraints.values()),
         }
-        for key, attr in attrs.items():
-            trial.set_user_attr(key, attr)
+        store(trial, attrs)
         if attrs[Attr.PARITY_OK]:
             self._store_artifact(trial, candidate)
-        trial.set_user_attr(Attr.SECONDS, time.perf_counter() - started)
+        store(trial, {Attr.SECONDS: time.perf_counter() - started})
         return candidate.val.top1, candidate.latency_ratio, candidate.size_ratio
 
     def _store_artifact(self, trial: optuna.Trial, candidate: Candidate) -> None:
@@ -282,8 +278,7 @@ class TrialRunner:
         artifact_dir = self.workspace.study.run_dir / "trials" / f"{trial.number:05d}"
         save_torch(artifact_dir / "reference_logits.pt", candidate.reference_logits)
         path = write_bytes(artifact_dir / f"model{ARTIFACT_SUFFIX[candidate.runtime]}", candidate.artifact)
-        trial.set_user_attr(Attr.ARTIFACT_PATH, str(path))
-        trial.set_user_attr(Attr.ARTIFACT_SHA256, sha256_of(path))
+        store(trial, {Attr.ARTIFACT_PATH: str(path), Attr.ARTIFACT_SHA256: sha256_of(path)})
         artifact_id = optuna.artifacts.upload_artifact(artifact_store=self.artifact_store, file_path=str(path),
                                                       study_or_trial=trial)
-        trial.set_user_attr(Attr.ARTIFACT_ID, artifact_id)
+        store(trial, {Attr.ARTIFACT_ID: artifact_id})

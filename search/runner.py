@@ -20,7 +20,7 @@ from udacisense.common.errors import UserError, trial_problem
 from udacisense.common.logs import quiet_libraries
 from udacisense.search.budget import budget_left, is_wasted_sample
 from udacisense.search.objective import TrialRunner
-from udacisense.search.records import UNSPENT, Attr, stop_reason
+from udacisense.search.records import UNSPENT, TrialRecord
 from udacisense.search.storage import artifact_store, open_study
 from udacisense.search.study import SearchConfig, StudyConfig, load_study
 from udacisense.search.workspace import open_workspace
@@ -86,7 +86,7 @@ class TrialCounts:
 
     @classmethod
     def of(cls, trials: list[optuna.trial.FrozenTrial]) -> TrialCounts:
-        counts = Counter("skipped" if stop_reason(t) in UNSPENT else t.state.name for t in trials)
+        counts = Counter("skipped" if TrialRecord.of(t).stop_reason in UNSPENT else t.state.name for t in trials)
         return cls(counts["COMPLETE"], counts["PRUNED"], counts["FAIL"], counts["skipped"])
 
     def describe(self) -> str:
@@ -169,14 +169,15 @@ def requeue(study: optuna.Study, number: int) -> None:
 
 
 def describe_trial(trial: optuna.trial.FrozenTrial) -> str:
-    pipeline = trial.user_attrs.get(Attr.PIPELINE, "?")
-    if trial.state is TrialState.COMPLETE and trial.values:
-        acc, lat, size = trial.values
-        attrs = trial.user_attrs
-        parity = "" if attrs.get(Attr.PARITY_OK, True) else " FAILS PARITY (infeasible, artifact not kept)"
-        return (f"#{trial.number} {pipeline}: acc {acc:.3f} latency {attrs.get('latency_ms', float('nan')):.3f} ms "
-                f"x{lat:.2f} of the float {attrs.get('reference_runtime', 'baseline')} size x{size:.2f}{parity}")
-    reason = trial.user_attrs.get(Attr.STOP_MESSAGE) or trial.user_attrs.get(Attr.ERROR) or ""
+    record = TrialRecord.of(trial)
+    pipeline = record.pipeline or "?"
+    if record.has_values:
+        parity = "" if record.parity_ok else " FAILS PARITY (infeasible, artifact not kept)"
+        latency_ms = float("nan") if record.latency_ms is None else record.latency_ms
+        return (f"#{trial.number} {pipeline}: acc {record.val_accuracy:.3f} latency {latency_ms:.3f} ms "
+                f"x{record.latency_ratio:.2f} of the float {record.reference_runtime or 'baseline'} "
+                f"size x{record.size_ratio:.2f}{parity}")
+    reason = record.stop_message or record.error or ""
     return f"#{trial.number} {trial.state.name.lower()} {pipeline}: {reason}"
 
 

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from udacisense.common.files import write_json
+from udacisense.common.errors import UserError
 from udacisense.datasources.loaders import DataBundle, load_data
 from udacisense.evaluators.profile import profile_float_model
 from udacisense.models.baseline import Baseline, ensure_baseline
 from udacisense.runtime import request_executorch_threads
+from udacisense.search.baseline_profile import FILE_NAME, BaselineProfile
 from udacisense.search.study import StudyConfig
 
 
@@ -22,20 +21,21 @@ class Workspace:
     study: StudyConfig
     data: DataBundle
     baseline: Baseline
-    metrics: dict[str, Any]
+    profile: BaselineProfile
 
     @property
     def example_input(self) -> torch.Tensor:
         return self.data.loader("test").normalise(self.data.test.images[:1]).contiguous()
 
 
-def _read_metrics(path: Path, key: str) -> dict[str, Any] | None:
+def _stored_profile(path: Path, key: str) -> BaselineProfile | None:
+    """The stored measurements of the baseline with settings ``key``; None when they must be taken again."""
     try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        profile = BaselineProfile.load(path)
+    except UserError:
         return None
     # Metrics written before the thread pools were recorded timed ExecuTorch on every core: measure again.
-    return metrics if metrics.get("baseline_key") == key and "threads" in metrics else None
+    return profile if profile.baseline_key == key and profile.records_threads else None
 
 
 def open_workspace(study: StudyConfig, *, progress: bool = True) -> Workspace:
@@ -45,11 +45,11 @@ def open_workspace(study: StudyConfig, *, progress: bool = True) -> Workspace:
     cache_dir = Path(study.runs_dir) / "cache"
     data = load_data(study.data, study.seed, cache_dir)
     baseline = ensure_baseline(study.model, study.baseline, data, study.run_dir / "baseline", progress=progress)
-    metrics_path = baseline.directory / "metrics.json"
-    metrics = None if not baseline.reused else _read_metrics(metrics_path, baseline.key)
-    if metrics is None:
+    profile_path = baseline.directory / FILE_NAME
+    profile = None if not baseline.reused else _stored_profile(profile_path, baseline.key)
+    if profile is None:
         evaluation = study.evaluation
-        metrics = {
+        profile = BaselineProfile({
             "study": study.name,
             "baseline_key": baseline.key,
             "train_seconds": baseline.train_seconds,
@@ -58,6 +58,6 @@ def open_workspace(study: StudyConfig, *, progress: bool = True) -> Workspace:
             **profile_float_model(baseline.model, data, runtimes=evaluation.runtimes,
                                   latency_runs=evaluation.latency_runs, latency_warmup=evaluation.latency_warmup,
                                   threads=evaluation.threads, progress=progress),
-        }
-        write_json(metrics_path, metrics)
-    return Workspace(study, data, baseline, metrics)
+        })
+        profile.save(profile_path)
+    return Workspace(study, data, baseline, profile)

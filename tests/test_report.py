@@ -156,11 +156,16 @@ def test_report_refuses_missing_or_empty_studies(tmp_path: Path, capsys) -> None
     path = _synthetic_study(tmp_path / "empty", complete=False)
     assert main(["report", "--study", str(path), "--out", str(tmp_path / "out")]) == 2
     assert "no completed trials" in capsys.readouterr().err
-    shutil.rmtree(tmp_path / "empty" / "runs" / "synthetic" / "baseline")
+    baseline = tmp_path / "empty" / "runs" / "synthetic" / "baseline"
+    measurements = (baseline / "metrics.json").read_text()
+    shutil.rmtree(baseline)
     with pytest.raises(UserError, match="baseline measurements"):
         write_report(load_study(path), tmp_path / "out")
-    (tmp_path / "empty" / "runs" / "synthetic" / "baseline").mkdir()
-    (tmp_path / "empty" / "runs" / "synthetic" / "baseline" / "metrics.json").write_text("{}")
+    baseline.mkdir()
+    (baseline / "metrics.json").write_text("{}")
+    with pytest.raises(UserError, match="baseline measurements .* are damaged"):
+        write_report(load_study(path), tmp_path / "out")
+    (baseline / "metrics.json").write_text(measurements)
     (tmp_path / "empty" / "runs" / "synthetic" / "study.db").unlink()
     with pytest.raises(UserError, match="no storage yet"):
         write_report(load_study(path), tmp_path / "out")

@@ -24,7 +24,7 @@ from udacisense.search.feasibility import footprint, infeasibility
 from udacisense.search.front import pareto_trials, pick, trials_table
 from udacisense.search.hypervolume import hypervolume, hypervolume_of_first
 from udacisense.search.phases import PhaseClock
-from udacisense.search.records import StopReason, stop_reason
+from udacisense.search.records import StopReason, TrialRecord
 from udacisense.search.runner import WorkerPlan, plan_workers, requeue
 from udacisense.search.study import TargetsConfig, load_study
 from udacisense.spaces.sampling import orders, sample_pipeline
@@ -116,7 +116,7 @@ def test_monitor_records_stage_and_epoch_and_marks_rule_stops() -> None:
         monitor.on_epoch_end(1, 0.2)  # stage 1, epoch 1: every recovered trial was at 0.5 here
     frozen = study.trials[trial.number]
     assert frozen.user_attrs["curve"] == [[0, 0, 0.3], [0, None, 0.3], [1, 0, 0.4], [1, 1, 0.2]]
-    assert stop_reason(frozen) is StopReason.DURING_TRAINING
+    assert TrialRecord.of(frozen).stop_reason is StopReason.DURING_TRAINING
 
 
 def _trial(study: optuna.Study, state: TrialState, values=None, **attrs) -> None:

@@ -129,7 +129,7 @@ def test_knee_and_fastest_return_the_absolutely_fastest_artifact(workspace, mixe
     assert all(pte.user_attrs["latency_ms"] < t.user_attrs["latency_ms"] for t in trials if t is not pte)
     # ... and on one yardstick its ratio is the smallest, so the knee takes it.
     assert min(trials, key=lambda t: t.values[1]) is pte
-    baseline_val = workspace.metrics["accuracy"]["val"]["top1"]
+    baseline_val = workspace.profile.val_top1
     table = trials_table(pareto_trials(trials), TargetsConfig(**LOOSE), baseline_val)
     assert pick(table, "knee") == pte.number
     retimed = retime_front(table, mixed_study, _runner(workspace))
@@ -182,12 +182,12 @@ def test_an_export_without_a_feasible_point_says_so_and_records_it(workspace, mi
     tight = {"size_reduction": 0.99, "latency_reduction": 0.99, "max_accuracy_drop": 0.0}
     runner = _runner(workspace, **tight)
     table = trials_table(pareto_trials(mixed_study.trials), TargetsConfig(**tight),
-                         workspace.metrics["accuracy"]["val"]["top1"])
+                         workspace.profile.val_top1)
     assert not table["meets_all"].any()
     with pytest.raises(UserError, match="nothing to choose"):
         pick(table, "fastest")
     chosen = pick(table, "knee")
-    paragraph = missed_targets(table, chosen, TargetsConfig(**tight), workspace.metrics["accuracy"]["val"]["top1"])
+    paragraph = missed_targets(table, chosen, TargetsConfig(**tight), workspace.profile.val_top1)
     assert paragraph is not None and paragraph.startswith("No point on the Pareto front meets all targets.")
     assert "meets_targets = false" in paragraph
     result = export_trial(runner.workspace, mixed_study, chosen, tmp_path / "export", runner, "study.toml")

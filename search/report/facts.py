@@ -16,9 +16,10 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from udacisense.common.errors import UserError
+from udacisense.search.baseline_profile import FILE_NAME, BaselineProfile
 from udacisense.search.front import pareto_trials, pick, trials_table
 from udacisense.search.hypervolume import hypervolume
-from udacisense.search.records import EARLY_STOPS, Attr, StopReason, stop_reason
+from udacisense.search.records import EARLY_STOPS, StopReason, TrialRecord, records
 from udacisense.search.study import StudyConfig
 
 # Stage kinds (recorded per stage) to the `[space]` family that produces them.
@@ -29,14 +30,14 @@ SPACE_FAMILY = {"ptq": "quantize", "dynamic": "quantize", "qat": "quantize", "gr
 class Inputs:
     study: StudyConfig
     storage_label: str
-    metrics: dict[str, Any]
+    profile: BaselineProfile
     metrics_path: Path
     optuna_study: optuna.Study
-    trials: list[FrozenTrial]
-    complete: list[FrozenTrial]
+    trials: list[TrialRecord]
+    complete: list[TrialRecord]
     front: pd.DataFrame
     everything: pd.DataFrame
-    chosen: FrozenTrial
+    chosen: TrialRecord
     choice_note: str
     techniques: pd.DataFrame | None
     techniques_path: Path
@@ -46,7 +47,7 @@ class Inputs:
 
     @property
     def baseline_val(self) -> float:
-        return float(self.metrics["accuracy"]["val"]["top1"])
+        return self.profile.val_top1
 
     @property
     def floor(self) -> float:
@@ -60,7 +61,7 @@ class Inputs:
     def max_size_ratio(self) -> float:
         return 1 - self.study.targets.size_reduction
 
-    def trial(self, number: int) -> FrozenTrial:
+    def trial(self, number: int) -> TrialRecord:
         return next(t for t in self.trials if t.number == number)
 
 
@@ -71,12 +72,8 @@ def _storage_label(url: str) -> str:
 def load_inputs(study: StudyConfig, storage: str | None, trial_number: int | None) -> Inputs:
     from udacisense.search.storage import open_study
 
-    metrics_path = study.run_dir / "baseline" / "metrics.json"
-    try:
-        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise UserError(f"The baseline measurements {metrics_path} are missing or unreadable.",
-                        f"run `udacisense baseline --study ...` (or `search`) for study {study.name!r} first.") from None
+    metrics_path = study.run_dir / "baseline" / FILE_NAME
+    profile = BaselineProfile.load(metrics_path)
     url = storage or study.storage_url
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise UserError(f"The study {study.name!r} has no storage yet ({url.removeprefix('sqlite:///')} does not exist).",
@@ -87,9 +84,8 @@ def load_inputs(study: StudyConfig, storage: str | None, trial_number: int | Non
     if not complete:
         raise UserError(f"The study {study.name!r} has no completed trials ({len(trials)} trial(s) in total), "
                         "so there is nothing to report on.", "run `udacisense search --study ...` until trials complete.")
-    baseline_val = float(metrics["accuracy"]["val"]["top1"])
-    front = trials_table(pareto_trials(complete), study.targets, baseline_val)
-    everything = trials_table(complete, study.targets, baseline_val)
+    front = trials_table(pareto_trials(complete), study.targets, profile.val_top1)
+    everything = trials_table(complete, study.targets, profile.val_top1)
     card_path = study.run_dir / "export" / "model_card.json"
     exported = _read_card(card_path, study, trials)
     if trial_number is not None:
@@ -111,8 +107,8 @@ def load_inputs(study: StudyConfig, storage: str | None, trial_number: int | Non
         except (OSError, ValueError, pd.errors.ParserError):
             techniques = None
     card = exported if exported is not None and exported.get("trial") == chosen.number else None
-    return Inputs(study, _storage_label(url), metrics, metrics_path, optuna_study, trials, complete, front, everything,
-                  chosen, note, techniques, techniques_path, card, card_path)
+    return Inputs(study, _storage_label(url), profile, metrics_path, optuna_study, records(trials), records(complete),
+                  front, everything, TrialRecord.of(chosen), note, techniques, techniques_path, card, card_path)
 
 
 def _read_card(card_path: Path, study: StudyConfig, trials: Sequence[FrozenTrial]) -> dict[str, Any] | None:
@@ -146,19 +142,10 @@ def _default_choice(study: StudyConfig, trials: Sequence[FrozenTrial], front: pd
     return next(t for t in trials if t.number == number), note
 
 
-def family(trial: FrozenTrial) -> str:
+def family(trial: TrialRecord) -> str:
     """A trial's pipeline family: the set of its stage kinds."""
-    kinds = sorted({str(s.get("kind")) for s in trial.user_attrs.get(Attr.STAGES, [])})
+    kinds = sorted(trial.stage_kinds)
     return " + ".join(kinds) if kinds else "no stage"
-
-
-def trial_seconds(trial: FrozenTrial) -> float:
-    seconds = trial.user_attrs.get(Attr.SECONDS)
-    if seconds is not None:
-        return float(seconds)
-    if trial.datetime_start and trial.datetime_complete:
-        return (trial.datetime_complete - trial.datetime_start).total_seconds()
-    return 0.0
 
 
 STOP_CATEGORIES = {
@@ -172,48 +159,48 @@ STOP_CATEGORIES = {
 UNRECORDED = "pruned without a recorded reason"
 
 
-def prune_category(trial: FrozenTrial) -> str:
+def prune_category(trial: TrialRecord) -> str:
     """The report's heading for why ``trial`` stopped, from its recorded stop reason (never its prose)."""
-    reason = stop_reason(trial)
+    reason = trial.stop_reason
     return STOP_CATEGORIES[reason] if reason is not None else UNRECORDED
 
 
-def state_counts(trials: Sequence[FrozenTrial]) -> dict[str, int]:
+def state_counts(trials: Sequence[TrialRecord]) -> dict[str, int]:
     counts = Counter(t.state.name.lower() for t in trials)
     return {name: counts.get(name, 0) for name in ("complete", "pruned", "fail", "running", "waiting")}
 
 
-def hypervolume_history(trials: Sequence[FrozenTrial]) -> list[tuple[int, float]]:
+def hypervolume_history(trials: Sequence[TrialRecord]) -> list[tuple[int, float]]:
     """(trial number, hypervolume of all trials completed up to it) for every completed trial."""
     history, points = [], []
     for trial in sorted(trials, key=lambda t: t.number):
-        if trial.state is TrialState.COMPLETE and trial.values:
+        if trial.has_values:
             points.append(list(trial.values))
             history.append((trial.number, hypervolume(points)))
     return history
 
 
-def early_stopping_savings(trials: Sequence[FrozenTrial]) -> dict[str, Any]:
+def early_stopping_savings(trials: Sequence[TrialRecord]) -> dict[str, Any]:
     """Estimate: median seconds of complete trials x pruned trials - seconds the pruned trials spent.
 
     ``stopped`` and ``saved_by_stopping`` count only trials the early-stopping rules stopped (before
     or during training): rejected orders, duplicates and over-budget trials would never have run.
     """
-    complete = [trial_seconds(t) for t in trials if t.state is TrialState.COMPLETE]
+    complete = [t.seconds for t in trials if t.state is TrialState.COMPLETE]
     pruned = [t for t in trials if t.state is TrialState.PRUNED]
     median = statistics.median(complete) if complete else 0.0
     by_category: dict[str, dict[str, float]] = {}
     for trial in pruned:
         entry = by_category.setdefault(prune_category(trial), {"trials": 0, "spent": 0.0})
         entry["trials"] += 1
-        entry["spent"] += trial_seconds(trial)
+        entry["spent"] += trial.seconds
     for entry in by_category.values():
         entry["saved"] = median * entry["trials"] - entry["spent"]
-    spent = sum(trial_seconds(t) for t in pruned)
-    stopped = [t for t in pruned if stop_reason(t) in EARLY_STOPS]
+    spent = sum(t.seconds for t in pruned)
+    stopped = [t for t in pruned if t.stop_reason in EARLY_STOPS]
     return {"median_complete": median, "pruned": len(pruned), "spent": spent, "saved": median * len(pruned) - spent,
             "complete_total": sum(complete), "by_category": by_category, "stopped": len(stopped),
-            "saved_by_stopping": median * len(stopped) - sum(trial_seconds(t) for t in stopped)}
+            "saved_by_stopping": median * len(stopped) - sum(t.seconds for t in stopped)}
 
 
 
@@ -232,24 +219,25 @@ class PhaseTotal:
         return self.seconds / total if total else 0.0
 
 
-def phase_totals(trials: Sequence[FrozenTrial]) -> list[PhaseTotal]:
+def phase_totals(trials: Sequence[TrialRecord]) -> list[PhaseTotal]:
     """Seconds per phase over the finished trials, stages grouped by kind, largest first.
 
     Pruned trials count too: their compute was spent. A stage's seconds include its validation
     passes only where the stage itself measured them; the per-stage `validation` phase is separate.
     """
-    seconds: Counter[str] = Counter()
+    seconds: dict[str, float] = {}
     present: Counter[str] = Counter()
     for trial in trials:
         if not trial.state.is_finished():
             continue
-        for name, value in trial.user_attrs.get(Attr.PHASE_SECONDS, {}).items():
+        for name, value in trial.phase_seconds.items():
             # Stage phases are named `stage <index> <kind>`: the kind is what is comparable across trials.
             key = f"stage: {name.split(' ', 2)[2]}" if name.startswith("stage ") and name.count(" ") >= 2 else name
-            seconds[key] += float(value)
+            seconds[key] = seconds.get(key, 0.0) + float(value)
             present[key] += 1
     return [PhaseTotal(name, value, present[name], name.startswith("stage: ") and name[7:] in TRAINING_KINDS)
-            for name, value in seconds.most_common()]
+            for name, value in sorted(seconds.items(), key=lambda item: -item[1])]
+
 
 @dataclass(frozen=True)
 class TechniqueRow:
@@ -285,15 +273,12 @@ def technique_rows(inputs: Inputs) -> tuple[list[TechniqueRow], str]:
                       "applied alone to the baseline, accuracy lost measured against the baseline row in the same runtime)")
     rows = []
     for trial in inputs.complete:
-        stages = trial.user_attrs.get(Attr.STAGES, [])
+        stages = trial.stages
         if len(stages) != 1:
             continue
-        attrs = trial.user_attrs
-        rows.append(TechniqueRow(str(stages[0].get("description", stages[0].get("kind"))), str(attrs.get(Attr.RUNTIME, "")),
-                                 float(trial.values[0]), as_float(attrs.get(Attr.TEST, {}).get("top1")),
-                                 as_float(attrs.get(Attr.ARTIFACT_BYTES)), float(trial.values[2]),
-                                 as_float(attrs.get(Attr.LATENCY, {}).get("median_ms")), float(trial.values[1]),
-                                 inputs.baseline_val, trial.number))
+        rows.append(TechniqueRow(str(stages[0].get("description", stages[0].get("kind"))), trial.runtime,
+                                 trial.val_accuracy, trial.test_top1, as_float(trial.artifact_bytes), trial.size_ratio,
+                                 trial.latency_ms, trial.latency_ratio, inputs.baseline_val, trial.number))
     source = ("the search's completed single-stage trials (no techniques benchmark at "
               f"`{inputs.techniques_path}`; run `scripts/techniques.py --study ...` for every technique on equal terms)")
     return rows, source
@@ -328,13 +313,13 @@ def best_technique(rows: Sequence[TechniqueRow], column: str) -> TechniqueRow | 
 
 def stage_steps(inputs: Inputs) -> list[dict[str, Any]]:
     """The chosen model after each stage: baseline first, then every stage, then the shipped artifact."""
-    metrics, trial = inputs.metrics, inputs.chosen
-    state = metrics["size"]["state_dict"]
+    profile, trial = inputs.profile, inputs.chosen
+    state = profile.sizes["state_dict"]
     steps = [{"label": "baseline", "what": "trained baseline (float)", "seconds": None,
-              "val_top1": inputs.baseline_val, "bytes": state["bytes"], "form": "float",
-              "parameters": state.get("parameters"), "nonzero_parameters": state.get("nonzero_parameters"),
-              "flops": metrics["flops"]["flops"]}]
-    for i, stage in enumerate(trial.user_attrs.get(Attr.STAGES, []), start=1):
+              "val_top1": inputs.baseline_val, "bytes": state.bytes, "form": "float",
+              "parameters": state.parameters, "nonzero_parameters": state.nonzero_parameters,
+              "flops": profile.flops}]
+    for i, stage in enumerate(trial.stages, start=1):
         m = stage.get("metrics", {})
         steps.append({"label": f"{i}. {stage.get('kind')}", "what": stage.get("description", ""),
                       "seconds": stage.get("seconds"), "val_top1": m.get("val_top1"), "bytes": m.get("state_dict_bytes"),
@@ -344,19 +329,17 @@ def stage_steps(inputs: Inputs) -> list[dict[str, Any]]:
 
 
 def chosen_facts(inputs: Inputs) -> dict[str, Any]:
-    trial, metrics = inputs.chosen, inputs.metrics
-    attrs = trial.user_attrs
-    runtime = attrs.get(Attr.RUNTIME, "")
-    acc, latency_ratio, size_ratio = trial.values
-    artifact_bytes = attrs.get(Attr.ARTIFACT_BYTES)
-    baseline_bytes = metrics["size"].get(runtime, {}).get("bytes")
+    trial = inputs.chosen
+    acc, latency_ratio, size_ratio = trial.val_accuracy, trial.latency_ratio, trial.size_ratio
+    artifact_bytes = trial.artifact_bytes
+    baseline_size = inputs.profile.size(trial.runtime)
+    baseline_bytes: float | None = baseline_size.bytes if baseline_size is not None else None
     if baseline_bytes is None and artifact_bytes:
         baseline_bytes = artifact_bytes / size_ratio
     return {
-        "runtime": runtime, "val": acc, "latency_ratio": latency_ratio, "size_ratio": size_ratio,
-        "test": attrs.get(Attr.TEST, {}).get("top1"), "bytes": artifact_bytes, "baseline_bytes": baseline_bytes,
-        "latency_ms": attrs.get(Attr.LATENCY, {}).get("median_ms"),
-        "baseline_latency_ms": attrs.get(Attr.REFERENCE_LATENCY, {}).get("median_ms"),
+        "runtime": trial.runtime, "val": acc, "latency_ratio": latency_ratio, "size_ratio": size_ratio,
+        "test": trial.test_top1, "bytes": artifact_bytes, "baseline_bytes": baseline_bytes,
+        "latency_ms": trial.latency_ms, "baseline_latency_ms": trial.reference_latency_ms,
         "meets_accuracy": acc >= inputs.floor, "meets_latency": latency_ratio <= inputs.max_latency_ratio,
         "meets_size": size_ratio <= inputs.max_size_ratio,
     }

@@ -8,7 +8,7 @@ from typing import Any
 
 import matplotlib
 import numpy as np
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from udacisense.common.files import atomic_path
 
@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from udacisense.search.hypervolume import HV_REFERENCE
-from udacisense.search.records import Attr
+from udacisense.search.records import TrialRecord
 from udacisense.search.report.facts import Inputs, PhaseTotal, family
 
 FIGURES = {
@@ -36,35 +36,39 @@ def _save(figure: plt.Figure, path: Path) -> Path:
     return path
 
 
+def _values(trials: Sequence[TrialRecord], objective: str) -> list[float]:
+    return [t.value(objective) for t in trials]
+
+
 def plot_pareto(inputs: Inputs, path: Path) -> Path:
     families = {t.number: family(t) for t in inputs.complete}
     names = sorted(set(families.values()))
     colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(names)}
     front_numbers = set(inputs.front["trial"])
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    for axis, index, limit, label in (
-        (axes[0], 1, inputs.max_latency_ratio, f"latency / float baseline in {inputs.study.evaluation.reference_runtime}"),
-        (axes[1], 2, inputs.max_size_ratio, f"artifact bytes / float baseline in {inputs.study.evaluation.reference_runtime}"),
+    for axis, ratio, limit, label in (
+        (axes[0], "latency_ratio", inputs.max_latency_ratio, f"latency / float baseline in {inputs.study.evaluation.reference_runtime}"),
+        (axes[1], "size_ratio", inputs.max_size_ratio, f"artifact bytes / float baseline in {inputs.study.evaluation.reference_runtime}"),
     ):
         for name in names:
             members = [t for t in inputs.complete if families[t.number] == name]
             on_front = [t for t in members if t.number in front_numbers]
             off_front = [t for t in members if t.number not in front_numbers]
             if off_front:
-                axis.scatter([t.values[index] for t in off_front], [t.values[0] for t in off_front], s=22, alpha=0.6,
+                axis.scatter(_values(off_front, ratio), _values(off_front, "val_accuracy"), s=22, alpha=0.6,
                              color=colours[name], label=name)
             if on_front:
-                axis.scatter([t.values[index] for t in on_front], [t.values[0] for t in on_front], s=60,
+                axis.scatter(_values(on_front, ratio), _values(on_front, "val_accuracy"), s=60,
                              color=colours[name], edgecolors="black", linewidths=1.0,
                              label=None if off_front else name)
         chosen = inputs.chosen
-        axis.scatter([chosen.values[index]], [chosen.values[0]], s=260, facecolors="none", edgecolors="black",
+        axis.scatter([chosen.value(ratio)], [chosen.val_accuracy], s=260, facecolors="none", edgecolors="black",
                      linewidths=1.6, label=f"chosen (trial {chosen.number})")
         axis.scatter([1.0], [inputs.baseline_val], marker="*", s=160, c="#fdae61", edgecolors="black", label="baseline")
         axis.axvline(limit, color="#4575b4", linestyle="--", linewidth=1, label="target")
         if inputs.floor > 0:
             axis.axhline(inputs.floor, color="#d73027", linestyle=":", linewidth=1, label="accuracy floor")
-        _accuracy_limits(axis, [t.values[0] for t in inputs.complete] + [inputs.baseline_val, inputs.floor])
+        _accuracy_limits(axis, _values(inputs.complete, "val_accuracy") + [inputs.baseline_val, inputs.floor])
         axis.set_xlabel(label)
         axis.set_ylabel("validation top-1")
         axis.grid(alpha=0.3)
@@ -74,7 +78,7 @@ def plot_pareto(inputs: Inputs, path: Path) -> Path:
     return _save(figure, path)
 
 
-def plot_hypervolume(history: Sequence[tuple[int, float]], trials: Sequence[FrozenTrial], path: Path) -> Path:
+def plot_hypervolume(history: Sequence[tuple[int, float]], trials: Sequence[TrialRecord], path: Path) -> Path:
     figure, axis = plt.subplots(figsize=(7, 3.6))
     numbers = [n for n, _ in history]
     values = [v for _, v in history]
@@ -97,11 +101,11 @@ def plot_hypervolume(history: Sequence[tuple[int, float]], trials: Sequence[Froz
 
 def plot_waterfall(inputs: Inputs, steps: Sequence[dict[str, Any]], path: Path) -> Path:
     trial = inputs.chosen
-    runtime = trial.user_attrs.get(Attr.RUNTIME, "")
+    runtime = trial.runtime
     labels = [s["label"] for s in steps] + [f"artifact ({runtime})"]
     sizes = [float(s["bytes"]) / 1e6 if s["bytes"] is not None else np.nan for s in steps]
-    sizes.append(float(trial.user_attrs.get(Attr.ARTIFACT_BYTES, np.nan)) / 1e6)
-    accuracy = [float(s["val_top1"]) if s["val_top1"] is not None else np.nan for s in steps] + [float(trial.values[0])]
+    sizes.append(float(trial.artifact_bytes) / 1e6 if trial.artifact_bytes is not None else np.nan)
+    accuracy = [float(s["val_top1"]) if s["val_top1"] is not None else np.nan for s in steps] + [trial.val_accuracy]
     figure, axis = plt.subplots(figsize=(max(6.5, 1.5 * len(labels)), 4.2))
     x = np.arange(len(labels))
     for i, size in enumerate(sizes):
@@ -111,9 +115,9 @@ def plot_waterfall(inputs: Inputs, steps: Sequence[dict[str, Any]], path: Path) 
             low, high = sorted((sizes[i - 1], size))
             axis.bar(x[i], high - low, bottom=low, width=0.6, color="#1a9850" if size <= sizes[i - 1] else "#d73027")
         axis.annotate(f"{size:.2f}", (x[i], size), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
-    baseline_artifact = inputs.metrics["size"].get(runtime, {}).get("bytes")
-    if baseline_artifact:
-        axis.axhline(float(baseline_artifact) / 1e6, color="#4575b4", linestyle="--", linewidth=1,
+    baseline_artifact = inputs.profile.size(runtime)
+    if baseline_artifact is not None and baseline_artifact.bytes:
+        axis.axhline(baseline_artifact.bytes / 1e6, color="#4575b4", linestyle="--", linewidth=1,
                      label=f"baseline artifact ({runtime})")
     axis.set_xticks(x, labels, rotation=15, fontsize=8)
     axis.set_ylabel("MB (state dict after each stage; artifact last)", fontsize=9)
@@ -141,9 +145,9 @@ def _accuracy_limits(axis: plt.Axes, values: Sequence[float]) -> None:
 
 
 def plot_per_class(inputs: Inputs, path: Path) -> Path:
-    classes = list(inputs.metrics.get("classes", []))
-    base = inputs.metrics["accuracy"]["test"]["per_class"]
-    chosen = inputs.chosen.user_attrs.get(Attr.TEST, {}).get("per_class", [np.nan] * len(base))
+    classes = inputs.profile.classes
+    base = inputs.profile.test_per_class
+    chosen = inputs.chosen.test_per_class or [np.nan] * len(base)
     if not classes:
         classes = [str(i) for i in range(len(base))]
     x = np.arange(len(classes))

@@ -8,12 +8,12 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from udacisense.common.files import sha256_of
 from udacisense.search.budget import is_rejected
 from udacisense.search.hypervolume import HV_REFERENCE
-from udacisense.search.records import Attr
+from udacisense.search.records import TrialRecord
 from udacisense.search.report.facts import (
     SPACE_FAMILY,
     Inputs,
@@ -28,7 +28,6 @@ from udacisense.search.report.facts import (
     reduction_per_point,
     state_counts,
     technique_rows,
-    trial_seconds,
 )
 from udacisense.search.report.figures import FIGURES
 from udacisense.search.report.format import (
@@ -47,6 +46,19 @@ from udacisense.search.report.format import (
 )
 
 
+def _nan(value: float | None) -> float:
+    """A measurement a trial may lack, as NaN for formatting."""
+    return float("nan") if value is None else value
+
+
+def _or_na(value: object) -> object:
+    return "n/a" if value is None else value
+
+
+def _or_blank(value: object) -> object:
+    return "" if value is None else value
+
+
 def _efficiency_text(row: TechniqueRow, column: str) -> str:
     per_point = reduction_per_point(getattr(row, column), row.lost)
     if per_point is None:
@@ -56,11 +68,11 @@ def _efficiency_text(row: TechniqueRow, column: str) -> str:
 
 def section_summary(inputs: Inputs) -> list[str]:
     f = chosen_facts(inputs)
-    targets, metrics = inputs.study.targets, inputs.metrics
+    targets = inputs.study.targets
     trial = inputs.chosen
-    base_test = metrics["accuracy"]["test"]["top1"]
+    base_test = inputs.profile.test_top1
     lines = ["## Executive summary", ""]
-    lines.append(f"The recommended model is **trial {trial.number}**: `{trial.user_attrs.get('pipeline', '')}`, "
+    lines.append(f"The recommended model is **trial {trial.number}**: `{trial.pipeline}`, "
                  f"shipped in the {f['runtime']} runtime. It was selected by {inputs.choice_note}.")
     lines.append("")
     lines += md_table(
@@ -104,41 +116,39 @@ def section_summary(inputs: Inputs) -> list[str]:
 
 
 def section_baseline(inputs: Inputs) -> list[str]:
-    metrics, model = inputs.metrics, inputs.study.model
-    acc = metrics["accuracy"]
-    state = metrics["size"]["state_dict"]
-    train = metrics.get("train", {})
+    profile, model = inputs.profile, inputs.study.model
+    train = profile.training
     lines = ["## Baseline analysis", "",
              f"Source: `{inputs.metrics_path}`.", ""]
     lines += md_table(["property", "value"], [
         ["architecture", f"{model.arch}, width multiplier {model.width_mult:g}, weights {model.pretrained}"
                          + (f", resized in-model to {model.input_resolution} px" if model.input_resolution else "")],
-        ["input", " × ".join(str(d) for d in metrics.get("input_shape", []))],
-        ["classes", f"{len(metrics.get('classes', []))}: {', '.join(metrics.get('classes', []))}"],
-        ["training", f"{train.get('epochs', 'n/a')} epochs on {train.get('samples', 'n/a')} images "
-                     f"({train.get('val_samples', 'n/a')} validation, {train.get('test_samples', 'n/a')} test), "
-                     f"{fmt_seconds(metrics.get('train_seconds', 0.0))}"],
-        ["parameters", f"{fmt_int(state['parameters'])} ({fmt_int(state['nonzero_parameters'])} non-zero)"],
-        ["compute per image", f"{fmt_millions(metrics['flops']['flops'])}FLOPs, {fmt_millions(metrics['flops']['macs'])}MACs"],
-        ["peak memory (batch-1 eager forward)", f"{fmt_bytes(metrics['peak_memory']['bytes'])} "
-                                                f"({fmt_int(metrics['peak_memory']['bytes'])} B)"],
-        ["top-1 validation / test", f"{fmt_acc(acc['val']['top1'])} / {fmt_acc(acc['test']['top1'])}"],
-        ["top-5 validation / test", f"{fmt_acc(acc['val']['top5'])} / {fmt_acc(acc['test']['top5'])}"],
+        ["input", " × ".join(str(d) for d in profile.input_shape)],
+        ["classes", f"{len(profile.classes)}: {', '.join(profile.classes)}"],
+        ["training", f"{_or_na(train.epochs)} epochs on {_or_na(train.samples)} images "
+                     f"({_or_na(train.val_samples)} validation, {_or_na(train.test_samples)} test), "
+                     f"{fmt_seconds(profile.train_seconds)}"],
+        ["parameters", f"{fmt_int(profile.parameters)} ({fmt_int(profile.nonzero_parameters)} non-zero)"],
+        ["compute per image", f"{fmt_millions(profile.flops)}FLOPs, {fmt_millions(profile.macs)}MACs"],
+        ["peak memory (batch-1 eager forward)", f"{fmt_bytes(profile.peak_memory_bytes)} "
+                                                f"({fmt_int(profile.peak_memory_bytes)} B)"],
+        ["top-1 validation / test", f"{fmt_acc(profile.val_top1)} / {fmt_acc(profile.test_top1)}"],
+        ["top-5 validation / test", f"{fmt_acc(profile.val_top5)} / {fmt_acc(profile.test_top5)}"],
     ])
     lines += ["### Size per format", ""]
     lines += md_table(["format", "bytes", "size", "gzip bytes", "gzip / raw"], [
-        [name, fmt_int(r["bytes"]), fmt_bytes(r["bytes"]), fmt_int(r["gzip_bytes"]), fmt_ratio(r["gzip_bytes"] / r["bytes"])]
-        for name, r in metrics["size"].items()])
+        [name, fmt_int(r.bytes), fmt_bytes(r.bytes), fmt_int(r.gzip_bytes), fmt_ratio(r.gzip_bytes / r.bytes)]
+        for name, r in profile.sizes.items()])
     lines += ["### Latency per runtime", ""]
     lines += md_table(["runtime", "median", "p10", "p90", "mean", "runs", "torch / ExecuTorch threads"], [
-        [name, fmt_ms(r["median_ms"]), fmt_ms(r["p10_ms"]), fmt_ms(r["p90_ms"]), fmt_ms(r.get("mean_ms", float("nan"))),
-         r.get("runs", ""), f"{r.get('torch_threads', '')} / {r.get('executorch_threads', '')}"]
-        for name, r in metrics["latency"].items()])
+        [name, fmt_ms(r.median_ms), fmt_ms(r.p10_ms), fmt_ms(r.p90_ms), fmt_ms(r.mean_ms),
+         _or_blank(r.runs), f"{r.torch_threads} / {r.executorch_threads}"]
+        for name, r in profile.latencies.items()])
     lines += ["### Per-class accuracy", ""]
-    classes = metrics.get("classes") or [str(i) for i in range(len(acc["test"]["per_class"]))]
+    classes = profile.classes or [str(i) for i in range(len(profile.test_per_class))]
     lines += md_table(["class", "validation top-1", "test top-1"], [
-        [name, fmt_acc(v), fmt_acc(t)] for name, v, t in zip(classes, acc["val"]["per_class"], acc["test"]["per_class"])])
-    env = metrics.get("environment", {})
+        [name, fmt_acc(v), fmt_acc(t)] for name, v, t in zip(classes, profile.val_per_class, profile.test_per_class)])
+    env = profile.environment
     if env:
         lines += [f"Measured with torch {env.get('torch')} on {env.get('cpu')} ({env.get('cpu_count')} cores; "
                   f"latency with {inputs.study.evaluation.threads} thread(s), batch 1).", ""]
@@ -169,7 +179,7 @@ def section_search(inputs: Inputs, history: Sequence[tuple[int, float]], savings
     names = inputs.optuna_study.metric_names or ["objective 0", "objective 1", "objective 2"]
     directions = [d.name.lower() for d in inputs.optuna_study.directions]
     lines = ["## The search", ""]
-    rejected = sum(1 for t in inputs.trials if is_rejected(t))
+    rejected = sum(1 for t in inputs.trials if is_rejected(t.trial))
     budget = f"{config.n_trials} trials" + (f" or {config.timeout_minutes:g} minutes" if config.timeout_minutes else "")
     sampler = config.sampler + (f" (population {config.population_size})" if config.sampler in ("nsga2", "nsga3") else "")
     lines += md_table(["setting", "value"], [
@@ -184,33 +194,33 @@ def section_search(inputs: Inputs, history: Sequence[tuple[int, float]], savings
                    + (f", {counts['waiting']} waiting" if counts["waiting"] else "")
                    + (f"; {rejected} of the pruned were impossible orders rejected before compute, which do not count "
                       "against the budget" if rejected else "")],
-        ["retries of trials whose worker died", str(sum(1 for t in inputs.trials if t.user_attrs.get(Attr.RETRY_OF) is not None))],
+        ["retries of trials whose worker died", str(sum(1 for t in inputs.trials if t.retry_of is not None))],
     ])
     pruned = [t for t in inputs.trials if t.state is TrialState.PRUNED]
     if pruned:
         lines += ["### Why trials were pruned", ""]
-        groups: dict[str, dict[str, list[FrozenTrial]]] = {}
+        groups: dict[str, dict[str, list[TrialRecord]]] = {}
         for trial in pruned:
-            reason = str(trial.user_attrs.get(Attr.STOP_MESSAGE, ""))
+            reason = trial.stop_message
             detail = reason.split(": ", 1)[1] if reason.startswith(("rejected before compute", "stopped before training")) else reason
             key = re.sub(r"\d+(\.\d+)?", "#", detail)
             groups.setdefault(prune_category(trial), {}).setdefault(key, []).append(trial)
         rows = []
         for category, details in groups.items():
             for members in details.values():
-                detail = str(members[0].user_attrs.get(Attr.STOP_MESSAGE, "")) or "(none)"
+                detail = members[0].stop_message or "(none)"
                 rows.append([category, len(members), ", ".join(str(t.number) for t in members), detail])
         lines += md_table(["category", "trials", "trial numbers", "reason (first trial of the group)"], rows)
     failed = [t for t in inputs.trials if t.state is TrialState.FAIL]
     if failed:
         lines += ["### Failed trials", ""]
-        groups_f: dict[str, list[FrozenTrial]] = {}
+        groups_f: dict[str, list[TrialRecord]] = {}
         for trial in failed:
-            error = str(trial.user_attrs.get(Attr.ERROR, "no error recorded (worker died or was interrupted)"))
+            error = trial.error or "no error recorded (worker died or was interrupted)"
             groups_f.setdefault(error.split(":", 1)[0], []).append(trial)
         lines += md_table(["error", "trials", "trial numbers", "message (first trial)"], [
             [kind, len(members), ", ".join(str(t.number) for t in members),
-             str(members[0].user_attrs.get(Attr.ERROR, "no error recorded"))[:240]] for kind, members in groups_f.items()])
+             (members[0].error or "no error recorded")[:240]] for kind, members in groups_f.items()])
     lines += ["### Compute and early stopping", ""]
     lines += [f"Completed trials took {fmt_seconds(savings['complete_total'])} in total (median "
               f"{fmt_seconds(savings['median_complete'])} per trial); the {savings['pruned']} pruned trial(s) spent "
@@ -270,11 +280,10 @@ def _phase_lines(phases: Sequence[PhaseTotal]) -> list[str]:
 
 def section_chosen(inputs: Inputs, steps: Sequence[dict[str, Any]]) -> list[str]:
     trial = inputs.chosen
-    attrs = trial.user_attrs
     f = chosen_facts(inputs)
     lines = ["## The chosen pipeline, stage by stage", "",
-             f"Trial {trial.number}: `{attrs.get('pipeline', '')}` (family: {family(trial)}; "
-             f"{fmt_seconds(trial_seconds(trial))} to build and measure). Validation accuracy, state-dict size, "
+             f"Trial {trial.number}: `{trial.pipeline}` (family: {family(trial)}; "
+             f"{fmt_seconds(trial.seconds)} to build and measure). Validation accuracy, state-dict size, "
              "parameters and FLOPs were measured after every stage; latency is measured on the final artifact only, "
              "in the runtime it ships in.", ""]
     rows, previous = [], None
@@ -291,25 +300,24 @@ def section_chosen(inputs: Inputs, steps: Sequence[dict[str, Any]]) -> list[str]
                      fmt_ratio(step["flops"] / base_flops) if step["flops"] is not None else "—"])
         previous = acc if acc is not None else previous
     rows.append([f"artifact ({f['runtime']})", f"lowered for {f['runtime']}"
-                 + (f", {attrs.get('backend')} kernels" if attrs.get(Attr.BACKEND) else ""), "",
+                 + (f", {trial.backend} kernels" if trial.backend else ""), "",
                  fmt_acc(f["val"]), fmt_points(f["val"] - previous) if previous is not None else "",
                  fmt_bytes(f["bytes"]), f"{fmt_ratio(f['size_ratio'])} of the baseline artifact", "lowered", "—", "—", "—"])
     lines += md_table(["step", "what", "time", "val top-1", "change", "size", "size / baseline", "form", "parameters",
                        "non-zero", "FLOPs / baseline"], rows)
-    latency = attrs.get(Attr.LATENCY, {})
-    parity = attrs.get(Attr.PARITY, {})
-    lines += [f"Final artifact: {fmt_int(f['bytes'])} B ({fmt_bytes(attrs.get('artifact_gzip_bytes', 0))} gzipped), "
-              f"latency median {fmt_ms(latency.get('median_ms', float('nan')))} (p10 {fmt_ms(latency.get('p10_ms', float('nan')))}, "
-              f"p90 {fmt_ms(latency.get('p90_ms', float('nan')))}) against {fmt_ms(f['baseline_latency_ms'])} for the float baseline "
-              f"in {attrs.get(Attr.REFERENCE_RUNTIME, inputs.study.evaluation.reference_runtime)}, timed alongside "
+    parity = trial.parity
+    lines += [f"Final artifact: {fmt_int(f['bytes'])} B ({fmt_bytes(trial.artifact_gzip_bytes or 0)} gzipped), "
+              f"latency median {fmt_ms(_nan(trial.latency_ms))} (p10 {fmt_ms(_nan(trial.latency_p10_ms))}, "
+              f"p90 {fmt_ms(_nan(trial.latency_p90_ms))}) against {fmt_ms(f['baseline_latency_ms'])} for the float baseline "
+              f"in {trial.reference_runtime or inputs.study.evaluation.reference_runtime}, timed alongside "
               f"(ratio {fmt_ratio(f['latency_ratio'])}); test top-1 "
               f"{fmt_acc(f['test']) if f['test'] is not None else 'n/a'}; parity with its PyTorch model: top-1 agreement "
               f"{fmt_acc(parity.get('top1_agreement', float('nan')))} on {parity.get('samples', 'n/a')} test images.", ""]
     lines += [f"![Size and accuracy after each stage]({FIGURES['waterfall']})", ""]
     lines += ["### Per-class accuracy, baseline vs chosen model (test split)", ""]
-    classes = inputs.metrics.get("classes") or []
-    base = inputs.metrics["accuracy"]["test"]["per_class"]
-    chosen = attrs.get(Attr.TEST, {}).get("per_class", [])
+    classes = inputs.profile.classes
+    base = inputs.profile.test_per_class
+    chosen = trial.test_per_class
     lines += md_table(["class", "baseline", "chosen", "change"], [
         [name, fmt_acc(b), fmt_acc(c), fmt_points(c - b)] for name, b, c in zip(classes, base, chosen)])
     lines += [f"![Per-class test accuracy, baseline vs chosen]({FIGURES['per_class']})", ""]
@@ -325,21 +333,20 @@ def _floats(values: Any) -> str:
 
 def section_deployment(inputs: Inputs) -> list[str]:
     trial, card = inputs.chosen, inputs.card
-    attrs = trial.user_attrs
     lines = ["## Deployment", ""]
     if card is None:
         lines += [f"Trial {trial.number} has not been exported yet (no model card for it at `{inputs.card_path}`); the "
                   f"values below are the search's own measurements of its artifact. Export and verify it with "
                   f"`udacisense export --study ... --trial {trial.number} --out DIR`.", ""]
-        parity = attrs.get(Attr.PARITY, {})
+        parity = trial.parity
         lines += md_table(["property", "value"], [
-            ["artifact", f"`{attrs.get('artifact_path', '')}`"],
-            ["runtime", f"{attrs.get('runtime', '')}" + (f" ({attrs.get('backend')} quantization)" if attrs.get(Attr.BACKEND) else "")],
-            ["size", f"{fmt_int(attrs.get('artifact_bytes', 0))} B ({fmt_bytes(attrs.get('artifact_gzip_bytes', 0))} gzipped)"],
-            ["sha256", f"`{attrs.get('artifact_sha256', '')}`"],
+            ["artifact", f"`{trial.artifact_path or ''}`"],
+            ["runtime", trial.runtime + (f" ({trial.backend} quantization)" if trial.backend else "")],
+            ["size", f"{fmt_int(trial.artifact_bytes or 0)} B ({fmt_bytes(trial.artifact_gzip_bytes or 0)} gzipped)"],
+            ["sha256", f"`{trial.artifact_sha256 or ''}`"],
             ["parity (test split)", f"top-1 agreement {fmt_acc(parity.get('top1_agreement', float('nan')))}, max |diff| "
                                     f"{parity.get('max_abs_diff', float('nan')):.5f} on {parity.get('samples', 'n/a')} images"],
-            ["latency", f"{fmt_ms(attrs.get('latency', {}).get('median_ms', float('nan')))} median"],
+            ["latency", f"{fmt_ms(_nan(trial.latency_ms))} median"],
         ])
         return lines
     export_dir = inputs.card_path.parent
@@ -374,7 +381,7 @@ def section_deployment(inputs: Inputs) -> list[str]:
         ["classes (output order)", ", ".join(card.get("classes", []))],
     ])
     export_ratio = as_float(m.get("latency_ratio_to_baseline"))
-    search_ratio = float(trial.values[1])
+    search_ratio = trial.latency_ratio
     if export_ratio is not None and (export_ratio <= inputs.max_latency_ratio) != (search_ratio <= inputs.max_latency_ratio):
         lines += [f"The latency ratio measured at export ({fmt_ratio(export_ratio)}) and during the search "
                   f"({fmt_ratio(search_ratio)}) fall on different sides of the target ({fmt_ratio(inputs.max_latency_ratio)}): "
@@ -388,7 +395,7 @@ def recommendations(inputs: Inputs, rows: Sequence[TechniqueRow], history: Seque
     items = []
     f, trial = chosen_facts(inputs), inputs.chosen
     if f["meets_size"] and f["meets_latency"] and f["meets_accuracy"]:
-        items.append(f"Ship trial {trial.number} (`{trial.user_attrs.get('pipeline', '')}`) in the {f['runtime']} runtime: "
+        items.append(f"Ship trial {trial.number} (`{trial.pipeline}`) in the {f['runtime']} runtime: "
                      f"size ratio {fmt_ratio(f['size_ratio'])}, latency ratio {fmt_ratio(f['latency_ratio'])}, "
                      f"validation accuracy {fmt_points(f['val'] - inputs.baseline_val)}, all within target.")
     else:
@@ -401,7 +408,7 @@ def recommendations(inputs: Inputs, rows: Sequence[TechniqueRow], history: Seque
     feasible = [inputs.trial(int(n)) for n in inputs.front.loc[inputs.front["meets_all"], "trial"]]
     pool, pool_name = (feasible, "feasible front points") if feasible else (
         [inputs.trial(int(n)) for n in inputs.front["trial"]], "front points (none meets all targets)")
-    kinds = Counter(kind for t in pool for kind in {str(s.get("kind")) for s in t.user_attrs.get(Attr.STAGES, [])})
+    kinds = Counter(kind for t in pool for kind in t.stage_kinds)
     if kinds:
         ranked = ", ".join(f"{kind} in {count} of {len(pool)}" for kind, count in kinds.most_common())
         everywhere = [kind for kind, count in kinds.most_common() if count == len(pool)]
@@ -429,7 +436,7 @@ def recommendations(inputs: Inputs, rows: Sequence[TechniqueRow], history: Seque
         else:
             items.append("The hypervolume did not grow over the last quarter of completed trials: the front has "
                          "settled for this space; widen `[space]` rather than adding trials.")
-    rejected = sum(1 for t in inputs.trials if is_rejected(t))
+    rejected = sum(1 for t in inputs.trials if is_rejected(t.trial))
     if rejected:
         items.append(f"{rejected} of {len(inputs.trials)} sampled pipelines ({100 * rejected / len(inputs.trials):.0f}%) "
                      "were impossible stage orders, rejected before compute at no cost; listing fewer families in "
@@ -438,9 +445,9 @@ def recommendations(inputs: Inputs, rows: Sequence[TechniqueRow], history: Seque
         items.append(f"Stopping {savings['stopped']} trial(s) before or during training saved an estimated "
                      f"{fmt_seconds(savings['saved_by_stopping'])} against {fmt_seconds(savings['complete_total'])} spent "
                      "on completed trials: keep `search.early_stopping` on.")
-    base = inputs.metrics["accuracy"]["test"]["per_class"]
-    chosen = trial.user_attrs.get(Attr.TEST, {}).get("per_class", [])
-    classes = inputs.metrics.get("classes") or [str(i) for i in range(len(base))]
+    base = inputs.profile.test_per_class
+    chosen = trial.test_per_class
+    classes = inputs.profile.classes or [str(i) for i in range(len(base))]
     if chosen:
         drops = [(b - c, name) for b, c, name in zip(base, chosen, classes)]
         worst = max(drops)
