@@ -58,6 +58,14 @@ def limits(field: dataclasses.Field[Any]) -> tuple[float | None, float | None]:
     return field.metadata.get("min"), field.metadata.get("max")
 
 
+def outside_limits(field: dataclasses.Field[Any], number: object) -> bool:
+    """Whether ``number`` lies outside the limits ``field`` declares (values other than numbers never do)."""
+    if not isinstance(number, (int, float)) or isinstance(number, bool):
+        return False
+    low, high = limits(field)
+    return (low is not None and number < low) or (high is not None and number > high)
+
+
 def span(low: float | None, high: float | None) -> str:
     """``limits`` in words: ``between 0.0 and 0.95``, ``at least 1``, ``at most 10``."""
     if low is not None and high is not None:
@@ -140,11 +148,9 @@ def _wrong_type(value: Any, tp: Any, where: str) -> UserError:
 
 
 def _check_range(field: dataclasses.Field[Any], value: Any, key: str) -> None:
-    low, high = limits(field)
     for number in value if isinstance(value, tuple) else (value,):
-        if isinstance(number, (int, float)) and not isinstance(number, bool):
-            if (low is not None and number < low) or (high is not None and number > high):
-                raise UserError(f"`{key}` is {number}, out of range.", f"set `{key}` {span(low, high)}.")
+        if outside_limits(field, number):
+            raise UserError(f"`{key}` is {number}, out of range.", f"set `{key}` {span(*limits(field))}.")
 
 
 def check_bounds(instance: Any, where: str = "") -> None:

@@ -1,7 +1,7 @@
 """Cheap, compute-free (no training) estimates that show a pipeline cannot meet the size or speed targets.
 
-Structural stages (channel pruning, narrower students, resolution) are applied without
-fine-tuning to get the real architecture; quantization's effect on size is estimated per weight
+Structural stages (of the families that reshape: channel pruning, narrower students, resolution)
+are applied without fine-tuning to get the real architecture; quantization's effect on size is estimated per weight
 (1 byte for int8 weights, 4 for float). Unstructured pruning changes neither: dense files, dense kernels.
 """
 

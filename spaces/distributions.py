@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Generic, Self, TypeVar, cast
 import optuna
 
 from udacisense.common.errors import UserError
-from udacisense.common.schema import coerce, limits, span
+from udacisense.common.schema import coerce, limits, outside_limits, span
 
 N = TypeVar("N", int, float)
 T = TypeVar("T")
@@ -46,9 +46,7 @@ class StageField:
         field = {f.name: f for f in dataclasses.fields(self.config)}[self.name]
         low, high = limits(field)
         for number in numbers:
-            if not isinstance(number, (int, float)) or isinstance(number, bool):
-                continue
-            if (low is not None and number < low) or (high is not None and number > high):
+            if outside_limits(field, number):
                 doc = field.metadata.get("doc")
                 raise UserError(
                     f"`{key}` is {written}, but {number} is out of range for `{self.config.__name__}.{self.name}`, "

@@ -102,7 +102,7 @@ def _quant_type(trial: optuna.Trial, space: SpaceConfig) -> QuantType:
     return space.quant_types.suggest(trial, "quant_type")
 
 
-def _quantizes_aware(trial: optuna.Trial, space: SpaceConfig) -> bool:
+def _is_qat(trial: optuna.Trial, space: SpaceConfig) -> bool:
     return _quant_type(trial, space) == "qat"
 
 
@@ -135,7 +135,7 @@ FAMILIES: dict[FamilyName, StageFamily] = {family.name: family for family in (
     StageFamily("resolution", "permuted", _resolution, _always, (ResolutionConfig,), reshapes=True),
     StageFamily("fuse", "last", _fuse, _never, (FuseConfig,)),
     # Its "none" type switches it off, so it needs no `use_quantize`.
-    StageFamily("quantize", "last", _quantize, _quantizes_aware, (DynamicQuantConfig, StaticQuantConfig, QATConfig), optional=False),
+    StageFamily("quantize", "last", _quantize, _is_qat, (DynamicQuantConfig, StaticQuantConfig, QATConfig), optional=False),
 )}
 # A family named for study files but not declared here would be refused by the sampler.
 assert set(FAMILIES) == set(get_args(FamilyName))

@@ -36,8 +36,8 @@ def _sampled(default: FloatRange | IntRange | Choice[Any], *feeds: StageField) -
 
 @dataclass(frozen=True)
 class SpaceConfig:
-    # Stage families that may appear. The order of the trainable ones (distill, prune, channels,
-    # resolution) is sampled as a permutation; fuse and then quantize always follow them.
+    # Stage families that may appear. The order of the permuted ones (distill, prune, channels,
+    # resolution) is sampled; fuse and then quantize always follow them (see `spaces.families`).
     stages: tuple[FamilyName, ...] = ("distill", "prune", "channels", "quantize")
     # Families that every pipeline includes (the rest are switched on or off per trial).
     required: tuple[FamilyName, ...] = ()
