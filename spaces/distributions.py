@@ -41,9 +41,13 @@ class StageField:
         if self.name not in {f.name for f in dataclasses.fields(self.config)}:
             raise TypeError(f"{self.config.__name__} has no field {self.name!r}")
 
+    @property
+    def field(self) -> dataclasses.Field[Any]:
+        return {f.name: f for f in dataclasses.fields(self.config)}[self.name]
+
     def check(self, numbers: Iterable[object], key: str, written: object, fix: str) -> None:
         """Raise UserError naming ``key`` if a number lies outside the field's limits; ``fix`` may use ``{span}``."""
-        field = {f.name: f for f in dataclasses.fields(self.config)}[self.name]
+        field = self.field
         low, high = limits(field)
         for number in numbers:
             if outside_limits(field, number):
