@@ -12,7 +12,7 @@ import math
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, Literal, Protocol, TypeVar, Union, runtime_checkable
 
 from udacisense.common.errors import UserError
 
@@ -22,6 +22,55 @@ T = TypeVar("T")
 def bounded(default: Any, *, min: float | None = None, max: float | None = None, doc: str = "") -> Any:
     """A dataclass field with an inclusive numeric range checked at load time."""
     return dataclasses.field(default=default, metadata={"min": min, "max": max, "doc": doc})
+
+
+@runtime_checkable
+class WrittenAs(Protocol):
+    """A field value that a study file writes in another form than its Python type (a search-space
+    range is ``[low, high]``). ``parse_dataclass`` reads such a field through its default, which
+    knows what the file does not spell out (e.g. that a range is sampled on a log scale).
+    """
+
+    def parse(self, value: Any, hint: Any, key: str) -> Any:
+        """A value of this kind from its written form (``hint`` is the field's type); raises UserError naming ``key``."""
+        ...
+
+    def written(self) -> Any:
+        """The form a study file writes it in."""
+        ...
+
+
+def written_form(value: Any) -> Any:
+    """``value`` as a study file writes it: dataclasses as tables, tuples as lists, ``WrittenAs`` values in their form."""
+    if isinstance(value, WrittenAs):
+        return value.written()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {field.name: written_form(getattr(value, field.name)) for field in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [written_form(item) for item in value]
+    if isinstance(value, dict):
+        return {key: written_form(item) for key, item in value.items()}
+    return value
+
+
+def limits(field: dataclasses.Field[Any]) -> tuple[float | None, float | None]:
+    """The inclusive ``(min, max)`` a ``bounded`` field declares (None where it sets no limit)."""
+    return field.metadata.get("min"), field.metadata.get("max")
+
+
+def outside_limits(field: dataclasses.Field[Any], number: object) -> bool:
+    """Whether ``number`` lies outside the limits ``field`` declares (values other than numbers never do)."""
+    if not isinstance(number, (int, float)) or isinstance(number, bool):
+        return False
+    low, high = limits(field)
+    return (low is not None and number < low) or (high is not None and number > high)
+
+
+def span(low: float | None, high: float | None) -> str:
+    """``limits`` in words: ``between 0.0 and 0.95``, ``at least 1``, ``at most 10``."""
+    if low is not None and high is not None:
+        return f"between {low} and {high}"
+    return f"at least {low}" if low is not None else f"at most {high}"
 
 
 def _type_name(tp: Any) -> str:
@@ -39,14 +88,15 @@ def _type_name(tp: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """``value`` (parsed TOML) as type ``tp``; raises UserError naming ``where`` if it is not one."""
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         for option in typing.get_args(tp):
             if option is type(None):
                 continue
             try:
-                return _coerce(value, option, where)
+                return coerce(value, option, where)
             except UserError:
                 continue
         raise _wrong_type(value, tp, where)
@@ -64,7 +114,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise _wrong_type(value, tp, where)
         item_type = typing.get_args(tp)[0]
-        return tuple(_coerce(item, item_type, f"{where}[{i}]") for i, item in enumerate(value))
+        return tuple(coerce(item, item_type, f"{where}[{i}]") for i, item in enumerate(value))
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise _wrong_type(value, tp, where)
@@ -98,13 +148,9 @@ def _wrong_type(value: Any, tp: Any, where: str) -> UserError:
 
 
 def _check_range(field: dataclasses.Field[Any], value: Any, key: str) -> None:
-    low, high = field.metadata.get("min"), field.metadata.get("max")
     for number in value if isinstance(value, tuple) else (value,):
-        if isinstance(number, (int, float)) and not isinstance(number, bool):
-            if (low is not None and number < low) or (high is not None and number > high):
-                span = f"between {low} and {high}" if low is not None and high is not None else (
-                    f"at least {low}" if low is not None else f"at most {high}")
-                raise UserError(f"`{key}` is {number}, out of range.", f"set `{key}` {span}.")
+        if outside_limits(field, number):
+            raise UserError(f"`{key}` is {number}, out of range.", f"set `{key}` {span(*limits(field))}.")
 
 
 def check_bounds(instance: Any, where: str = "") -> None:
@@ -139,8 +185,11 @@ def parse_dataclass(cls: type[T], mapping: Mapping[str, Any], where: str = "") -
             if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
                 raise UserError(f"Missing required key `{key}`.", f"add `{name} = ...` ({_type_name(hints[name])}).")
             continue
-        value = _coerce(mapping[name], hints[name], key)
-        _check_range(field, value, key)
+        if isinstance(field.default, WrittenAs):
+            value = field.default.parse(mapping[name], hints[name], key)
+        else:
+            value = coerce(mapping[name], hints[name], key)
+            _check_range(field, value, key)
         kwargs[name] = value
     try:
         return cls(**kwargs)

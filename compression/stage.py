@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import ClassVar, Protocol, TypeVar
+from dataclasses import Field, dataclass, replace
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from torch import nn
 
@@ -69,6 +69,8 @@ class StageConfig(Protocol):
     """Every stage config is a frozen dataclass that can say, without compute, what it does to a model."""
 
     kind: ClassVar[str]
+    # What makes it a dataclass to the type checker (``dataclasses.replace`` takes it).
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
 
     def transition(self, signature: Signature) -> Signature:
         """The signature after this stage; raises IncompatiblePipelineError if it cannot run on ``signature``."""

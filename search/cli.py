@@ -46,9 +46,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     study = _study(args)
     print(f"{args.study}: valid study {study.name!r} (storage {study.storage_url})")
     if args.json:
-        from dataclasses import asdict
+        from udacisense.common.schema import written_form
 
-        print(json.dumps(asdict(study), indent=2, default=str))
+        print(json.dumps(written_form(study), indent=2, default=str))
     return 0
 
 

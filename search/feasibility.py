@@ -1,7 +1,7 @@
 """Cheap, compute-free (no training) estimates that show a pipeline cannot meet the size or speed targets.
 
-Structural stages (channel pruning, narrower students, resolution) are applied without
-fine-tuning to get the real architecture; quantization's effect on size is estimated per weight
+Structural stages (of the families that reshape: channel pruning, narrower students, resolution)
+are applied without fine-tuning to get the real architecture; quantization's effect on size is estimated per weight
 (1 byte for int8 weights, 4 for float). Unstructured pruning changes neither: dense files, dense kernels.
 """
 
@@ -13,16 +13,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from udacisense.compression.distillation import DistillationConfig
 from udacisense.compression.pipeline import Pipeline
-from udacisense.compression.pruning import StructuredPruningConfig
 from udacisense.compression.quantization import DynamicQuantConfig, QATConfig, StaticQuantConfig
-from udacisense.compression.resolution import ResolutionConfig
 from udacisense.compression.stage import CompressedModel, StageContext, apply_stage
 from udacisense.evaluators.flops import count_flops
+from udacisense.spaces.families import FAMILIES
 from udacisense.training import TrainConfig
 
-_STRUCTURAL = (StructuredPruningConfig, DistillationConfig, ResolutionConfig)
+_STRUCTURAL = tuple(config for family in FAMILIES.values() if family.reshapes for config in family.configs)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from udacisense.common.errors import UserError
+from udacisense.common.schema import written_form
 from udacisense.search.records import DIRECTIONS, OBJECTIVE_NAMES
 from udacisense.search.study import StudyConfig
 
@@ -145,7 +145,7 @@ def study_settings(study: StudyConfig) -> dict[str, Any]:
 
     The ``[search]`` table (budget, sampler, early stopping) is left out: it may change between runs.
     """
-    tables = {name: dataclasses.asdict(getattr(study, name))
+    tables = {name: written_form(getattr(study, name))
               for name in ("data", "model", "baseline", "evaluation", "targets", "space")}
     flat = {"seed": study.seed, **_flatten(tables, "")}
     # Compared with what the storage gives back, so in the JSON form it stores.

@@ -7,48 +7,60 @@ is present in the trial's pipeline (Optuna's define-by-run makes the space condi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Literal
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, cast
 
 from udacisense.common.errors import UserError
+from udacisense.compression.distillation import DistillationConfig
+from udacisense.compression.pruning import (
+    GradualPruningConfig,
+    Schedule,
+    Scope,
+    StructuredPruningConfig,
+    UnstructuredPruningConfig,
+)
+from udacisense.compression.quantization import QATConfig, StaticBackend, StaticQuantConfig
+from udacisense.compression.resolution import ResolutionConfig
+from udacisense.spaces.distributions import Choice, FloatRange, IntRange, StageField
+from udacisense.training import TrainConfig
 
-StageFamily = Literal["distill", "prune", "channels", "resolution", "fuse", "quantize"]
+# The families are declared in `spaces.families`; this names them for study files.
+FamilyName = Literal["distill", "prune", "channels", "resolution", "fuse", "quantize"]
 QuantType = Literal["none", "dynamic", "static", "qat"]
-QuantBackend = Literal["x86", "fbgemm", "qnnpack", "xnnpack"]
 
-# Fields that hold a [low, high] range; every other tuple field is a list of choices.
-_RANGES = frozenset({
-    "prune_amount", "channel_ratio", "channel_head_ratio", "distill_alpha", "distill_temperature", "finetune_epochs", "finetune_lr",
-    "qat_start_epoch", "bn_freeze_epoch", "float_prefix_blocks",
-})
+
+def _sampled(default: FloatRange | IntRange | Choice[Any], *feeds: StageField) -> Any:
+    """A sampled ``[space]`` value: its default, and the stage config fields its samples go to (their limits bound it)."""
+    return field(default=default, metadata={"feeds": feeds})
 
 
 @dataclass(frozen=True)
 class SpaceConfig:
-    # Stage families that may appear. The order of the trainable ones (distill, prune, channels,
-    # resolution) is sampled as a permutation; fuse and then quantize always follow them.
-    stages: tuple[StageFamily, ...] = ("distill", "prune", "channels", "quantize")
+    # Stage families that may appear. The order of the permuted ones (distill, prune, channels,
+    # resolution) is sampled; fuse and then quantize always follow them (see `spaces.families`).
+    stages: tuple[FamilyName, ...] = ("distill", "prune", "channels", "quantize")
     # Families that every pipeline includes (the rest are switched on or off per trial).
-    required: tuple[StageFamily, ...] = ()
-    prune_methods: tuple[Literal["oneshot", "gradual"], ...] = ("oneshot", "gradual")
-    prune_amount: tuple[float, ...] = (0.2, 0.9)
-    prune_scopes: tuple[Literal["layer", "global"], ...] = ("global", "layer")
-    gradual_schedules: tuple[Literal["linear", "cubic", "exponential"], ...] = ("linear", "cubic", "exponential")
-    channel_ratio: tuple[float, ...] = (0.1, 0.6)
+    required: tuple[FamilyName, ...] = ()
+    prune_methods: Choice[Literal["oneshot", "gradual"]] = _sampled(Choice(("oneshot", "gradual")))
+    prune_amount: FloatRange = _sampled(FloatRange(0.2, 0.9), StageField(UnstructuredPruningConfig, "amount"),
+                                        StageField(GradualPruningConfig, "final_sparsity"))
+    prune_scopes: Choice[Scope] = _sampled(Choice(("global", "layer")))
+    gradual_schedules: Choice[Schedule] = _sampled(Choice(("linear", "cubic", "exponential")))
+    channel_ratio: FloatRange = _sampled(FloatRange(0.1, 0.6), StageField(StructuredPruningConfig, "ratio"))
     # The classifier's hidden layer (39% of the weights at 32x32) is pruned at its own ratio.
-    channel_head_ratio: tuple[float, ...] = (0.0, 0.8)
-    channel_importance: tuple[Literal["l1", "l2"], ...] = ("l1", "l2")
-    distill_alpha: tuple[float, ...] = (0.3, 0.9)
-    distill_temperature: tuple[float, ...] = (2.0, 8.0)
-    student_widths: tuple[float, ...] = (0.0, 0.5, 0.75)
-    resolutions: tuple[int, ...] = (224, 160, 128, 96, 64, 32)
-    quant_types: tuple[QuantType, ...] = ("none", "dynamic", "static", "qat")
-    quant_backends: tuple[QuantBackend, ...] = ("x86", "xnnpack")
-    float_prefix_blocks: tuple[int, ...] = (0, 2)
-    qat_start_epoch: tuple[int, ...] = (0, 1)
-    bn_freeze_epoch: tuple[int, ...] = (1, 3)
-    finetune_epochs: tuple[int, ...] = (1, 4)
-    finetune_lr: tuple[float, ...] = (0.002, 0.05)
+    channel_head_ratio: FloatRange = _sampled(FloatRange(0.0, 0.8), StageField(StructuredPruningConfig, "head_ratio"))
+    channel_importance: Choice[Literal["l1", "l2"]] = _sampled(Choice(("l1", "l2")))
+    distill_alpha: FloatRange = _sampled(FloatRange(0.3, 0.9), StageField(DistillationConfig, "alpha"))
+    distill_temperature: FloatRange = _sampled(FloatRange(2.0, 8.0), StageField(DistillationConfig, "temperature"))
+    student_widths: Choice[float] = _sampled(Choice((0.0, 0.5, 0.75)), StageField(DistillationConfig, "student_width"))
+    resolutions: Choice[int] = _sampled(Choice((224, 160, 128, 96, 64, 32)), StageField(ResolutionConfig, "size"))
+    quant_types: Choice[QuantType] = _sampled(Choice(("none", "dynamic", "static", "qat")))
+    quant_backends: Choice[StaticBackend] = _sampled(Choice(("x86", "xnnpack")))
+    float_prefix_blocks: IntRange = _sampled(IntRange(0, 2), StageField(StaticQuantConfig, "float_prefix_blocks"))
+    qat_start_epoch: IntRange = _sampled(IntRange(0, 1), StageField(QATConfig, "start_epoch"))
+    bn_freeze_epoch: IntRange = _sampled(IntRange(1, 3), StageField(QATConfig, "freeze_bn_epoch"))
+    finetune_epochs: IntRange = _sampled(IntRange(1, 4), StageField(TrainConfig, "epochs"))
+    finetune_lr: FloatRange = _sampled(FloatRange(0.002, 0.05, log=True), StageField(TrainConfig, "lr"))
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -59,28 +71,11 @@ class SpaceConfig:
         if extra:
             raise UserError(f"`space.required` names {sorted(extra)}, which `space.stages` does not list.",
                             "add them to `space.stages` or remove them from `space.required`.")
-        for field in fields(self):
-            value = getattr(self, field.name)
-            if field.name in _RANGES:
-                if len(value) != 2 or value[0] > value[1]:
-                    raise UserError(f"`space.{field.name}` is {list(value)}, not a [low, high] range.",
-                                    f"write it as [low, high] with low <= high, e.g. {list(getattr(SpaceConfig, field.name))}.")
-            elif isinstance(value, tuple) and field.name not in ("required",) and not value:
-                raise UserError(f"`space.{field.name}` is empty.", "give at least one choice.")
-        if self.prune_amount[0] < 0.0 or self.prune_amount[1] > 0.95:
-            raise UserError("`space.prune_amount` must lie within [0, 0.95].", "narrow the range.")
-        for name in ("channel_ratio", "channel_head_ratio"):
-            low, high = getattr(self, name)
-            if low < 0.0 or high > 0.9:
-                raise UserError(f"`space.{name}` must lie within [0, 0.9].", "narrow the range.")
-        if self.distill_alpha[0] < 0.0 or self.distill_alpha[1] > 1.0:
-            raise UserError("`space.distill_alpha` must lie within [0, 1].", "narrow the range.")
-        if self.distill_temperature[0] <= 0.0:
-            raise UserError("`space.distill_temperature` must be positive.", "use e.g. [2.0, 8.0].")
-        if self.finetune_lr[0] <= 0.0:
-            raise UserError("`space.finetune_lr` must be positive (it is sampled on a log scale).", "use e.g. [0.002, 0.05].")
-        if any(w < 0.0 or w > 2.0 for w in self.student_widths):
-            raise UserError("`space.student_widths` must lie in [0, 2] (0 keeps the current model as student).",
-                            "use e.g. [0.0, 0.5, 0.75].")
-        if any(r < 8 or r > 512 for r in self.resolutions):
-            raise UserError("`space.resolutions` must lie in [8, 512] pixels.", "use e.g. [224, 128, 64, 32].")
+        # The one check of every sampled value, for study files and spaces built in code alike.
+        for declared in fields(self):
+            if "feeds" not in declared.metadata:
+                continue
+            value, default = getattr(self, declared.name), cast(Any, declared.default)
+            if not isinstance(value, type(default)):
+                raise TypeError(f"space.{declared.name} must be a {type(default).__name__}, not {value!r}")
+            value.check(f"space.{declared.name}", declared.metadata["feeds"])

@@ -138,7 +138,7 @@ def test_narrowing_the_space_after_trials_names_the_keys_and_the_way_out(tmp_pat
     config = load_study(path)
     study = open_study(config)
     trial = study.ask()
-    trial.suggest_categorical("quant_backend", list(config.space.quant_backends))
+    trial.suggest_categorical("quant_backend", list(config.space.quant_backends.options))
     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     path.write_text(path.read_text().replace('quant_backends = ["xnnpack", "x86"]', 'quant_backends = ["x86"]')
                     .replace("max_accuracy_drop = 0.5", "max_accuracy_drop = 0.2"))

@@ -27,6 +27,7 @@ from udacisense.search.phases import PhaseClock
 from udacisense.search.records import StopReason, TrialRecord
 from udacisense.search.runner import WorkerPlan, plan_workers, requeue
 from udacisense.search.study import TargetsConfig, load_study
+from udacisense.spaces.distributions import Choice
 from udacisense.spaces.sampling import orders, sample_pipeline
 from udacisense.spaces.space import SpaceConfig
 
@@ -34,7 +35,7 @@ TrialState = optuna.trial.TrialState
 
 
 def test_every_order_of_the_trainable_stages_is_sampled_and_quantization_comes_last() -> None:
-    space = SpaceConfig(stages=("prune", "quantize", "channels"), required=("prune", "channels"), quant_types=("static",))
+    space = SpaceConfig(stages=("prune", "quantize", "channels"), required=("prune", "channels"), quant_types=Choice(("static",)))
     assert orders(space) == ["prune>channels", "channels>prune"]
     for order in orders(space):
         trial = optuna.trial.FixedTrial({"order": order, "quant_type": "static", "quant_backend": "x86",
@@ -82,7 +83,7 @@ def test_every_sampled_pipeline_passes_the_order_check(name: str, space: SpaceCo
 
 
 def test_dynamic_quantization_samples_every_backend_including_pt2e_xnnpack() -> None:
-    space = SpaceConfig(stages=("quantize",), quant_types=("dynamic",), quant_backends=("xnnpack", "qnnpack"))
+    space = SpaceConfig(stages=("quantize",), quant_types=Choice(("dynamic",)), quant_backends=Choice(("xnnpack", "qnnpack")))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     backends = {sample_pipeline(study.ask(), space).stages[0].backend for _ in range(20)}
     assert backends == {"xnnpack", "qnnpack"}

@@ -22,9 +22,6 @@ from udacisense.search.hypervolume import hypervolume
 from udacisense.search.records import EARLY_STOPS, StopReason, TrialRecord, records
 from udacisense.search.study import StudyConfig
 
-# Stage kinds (recorded per stage) to the `[space]` family that produces them.
-SPACE_FAMILY = {"ptq": "quantize", "dynamic": "quantize", "qat": "quantize", "gradual": "prune"}
-
 
 @dataclass
 class Inputs:

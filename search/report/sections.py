@@ -15,7 +15,6 @@ from udacisense.search.budget import is_rejected
 from udacisense.search.hypervolume import HV_REFERENCE
 from udacisense.search.records import TrialRecord
 from udacisense.search.report.facts import (
-    SPACE_FAMILY,
     Inputs,
     PhaseTotal,
     TechniqueRow,
@@ -44,6 +43,7 @@ from udacisense.search.report.format import (
     md_table,
     yes_no,
 )
+from udacisense.spaces.families import FAMILY_OF_KIND
 
 
 def _nan(value: float | None) -> float:
@@ -412,7 +412,7 @@ def recommendations(inputs: Inputs, rows: Sequence[TechniqueRow], history: Seque
     if kinds:
         ranked = ", ".join(f"{kind} in {count} of {len(pool)}" for kind, count in kinds.most_common())
         everywhere = [kind for kind, count in kinds.most_common() if count == len(pool)]
-        required = sorted({SPACE_FAMILY.get(k, k) for k in everywhere})
+        required = sorted({FAMILY_OF_KIND.get(k, k) for k in everywhere})
         advice = (f"{', '.join(f'`{k}`' for k in everywhere)} appear{'s' if len(everywhere) == 1 else ''} in all of them: "
                   f"consider `space.required = {json.dumps(required)}` to spend the budget on such pipelines."
                   if everywhere else
