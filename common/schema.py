@@ -170,6 +170,7 @@ def check_bounds(instance: Any, where: str = "") -> None:
 
 def parse_dataclass(cls: type[T], mapping: Mapping[str, Any], where: str = "") -> T:
     """Build ``cls`` from ``mapping``, rejecting unknown keys, wrong types and out-of-range values."""
+    # type[T] is not known to be a dataclass type here; every caller passes one (fields() raises otherwise).
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     hints = typing.get_type_hints(cls)
     prefix = f"{where}." if where else ""

@@ -319,7 +319,7 @@ def freeze_exported_bn(model: nn.Module) -> None:
     if not isinstance(model, GraphModule):
         raise TypeError(f"expected an exported GraphModule, got {type(model).__name__}")
     # A plain function bound as a method (no closure), so a deep copy rebinds it to the copy.
-    model.train = types.MethodType(_train_keeping_bn_frozen, model)  # type: ignore[method-assign]
+    model.train = types.MethodType(_train_keeping_bn_frozen, model)  # type: ignore[method-assign]  # the override is the point
     _set_exported_bn_training(model, False)
 
 

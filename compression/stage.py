@@ -38,7 +38,7 @@ class CompressedModel:
     artifact: bytes | None = None
 
     def evolve(self, **changes: object) -> CompressedModel:
-        return replace(self, **changes)  # type: ignore[arg-type]
+        return replace(self, **changes)  # type: ignore[arg-type]  # replace() cannot type-check **kwargs of object
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 from tqdm.auto import tqdm
@@ -25,7 +26,7 @@ def profile_float_model(module: nn.Module, bundle: DataBundle, *, runtimes: Sequ
     example = bundle.loader("test", limit=1).normalise(bundle.test.images[:1]).contiguous()
     num_classes = len(bundle.classes)
     flops = count_flops(module, example)
-    metrics: dict[str, object] = {
+    metrics: dict[str, Any] = {
         "classes": list(bundle.classes),
         "input_shape": list(example.shape),
         "normalisation": {"mean": list(bundle.mean), "std": list(bundle.std)},
@@ -47,10 +48,10 @@ def profile_float_model(module: nn.Module, bundle: DataBundle, *, runtimes: Sequ
             run = module
         else:
             artifact = artifact_bytes(copy.deepcopy(module), runtime, example_input=example)
-            metrics["size"][runtime] = size_report(artifact, runtime).as_dict()  # type: ignore[index]
+            metrics["size"][runtime] = size_report(artifact, runtime).as_dict()
             run = load_runner(artifact, runtime)
         report = measure_latency(run, example, runtime=runtime, warmup=latency_warmup, runs=latency_runs, threads=threads)
-        metrics["latency"][runtime] = report.as_dict()  # type: ignore[index]
+        metrics["latency"][runtime] = report.as_dict()
         if report.executorch_threads is not None:
-            metrics["threads"]["executorch_threads"] = report.executorch_threads  # type: ignore[index]
+            metrics["threads"]["executorch_threads"] = report.executorch_threads
     return metrics

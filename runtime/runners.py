@@ -78,7 +78,7 @@ class _ExecuTorchRunner:
     def __init__(self, program: object) -> None:
         self.program = program  # owns the method's memory: keep it alive as long as the method
         with native_stderr_without(_EXECUTORCH_MACHINE_LOG):
-            self.method = program.load_method("forward")  # type: ignore[attr-defined]
+            self.method = program.load_method("forward")  # type: ignore[attr-defined]  # an untyped pybind object
         self.batch = int(self.method.metadata.input_tensor_meta(0).sizes()[0])
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

@@ -153,7 +153,7 @@ def variants(study: StudyConfig, bundle: DataBundle, threads: list[int], batch_s
     rows.append(Variant("validation pass", most, bundle.config.eval_batch_size, _validation(trained, bundle)))
     if compile_model:
         compiled = torch.compile(_fresh_model(study, bundle).to(memory_format=torch.channels_last))
-        rows.append(Variant("bare channels_last + torch.compile", most, size, _bare(compiled, loader, True)))  # type: ignore[arg-type]
+        rows.append(Variant("bare channels_last + torch.compile", most, size, _bare(compiled, loader, True)))  # type: ignore[arg-type]  # torch.compile returns a callable typed loosely
     return rows
 
 

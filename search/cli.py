@@ -12,6 +12,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from udacisense.common.logs import quiet_libraries, quiet_native_logs
 
@@ -92,9 +93,9 @@ def _open(args: argparse.Namespace):
     return study, open_workspace(study, progress=False), optuna_study
 
 
-def _number(value: object, digits: int) -> str:
+def _number(value: Any, digits: int) -> str:  # a stored JSON value: a number, a string or null
     try:
-        number = float(value)  # type: ignore[arg-type]
+        number = float(value)
     except (TypeError, ValueError):
         return "n/a"
     return "n/a" if number != number else f"{number:.{digits}f}"

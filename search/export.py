@@ -23,7 +23,7 @@ from udacisense.common.errors import UserError
 from udacisense.common.files import atomic_dir, sha256_of, write_json
 from udacisense.evaluators.accuracy import accuracy_from_logits, predict_logits
 from udacisense.evaluators.parity import ParityReport, ParityRule, compare_logits
-from udacisense.runtime import LoweredRuntime, deployment_label, executorch_threads, load_runner
+from udacisense.runtime import Backend, LoweredRuntime, deployment_label, executorch_threads, load_runner
 from udacisense.search.front import mark_targets
 from udacisense.search.objective import ARTIFACT_SUFFIX, TrialLatency, TrialRunner
 from udacisense.search.records import TrialRecord
@@ -46,10 +46,10 @@ class ExportResult:
         return all(value <= 0 for value in self.constraints.values())
 
 
-def check_parity(artifact: Path, runtime: LoweredRuntime, backend: str | None, reference: Path, rule: ParityRule,
+def check_parity(artifact: Path, runtime: LoweredRuntime, backend: Backend | None, reference: Path, rule: ParityRule,
                  workspace: Workspace) -> tuple[ParityReport, float]:
     """Run the artifact on the whole test split and compare with the PyTorch model's stored logits."""
-    run = load_runner(artifact.read_bytes(), runtime, backend)  # type: ignore[arg-type]
+    run = load_runner(artifact.read_bytes(), runtime, backend)
     logits, labels = predict_logits(run, workspace.data.loader("test"))
     expected = torch.load(reference, map_location="cpu", weights_only=True)
     parity = compare_logits(expected, logits)

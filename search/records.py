@@ -117,9 +117,9 @@ def record_stop(trial: optuna.Trial, reason: StopReason, message: str) -> optuna
     return optuna.TrialPruned(message)
 
 
-def optional_float(value: object) -> float | None:
+def optional_float(value: Any) -> float | None:
     """A stored number that may be absent (null)."""
-    return None if value is None else float(value)  # type: ignore[arg-type]
+    return None if value is None else float(value)
 
 
 def optional_int(value: object) -> int | None:

@@ -199,7 +199,7 @@ def test_optuna_reports_of_interrupted_or_user_fixable_trials_are_dropped() -> N
 
     records: list[str] = []
     handler = logging.Handler()
-    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]  # capture what it emits
     optuna.logging.get_logger("optuna").addHandler(handler)
     try:
         with pytest.raises(KeyboardInterrupt):

@@ -141,9 +141,9 @@ def test_float_prefix_beyond_the_model_is_a_user_error(float_model, context):
 
 def test_configs_reject_bad_values():
     with pytest.raises(UserError, match="backend"):
-        StaticQuantConfig(backend="arm")  # type: ignore[arg-type]
+        StaticQuantConfig(backend="arm")  # type: ignore[arg-type]  # an unknown backend is the test
     with pytest.raises(UserError, match="backend"):
-        DynamicQuantConfig(backend="arm")  # type: ignore[arg-type]
+        DynamicQuantConfig(backend="arm")  # type: ignore[arg-type]  # an unknown backend is the test
     with pytest.raises(UserError, match="calibration_samples"):
         StaticQuantConfig(calibration_samples=0)
     with pytest.raises(UserError, match="start_epoch"):

@@ -115,7 +115,7 @@ def test_a_stopped_trial_has_its_reason_and_no_values() -> None:
 def test_store_writes_only_declared_attributes() -> None:
     trial = optuna.create_study(directions=list(DIRECTIONS)).ask()
     with pytest.raises(ValueError, match="bogus"):
-        store(trial, {"bogus": 1})  # type: ignore[dict-item]
+        store(trial, {"bogus": 1})  # type: ignore[dict-item]  # the undeclared key is the test
     assert trial.user_attrs == {}
 
 

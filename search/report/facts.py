@@ -281,9 +281,9 @@ def technique_rows(inputs: Inputs) -> tuple[list[TechniqueRow], str]:
     return rows, source
 
 
-def as_float(value: object) -> float | None:
+def as_float(value: Any) -> float | None:  # a stored JSON or CSV value: a number, a string or null
     try:
-        result = float(value)  # type: ignore[arg-type]
+        result = float(value)
     except (TypeError, ValueError):
         return None
     return None if np.isnan(result) else result

@@ -401,7 +401,7 @@ def recommendations(inputs: Inputs, rows: Sequence[TechniqueRow], history: Seque
     else:
         table = inputs.everything
         shares = {name: float(table[f"meets_{name}"].mean()) for name in ("size", "latency", "accuracy")}
-        hardest = min(shares, key=shares.get)  # type: ignore[arg-type]
+        hardest = min(shares, key=shares.__getitem__)
         items.append(f"Do not ship yet: trial {trial.number} misses a target, and the hardest target is {hardest} "
                      f"(met by {100 * shares[hardest]:.0f}% of completed trials: size {100 * shares['size']:.0f}%, "
                      f"latency {100 * shares['latency']:.0f}%, accuracy {100 * shares['accuracy']:.0f}%).")
