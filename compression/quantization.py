@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 # they take seconds to import, and most commands never quantize.
 
 StaticBackend = Literal["x86", "fbgemm", "qnnpack", "xnnpack"]
+# Bits of the Linear layers' weights. 4 takes torchao's int4 weights (activations int8, quantized on
+# the fly), which only ExecuTorch's XNNPACK delegate runs; the convolutions keep their int8 path.
+LinearWeightBits = Literal[8, 4]
 
 
 # --------------------------------------------------------------------------- engines and checks
@@ -59,6 +62,20 @@ def _check_choice(config: StageConfig, field: str, value: object, allowed: Seque
             f"`{config.kind}.{field}` is {value!r}, which is not supported.",
             f"set `{field}` to one of: {', '.join(repr(a) for a in allowed)}.",
         )
+
+
+def _check_linear_weight_bits(config: DynamicQuantConfig | StaticQuantConfig | QATConfig) -> None:
+    _check_choice(config, "linear_weight_bits", config.linear_weight_bits, get_args(LinearWeightBits))
+    if config.linear_weight_bits == 4 and config.backend != "xnnpack":
+        raise UserError(
+            f"`{config.kind}.linear_weight_bits` is 4 with backend {config.backend!r}: int4 weights run only in "
+            "ExecuTorch's XNNPACK delegate.",
+            "set `backend = \"xnnpack\"`, or `linear_weight_bits = 8`.",
+        )
+
+
+def _linear_suffix(bits: LinearWeightBits) -> str:
+    return ", int4 linear" if bits == 4 else ""
 
 
 def _check_at_least(config: StageConfig, field: str, value: int, low: int) -> None:
@@ -79,16 +96,18 @@ class DynamicQuantConfig:
 
     kind: ClassVar[str] = "dynamic"
     backend: StaticBackend = "x86"
+    linear_weight_bits: LinearWeightBits = 8
 
     def __post_init__(self) -> None:
         _check_choice(self, "backend", self.backend, get_args(StaticBackend))
+        _check_linear_weight_bits(self)
 
     def transition(self, signature: Signature) -> Signature:
         require_form(self, signature, ModelForm.FLOAT)
         return Signature(ModelForm.QUANTIZED, self.backend)
 
     def describe(self) -> str:
-        return f"dynamic(int8, {self.backend})"
+        return f"dynamic(int8, {self.backend}{_linear_suffix(self.linear_weight_bits)})"
 
 
 @dataclass(frozen=True)
@@ -101,9 +120,11 @@ class StaticQuantConfig:
                                        doc="un-augmented train images, drawn evenly from every class, that observe ranges")
     float_prefix_blocks: int = bounded(0, min=0, max=64,
                                        doc="first blocks of `features` kept float (they are the most sensitive)")
+    linear_weight_bits: LinearWeightBits = 8
 
     def __post_init__(self) -> None:
         _check_choice(self, "backend", self.backend, get_args(StaticBackend))
+        _check_linear_weight_bits(self)
         _check_at_least(self, "calibration_samples", self.calibration_samples, 1)
         _check_at_least(self, "float_prefix_blocks", self.float_prefix_blocks, 0)
 
@@ -113,7 +134,7 @@ class StaticQuantConfig:
 
     def describe(self) -> str:
         prefix = f", float_prefix={self.float_prefix_blocks}" if self.float_prefix_blocks else ""
-        return f"ptq({self.backend}{prefix})"
+        return f"ptq({self.backend}{prefix}{_linear_suffix(self.linear_weight_bits)})"
 
 
 @dataclass(frozen=True)
@@ -123,6 +144,8 @@ class QATConfig:
     Observers run from the first epoch; fake quantization switches on at ``start_epoch`` (so the
     first epochs only calibrate ranges) and BatchNorm statistics are frozen from ``freeze_bn_epoch``
     (late in training, batch statistics of a fake-quantized net are too noisy to keep updating).
+    With ``linear_weight_bits = 4`` the Linear layers are quantized to int4 before training and their
+    weights stay fixed: the layers around them learn to compensate.
     """
 
     kind: ClassVar[str] = "qat"
@@ -130,9 +153,11 @@ class QATConfig:
     start_epoch: int = bounded(0, min=0, max=1000, doc="epoch from which fake quantization is on")
     freeze_bn_epoch: int = bounded(2, min=0, max=1000, doc="epoch from which BatchNorm statistics are frozen")
     finetune: TrainConfig = TrainConfig(epochs=3, lr=0.01, schedule="cosine")
+    linear_weight_bits: LinearWeightBits = 8
 
     def __post_init__(self) -> None:
         _check_choice(self, "backend", self.backend, get_args(StaticBackend))
+        _check_linear_weight_bits(self)
         _check_at_least(self, "start_epoch", self.start_epoch, 0)
         _check_at_least(self, "freeze_bn_epoch", self.freeze_bn_epoch, 0)
         if self.finetune.epochs < 1 or self.start_epoch >= self.finetune.epochs:
@@ -148,7 +173,7 @@ class QATConfig:
 
     def describe(self) -> str:
         return (f"qat({self.backend}, {self.finetune.epochs} ep, fq@{self.start_epoch}, "
-                f"bn_freeze@{self.freeze_bn_epoch})")
+                f"bn_freeze@{self.freeze_bn_epoch}{_linear_suffix(self.linear_weight_bits)})")
 
 
 # --------------------------------------------------------------------------- which blocks stay float
@@ -247,7 +272,41 @@ def export_graph(module: nn.Module, example: torch.Tensor) -> GraphModule:
     return torch.export.export(module, (example,), dynamic_shapes=({0: batch},)).module()
 
 
-def _xnnpack_quantizer(*, qat: bool, float_blocks: Sequence[str], dynamic: bool = False) -> XNNPACKQuantizer:
+_INT4_GROUP = 32  # input features that share one int4 scale
+
+
+def _int4_linear(module: nn.Module) -> None:
+    """Quantize every Linear's weights to int4 in place (torchao), activations to int8 on the fly.
+
+    Weights are scaled per group of 32 input features, or per output row where the features do not
+    split into such groups (channel pruning leaves any width).
+    """
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, PerAxis, PerGroup, quantize_
+
+    for granularity, grouped in ((PerGroup(_INT4_GROUP), True), (PerAxis(0), False)):
+        # torch's type stubs lack the sub-byte dtypes.
+        config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,  # type: ignore[attr-defined]
+                                                       weight_granularity=granularity)
+        quantize_(module, config, filter_fn=_linear_filter(grouped=grouped))
+
+
+def _linear_filter(*, grouped: bool) -> Callable[[nn.Module, str], bool]:
+    """torchao's module filter: Linear layers whose input features do (or do not) split into int4 groups."""
+
+    def accepts(layer: nn.Module, name: str) -> bool:
+        return isinstance(layer, nn.Linear) and (layer.in_features % _INT4_GROUP == 0) == grouped
+
+    return accepts
+
+
+def _with_linear_weights(module: nn.Module, bits: LinearWeightBits) -> nn.Module:
+    if bits == 4:
+        _int4_linear(module)
+    return module
+
+
+def _xnnpack_quantizer(*, qat: bool, float_blocks: Sequence[str], dynamic: bool = False,
+                       linear_weight_bits: LinearWeightBits = 8) -> XNNPACKQuantizer:
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
@@ -257,6 +316,9 @@ def _xnnpack_quantizer(*, qat: bool, float_blocks: Sequence[str], dynamic: bool 
                                                                                   is_dynamic=dynamic))
     if float_blocks:
         quantizer.set_filter_function(_outside_of(float_blocks))
+    if linear_weight_bits == 4:
+        # torchao already quantized the Linear layers; a config of None leaves them unannotated.
+        quantizer.set_module_type(nn.Linear, None)
     return quantizer
 
 
@@ -271,20 +333,23 @@ def _converted_pt2e(prepared: GraphModule) -> GraphModule:
     return converted
 
 
-def _ptq_pt2e(module: nn.Module, batches: Sequence[torch.Tensor], float_blocks: Sequence[str]) -> GraphModule:
+def _ptq_pt2e(module: nn.Module, batches: Sequence[torch.Tensor], float_blocks: Sequence[str],
+              linear_weight_bits: LinearWeightBits) -> GraphModule:
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    quantizer = _xnnpack_quantizer(qat=False, float_blocks=float_blocks)
-    prepared = prepare_pt2e(export_graph(module.eval(), batches[0]), quantizer)
+    quantizer = _xnnpack_quantizer(qat=False, float_blocks=float_blocks, linear_weight_bits=linear_weight_bits)
+    module = _with_linear_weights(module.eval(), linear_weight_bits)
+    prepared = prepare_pt2e(export_graph(module, batches[0]), quantizer)
     _observe(prepared, batches)
     return _converted_pt2e(prepared)
 
 
-def _dynamic_pt2e(module: nn.Module, example: torch.Tensor) -> GraphModule:
+def _dynamic_pt2e(module: nn.Module, example: torch.Tensor, linear_weight_bits: LinearWeightBits) -> GraphModule:
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    prepared = prepare_pt2e(export_graph(module.eval(), example), _xnnpack_quantizer(qat=False, float_blocks=(),
-                                                                                     dynamic=True))
+    quantizer = _xnnpack_quantizer(qat=False, float_blocks=(), dynamic=True, linear_weight_bits=linear_weight_bits)
+    module = _with_linear_weights(module.eval(), linear_weight_bits)
+    prepared = prepare_pt2e(export_graph(module, example), quantizer)
     _observe(prepared, [example])  # only shapes: dynamic activations carry no observed ranges
     return _converted_pt2e(prepared)
 
@@ -383,7 +448,9 @@ def _qat_pt2e(module: nn.Module, config: QATConfig, context: StageContext, examp
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-    prepared = prepare_qat_pt2e(export_graph(module.train(), example), _xnnpack_quantizer(qat=True, float_blocks=()))
+    quantizer = _xnnpack_quantizer(qat=True, float_blocks=(), linear_weight_bits=config.linear_weight_bits)
+    module = _with_linear_weights(module, config.linear_weight_bits)
+    prepared = prepare_qat_pt2e(export_graph(module.train(), example), quantizer)
     # The training loop calls .train()/.eval(); torchao maps them onto dropout and BatchNorm ops.
     allow_exported_model_train_eval(prepared)
     run_finetune(prepared, config.finetune, context, description=config.describe(),
@@ -408,7 +475,7 @@ def dynamic_quantize(model: CompressedModel, config: DynamicQuantConfig, context
     module = copy.deepcopy(model.module).eval()
     if config.backend == "xnnpack":
         example = _calibration_batches(context, context.data.config.batch_size)[0]
-        return _as_quantized(model, _dynamic_pt2e(module, example), config.backend)
+        return _as_quantized(model, _dynamic_pt2e(module, example, config.linear_weight_bits), config.backend)
     with quiet_legacy_apis(), quantized_engine(config.backend):
         quantized = quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8, inplace=True)
     return _as_quantized(model, quantized, config.backend)
@@ -421,7 +488,7 @@ def static_quantize(model: CompressedModel, config: StaticQuantConfig, context: 
     float_blocks = _float_prefix(module, config.float_prefix_blocks)
     batches = _calibration_batches(context, config.calibration_samples)
     if config.backend == "xnnpack":
-        quantized = _ptq_pt2e(module, batches, float_blocks)
+        quantized = _ptq_pt2e(module, batches, float_blocks, config.linear_weight_bits)
     else:
         quantized = _ptq_fx(module, config.backend, batches, float_blocks)
     return _as_quantized(model, quantized, config.backend)

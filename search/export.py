@@ -39,6 +39,7 @@ class ExportResult:
     parity: ParityReport
     latency: TrialLatency
     constraints: dict[str, float]
+    delegation: dict | None  # Delegation.as_dict() of a .pte; None for TorchScript or a trial stored before it was kept
 
     @property
     def meets_targets(self) -> bool:
@@ -128,7 +129,16 @@ def export_trial(workspace: Workspace, study: optuna.Study, trial_number: int, o
                                   study_path, picked_by)
         write_json(folder / CARD_NAME, card)
     artifact = out_dir / artifact.name
-    return ExportResult(artifact, out_dir / CARD_NAME, parity, latency, constraints)
+    return ExportResult(artifact, out_dir / CARD_NAME, parity, latency, constraints, card["delegation"])
+
+
+def delegation_line(delegation: dict) -> str:
+    """One line on a ``.pte``'s delegate coverage: what an app pays for on slow portable kernels, if anything."""
+    if delegation["fully_delegated"]:
+        return f"all {delegation['delegated_nodes']} operators delegated to XNNPACK"
+    left = ", ".join(f"{op} x{count}" for op, count in delegation["portable_ops"].items())
+    return (f"{delegation['delegated_nodes']} operators delegated to XNNPACK, {delegation['portable_nodes']} "
+            f"left to portable kernels: {left}")
 
 
 def _card(workspace: Workspace, trial: optuna.trial.FrozenTrial, artifact: Path, reference: Path, parity: ParityReport,
@@ -167,6 +177,7 @@ def _card(workspace: Workspace, trial: optuna.trial.FrozenTrial, artifact: Path,
                   "normalisation": {"mean": list(data.mean), "std": list(data.std),
                                     "formula": "(pixel / 255 - mean) / std"}},
         "pipeline": trial.user_attrs.get(Attr.PIPELINE),
+        "delegation": trial.user_attrs.get(Attr.DELEGATION),
         "stages": trial.user_attrs.get(Attr.STAGES, []),
         "targets": {
             "meets_targets": all(value <= 0 for value in constraints.values()),

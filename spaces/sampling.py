@@ -12,7 +12,7 @@ from udacisense.compression.distillation import DistillationConfig
 from udacisense.compression.graph import FuseConfig
 from udacisense.compression.pipeline import Pipeline
 from udacisense.compression.pruning import GradualPruningConfig, StructuredPruningConfig, UnstructuredPruningConfig
-from udacisense.compression.quantization import DynamicQuantConfig, QATConfig, StaticQuantConfig
+from udacisense.compression.quantization import DynamicQuantConfig, LinearWeightBits, QATConfig, StaticQuantConfig
 from udacisense.compression.resolution import ResolutionConfig
 from udacisense.compression.stage import StageConfig
 from udacisense.spaces.space import SpaceConfig, StageFamily
@@ -79,16 +79,27 @@ def _quantize(trial: optuna.Trial, space: SpaceConfig, finetune: TrainConfig | N
         # Every backend has a dynamic flavour (xnnpack through PT2E, the others through FX); the
         # parameter keeps its own name so studies stored with it still resume.
         backend = _choose(trial, "dynamic_backend", space.quant_backends)
-        return DynamicQuantConfig(backend=backend)
+        return DynamicQuantConfig(backend=backend, linear_weight_bits=_linear_weight_bits(trial, space, backend))
     backend = _choose(trial, "quant_backend", space.quant_backends)
+    bits = _linear_weight_bits(trial, space, backend)
     if quant_type == "static":
         prefix = trial.suggest_int("float_prefix_blocks", *space.float_prefix_blocks)
-        return StaticQuantConfig(backend=backend, float_prefix_blocks=prefix)
+        return StaticQuantConfig(backend=backend, float_prefix_blocks=prefix, linear_weight_bits=bits)
     assert finetune is not None
     last = max(0, finetune.epochs - 1)
     start = min(trial.suggest_int("qat_start_epoch", *space.qat_start_epoch), last)
     freeze = min(trial.suggest_int("bn_freeze_epoch", *space.bn_freeze_epoch), finetune.epochs)
-    return QATConfig(backend=backend, start_epoch=start, freeze_bn_epoch=freeze, finetune=finetune)
+    return QATConfig(backend=backend, start_epoch=start, freeze_bn_epoch=freeze, finetune=finetune,
+                     linear_weight_bits=bits)
+
+
+def _linear_weight_bits(trial: optuna.Trial, space: SpaceConfig, backend: str) -> LinearWeightBits:
+    # Only XNNPACK runs int4 weights. A single choice is not suggested, so trials of studies that
+    # search only int8 keep the parameters they were stored with (and still resume and match duplicates).
+    if backend != "xnnpack":
+        return 8
+    choices = space.linear_weight_bits
+    return _choose(trial, "linear_weight_bits", choices) if len(choices) > 1 else choices[0]
 
 
 def _stage(family: StageFamily, trial: optuna.Trial, space: SpaceConfig, finetune: TrainConfig | None) -> StageConfig | None:

@@ -45,6 +45,8 @@ class SpaceConfig:
     quant_types: tuple[QuantType, ...] = ("none", "dynamic", "static", "qat")
     quant_backends: tuple[QuantBackend, ...] = ("x86", "xnnpack")
     float_prefix_blocks: tuple[int, ...] = (0, 2)
+    # Linear weight bits of xnnpack quantization; [8, 4] also searches int4 Linear layers.
+    linear_weight_bits: tuple[Literal[8, 4], ...] = (8,)
     qat_start_epoch: tuple[int, ...] = (0, 1)
     bn_freeze_epoch: tuple[int, ...] = (1, 3)
     finetune_epochs: tuple[int, ...] = (1, 4)

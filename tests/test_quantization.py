@@ -150,6 +150,12 @@ def test_configs_reject_bad_values():
         QATConfig(start_epoch=3, finetune=TrainConfig(epochs=3))
     assert StaticQuantConfig(backend="qnnpack", float_prefix_blocks=2).describe() == "ptq(qnnpack, float_prefix=2)"
     assert DynamicQuantConfig().describe() == "dynamic(int8, x86)"
+    with pytest.raises(UserError, match="xnnpack"):
+        StaticQuantConfig(backend="x86", linear_weight_bits=4)
+    with pytest.raises(UserError, match="linear_weight_bits"):
+        QATConfig(backend="xnnpack", linear_weight_bits=2)  # type: ignore[arg-type]
+    assert StaticQuantConfig(backend="xnnpack", linear_weight_bits=4).describe() == "ptq(xnnpack, int4 linear)"
+    assert DynamicQuantConfig(backend="xnnpack", linear_weight_bits=4).describe() == "dynamic(int8, xnnpack, int4 linear)"
 
 
 # --- pipeline order ------------------------------------------------------------------------------
@@ -272,6 +278,30 @@ def test_pt2e_bn_freeze_survives_train_and_eval():
     assert not _stats_move(graph)
     assert not _stats_move(graph)  # still frozen after another eval/train round trip
     assert not _stats_move(copy.deepcopy(graph))
+
+
+# --- int4 Linear weights (torchao) beside int8 convolutions (PT2E) ------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config_type", [StaticQuantConfig, DynamicQuantConfig])
+def test_int4_linear_pte_is_smaller_and_agrees_with_its_eager_graph(float_model, context, tiny_bundle, config_type):
+    from udacisense.compression.graph import ExecuTorchConfig
+
+    before = snapshot(float_model.module)
+    programs = {}
+    for bits in (8, 4):
+        quantized = apply_stage(float_model, config_type(backend="xnnpack", linear_weight_bits=bits), context)
+        programs[bits] = (quantized, apply_stage(quantized, ExecuTorchConfig(), context))
+    quantized, lowered = programs[4]
+    targets = [str(n.target) for n in quantized.module.graph.nodes]
+    # The classifier's Linear(144, 256) does not split into groups of 32 (one scale per row); Linear(256, 4) does.
+    assert targets.count("torchao.dequantize_affine.default") == 2, targets
+    assert lowered.delegation is not None and lowered.delegation.fully_delegated, lowered.delegation
+    # The hidden Linear holds 37k of the tiny model's ~150k weights: half a byte each instead of one.
+    assert len(lowered.artifact) < len(programs[8][1].artifact) - 12_000, (len(lowered.artifact), len(programs[8][1].artifact))
+    assert parity(model_runner(quantized), model_runner(lowered), tiny_bundle.loader("test")).top1_agreement >= 0.95
+    assert parity(model_runner(float_model), model_runner(lowered), tiny_bundle.loader("val")).top1_agreement >= 0.95
+    _assert_unchanged(float_model.module, before)
 
 
 # PT2E QAT costs ~25 s, nearly all in torchao folding BatchNorm at conversion (it exports ~100 patterns).
