@@ -49,7 +49,8 @@ if TYPE_CHECKING:
 
 StaticBackend = Literal["x86", "fbgemm", "qnnpack", "xnnpack"]
 # Bits of the Linear layers' weights. 4 takes torchao's int4 weights (activations int8, quantized on
-# the fly), which only ExecuTorch's XNNPACK delegate runs; the convolutions keep their int8 path.
+# the fly), which only ExecuTorch's XNNPACK delegate runs, for every Linear whose input features are
+# a multiple of 32; the convolutions and other Linear layers keep their int8 path.
 LinearWeightBits = Literal[8, 4]
 
 
@@ -272,41 +273,31 @@ def export_graph(module: nn.Module, example: torch.Tensor) -> GraphModule:
     return torch.export.export(module, (example,), dynamic_shapes=({0: batch},)).module()
 
 
-_INT4_GROUP = 32  # input features that share one int4 scale
+_INT4_GROUP = 32  # input features that share one int4 scale; XNNPACK takes multiples of 32 only
 
 
-def _int4_linear(module: nn.Module) -> None:
-    """Quantize every Linear's weights to int4 in place (torchao), activations to int8 on the fly.
+def _int4_linear(module: nn.Module) -> list[str]:
+    """Quantize the weights of every Linear whose input features split into groups of 32 to int4 in
+    place (torchao; activations int8 on the fly); returns their names. Other widths (channel pruning
+    leaves any) have no XNNPACK int4 kernel and stay for the int8 path."""
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, PerGroup, quantize_
 
-    Weights are scaled per group of 32 input features, or per output row where the features do not
-    split into such groups (channel pruning leaves any width).
-    """
-    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, PerAxis, PerGroup, quantize_
-
-    for granularity, grouped in ((PerGroup(_INT4_GROUP), True), (PerAxis(0), False)):
-        # torch's type stubs lack the sub-byte dtypes.
-        config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,  # type: ignore[attr-defined]
-                                                       weight_granularity=granularity)
-        quantize_(module, config, filter_fn=_linear_filter(grouped=grouped))
-
-
-def _linear_filter(*, grouped: bool) -> Callable[[nn.Module, str], bool]:
-    """torchao's module filter: Linear layers whose input features do (or do not) split into int4 groups."""
-
-    def accepts(layer: nn.Module, name: str) -> bool:
-        return isinstance(layer, nn.Linear) and (layer.in_features % _INT4_GROUP == 0) == grouped
-
-    return accepts
+    names = [name for name, layer in module.named_modules()
+             if isinstance(layer, nn.Linear) and layer.in_features % _INT4_GROUP == 0]
+    # torch's type stubs lack the sub-byte dtypes.
+    config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,  # type: ignore[attr-defined]
+                                                   weight_granularity=PerGroup(_INT4_GROUP))
+    quantize_(module, config, filter_fn=lambda _, name: name in names)
+    return names
 
 
-def _with_linear_weights(module: nn.Module, bits: LinearWeightBits) -> nn.Module:
-    if bits == 4:
-        _int4_linear(module)
-    return module
+def _with_linear_weights(module: nn.Module, bits: LinearWeightBits) -> list[str]:
+    """Apply ``bits`` to the Linear layers; the names of those torchao quantized, for PT2E to leave alone."""
+    return _int4_linear(module) if bits == 4 else []
 
 
-def _xnnpack_quantizer(*, qat: bool, float_blocks: Sequence[str], dynamic: bool = False,
-                       linear_weight_bits: LinearWeightBits = 8) -> XNNPACKQuantizer:
+def _xnnpack_quantizer(*, qat: bool, left_alone: Sequence[str], dynamic: bool = False) -> XNNPACKQuantizer:
+    """The XNNPACKQuantizer for every module but those in ``left_alone`` (kept float, or quantized by torchao)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
@@ -314,11 +305,8 @@ def _xnnpack_quantizer(*, qat: bool, float_blocks: Sequence[str], dynamic: bool 
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat,
                                                                                   is_dynamic=dynamic))
-    if float_blocks:
-        quantizer.set_filter_function(_outside_of(float_blocks))
-    if linear_weight_bits == 4:
-        # torchao already quantized the Linear layers; a config of None leaves them unannotated.
-        quantizer.set_module_type(nn.Linear, None)
+    if left_alone:
+        quantizer.set_filter_function(_outside_of(left_alone))
     return quantizer
 
 
@@ -337,8 +325,8 @@ def _ptq_pt2e(module: nn.Module, batches: Sequence[torch.Tensor], float_blocks: 
               linear_weight_bits: LinearWeightBits) -> GraphModule:
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    quantizer = _xnnpack_quantizer(qat=False, float_blocks=float_blocks, linear_weight_bits=linear_weight_bits)
-    module = _with_linear_weights(module.eval(), linear_weight_bits)
+    int4_layers = _with_linear_weights(module.eval(), linear_weight_bits)
+    quantizer = _xnnpack_quantizer(qat=False, left_alone=[*float_blocks, *int4_layers])
     prepared = prepare_pt2e(export_graph(module, batches[0]), quantizer)
     _observe(prepared, batches)
     return _converted_pt2e(prepared)
@@ -347,8 +335,8 @@ def _ptq_pt2e(module: nn.Module, batches: Sequence[torch.Tensor], float_blocks: 
 def _dynamic_pt2e(module: nn.Module, example: torch.Tensor, linear_weight_bits: LinearWeightBits) -> GraphModule:
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    quantizer = _xnnpack_quantizer(qat=False, float_blocks=(), dynamic=True, linear_weight_bits=linear_weight_bits)
-    module = _with_linear_weights(module.eval(), linear_weight_bits)
+    int4_layers = _with_linear_weights(module.eval(), linear_weight_bits)
+    quantizer = _xnnpack_quantizer(qat=False, left_alone=int4_layers, dynamic=True)
     prepared = prepare_pt2e(export_graph(module, example), quantizer)
     _observe(prepared, [example])  # only shapes: dynamic activations carry no observed ranges
     return _converted_pt2e(prepared)
@@ -448,8 +436,7 @@ def _qat_pt2e(module: nn.Module, config: QATConfig, context: StageContext, examp
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-    quantizer = _xnnpack_quantizer(qat=True, float_blocks=(), linear_weight_bits=config.linear_weight_bits)
-    module = _with_linear_weights(module, config.linear_weight_bits)
+    quantizer = _xnnpack_quantizer(qat=True, left_alone=_with_linear_weights(module, config.linear_weight_bits))
     prepared = prepare_qat_pt2e(export_graph(module.train(), example), quantizer)
     # The training loop calls .train()/.eval(); torchao maps them onto dropout and BatchNorm ops.
     allow_exported_model_train_eval(prepared)
