@@ -24,7 +24,16 @@ from udacisense.compression.stage import (
     register_stage,
     require_form,
 )
-from udacisense.runtime import FX_BACKENDS, LoweredModule, LoweredRuntime, Runner, artifact_bytes, load_runner, runtime_for
+from udacisense.runtime import (
+    FX_BACKENDS,
+    LoweredModule,
+    LoweredProgram,
+    LoweredRuntime,
+    Runner,
+    load_runner,
+    lower_program,
+    runtime_for,
+)
 
 # --------------------------------------------------------------------------- configs
 
@@ -123,15 +132,15 @@ def fuse(model: CompressedModel, config: FuseConfig, context: StageContext) -> C
 # --------------------------------------------------------------------------- lowering
 
 
-def _lowered(model: CompressedModel, artifact: bytes, runtime: LoweredRuntime) -> CompressedModel:
-    return model.evolve(module=LoweredModule(artifact, runtime, model.backend), form=ModelForm.LOWERED,
-                        runtime=runtime, artifact=artifact)
+def _lowered(model: CompressedModel, program: LoweredProgram, runtime: LoweredRuntime) -> CompressedModel:
+    return model.evolve(module=LoweredModule(program.artifact, runtime, model.backend), form=ModelForm.LOWERED,
+                        runtime=runtime, artifact=program.artifact, delegation=program.delegation)
 
 
 def _lower_to(model: CompressedModel, runtime: LoweredRuntime, example_input: torch.Tensor | None) -> CompressedModel:
     check_runs_on(TorchScriptConfig() if runtime == "torchscript" else ExecuTorchConfig(), model)
     module = copy.deepcopy(model.module)
-    return _lowered(model, artifact_bytes(module, runtime, model.backend, example_input), runtime)
+    return _lowered(model, lower_program(module, runtime, model.backend, example_input), runtime)
 
 
 @register_stage(TorchScriptConfig)

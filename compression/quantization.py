@@ -48,6 +48,10 @@ if TYPE_CHECKING:
 # they take seconds to import, and most commands never quantize.
 
 StaticBackend = Literal["x86", "fbgemm", "qnnpack", "xnnpack"]
+# Bits of the Linear layers' weights. 4 takes torchao's int4 weights (activations int8, quantized on
+# the fly), which only ExecuTorch's XNNPACK delegate runs, for every Linear whose input features are
+# a multiple of 32; the convolutions and other Linear layers keep their int8 path.
+LinearWeightBits = Literal[8, 4]
 
 
 # --------------------------------------------------------------------------- engines and checks
@@ -59,6 +63,20 @@ def _check_choice(config: StageConfig, field: str, value: object, allowed: Seque
             f"`{config.kind}.{field}` is {value!r}, which is not supported.",
             f"set `{field}` to one of: {', '.join(repr(a) for a in allowed)}.",
         )
+
+
+def _check_linear_weight_bits(config: DynamicQuantConfig | StaticQuantConfig | QATConfig) -> None:
+    _check_choice(config, "linear_weight_bits", config.linear_weight_bits, get_args(LinearWeightBits))
+    if config.linear_weight_bits == 4 and config.backend != "xnnpack":
+        raise UserError(
+            f"`{config.kind}.linear_weight_bits` is 4 with backend {config.backend!r}: int4 weights run only in "
+            "ExecuTorch's XNNPACK delegate.",
+            "set `backend = \"xnnpack\"`, or `linear_weight_bits = 8`.",
+        )
+
+
+def _linear_suffix(bits: LinearWeightBits) -> str:
+    return ", int4 linear" if bits == 4 else ""
 
 
 def _check_at_least(config: StageConfig, field: str, value: int, low: int) -> None:
@@ -79,16 +97,18 @@ class DynamicQuantConfig:
 
     kind: ClassVar[str] = "dynamic"
     backend: StaticBackend = "x86"
+    linear_weight_bits: LinearWeightBits = 8
 
     def __post_init__(self) -> None:
         _check_choice(self, "backend", self.backend, get_args(StaticBackend))
+        _check_linear_weight_bits(self)
 
     def transition(self, signature: Signature) -> Signature:
         require_form(self, signature, ModelForm.FLOAT)
         return Signature(ModelForm.QUANTIZED, self.backend)
 
     def describe(self) -> str:
-        return f"dynamic(int8, {self.backend})"
+        return f"dynamic(int8, {self.backend}{_linear_suffix(self.linear_weight_bits)})"
 
 
 @dataclass(frozen=True)
@@ -101,9 +121,11 @@ class StaticQuantConfig:
                                        doc="un-augmented train images, drawn evenly from every class, that observe ranges")
     float_prefix_blocks: int = bounded(0, min=0, max=64,
                                        doc="first blocks of `features` kept float (they are the most sensitive)")
+    linear_weight_bits: LinearWeightBits = 8
 
     def __post_init__(self) -> None:
         _check_choice(self, "backend", self.backend, get_args(StaticBackend))
+        _check_linear_weight_bits(self)
         _check_at_least(self, "calibration_samples", self.calibration_samples, 1)
         _check_at_least(self, "float_prefix_blocks", self.float_prefix_blocks, 0)
 
@@ -113,7 +135,7 @@ class StaticQuantConfig:
 
     def describe(self) -> str:
         prefix = f", float_prefix={self.float_prefix_blocks}" if self.float_prefix_blocks else ""
-        return f"ptq({self.backend}{prefix})"
+        return f"ptq({self.backend}{prefix}{_linear_suffix(self.linear_weight_bits)})"
 
 
 @dataclass(frozen=True)
@@ -123,6 +145,8 @@ class QATConfig:
     Observers run from the first epoch; fake quantization switches on at ``start_epoch`` (so the
     first epochs only calibrate ranges) and BatchNorm statistics are frozen from ``freeze_bn_epoch``
     (late in training, batch statistics of a fake-quantized net are too noisy to keep updating).
+    With ``linear_weight_bits = 4`` the Linear layers are quantized to int4 before training and their
+    weights stay fixed: the layers around them learn to compensate.
     """
 
     kind: ClassVar[str] = "qat"
@@ -130,9 +154,11 @@ class QATConfig:
     start_epoch: int = bounded(0, min=0, max=1000, doc="epoch from which fake quantization is on")
     freeze_bn_epoch: int = bounded(2, min=0, max=1000, doc="epoch from which BatchNorm statistics are frozen")
     finetune: TrainConfig = TrainConfig(epochs=3, lr=0.01, schedule="cosine")
+    linear_weight_bits: LinearWeightBits = 8
 
     def __post_init__(self) -> None:
         _check_choice(self, "backend", self.backend, get_args(StaticBackend))
+        _check_linear_weight_bits(self)
         _check_at_least(self, "start_epoch", self.start_epoch, 0)
         _check_at_least(self, "freeze_bn_epoch", self.freeze_bn_epoch, 0)
         if self.finetune.epochs < 1 or self.start_epoch >= self.finetune.epochs:
@@ -148,7 +174,7 @@ class QATConfig:
 
     def describe(self) -> str:
         return (f"qat({self.backend}, {self.finetune.epochs} ep, fq@{self.start_epoch}, "
-                f"bn_freeze@{self.freeze_bn_epoch})")
+                f"bn_freeze@{self.freeze_bn_epoch}{_linear_suffix(self.linear_weight_bits)})")
 
 
 # --------------------------------------------------------------------------- which blocks stay float
@@ -247,7 +273,31 @@ def export_graph(module: nn.Module, example: torch.Tensor) -> GraphModule:
     return torch.export.export(module, (example,), dynamic_shapes=({0: batch},)).module()
 
 
-def _xnnpack_quantizer(*, qat: bool, float_blocks: Sequence[str], dynamic: bool = False) -> XNNPACKQuantizer:
+_INT4_GROUP = 32  # input features that share one int4 scale; XNNPACK takes multiples of 32 only
+
+
+def _int4_linear(module: nn.Module) -> list[str]:
+    """Quantize the weights of every Linear whose input features split into groups of 32 to int4 in
+    place (torchao; activations int8 on the fly); returns their names. Other widths (channel pruning
+    leaves any) have no XNNPACK int4 kernel and stay for the int8 path."""
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, PerGroup, quantize_
+
+    names = [name for name, layer in module.named_modules()
+             if isinstance(layer, nn.Linear) and layer.in_features % _INT4_GROUP == 0]
+    # torch's type stubs lack the sub-byte dtypes.
+    config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,  # type: ignore[attr-defined]
+                                                   weight_granularity=PerGroup(_INT4_GROUP))
+    quantize_(module, config, filter_fn=lambda _, name: name in names)
+    return names
+
+
+def _with_linear_weights(module: nn.Module, bits: LinearWeightBits) -> list[str]:
+    """Apply ``bits`` to the Linear layers; the names of those torchao quantized, for PT2E to leave alone."""
+    return _int4_linear(module) if bits == 4 else []
+
+
+def _xnnpack_quantizer(*, qat: bool, left_alone: Sequence[str], dynamic: bool = False) -> XNNPACKQuantizer:
+    """The XNNPACKQuantizer for every module but those in ``left_alone`` (kept float, or quantized by torchao)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
@@ -255,8 +305,8 @@ def _xnnpack_quantizer(*, qat: bool, float_blocks: Sequence[str], dynamic: bool 
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat,
                                                                                   is_dynamic=dynamic))
-    if float_blocks:
-        quantizer.set_filter_function(_outside_of(float_blocks))
+    if left_alone:
+        quantizer.set_filter_function(_outside_of(left_alone))
     return quantizer
 
 
@@ -271,20 +321,23 @@ def _converted_pt2e(prepared: GraphModule) -> GraphModule:
     return converted
 
 
-def _ptq_pt2e(module: nn.Module, batches: Sequence[torch.Tensor], float_blocks: Sequence[str]) -> GraphModule:
+def _ptq_pt2e(module: nn.Module, batches: Sequence[torch.Tensor], float_blocks: Sequence[str],
+              linear_weight_bits: LinearWeightBits) -> GraphModule:
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    quantizer = _xnnpack_quantizer(qat=False, float_blocks=float_blocks)
-    prepared = prepare_pt2e(export_graph(module.eval(), batches[0]), quantizer)
+    int4_layers = _with_linear_weights(module.eval(), linear_weight_bits)
+    quantizer = _xnnpack_quantizer(qat=False, left_alone=[*float_blocks, *int4_layers])
+    prepared = prepare_pt2e(export_graph(module, batches[0]), quantizer)
     _observe(prepared, batches)
     return _converted_pt2e(prepared)
 
 
-def _dynamic_pt2e(module: nn.Module, example: torch.Tensor) -> GraphModule:
+def _dynamic_pt2e(module: nn.Module, example: torch.Tensor, linear_weight_bits: LinearWeightBits) -> GraphModule:
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    prepared = prepare_pt2e(export_graph(module.eval(), example), _xnnpack_quantizer(qat=False, float_blocks=(),
-                                                                                     dynamic=True))
+    int4_layers = _with_linear_weights(module.eval(), linear_weight_bits)
+    quantizer = _xnnpack_quantizer(qat=False, left_alone=int4_layers, dynamic=True)
+    prepared = prepare_pt2e(export_graph(module, example), quantizer)
     _observe(prepared, [example])  # only shapes: dynamic activations carry no observed ranges
     return _converted_pt2e(prepared)
 
@@ -383,7 +436,8 @@ def _qat_pt2e(module: nn.Module, config: QATConfig, context: StageContext, examp
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-    prepared = prepare_qat_pt2e(export_graph(module.train(), example), _xnnpack_quantizer(qat=True, float_blocks=()))
+    quantizer = _xnnpack_quantizer(qat=True, left_alone=_with_linear_weights(module, config.linear_weight_bits))
+    prepared = prepare_qat_pt2e(export_graph(module.train(), example), quantizer)
     # The training loop calls .train()/.eval(); torchao maps them onto dropout and BatchNorm ops.
     allow_exported_model_train_eval(prepared)
     run_finetune(prepared, config.finetune, context, description=config.describe(),
@@ -408,7 +462,7 @@ def dynamic_quantize(model: CompressedModel, config: DynamicQuantConfig, context
     module = copy.deepcopy(model.module).eval()
     if config.backend == "xnnpack":
         example = _calibration_batches(context, context.data.config.batch_size)[0]
-        return _as_quantized(model, _dynamic_pt2e(module, example), config.backend)
+        return _as_quantized(model, _dynamic_pt2e(module, example, config.linear_weight_bits), config.backend)
     with quiet_legacy_apis(), quantized_engine(config.backend):
         quantized = quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8, inplace=True)
     return _as_quantized(model, quantized, config.backend)
@@ -421,7 +475,7 @@ def static_quantize(model: CompressedModel, config: StaticQuantConfig, context: 
     float_blocks = _float_prefix(module, config.float_prefix_blocks)
     batches = _calibration_batches(context, config.calibration_samples)
     if config.backend == "xnnpack":
-        quantized = _ptq_pt2e(module, batches, float_blocks)
+        quantized = _ptq_pt2e(module, batches, float_blocks, config.linear_weight_bits)
     else:
         quantized = _ptq_fx(module, config.backend, batches, float_blocks)
     return _as_quantized(model, quantized, config.backend)

@@ -16,7 +16,7 @@ from torch import nn
 
 from udacisense.common.errors import IncompatiblePipelineError
 from udacisense.datasources.loaders import DataBundle
-from udacisense.runtime import Backend, Runtime
+from udacisense.runtime import Backend, Delegation, Runtime
 from udacisense.training import EpochEndHook
 
 
@@ -36,6 +36,8 @@ class CompressedModel:
     runtime: Runtime = "eager"
     # Bytes of the lowered artifact (TorchScript or .pte) once a graph stage has produced one.
     artifact: bytes | None = None
+    # How much of a ``.pte`` artifact the XNNPACK delegate runs; None until lowered to ExecuTorch.
+    delegation: Delegation | None = None
 
     def evolve(self, **changes: object) -> CompressedModel:
         return replace(self, **changes)  # type: ignore[arg-type]  # replace() cannot type-check **kwargs of object

@@ -17,10 +17,11 @@ from udacisense.runtime.backends import (
 )
 from udacisense.runtime.lowering import (
     Delegation,
-    ExecuTorchProgram,
+    LoweredProgram,
     artifact_bytes,
     executorch_bytes,
     executorch_program,
+    lower_program,
     torchscript_bytes,
 )
 from udacisense.runtime.runners import LoweredModule, Runner, load_runner
@@ -28,7 +29,8 @@ from udacisense.runtime.threads import executorch_threads, request_executorch_th
 
 __all__ = [
     "FX_BACKENDS", "Backend", "FxBackend", "LoweredRuntime", "Runtime", "quantized_engine", "quiet_legacy_apis",
-    "runtime_for", "Delegation", "ExecuTorchProgram", "artifact_bytes", "executorch_bytes", "executorch_program",
+    "runtime_for", "Delegation", "LoweredProgram", "artifact_bytes", "executorch_bytes", "executorch_program",
+    "lower_program",
     "torchscript_bytes", "LoweredModule", "Runner", "load_runner", "executorch_threads", "request_executorch_threads",
     "deployment_label",
 ]

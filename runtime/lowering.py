@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -15,6 +16,9 @@ from torch.fx import GraphModule
 
 from udacisense.common.errors import UserError
 from udacisense.runtime.backends import Backend, LoweredRuntime, quantized_engine, quiet_legacy_apis
+
+if TYPE_CHECKING:
+    from executorch.exir.pass_manager import ExportedProgramPassManager
 
 
 def torchscript_bytes(module: nn.Module, backend: Backend | None, example_input: torch.Tensor | None = None) -> bytes:
@@ -53,12 +57,33 @@ class Delegation:
 
 
 @dataclass(frozen=True)
-class ExecuTorchProgram:
+class LoweredProgram:
+    """An artifact's bytes and, for a ``.pte``, how much of it the XNNPACK delegate runs."""
+
     artifact: bytes
-    delegation: Delegation
+    delegation: Delegation | None  # None for TorchScript, which has no delegate
 
 
-def executorch_program(module: nn.Module, example_input: torch.Tensor) -> ExecuTorchProgram:
+def _constant_folding() -> ExportedProgramPassManager:
+    """A pass manager that folds every operator whose inputs are all constants into a constant.
+
+    Edge lowering turns the Python scalars of decomposed ops (hardswish's ``+ 3`` and ``/ 6``) into
+    tensor constants behind a dtype copy the delegate does not take: MobileNetV3's float ``.pte``
+    kept 18 of them on portable kernels, run on every inference. Folded, the program is one delegate.
+    """
+    from executorch.exir.pass_base import ExportedProgramPassBase, ExportedProgramPassResult
+    from executorch.exir.pass_manager import ExportedProgramPassManager
+    from executorch.exir.passes.constant_prop_pass import constant_prop_pass
+
+    class FoldConstants(ExportedProgramPassBase):
+        def call(self, exported_program: torch.export.ExportedProgram) -> ExportedProgramPassResult:
+            # Quantize/dequantize ops are skipped by default: the delegate matches them as patterns.
+            return ExportedProgramPassResult(constant_prop_pass(exported_program), True)
+
+    return ExportedProgramPassManager([FoldConstants()])
+
+
+def executorch_program(module: nn.Module, example_input: torch.Tensor) -> LoweredProgram:
     """A ``.pte`` program for ``module`` at the example's shape (batch 1), delegated to XNNPACK, with its coverage."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
         XnnpackPartitioner,
@@ -68,14 +93,15 @@ def executorch_program(module: nn.Module, example_input: torch.Tensor) -> ExecuT
 
     module.eval()
     exported = torch.export.export(module, (example_input[:1].contiguous(),))
-    edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+    edge = to_edge_transform_and_lower(exported, transform_passes=_constant_folding(),
+                                       partitioner=[XnnpackPartitioner()])
     info = get_delegation_info(edge.exported_program().graph_module)
     # `getitem` only unpacks a delegate's outputs: no kernel runs for it.
     portable = {op: b.non_delegated for op, b in sorted(info.delegation_by_operator.items())
                 if b.non_delegated and op != "getitem"}
     delegation = Delegation(delegated_subgraphs=info.num_delegated_subgraphs, delegated_nodes=info.num_delegated_nodes,
                             portable_nodes=sum(portable.values()), portable_ops=portable)
-    return ExecuTorchProgram(bytes(edge.to_executorch().buffer), delegation)
+    return LoweredProgram(bytes(edge.to_executorch().buffer), delegation)
 
 
 def executorch_bytes(module: nn.Module, example_input: torch.Tensor) -> bytes:
@@ -106,12 +132,18 @@ def _example_for(module: nn.Module, example_input: torch.Tensor | None) -> torch
     return torch.zeros(shape)
 
 
-def artifact_bytes(module: nn.Module, runtime: LoweredRuntime, backend: Backend | None = None,
-                   example_input: torch.Tensor | None = None) -> bytes:
+def lower_program(module: nn.Module, runtime: LoweredRuntime, backend: Backend | None = None,
+                  example_input: torch.Tensor | None = None) -> LoweredProgram:
     """``module`` lowered to ``runtime``. ``example_input`` fixes the ExecuTorch input shape; it is needed
     unless the module was exported by PT2E quantization, which recorded its shape."""
     if runtime == "torchscript":
-        return torchscript_bytes(module, backend, example_input)
+        return LoweredProgram(torchscript_bytes(module, backend, example_input), None)
     if runtime == "executorch":
-        return executorch_bytes(module, _example_for(module, example_input))
+        return executorch_program(module, _example_for(module, example_input))
     raise UserError(f"Cannot lower to runtime {runtime!r}.", "use 'torchscript' or 'executorch'.")
+
+
+def artifact_bytes(module: nn.Module, runtime: LoweredRuntime, backend: Backend | None = None,
+                   example_input: torch.Tensor | None = None) -> bytes:
+    """The bytes of ``lower_program``."""
+    return lower_program(module, runtime, backend, example_input).artifact

@@ -150,7 +150,7 @@ def cmd_front(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import shutil
 
-    from udacisense.search.export import export_trial, retime_front
+    from udacisense.search.export import delegation_line, export_trial, retime_front
     from udacisense.search.front import export_front, missed_targets, pick
     from udacisense.search.objective import TrialRunner
     from udacisense.search.storage import artifact_store
@@ -174,6 +174,8 @@ def cmd_export(args: argparse.Namespace) -> int:
           f"max |diff| {result.parity.max_abs_diff:.5f} ({result.parity.samples} images)")
     print(f"  latency {main.candidate.median_ms:.3f} ms against {main.reference.median_ms:.3f} ms for the float "
           f"baseline in {main.reference.runtime}: x{main.ratio:.2f} [p10-p90 {main.ratio_p10:.2f}-{main.ratio_p90:.2f}]")
+    if result.delegation:
+        print(f"  {delegation_line(result.delegation)}")
     print(f"  model card {result.card}")
     if not result.meets_targets:
         # The export's own figures (more runs) decide; the front's paragraph explains the pick.

@@ -40,6 +40,7 @@ class ExportResult:
     parity: ParityReport
     latency: TrialLatency
     constraints: dict[str, float]
+    delegation: dict | None  # Delegation.as_dict() of a .pte; None for TorchScript or a trial stored before it was kept
 
     @property
     def meets_targets(self) -> bool:
@@ -130,7 +131,16 @@ def export_trial(workspace: Workspace, study: optuna.Study, trial_number: int, o
                                   study_path, picked_by)
         write_json(folder / CARD_NAME, card)
     artifact = out_dir / artifact.name
-    return ExportResult(artifact, out_dir / CARD_NAME, parity, latency, constraints)
+    return ExportResult(artifact, out_dir / CARD_NAME, parity, latency, constraints, card["delegation"])
+
+
+def delegation_line(delegation: dict) -> str:
+    """One line on a ``.pte``'s delegate coverage: what an app pays for on slow portable kernels, if anything."""
+    if delegation["fully_delegated"]:
+        return f"all {delegation['delegated_nodes']} operators delegated to XNNPACK"
+    left = ", ".join(f"{op} x{count}" for op, count in delegation["portable_ops"].items())
+    return (f"{delegation['delegated_nodes']} operators delegated to XNNPACK, {delegation['portable_nodes']} "
+            f"left to portable kernels: {left}")
 
 
 def _card(workspace: Workspace, record: TrialRecord, artifact: Path, reference: Path, parity: ParityReport,
@@ -169,6 +179,7 @@ def _card(workspace: Workspace, record: TrialRecord, artifact: Path, reference: 
                   "normalisation": {"mean": list(data.mean), "std": list(data.std),
                                     "formula": "(pixel / 255 - mean) / std"}},
         "pipeline": record.pipeline,
+        "delegation": record.delegation,
         "stages": record.stages,
         "targets": {
             "meets_targets": all(value <= 0 for value in constraints.values()),

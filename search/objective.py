@@ -24,7 +24,7 @@ from udacisense.evaluators.flops import count_flops
 from udacisense.evaluators.latency import LatencyComparison, compare_latencies
 from udacisense.evaluators.parity import ParityReport, ParityRule, compare_logits, parity_rule
 from udacisense.evaluators.size import SizeReport, parameter_counts, size_report, state_dict_bytes
-from udacisense.runtime import LoweredRuntime, Runner, deployment_label, executorch_threads, load_runner, quantized_engine, runtime_for
+from udacisense.runtime import Delegation, LoweredRuntime, Runner, deployment_label, executorch_threads, load_runner, quantized_engine, runtime_for
 from udacisense.search.budget import duplicate_of, is_surplus
 from udacisense.search.early_stopping import AccuracyMonitor, stop_rule_for
 from udacisense.search.feasibility import Footprint, footprint, infeasibility
@@ -52,6 +52,7 @@ class Candidate:
     size: SizeReport
     size_ratio: float  # to the float baseline in the reference runtime
     size_ratio_same_runtime: float
+    delegation: Delegation | None  # None for TorchScript, which has no delegate
 
     @property
     def latency_ratio(self) -> float:
@@ -235,6 +236,7 @@ class TrialRunner:
             size=size_report(lowered.artifact, runtime),
             size_ratio=len(lowered.artifact) / self.baseline_size(reference_runtime),
             size_ratio_same_runtime=len(lowered.artifact) / self.baseline_size(runtime),
+            delegation=lowered.delegation,
         )
 
     def _measure(self, trial: optuna.Trial, model: CompressedModel, runtime: LoweredRuntime, started: float) -> tuple[float, float, float]:
@@ -265,6 +267,7 @@ class TrialRunner:
             Attr.PARITY: candidate.parity.as_dict(), Attr.PARITY_RULE: candidate.parity_rule.as_dict(),
             Attr.PARITY_OK: candidate.parity_rule.passes(candidate.parity),
             Attr.ARTIFACT_BYTES: candidate.size.bytes, Attr.ARTIFACT_GZIP_BYTES: candidate.size.gzip_bytes,
+            Attr.DELEGATION: candidate.delegation.as_dict() if candidate.delegation else None,
             Attr.CONSTRAINTS: constraints, Attr.MEETS_TARGETS: all(c <= 0 for c in constraints.values()),
         }
         store(trial, attrs)

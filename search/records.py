@@ -291,6 +291,12 @@ class TrialRecord:
         return self._attr(Attr.ARTIFACT_SHA256)
 
     @property
+    def delegation(self) -> dict[str, Any] | None:
+        """XNNPACK coverage of a ``.pte`` (None: a TorchScript artifact, or a trial from before it was recorded)."""
+        value = self._attr(Attr.DELEGATION)
+        return value if isinstance(value, dict) else None
+
+    @property
     def parity(self) -> dict[str, Any]:
         """The artifact against its PyTorch model on the test split: top1_agreement, max_abs_diff, samples."""
         return self._report(Attr.PARITY)

@@ -15,7 +15,7 @@ import optuna
 from udacisense.compression.distillation import DistillationConfig
 from udacisense.compression.graph import FuseConfig
 from udacisense.compression.pruning import GradualPruningConfig, StructuredPruningConfig, UnstructuredPruningConfig
-from udacisense.compression.quantization import DynamicQuantConfig, QATConfig, StaticQuantConfig
+from udacisense.compression.quantization import DynamicQuantConfig, LinearWeightBits, QATConfig, StaticQuantConfig
 from udacisense.compression.resolution import ResolutionConfig
 from udacisense.compression.stage import StageConfig
 from udacisense.spaces.space import FamilyName, QuantType, SpaceConfig
@@ -106,6 +106,15 @@ def _is_qat(trial: optuna.Trial, space: SpaceConfig) -> bool:
     return _quant_type(trial, space) == "qat"
 
 
+def _linear_weight_bits(trial: optuna.Trial, space: SpaceConfig, backend: str) -> LinearWeightBits:
+    # Only XNNPACK runs int4 weights. A single choice is not suggested, so trials of studies that
+    # search only int8 keep the parameters they were stored with (and still resume and match duplicates).
+    if backend != "xnnpack":
+        return 8
+    choices = space.linear_weight_bits.options
+    return space.linear_weight_bits.suggest(trial, "linear_weight_bits") if len(choices) > 1 else choices[0]
+
+
 def _quantize(trial: optuna.Trial, space: SpaceConfig, finetune: TrainConfig | None) -> StageConfig | None:
     quant_type = _quant_type(trial, space)
     if quant_type == "none":
@@ -113,15 +122,18 @@ def _quantize(trial: optuna.Trial, space: SpaceConfig, finetune: TrainConfig | N
     if quant_type == "dynamic":
         # Every backend has a dynamic flavour (xnnpack through PT2E, the others through FX); the
         # parameter keeps its own name so studies stored with it still resume.
-        return DynamicQuantConfig(backend=space.quant_backends.suggest(trial, "dynamic_backend"))
+        backend = space.quant_backends.suggest(trial, "dynamic_backend")
+        return DynamicQuantConfig(backend=backend, linear_weight_bits=_linear_weight_bits(trial, space, backend))
     backend = space.quant_backends.suggest(trial, "quant_backend")
+    bits = _linear_weight_bits(trial, space, backend)
     if quant_type == "static":
-        return StaticQuantConfig(backend=backend, float_prefix_blocks=space.float_prefix_blocks.suggest(trial, "float_prefix_blocks"))
+        return StaticQuantConfig(backend=backend, float_prefix_blocks=space.float_prefix_blocks.suggest(trial, "float_prefix_blocks"),
+                                 linear_weight_bits=bits)
     finetune = _budget(finetune, "qat")
     last = max(0, finetune.epochs - 1)
     start = min(space.qat_start_epoch.suggest(trial, "qat_start_epoch"), last)
     freeze = min(space.bn_freeze_epoch.suggest(trial, "bn_freeze_epoch"), finetune.epochs)
-    return QATConfig(backend=backend, start_epoch=start, freeze_bn_epoch=freeze, finetune=finetune)
+    return QATConfig(backend=backend, start_epoch=start, freeze_bn_epoch=freeze, finetune=finetune, linear_weight_bits=bits)
 
 
 # Fusion and quantization come last, in this order. Fusion folds BatchNorm with frozen statistics,

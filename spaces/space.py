@@ -19,7 +19,7 @@ from udacisense.compression.pruning import (
     StructuredPruningConfig,
     UnstructuredPruningConfig,
 )
-from udacisense.compression.quantization import QATConfig, StaticBackend, StaticQuantConfig
+from udacisense.compression.quantization import LinearWeightBits, QATConfig, StaticBackend, StaticQuantConfig
 from udacisense.compression.resolution import ResolutionConfig
 from udacisense.spaces.distributions import Choice, FloatRange, IntRange, StageField
 from udacisense.training import TrainConfig
@@ -57,6 +57,8 @@ class SpaceConfig:
     quant_types: Choice[QuantType] = _sampled(Choice(("none", "dynamic", "static", "qat")))
     quant_backends: Choice[StaticBackend] = _sampled(Choice(("x86", "xnnpack")))
     float_prefix_blocks: IntRange = _sampled(IntRange(0, 2), StageField(StaticQuantConfig, "float_prefix_blocks"))
+    # Linear weight bits of xnnpack quantization; [8, 4] also searches int4 Linear layers.
+    linear_weight_bits: Choice[LinearWeightBits] = _sampled(Choice((8,)), StageField(StaticQuantConfig, "linear_weight_bits"))
     qat_start_epoch: IntRange = _sampled(IntRange(0, 1), StageField(QATConfig, "start_epoch"))
     bn_freeze_epoch: IntRange = _sampled(IntRange(1, 3), StageField(QATConfig, "freeze_bn_epoch"))
     finetune_epochs: IntRange = _sampled(IntRange(1, 4), StageField(TrainConfig, "epochs"))

@@ -67,6 +67,10 @@ def test_front_files_and_export_with_parity(smoke_study: Path) -> None:
     assert isinstance(card["targets"]["meets_targets"], bool) and set(card["targets"]["constraints"]) == {
         "accuracy", "size", "latency", "parity"}
     assert card["metrics"]["executorch_threads"] == 1 and card["metrics"]["reference_runtime"] == "executorch"
+    if card["runtime"] == "executorch":  # every op of the study's pipelines has an XNNPACK kernel
+        assert card["delegation"]["fully_delegated"] and card["delegation"]["delegated_nodes"] > 0, card["delegation"]
+    else:
+        assert card["delegation"] is None
     assert json.loads((config.run_dir / "baseline" / "metrics.json").read_text())["threads"] == {
         "torch_threads": 1, "executorch_threads": 1}
     assert main(["verify", str(artifact), "--study", str(smoke_study)]) == 0

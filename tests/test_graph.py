@@ -94,6 +94,7 @@ def test_torchscript_float_matches_eager(request, context, tiny_bundle, which):
     lowered = apply_stage(model, TorchScriptConfig(), context)
     assert (lowered.form, lowered.runtime) == (ModelForm.LOWERED, "torchscript")
     assert isinstance(lowered.artifact, bytes) and len(lowered.artifact) > 100_000
+    assert lowered.delegation is None  # TorchScript has no delegate
     report = parity(model_runner(model), load_runner(lowered.artifact, "torchscript"), tiny_bundle.loader("test"))
     assert report.max_abs_diff < 1e-4 and report.samples == len(tiny_bundle.test), report
     # The lowered module runs the artifact, so evaluators work on it unchanged (and on a copy).
@@ -133,6 +134,7 @@ def test_executorch_runs_the_quantized_resized_model(resized, resized_xnnpack, t
     before = snapshot(resized.module)
     quantized, lowered = resized_xnnpack
     assert (lowered.form, lowered.runtime, lowered.backend) == (ModelForm.LOWERED, "executorch", "xnnpack")
+    assert lowered.delegation is not None and lowered.delegation.fully_delegated, lowered.delegation
     # The .pte runs int8 XNNPACK kernels; the eager PT2E graph simulates them in float.
     same = parity(model_runner(quantized), model_runner(lowered), tiny_bundle.loader("test"))
     logit_range = max(float(model_runner(quantized)(images).abs().max()) for images, _ in tiny_bundle.loader("test"))
@@ -174,6 +176,9 @@ def test_executorch_float_program_matches_eager(tiny_bundle):
     assert (lowered.runtime, lowered.backend) == ("executorch", None)
     report = parity(model_runner(model), model_runner(lowered), tiny_bundle.loader("test"))
     assert report.max_abs_diff < 1e-4 and report.top1_agreement == 1.0, report
+    # Hardswish decomposes into ops on scalar constants; folded, nothing is left to portable kernels.
+    assert lowered.delegation is not None and lowered.delegation.fully_delegated, lowered.delegation
+    assert lowered.delegation.delegated_subgraphs == 1 and lowered.delegation.portable_ops == {}
 
 
 # --- order ---------------------------------------------------------------------------------------

@@ -150,6 +150,12 @@ def test_configs_reject_bad_values():
         QATConfig(start_epoch=3, finetune=TrainConfig(epochs=3))
     assert StaticQuantConfig(backend="qnnpack", float_prefix_blocks=2).describe() == "ptq(qnnpack, float_prefix=2)"
     assert DynamicQuantConfig().describe() == "dynamic(int8, x86)"
+    with pytest.raises(UserError, match="xnnpack"):
+        StaticQuantConfig(backend="x86", linear_weight_bits=4)
+    with pytest.raises(UserError, match="linear_weight_bits"):
+        QATConfig(backend="xnnpack", linear_weight_bits=2)  # type: ignore[arg-type]
+    assert StaticQuantConfig(backend="xnnpack", linear_weight_bits=4).describe() == "ptq(xnnpack, int4 linear)"
+    assert DynamicQuantConfig(backend="xnnpack", linear_weight_bits=4).describe() == "dynamic(int8, xnnpack, int4 linear)"
 
 
 # --- pipeline order ------------------------------------------------------------------------------
@@ -272,6 +278,48 @@ def test_pt2e_bn_freeze_survives_train_and_eval():
     assert not _stats_move(graph)
     assert not _stats_move(graph)  # still frozen after another eval/train round trip
     assert not _stats_move(copy.deepcopy(graph))
+
+
+# --- int4 Linear weights (torchao) beside int8 convolutions (PT2E) ------------------------------
+
+@pytest.fixture(scope="module")
+def wide_model(tiny_bundle) -> CompressedModel:
+    """Width 0.5: the classifier's Linear(288, 512) and Linear(512, 4) split into int4 groups of 32."""
+    torch.manual_seed(0)
+    return CompressedModel(train_briefly(build_model(ModelConfig(width_mult=0.5), num_classes=4, image_size=32),
+                                         tiny_bundle))
+
+
+def test_int4_takes_only_linear_layers_xnnpack_can_group(float_model):
+    from udacisense.compression.quantization import _int4_linear
+
+    module = copy.deepcopy(float_model.module)
+    # Linear(144, 256) has no XNNPACK int4 kernel (144 is no multiple of 32): it stays for the int8 path.
+    assert _int4_linear(module) == ["classifier.3"]
+    assert type(module.classifier[0].weight) is nn.Parameter and type(module.classifier[3].weight) is not nn.Parameter
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config_type", [StaticQuantConfig, DynamicQuantConfig])
+def test_int4_linear_pte_is_smaller_and_agrees_with_its_eager_graph(wide_model, context, tiny_bundle, config_type):
+    from udacisense.compression.graph import ExecuTorchConfig
+
+    before = snapshot(wide_model.module)
+    programs = {}
+    for bits in (8, 4):
+        quantized = apply_stage(wide_model, config_type(backend="xnnpack", linear_weight_bits=bits), context)
+        programs[bits] = (quantized, apply_stage(quantized, ExecuTorchConfig(), context))
+    quantized, lowered = programs[4]
+    targets = [str(n.target) for n in quantized.module.graph.nodes]
+    # Both Linear layers hold int4 weights, and quantize their inputs on the fly: two dequantizations each.
+    assert targets.count("torchao.dequantize_affine.default") == 4, targets
+    assert lowered.delegation is not None and lowered.delegation.fully_delegated, lowered.delegation
+    # Linear(288, 512) holds 147k weights: half a byte each instead of one.
+    assert len(lowered.artifact) < len(programs[8][1].artifact) - 60_000, (len(lowered.artifact),
+                                                                          len(programs[8][1].artifact))
+    assert parity(model_runner(quantized), model_runner(lowered), tiny_bundle.loader("test")).top1_agreement >= 0.95
+    assert parity(model_runner(wide_model), model_runner(lowered), tiny_bundle.loader("val")).top1_agreement >= 0.95
+    _assert_unchanged(wide_model.module, before)
 
 
 # PT2E QAT costs ~25 s, nearly all in torchao folding BatchNorm at conversion (it exports ~100 patterns).

@@ -18,8 +18,10 @@ from udacisense.compression.quantization import StaticQuantConfig
 from udacisense.compression.stage import StageContext
 from udacisense.models.config import ModelConfig
 from udacisense.models.mobilenet import build_model
+from udacisense.runtime import Delegation
 from udacisense.search.budget import budget_left, is_surplus
 from udacisense.search.early_stopping import AccuracyMonitor, StopRule
+from udacisense.search.export import delegation_line
 from udacisense.search.feasibility import footprint, infeasibility
 from udacisense.search.front import pareto_trials, pick, trials_table
 from udacisense.search.hypervolume import hypervolume, hypervolume_of_first
@@ -87,6 +89,24 @@ def test_dynamic_quantization_samples_every_backend_including_pt2e_xnnpack() -> 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     backends = {sample_pipeline(study.ask(), space).stages[0].backend for _ in range(20)}
     assert backends == {"xnnpack", "qnnpack"}
+
+
+def test_int4_linear_weights_are_sampled_only_for_xnnpack() -> None:
+    space = SpaceConfig(stages=("quantize",), quant_types=Choice(("dynamic", "static", "qat")),
+                        quant_backends=Choice(("xnnpack", "x86")), linear_weight_bits=Choice((8, 4)))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        stage = sample_pipeline(trial, space).stages[0]
+        seen.add((stage.backend, stage.linear_weight_bits))
+        assert ("linear_weight_bits" in trial.params) == (stage.backend == "xnnpack")
+    assert seen == {("xnnpack", 8), ("xnnpack", 4), ("x86", 8)}
+    # A single choice is no parameter: trials stored before the choice existed keep matching.
+    params = {"quant_type": "static", "quant_backend": "xnnpack", "float_prefix_blocks": 0}
+    for bits in (8, 4):
+        space = SpaceConfig(stages=("quantize",), linear_weight_bits=Choice((bits,)))
+        assert sample_pipeline(optuna.trial.FixedTrial(params), space).stages[0].linear_weight_bits == bits
 
 
 def test_stop_rule_needs_history_at_the_same_stage_and_epoch() -> None:
@@ -218,3 +238,13 @@ def test_sampler_scores_count_only_the_first_trials_that_reach_the_floor() -> No
     assert hypervolume_of_first(trials, 2, floor=0.7) == pytest.approx(hypervolume([(0.8, 0.5, 0.3)]))
     assert hypervolume_of_first(trials, 3, floor=0.7) == pytest.approx(hypervolume([(0.8, 0.5, 0.3), (0.9, 0.2, 0.2)]))
     assert hypervolume_of_first(trials, 2) > hypervolume_of_first(trials, 2, floor=0.7)
+
+
+def test_delegation_line_names_what_runs_on_portable_kernels() -> None:
+    full = Delegation(delegated_subgraphs=1, delegated_nodes=217, portable_nodes=0, portable_ops={})
+    assert delegation_line(full.as_dict()) == "all 217 operators delegated to XNNPACK"
+    partial = Delegation(delegated_subgraphs=2, delegated_nodes=200, portable_nodes=19,
+                         portable_ops={"aten_upsample_bilinear2d_vec": 1, "dim_order_ops__to_dim_order_copy_default": 18})
+    line = delegation_line(partial.as_dict())
+    assert line.startswith("200 operators delegated to XNNPACK, 19 left to portable kernels: ")
+    assert "aten_upsample_bilinear2d_vec x1" in line and "dim_order_ops__to_dim_order_copy_default x18" in line
