@@ -22,6 +22,7 @@ from udacisense.models.baseline import Baseline
 from udacisense.models.config import ModelConfig
 from udacisense.models.mobilenet import build_model
 from udacisense.runtime import executorch_bytes, executorch_threads, load_runner, request_executorch_threads
+from udacisense.search.baseline_profile import BaselineProfile
 from udacisense.search.export import export_trial, retime_front, verify_artifact
 from udacisense.search.front import missed_targets, pareto_trials, pick, trials_table
 from udacisense.search.objective import TrialRunner
@@ -71,7 +72,7 @@ def workspace(tmp_path_factory, tiny_bundle) -> Workspace:
     model = train_briefly(build_model(ModelConfig(width_mult=0.25), num_classes=4, image_size=32), tiny_bundle, epochs=8)
     metrics = profile_float_model(model, tiny_bundle, runtimes=study.evaluation.runtimes, latency_runs=20,
                                   latency_warmup=3, threads=1, progress=False)
-    return Workspace(study, tiny_bundle, Baseline(model, root / "baseline", "test", True, 0.0), metrics)
+    return Workspace(study, tiny_bundle, Baseline(model, root / "baseline", "test", True, 0.0), BaselineProfile(metrics))
 
 
 def _runner(workspace: Workspace, runs_dir: Path | None = None, reference_runtime: str | None = None,
