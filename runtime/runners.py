@@ -69,7 +69,7 @@ def _executorch_runner(artifact: bytes) -> Runner:
 
     with native_stderr_without(_EXECUTORCH_MACHINE_LOG):
         before_program_load()
-    return _ExecuTorchRunner(ExecuTorchRuntime.get().load_program(artifact))
+        return _ExecuTorchRunner(ExecuTorchRuntime.get().load_program(artifact))
 
 
 class _ExecuTorchRunner:
@@ -77,8 +77,7 @@ class _ExecuTorchRunner:
 
     def __init__(self, program: object) -> None:
         self.program = program  # owns the method's memory: keep it alive as long as the method
-        with native_stderr_without(_EXECUTORCH_MACHINE_LOG):
-            self.method = program.load_method("forward")  # type: ignore[attr-defined]  # an untyped pybind object
+        self.method = program.load_method("forward")  # type: ignore[attr-defined]  # an untyped pybind object
         self.batch = int(self.method.metadata.input_tensor_meta(0).sizes()[0])
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

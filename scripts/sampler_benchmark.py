@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import optuna
 
+from udacisense.common.errors import UserError
 from udacisense.common.logs import quiet_libraries
 from udacisense.search.budget import finished_in_budget
 from udacisense.search.hypervolume import hypervolume_of_first
@@ -60,7 +61,7 @@ def run_arm(study_path: str, arm: Arm, n_jobs: int | None) -> None:
 def arm_trials(study_path: str, arm: Arm) -> list[optuna.trial.FrozenTrial]:
     try:
         return open_study(load_study(study_path, arm.overrides), create=False).get_trials()
-    except Exception:  # an arm not run yet (summary of a partial benchmark)
+    except UserError:  # an arm not run yet (summary of a partial benchmark): no storage or no study
         return []
 
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     base = load_study(args.study)
     workspace = open_workspace(base, progress=not args.summary_only)  # trains the shared baseline once if needed
-    floor = float(workspace.metrics["accuracy"]["val"]["top1"]) - base.targets.max_accuracy_drop
+    floor = workspace.profile.val_top1 - base.targets.max_accuracy_drop
     planned = arms(base.name, args.samplers, args.repeats, args.n_trials)
     if not args.summary_only:
         for arm in planned:

@@ -46,12 +46,13 @@ def write_report(study: StudyConfig, out_dir: Path, *, storage: str | None = Non
     history = hypervolume_history(inputs.trials)
     savings = early_stopping_savings(inputs.trials)
     steps = stage_steps(inputs)
+    phases = phase_totals(inputs.trials)
     images = {
         "pareto": plot_pareto(inputs, out_dir / FIGURES["pareto"]),
         "hypervolume": plot_hypervolume(history, inputs.trials, out_dir / FIGURES["hypervolume"]),
         "waterfall": plot_waterfall(inputs, steps, out_dir / FIGURES["waterfall"]),
         "per_class": plot_per_class(inputs, out_dir / FIGURES["per_class"]),
-        "phases": plot_phases(phase_totals(inputs.trials), out_dir / FIGURES["phases"]),
+        "phases": plot_phases(phases, out_dir / FIGURES["phases"]),
     }
     title = f"UdaciSense compression report: study {study.name}"
     technique_lines, rows = section_techniques(inputs)
@@ -62,7 +63,7 @@ def write_report(study: StudyConfig, out_dir: Path, *, storage: str | None = Non
     lines += section_summary(inputs)
     lines += section_baseline(inputs)
     lines += technique_lines
-    lines += section_search(inputs, history, savings)
+    lines += section_search(inputs, history, savings, phases)
     lines += section_chosen(inputs, steps)
     lines += section_deployment(inputs)
     lines += recommendations(inputs, rows, history, savings)

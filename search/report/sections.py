@@ -22,7 +22,6 @@ from udacisense.search.report.facts import (
     best_technique,
     chosen_facts,
     family,
-    phase_totals,
     prune_category,
     reduction_per_point,
     state_counts,
@@ -173,7 +172,8 @@ def section_techniques(inputs: Inputs) -> tuple[list[str], list[TechniqueRow]]:
     return lines, rows
 
 
-def section_search(inputs: Inputs, history: Sequence[tuple[int, float]], savings: dict[str, Any]) -> list[str]:
+def section_search(inputs: Inputs, history: Sequence[tuple[int, float]], savings: dict[str, Any],
+                   phases: Sequence[PhaseTotal]) -> list[str]:
     config = inputs.study.search
     counts = state_counts(inputs.trials)
     names = inputs.optuna_study.metric_names or ["objective 0", "objective 1", "objective 2"]
@@ -236,7 +236,7 @@ def section_search(inputs: Inputs, history: Sequence[tuple[int, float]], savings
         lines += md_table(["category", "trials", "time spent", "estimated saving"], [
             [name, int(e["trials"]), fmt_seconds(e["spent"]), fmt_seconds(e["saved"])]
             for name, e in savings["by_category"].items()])
-    lines += _phase_lines(phase_totals(inputs.trials))
+    lines += _phase_lines(phases)
     lines += ["### Hypervolume", ""]
     final = history[-1][1] if history else 0.0
     ideal = abs(HV_REFERENCE[0] - (-1.0)) * HV_REFERENCE[1] * HV_REFERENCE[2]
