@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -140,17 +141,38 @@ def _flatten(value: Any, prefix: str) -> dict[str, Any]:
     return {prefix: list(value) if isinstance(value, tuple) else value}
 
 
+_SETTING_TABLES = ("data", "model", "baseline", "evaluation", "targets", "space")
+
+
+def _comparable(seed: int, tables: dict[str, Any]) -> dict[str, Any]:
+    flat = {"seed": seed, **_flatten(tables, "")}
+    # Compared with what the storage gives back, so in the JSON form it stores.
+    return json.loads(json.dumps({key.lstrip("."): value for key, value in flat.items()
+                                  if key.lstrip(".") not in _UNCOMPARED}))
+
+
+def _declared_defaults(table: Any) -> dict[str, Any]:
+    """A settings table's fields at the defaults its dataclass declares (required fields left out)."""
+    defaults: dict[str, Any] = {}
+    for field in dataclasses.fields(table):
+        if field.default is not dataclasses.MISSING:
+            defaults[field.name] = written_form(field.default)
+        elif field.default_factory is not dataclasses.MISSING:
+            defaults[field.name] = written_form(field.default_factory())
+    return defaults
+
+
+def default_settings(study: StudyConfig) -> dict[str, Any]:
+    """``study_settings`` as every field's declared default: what a study stored before a setting existed ran under."""
+    return _comparable(study.seed, {name: _declared_defaults(getattr(study, name)) for name in _SETTING_TABLES})
+
+
 def study_settings(study: StudyConfig) -> dict[str, Any]:
     """The settings that decide what a trial measures, as dotted keys: trials under different ones are incomparable.
 
     The ``[search]`` table (budget, sampler, early stopping) is left out: it may change between runs.
     """
-    tables = {name: written_form(getattr(study, name))
-              for name in ("data", "model", "baseline", "evaluation", "targets", "space")}
-    flat = {"seed": study.seed, **_flatten(tables, "")}
-    # Compared with what the storage gives back, so in the JSON form it stores.
-    return json.loads(json.dumps({key.lstrip("."): value for key, value in flat.items()
-                                  if key.lstrip(".") not in _UNCOMPARED}))
+    return _comparable(study.seed, {name: written_form(getattr(study, name)) for name in _SETTING_TABLES})
 
 
 def check_settings(study: StudyConfig, optuna_study: optuna.Study, *, record: bool) -> None:
@@ -161,7 +183,11 @@ def check_settings(study: StudyConfig, optuna_study: optuna.Study, *, record: bo
         if record:  # a new study, or one from before settings were recorded: these are its settings from now on
             optuna_study.set_user_attr(SETTINGS_ATTR, current)
         return
-    changed = sorted(key for key in stored.keys() | current.keys() if stored.get(key) != current.get(key))
+    # A setting added since the trials were stored is no change while the study keeps its default:
+    # that default is what the code did before the setting existed.
+    defaults = default_settings(study)
+    changed = sorted(key for key in stored.keys() | current.keys() if stored.get(key) != current.get(key)
+                     and not (key not in stored and key in defaults and current[key] == defaults[key]))
     if changed:
         shown = "; ".join(f"{key}: {stored.get(key, '(unset)')!r} -> {current.get(key, '(unset)')!r}" for key in changed[:6])
         more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""

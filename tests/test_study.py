@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import optuna
 import pytest
 
 from udacisense.common.errors import UserError
+from udacisense.search.storage import SETTINGS_ATTR, check_settings, study_settings
 from udacisense.search.study import load_study
+from udacisense.spaces.distributions import Choice
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 
@@ -63,3 +67,19 @@ def test_overrides_apply_dotted_keys(tmp_path: Path) -> None:
     study = load_study(_write(tmp_path, ""), overrides={"data.root": "elsewhere", "baseline.epochs": 2})
     assert study.data.root == "elsewhere"
     assert study.baseline.epochs == 2
+
+
+def test_a_setting_added_since_the_trials_were_stored_is_no_change_at_its_default() -> None:
+    study = load_study(Path(__file__).resolve().parents[1] / "studies" / "smoke.toml")
+    optuna_study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    # Stored by a version of the tool that had no `space.linear_weight_bits` (it ran 8-bit Linear weights).
+    stored = {key: value for key, value in study_settings(study).items() if key != "space.linear_weight_bits"}
+    optuna_study.set_user_attr(SETTINGS_ATTR, stored)
+    check_settings(study, optuna_study, record=False)
+    searching_int4 = dataclasses.replace(study, space=dataclasses.replace(study.space, linear_weight_bits=Choice((8, 4))))
+    with pytest.raises(UserError, match=r"space\.linear_weight_bits: '\(unset\)' -> \[8, 4\]"):
+        check_settings(searching_int4, optuna_study, record=False)
+    # A stored setting that the study file now drops or changes is still refused.
+    changed = dataclasses.replace(study, seed=study.seed + 1)
+    with pytest.raises(UserError, match="seed"):
+        check_settings(changed, optuna_study, record=False)
