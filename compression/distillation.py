@@ -1,7 +1,8 @@
 """Knowledge distillation: a student learns from the teacher's softened outputs as well as the labels.
 
-The student is either the current model (recovering accuracy lost by earlier stages) or a fresh,
-narrower MobileNetV3-Small that replaces it.
+The student is either the current model (recovering accuracy lost by earlier stages) or a narrower
+MobileNetV3-Small that replaces it: one already distilled over the full schedule when the context
+has a shelf of students (the search), else a fresh one.
 """
 
 from __future__ import annotations
@@ -10,15 +11,11 @@ import copy
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-import torchvision
-from torch import nn
-
 from udacisense.common.errors import UserError
 from udacisense.common.schema import bounded, check_bounds
 from udacisense.compression.finetune import finetune
 from udacisense.compression.stage import CompressedModel, ModelForm, Signature, StageContext, register_stage, require_form
-from udacisense.models.mobilenet import ResizeInput
+from udacisense.models.students import build_student, with_input_of
 from udacisense.training import Distillation, TrainConfig
 
 
@@ -49,28 +46,14 @@ class DistillationConfig:
         return f"distill(T={self.temperature:g}, α={self.alpha:g}{width})"
 
 
-def _input_resize(module: nn.Module) -> ResizeInput | None:
-    if isinstance(module, nn.Sequential) and len(module) and isinstance(module[0], ResizeInput):
-        return module[0]
-    return None
-
-
-def build_student(current: nn.Module, width: float, num_classes: int, seed: int) -> nn.Module:
-    """A fresh MobileNetV3-Small of ``width`` that takes the same input as ``current``."""
-    # Seeded without touching the global generator, so the student does not depend on what ran before.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        student: nn.Module = torchvision.models.mobilenet_v3_small(num_classes=num_classes, width_mult=width)
-    resize = _input_resize(current)
-    return nn.Sequential(ResizeInput(resize.size), student) if resize is not None else student
-
-
 @register_stage(DistillationConfig)
 def distill(model: CompressedModel, config: DistillationConfig, context: StageContext) -> CompressedModel:
     if context.teacher is None:
         raise UserError(f"`{config.describe()}` needs a teacher, and none was given.",
                         "train or load the baseline first and pass it as the teacher, or remove the distill stage.")
-    if config.student_width:
+    if config.student_width and context.students is not None:
+        student = with_input_of(model.module, context.students(config.student_width))
+    elif config.student_width:
         student = build_student(model.module, config.student_width, context.num_classes, context.seed)
     else:
         student = copy.deepcopy(model.module)

@@ -53,6 +53,9 @@ class StageContext:
     progress: bool = False
     # Called after every fine-tune epoch with (epoch, val top-1); the search uses it to stop hopeless trials.
     epoch_end_hooks: tuple[EpochEndHook, ...] = ()
+    # Width -> a student already distilled over the full schedule (the search's shelf of students);
+    # None: a narrower student starts from fresh weights.
+    students: Callable[[float], nn.Module] | None = None
 
     @property
     def num_classes(self) -> int:

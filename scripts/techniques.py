@@ -36,12 +36,13 @@ def techniques(epochs: int, lr: float) -> list[tuple[tuple[StageConfig, ...], st
     """(pipeline, runtime) pairs: every technique alone, lowered to the runtime it targets, then the
     pairs with int8 that a phone study combines (structure first, int8 last)."""
     tune = TrainConfig(epochs=epochs, lr=lr, schedule="cosine")
-    long_tune = TrainConfig(epochs=epochs * 3, lr=0.05)
     int8 = StaticQuantConfig(backend="xnnpack")
     head_only = StructuredPruningConfig(ratio=0.0, head_ratio=0.75, finetune=tune)
     features_and_head = StructuredPruningConfig(ratio=0.25, head_ratio=0.75, finetune=tune)
     recover = DistillationConfig(alpha=0.7, temperature=4.0, finetune=tune)
-    student = DistillationConfig(alpha=0.7, temperature=4.0, student_width=0.5, finetune=long_tune)
+    # Starts from the study's shelf: a width-0.5 student already distilled over the baseline's schedule.
+    student = DistillationConfig(alpha=0.7, temperature=4.0, student_width=0.5, finetune=tune)
+    int8_int4_linear = StaticQuantConfig(backend="xnnpack", linear_weight_bits=4)
     alone: list[tuple[tuple[StageConfig, ...], str]] = [
         ((), "torchscript"), ((), "executorch"),
         ((FuseConfig(),), "torchscript"),
@@ -64,7 +65,9 @@ def techniques(epochs: int, lr: float) -> list[tuple[tuple[StageConfig, ...], st
         ((head_only, int8), "executorch"),
         ((features_and_head, int8), "executorch"),
         ((features_and_head, recover, int8), "executorch"),
+        ((head_only, int8_int4_linear), "executorch"),
         ((student, int8), "executorch"),
+        ((student, int8_int4_linear), "executorch"),
     ]
     return alone + pairs
 
@@ -90,8 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     runner = TrialRunner(workspace, artifact_store(study))
     profile = workspace.profile
     out = study.run_dir / "techniques"
-    context = StageContext(data=workspace.data, teacher=workspace.baseline.model, seed=study.seed)
-    rows = []
+    context = StageContext(data=workspace.data, teacher=workspace.baseline.model, seed=study.seed,
+                           students=workspace.students.student)
+    # Rows of earlier runs stay unless this run measures the same technique again (--only runs a few).
+    csv_path = out / "techniques.csv"
+    earlier = pd.read_csv(csv_path).to_dict(orient="records") if csv_path.is_file() else []
+    rows: list[dict] = []
+
+    def table() -> pd.DataFrame:
+        measured = {(row["technique"], row["runtime"]) for row in rows}
+        kept = [row for row in earlier if (row["technique"], row["runtime"]) not in measured]
+        return pd.DataFrame(kept + rows)
+
     for pipeline, runtime in techniques(args.epochs, args.lr):
         if args.only and not any(text in describe(pipeline) for text in args.only):
             continue
@@ -121,12 +134,13 @@ def main(argv: list[str] | None = None) -> int:
               f"size x{candidate.size_ratio:.2f}  latency x{candidate.latency_ratio:.2f} "
               f"[{candidate.latency.ratio_p10:.2f}-{candidate.latency.ratio_p90:.2f}]", flush=True)
         # Written after every row: an interrupted benchmark keeps what it measured.
-        write_text(out / "techniques.csv", pd.DataFrame(rows).to_csv(index=False))
-    table = pd.DataFrame(rows)
-    write_json(out / "techniques.json", table.to_dict(orient="records"))
+        write_text(csv_path, table().to_csv(index=False))
+    result = table()
+    write_text(csv_path, result.to_csv(index=False))
+    write_json(out / "techniques.json", result.to_dict(orient="records"))
     with pd.option_context("display.width", 200):
-        print(table.round(3).to_string(index=False))
-    print(f"wrote {out / 'techniques.csv'}")
+        print(result.round(3).to_string(index=False))
+    print(f"wrote {csv_path}")
     return 0
 
 

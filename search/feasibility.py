@@ -44,6 +44,8 @@ def _weight_bytes(module: nn.Module, int8_types: tuple[type, ...], float_prefix:
 
 def footprint(pipeline: Pipeline, baseline: nn.Module, context: StageContext, example: torch.Tensor) -> Footprint:
     model = CompressedModel(baseline)
+    # A fresh student has the trained one's architecture; asking the shelf could train one for minutes.
+    context = dataclasses.replace(context, students=None)
     for stage in pipeline.stages:
         if isinstance(stage, _STRUCTURAL):
             model = apply_stage(model, dataclasses.replace(stage, finetune=TrainConfig(epochs=0)), context)

@@ -15,6 +15,7 @@ import torch
 
 from udacisense.common.errors import IncompatiblePipelineError
 from udacisense.common.files import save_torch, sha256_of, write_bytes
+from udacisense.compression.distillation import DistillationConfig
 from udacisense.compression.graph import lower, model_runner
 from udacisense.compression.pipeline import StageRecord
 from udacisense.compression.stage import CompressedModel, ModelForm, StageConfig, StageContext
@@ -170,11 +171,17 @@ class TrialRunner:
         store(trial, {Attr.RUNTIME: runtime, Attr.BACKEND: signature.backend})
         monitor = AccuracyMonitor(trial, stop_rule_for(trial.study, self.floor, study.search.patience_margin, len(data.classes)),
                                   enabled=study.search.early_stopping)
+        students = self.workspace.students
         context = StageContext(data=data, teacher=baseline.model, seed=study.seed + trial.number,
-                               progress=self.progress, epoch_end_hooks=(monitor.on_epoch_end,))
+                               progress=self.progress, epoch_end_hooks=(monitor.on_epoch_end,), students=students.student)
         if study.search.early_stopping:
             with self.phases.phase("feasibility"):
                 self._stop_if_infeasible(trial, pipeline, context)
+        for width in sorted({s.student_width for s in pipeline.stages if isinstance(s, DistillationConfig) and s.student_width}):
+            # The first trial of a width distils its student over the full schedule: a phase of its own,
+            # so the report does not charge those minutes to this trial's fine-tune.
+            with self.phases.phase("student training"):
+                students.student(width)
 
         records: list[StageRecord] = []
 

@@ -11,6 +11,7 @@ from udacisense.common.errors import UserError
 from udacisense.datasources.loaders import DataBundle, load_data
 from udacisense.evaluators.profile import profile_float_model
 from udacisense.models.baseline import Baseline, ensure_baseline
+from udacisense.models.students import StudentShelf
 from udacisense.runtime import request_executorch_threads
 from udacisense.search.baseline_profile import FILE_NAME, BaselineProfile
 from udacisense.search.study import StudyConfig
@@ -22,6 +23,8 @@ class Workspace:
     data: DataBundle
     baseline: Baseline
     profile: BaselineProfile
+    # Narrower students distilled from this baseline over its schedule, trained when a trial first needs one.
+    students: StudentShelf
 
     @property
     def example_input(self) -> torch.Tensor:
@@ -60,4 +63,6 @@ def open_workspace(study: StudyConfig, *, progress: bool = True) -> Workspace:
                                   threads=evaluation.threads, progress=progress),
         })
         profile.save(profile_path)
-    return Workspace(study, data, baseline, profile)
+    students = StudentShelf(baseline.model, baseline.key, data, study.baseline, study.run_dir / "students",
+                            seed=study.seed, progress=progress)
+    return Workspace(study, data, baseline, profile, students)

@@ -19,7 +19,9 @@ from udacisense.compression.stage import (
 )
 from udacisense.evaluators.accuracy import evaluate_accuracy
 from udacisense.evaluators.size import parameter_counts
+from udacisense.models import students as students_module
 from udacisense.models.mobilenet import ResizeInput
+from udacisense.models.students import StudentShelf
 from udacisense.training import TrainConfig, fit
 
 ONE_STEP = TrainConfig(epochs=1, lr=0.05, max_batches_per_epoch=1)
@@ -114,3 +116,40 @@ def test_describe_and_validation():
     for bad in ({"alpha": 1.5}, {"temperature": 0.0}, {"student_width": 0.05}):
         with pytest.raises(UserError):
             DistillationConfig(**bad)
+
+
+def test_shelf_distils_a_width_once_and_every_later_request_reuses_it(tiny_bundle, teacher, tmp_path, monkeypatch):
+    schedule = TrainConfig(epochs=6, lr=0.1)
+    shelf = StudentShelf(teacher, "teacher-a", tiny_bundle, schedule, tmp_path, seed=3)
+    trained = shelf.student(0.35)
+    fresh = build_student(teacher, 0.35, num_classes=4, seed=3)
+    assert parameter_counts(trained)[0] == parameter_counts(fresh)[0]
+    assert not unchanged(trained, snapshot(fresh)), "the shelf must train the student"
+    assert shelf.path(0.35).is_file()
+
+    # Another worker's shelf (same teacher and schedule) loads the stored weights instead of training.
+    def no_training(*args, **kwargs):
+        raise AssertionError("a stored student must not be trained again")
+
+    monkeypatch.setattr(students_module, "fit", no_training)
+    again = StudentShelf(teacher, "teacher-a", tiny_bundle, schedule, tmp_path, seed=3).student(0.35)
+    assert unchanged(again, snapshot(trained))
+    # A different teacher (or schedule) is a different student: the stored one is not trusted.
+    with pytest.raises(AssertionError, match="must not be trained"):
+        StudentShelf(teacher, "teacher-b", tiny_bundle, schedule, tmp_path, seed=3).student(0.35)
+
+
+def test_distill_starts_a_narrower_student_from_the_shelf(tiny_bundle, teacher, tiny_model, tmp_path):
+    shelf = StudentShelf(teacher, "teacher", tiny_bundle, TrainConfig(epochs=6, lr=0.1), tmp_path)
+    shelved = shelf.student(0.35)
+    context = StageContext(data=tiny_bundle, teacher=teacher, students=shelf.student)
+    wrapped = nn.Sequential(ResizeInput(48), tiny_model)
+    config = DistillationConfig(student_width=0.35, finetune=TrainConfig(epochs=0))
+    student = apply_stage(CompressedModel(wrapped), config, context).module
+
+    # The shelf's weights, behind the current model's input resize, and the shelf's copy untouched.
+    assert isinstance(student[0], ResizeInput) and student[0].size == 48
+    assert unchanged(student[1], snapshot(shelved))
+    assert student[1] is not shelved
+    fresh_accuracy = evaluate_accuracy(build_student(tiny_model, 0.35, 4, 0), tiny_bundle.loader("val"), 4).top1
+    assert evaluate_accuracy(shelved, tiny_bundle.loader("val"), 4).top1 >= max(0.6, fresh_accuracy + 0.2)

@@ -60,7 +60,7 @@ def test_a_proposed_duplicate_is_stopped_before_any_compute(tmp_path: Path) -> N
     study.enqueue_trial(first.params)  # the sampler proposes the same configuration again
     second = study.ask()
     # No data and no baseline: a duplicate must be recognised before either is touched.
-    runner = TrialRunner(Workspace(config, None, None, {}), None, sampler_seed=11)  # type: ignore[arg-type]  # sampling only: no data, baseline or store
+    runner = TrialRunner(Workspace(config, None, None, {}, None), None, sampler_seed=11)  # type: ignore[arg-type]  # sampling only: no data, baseline, students or store
     with pytest.raises(optuna.TrialPruned):
         runner(second)
     stored = study._storage.get_trial(second._trial_id)

@@ -21,6 +21,7 @@ from udacisense.evaluators.profile import profile_float_model
 from udacisense.models.baseline import Baseline
 from udacisense.models.config import ModelConfig
 from udacisense.models.mobilenet import build_model
+from udacisense.models.students import StudentShelf
 from udacisense.runtime import executorch_bytes, executorch_threads, load_runner, request_executorch_threads
 from udacisense.search.baseline_profile import BaselineProfile
 from udacisense.search.export import export_trial, retime_front, verify_artifact
@@ -28,6 +29,8 @@ from udacisense.search.front import missed_targets, pareto_trials, pick, trials_
 from udacisense.search.objective import TrialRunner
 from udacisense.search.study import TargetsConfig, parse_study
 from udacisense.search.workspace import Workspace
+from udacisense.spaces.distributions import Choice, IntRange
+from udacisense.spaces.space import SpaceConfig
 
 LOOSE = {"size_reduction": 0.0, "latency_reduction": 0.0, "max_accuracy_drop": 1.0}
 
@@ -72,7 +75,8 @@ def workspace(tmp_path_factory, tiny_bundle) -> Workspace:
     model = train_briefly(build_model(ModelConfig(width_mult=0.25), num_classes=4, image_size=32), tiny_bundle, epochs=8)
     metrics = profile_float_model(model, tiny_bundle, runtimes=study.evaluation.runtimes, latency_runs=20,
                                   latency_warmup=3, threads=1, progress=False)
-    return Workspace(study, tiny_bundle, Baseline(model, root / "baseline", "test", True, 0.0), BaselineProfile(metrics))
+    students = StudentShelf(model, "test", tiny_bundle, study.baseline, root / "students")
+    return Workspace(study, tiny_bundle, Baseline(model, root / "baseline", "test", True, 0.0), BaselineProfile(metrics), students)
 
 
 def _runner(workspace: Workspace, runs_dir: Path | None = None, reference_runtime: str | None = None,
@@ -211,3 +215,21 @@ def test_a_trial_clearly_below_the_floor_stops_before_lowering(workspace) -> Non
     assert stopped.user_attrs["stage"] == "below-floor" and stopped.constraints["accuracy"] > margin
     # Within the margin the artifact may still reach the floor (int8 moves accuracy a little): it is measured.
     runner._stop_if_below_floor(study.ask(), runner.floor - margin / 2)
+
+
+def test_a_trial_that_picks_a_narrower_student_starts_from_the_shelf(workspace, tmp_path) -> None:
+    runner = _runner(workspace, tmp_path, size_reduction=0.0, latency_reduction=0.0, max_accuracy_drop=1.0)
+    space = SpaceConfig(stages=("distill",), required=("distill",), student_widths=Choice((0.1,)),
+                        quant_types=Choice(("none",)), finetune_epochs=IntRange(1, 1))
+    study_config = dataclasses.replace(runner.workspace.study, space=space)
+    shelf = dataclasses.replace(workspace.students, directory=tmp_path / "students", _loaded={})
+    runner.workspace = dataclasses.replace(runner.workspace, study=study_config, students=shelf)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    study.optimize(runner, n_trials=1)
+
+    trial = study.trials[0]
+    assert trial.state is optuna.trial.TrialState.COMPLETE, (trial.user_attrs.get("stage"), trial.user_attrs.get("pruned_reason"))
+    assert "width=0.1" in trial.user_attrs["pipeline"]
+    # The student was distilled over the baseline's schedule once, as a phase of its own, and kept.
+    assert trial.user_attrs["phase_seconds"]["student training"] > 0
+    assert shelf.path(0.1).is_file() and 0.1 in shelf._loaded

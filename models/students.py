@@ -1,0 +1,118 @@
+"""Narrower students distilled from the baseline over its full schedule: trained once per width, then reused.
+
+A fresh MobileNetV3-Small of width 0.5 learns nothing useful in a trial's few fine-tune epochs; distilled
+for the baseline's whole schedule it can match the baseline at a quarter of its weights. Training that
+costs as much as the baseline, so each width is trained once per baseline (by whichever worker asks
+first, the others wait for it) and every trial that picks the width starts from a copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from udacisense.common.files import save_torch
+from udacisense.datasources.loaders import DataBundle
+from udacisense.evaluators.exclusive import exclusive
+from udacisense.models.mobilenet import ResizeInput
+from udacisense.training import Distillation, TrainConfig, fit
+
+# How the cached students learn from the baseline: the usual distillation defaults, fixed so a
+# cached student is the same whichever trial asked for it first (a trial then fine-tunes it with its own).
+STUDENT_ALPHA = 0.7
+STUDENT_TEMPERATURE = 4.0
+
+
+def input_resize(module: nn.Module) -> ResizeInput | None:
+    """The in-model resize a network starts with (an upsampled study's model), or None."""
+    if isinstance(module, nn.Sequential) and len(module) and isinstance(module[0], ResizeInput):
+        return module[0]
+    return None
+
+
+def build_student(current: nn.Module, width: float, num_classes: int, seed: int) -> nn.Module:
+    """A fresh MobileNetV3-Small of ``width`` that takes the same input as ``current`` and normalises like it."""
+    # Seeded without touching the global generator, so the student does not depend on what ran before.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        student: nn.Module = torchvision.models.mobilenet_v3_small(num_classes=num_classes, width_mult=width)
+    # The study sets the baseline's BatchNorm momentum for short CPU schedules (torchvision's 0.01
+    # leaves eval-mode statistics unsettled after a few hundred steps); the student trains as briefly.
+    momentum = next((m.momentum for m in current.modules() if isinstance(m, nn.BatchNorm2d)), None)
+    if momentum is not None:
+        for layer in student.modules():
+            if isinstance(layer, nn.BatchNorm2d):
+                layer.momentum = momentum
+    resize = input_resize(current)
+    return nn.Sequential(ResizeInput(resize.size), student) if resize is not None else student
+
+
+def with_input_of(current: nn.Module, student: nn.Module) -> nn.Module:
+    """``student`` (a copy) taking the input ``current`` takes: the same in-model resize, or none."""
+    network = copy.deepcopy(student[1] if isinstance(student, nn.Sequential) and input_resize(student) else student)
+    resize = input_resize(current)
+    return nn.Sequential(ResizeInput(resize.size), network) if resize is not None else network
+
+
+@dataclass
+class StudentShelf:
+    """The distilled students of one baseline, trained on first request and kept in ``directory``."""
+
+    teacher: nn.Module
+    teacher_key: str
+    data: DataBundle
+    schedule: TrainConfig
+    directory: Path
+    seed: int = 0
+    progress: bool = False
+    _loaded: dict[float, nn.Module] = field(default_factory=dict, repr=False)
+
+    def key(self, width: float) -> str:
+        """Everything that changes a student's weights; a different key means training it again."""
+        payload = {"teacher": self.teacher_key, "width": width, "schedule": asdict(self.schedule),
+                   "alpha": STUDENT_ALPHA, "temperature": STUDENT_TEMPERATURE, "seed": self.seed}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def path(self, width: float) -> Path:
+        return self.directory / f"width-{width:g}.pt"
+
+    def student(self, width: float) -> nn.Module:
+        """The student of ``width`` distilled over the full schedule (trained now if no worker has yet)."""
+        if width not in self._loaded:
+            # One worker trains a width while the others that need it wait, instead of all training it.
+            with exclusive(self.directory / f"width-{width:g}.lock"):
+                self._loaded[width] = self._stored(width) or self._train(width)
+        return self._loaded[width]
+
+    def _stored(self, width: float) -> nn.Module | None:
+        path = self.path(width)
+        if not path.is_file():
+            return None
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # a damaged cache file is retrained, never trusted
+            return None
+        if not isinstance(checkpoint, dict) or checkpoint.get("key") != self.key(width):
+            return None
+        student = build_student(self.teacher, width, len(self.data.classes), self.seed)
+        student.load_state_dict(checkpoint["state_dict"])
+        return student.eval()
+
+    def _train(self, width: float) -> nn.Module:
+        student = build_student(self.teacher, width, len(self.data.classes), self.seed)
+        started = time.perf_counter()
+        fit(student, self.data.loader("train", train=True), self.schedule, val=self.data.loader("val"),
+            num_classes=len(self.data.classes), seed=self.seed, progress=self.progress,
+            description=f"student width {width:g}",
+            distillation=Distillation(self.teacher, STUDENT_ALPHA, STUDENT_TEMPERATURE))
+        save_torch(self.path(width), {"key": self.key(width), "state_dict": student.state_dict(),
+                                      "width": width, "train_seconds": time.perf_counter() - started})
+        return student.eval()
