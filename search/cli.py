@@ -164,7 +164,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         front = retime_front(front, optuna_study, runner)
         print(f"front re-timed with {study.search.retime_factor}x the runs before picking `{args.pick}`:")
         print(front_text(front, shutil.get_terminal_size((120, 24)).columns))
-        number = pick(front, args.pick)
+        number = pick(front, args.pick, study.targets)
         picked_by = f"the `{args.pick}` policy on the Pareto front re-timed with {study.search.retime_factor}x the runs"
         paragraph = missed_targets(front, number, study.targets, baseline_val)
     result = export_trial(workspace, optuna_study, number, Path(args.out), runner, args.study, picked_by)

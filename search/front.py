@@ -79,10 +79,11 @@ def mark_targets(table: pd.DataFrame, targets: TargetsConfig, baseline_val: floa
     ).pipe(lambda t: t.assign(meets_all=t["meets_accuracy"] & t["meets_latency"] & t["meets_size"] & t["parity_ok"]))
 
 
-def pick(front: pd.DataFrame, policy: Policy) -> int:
-    """The trial number a policy chooses. ``knee``: nearest the ideal point after min-max scaling,
-    among points meeting all targets when there are any, else among those passing parity (say so:
-    see ``missed_targets``); the others require meeting the targets. A parity failure is never picked."""
+def pick(front: pd.DataFrame, policy: Policy, targets: TargetsConfig) -> int:
+    """The trial number a policy chooses. ``knee``: nearest the ideal point (the pool's best accuracy,
+    zero latency, zero size), each objective measured in its target's allowance, among points meeting
+    all targets when there are any, else among those passing parity (say so: see ``missed_targets``);
+    the others require meeting the targets. A parity failure is never picked."""
     if front.empty:
         raise UserError("The study has no completed trials yet.", "run `udacisense search` first.")
     feasible = front[front["meets_all"]]
@@ -91,10 +92,14 @@ def pick(front: pd.DataFrame, policy: Policy) -> int:
         if pool.empty:
             raise UserError("Every trial on the front fails its parity check: none of their artifacts computes "
                             "what its PyTorch model computes.", "report the pipelines as a bug, or run more trials.")
-        scaled = pd.DataFrame({
-            "acc": _scale(-pool["val_top1"]), "lat": _scale(pool["latency_ratio"]), "size": _scale(pool["size_ratio"]),
+        # Ratios are already on the baseline's scale; min-max scaling within the pool would instead let
+        # one outlier (a x4 slower TorchScript model) make every other latency look alike.
+        distance = pd.DataFrame({
+            "acc": (pool["val_top1"].max() - pool["val_top1"]) / max(targets.max_accuracy_drop, 1e-3),
+            "lat": pool["latency_ratio"] / max(1 - targets.latency_reduction, 1e-3),
+            "size": pool["size_ratio"] / max(1 - targets.size_reduction, 1e-3),
         })
-        return int(pool.loc[(scaled**2).sum(axis=1).idxmin(), "trial"])
+        return int(pool.loc[(distance**2).sum(axis=1).idxmin(), "trial"])
     if feasible.empty:
         raise UserError(f"No trial on the front meets all targets, so `{policy}` has nothing to choose from.",
                         "use `--pick knee`, pass `--trial N`, relax `[targets]`, or run more trials.")
@@ -122,11 +127,6 @@ def missed_targets(front: pd.DataFrame, chosen: int, targets: TargetsConfig, bas
     return (f"{lead} Trial {chosen} was chosen as the closest compromise and misses: {'; '.join(misses)}. "
             "Its model card records meets_targets = false. Do not ship it as meeting the brief: run more trials, "
             "widen [space], or relax [targets] with the app team.")
-
-
-def _scale(values: pd.Series) -> pd.Series:
-    span = values.max() - values.min()
-    return (values - values.min()) / span if span > 0 else values * 0.0
 
 
 def plot_front(all_trials: pd.DataFrame, front: pd.DataFrame, targets: TargetsConfig, baseline_val: float,

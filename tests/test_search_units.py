@@ -195,6 +195,9 @@ def test_phase_clock_adds_up_repeated_phases_and_keeps_the_rest_as_other() -> No
     assert summary["other"] >= 0.035 and set(summary) == {"validation", "stage 1 channels", "other"}
 
 
+TARGETS = TargetsConfig()
+
+
 def test_front_dominance_and_pick_policies() -> None:
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     for values in ([0.90, 0.50, 0.30], [0.80, 0.30, 0.20], [0.70, 0.70, 0.70], [0.95, 0.90, 0.90], [0.85, 0.55, 0.25]):
@@ -204,12 +207,27 @@ def test_front_dominance_and_pick_policies() -> None:
     assert sorted(t.number for t in front) == [0, 1, 3, 4]  # trial 2 is dominated by trial 1; 5 counts for nothing
     table = trials_table(front, TargetsConfig(), baseline_val=0.9)
     assert list(table["meets_all"]) == [False, True, True, False]  # sorted by accuracy: 3, 0, 4, 1
-    assert pick(table, "most-accurate") == 0 and pick(table, "fastest") == 0 and pick(table, "smallest") == 4
-    assert pick(table, "knee") in (0, 4)
+    assert pick(table, "most-accurate", TARGETS) == 0 and pick(table, "fastest", TARGETS) == 0 and pick(table, "smallest", TARGETS) == 4
+    assert pick(table, "knee", TARGETS) in (0, 4)
     with pytest.raises(UserError, match="nothing to choose"):
-        pick(table.assign(meets_all=False), "smallest")
+        pick(table.assign(meets_all=False), "smallest", TARGETS)
     with pytest.raises(UserError):
-        pick(pd.DataFrame(columns=table.columns), "knee")
+        pick(pd.DataFrame(columns=table.columns), "knee", TARGETS)
+
+
+def test_knee_weighs_objectives_by_their_targets_not_by_the_spread_of_the_front() -> None:
+    # Neither meets the 5-point floor of baseline 0.7; a slow TorchScript model half a point more
+    # accurate must not beat a .pte four times faster (min-max scaling made 0.005 the whole range).
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    _trial(study, TrialState.COMPLETE, [0.560, 4.46, 0.16], pipeline="torchscript x86")
+    _trial(study, TrialState.COMPLETE, [0.555, 0.75, 0.17], pipeline="pte")
+    table = trials_table(pareto_trials(study.trials), TARGETS, baseline_val=0.7)
+    assert not table["meets_all"].any()
+    assert pick(table, "knee", TARGETS) == 1
+    # A real accuracy gap still counts: 4 points for a little latency is worth it.
+    _trial(study, TrialState.COMPLETE, [0.595, 0.85, 0.17], pipeline="pte, more accurate")
+    table = trials_table(pareto_trials(study.trials), TARGETS, baseline_val=0.7)
+    assert pick(table, "knee", TARGETS) == 2
 
 
 def test_feasibility_rules_out_float_unstructured_but_not_quantized(tiny_bundle) -> None:

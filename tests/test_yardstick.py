@@ -33,6 +33,7 @@ from udacisense.spaces.distributions import Choice, IntRange
 from udacisense.spaces.space import SpaceConfig
 
 LOOSE = {"size_reduction": 0.0, "latency_reduction": 0.0, "max_accuracy_drop": 1.0}
+TARGETS = TargetsConfig(**LOOSE)
 
 
 def test_executorch_pool_has_the_requested_size_while_timing(tiny_model) -> None:
@@ -136,9 +137,9 @@ def test_knee_and_fastest_return_the_absolutely_fastest_artifact(workspace, mixe
     assert min(trials, key=lambda t: t.values[1]) is pte
     baseline_val = workspace.profile.val_top1
     table = trials_table(pareto_trials(trials), TargetsConfig(**LOOSE), baseline_val)
-    assert pick(table, "knee") == pte.number
+    assert pick(table, "knee", TARGETS) == pte.number
     retimed = retime_front(table, mixed_study, _runner(workspace))
-    assert retimed["retimed"].all() and pick(retimed, "knee") == pte.number
+    assert retimed["retimed"].all() and pick(retimed, "knee", TARGETS) == pte.number
     # `fastest` needs a point meeting the targets: an int8 .pte of this tiny model is about as fast as the
     # float .pte (ratio ~1, within noise), so the same artifacts are measured on a TorchScript yardstick too.
     runner = _runner(workspace, runs_dir=tmp_path, reference_runtime="torchscript")
@@ -147,7 +148,7 @@ def test_knee_and_fastest_return_the_absolutely_fastest_artifact(workspace, mixe
     pte = next(t for t in on_torchscript.trials if t.user_attrs["runtime"] == "executorch")
     assert pte.values[1] < 0.6 and pte.user_attrs["latency_ratio_same_runtime"] > pte.values[1]
     table = trials_table(pareto_trials(on_torchscript.trials), TargetsConfig(**LOOSE), baseline_val)
-    assert pick(table, "knee") == pick(table, "fastest") == pte.number
+    assert pick(table, "knee", TARGETS) == pick(table, "fastest", TARGETS) == pte.number
 
 
 def test_a_parity_failure_keeps_no_artifact_and_is_infeasible(workspace, tmp_path) -> None:
@@ -163,7 +164,7 @@ def test_a_parity_failure_keeps_no_artifact_and_is_infeasible(workspace, tmp_pat
     table = trials_table(study.trials, TargetsConfig(**LOOSE), 0.0)
     assert not table["meets_all"].any()
     with pytest.raises(UserError, match="parity"):
-        pick(table, "knee")
+        pick(table, "knee", TARGETS)
     with pytest.raises(UserError, match="parity"):
         export_trial(runner.workspace, study, number, tmp_path / "export", runner, "study.toml")
     assert not (tmp_path / "export").exists()
@@ -190,8 +191,8 @@ def test_an_export_without_a_feasible_point_says_so_and_records_it(workspace, mi
                          workspace.profile.val_top1)
     assert not table["meets_all"].any()
     with pytest.raises(UserError, match="nothing to choose"):
-        pick(table, "fastest")
-    chosen = pick(table, "knee")
+        pick(table, "fastest", TargetsConfig(**tight))
+    chosen = pick(table, "knee", TargetsConfig(**tight))
     paragraph = missed_targets(table, chosen, TargetsConfig(**tight), workspace.profile.val_top1)
     assert paragraph is not None and paragraph.startswith("No point on the Pareto front meets all targets.")
     assert "meets_targets = false" in paragraph

@@ -130,10 +130,10 @@ def _default_choice(study: StudyConfig, trials: Sequence[FrozenTrial], front: pd
         return next(t for t in trials if t.number == number), f"the exported model, chosen by {how}"
     policy = study.search.default_pick
     try:
-        number = pick(front, policy)
+        number = pick(front, policy, study.targets)
         note = f"the study's default pick policy `{policy}` on the Pareto front"
     except UserError:
-        number = pick(front, "knee")
+        number = pick(front, "knee", study.targets)
         note = (f"the `knee` policy, because the study's default policy `{policy}` needs a front point "
                 "that meets all targets and there is none")
     return next(t for t in trials if t.number == number), note
