@@ -141,7 +141,7 @@ def _flatten(value: Any, prefix: str) -> dict[str, Any]:
     return {prefix: list(value) if isinstance(value, tuple) else value}
 
 
-_SETTING_TABLES = ("data", "model", "baseline", "evaluation", "targets", "space")
+_SETTING_TABLES = ("data", "model", "baseline", "students", "evaluation", "targets", "space")
 
 
 def _comparable(seed: int, tables: dict[str, Any]) -> dict[str, Any]:

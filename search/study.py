@@ -12,6 +12,7 @@ from udacisense.common.errors import UserError
 from udacisense.common.schema import bounded, parse_dataclass
 from udacisense.datasources.config import DataConfig
 from udacisense.models.config import ModelConfig
+from udacisense.models.students import StudentsConfig
 from udacisense.runtime.backends import LoweredRuntime, Runtime
 from udacisense.spaces.space import SpaceConfig
 from udacisense.training import TrainConfig
@@ -83,6 +84,7 @@ class StudyConfig:
     runs_dir: str = "runs"
     model: ModelConfig = field(default_factory=ModelConfig)
     baseline: TrainConfig = field(default_factory=TrainConfig)
+    students: StudentsConfig = field(default_factory=StudentsConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     targets: TargetsConfig = field(default_factory=TargetsConfig)
     search: SearchConfig = field(default_factory=SearchConfig)

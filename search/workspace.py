@@ -64,5 +64,5 @@ def open_workspace(study: StudyConfig, *, progress: bool = True) -> Workspace:
         })
         profile.save(profile_path)
     students = StudentShelf(baseline.model, baseline.key, data, study.baseline, study.run_dir / "students",
-                            seed=study.seed, progress=progress)
+                            study.students, seed=study.seed, progress=progress)
     return Workspace(study, data, baseline, profile, students)

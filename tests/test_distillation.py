@@ -21,7 +21,7 @@ from udacisense.evaluators.accuracy import evaluate_accuracy
 from udacisense.evaluators.size import parameter_counts
 from udacisense.models import students as students_module
 from udacisense.models.mobilenet import ResizeInput
-from udacisense.models.students import StudentShelf
+from udacisense.models.students import StudentsConfig, StudentShelf
 from udacisense.training import TrainConfig, fit
 
 ONE_STEP = TrainConfig(epochs=1, lr=0.05, max_batches_per_epoch=1)
@@ -137,6 +137,9 @@ def test_shelf_distils_a_width_once_and_every_later_request_reuses_it(tiny_bundl
     # A different teacher (or schedule) is a different student: the stored one is not trusted.
     with pytest.raises(AssertionError, match="must not be trained"):
         StudentShelf(teacher, "teacher-b", tiny_bundle, schedule, tmp_path, seed=3).student(0.35)
+    # The study's [students] epochs replace the baseline's (0 keeps them), and name another student.
+    longer = StudentShelf(teacher, "teacher-a", tiny_bundle, schedule, tmp_path, StudentsConfig(epochs=12), seed=3)
+    assert longer.schedule.epochs == 12 and shelf.schedule.epochs == 6 and longer.key(0.35) != shelf.key(0.35)
 
 
 def test_distill_starts_a_narrower_student_from_the_shelf(tiny_bundle, teacher, tiny_model, tmp_path):
