@@ -26,6 +26,7 @@ from torch.fx import GraphModule, Node
 from udacisense.common.errors import UserError
 from udacisense.common.schema import bounded
 from udacisense.compression.finetune import finetune as run_finetune
+from udacisense.compression.sensitivity import QuantizeLeaving, int8_sensitivity, quantization_units
 from udacisense.compression.stage import (
     CompressedModel,
     ModelForm,
@@ -122,12 +123,17 @@ class StaticQuantConfig:
     float_prefix_blocks: int = bounded(0, min=0, max=64,
                                        doc="first blocks of `features` kept float (they are the most sensitive)")
     linear_weight_bits: LinearWeightBits = 8
+    # Mixed precision by measurement: the units (feature blocks, classifier) that change the logits
+    # most when quantized alone, measured on this model on a probe of val images, stay float.
+    float_sensitive_units: int = bounded(0, min=0, max=64, doc="most int8-sensitive units kept float, measured")
+    sensitivity_probe: int = bounded(256, min=1, max=100_000, doc="val images the sensitivity is measured on")
 
     def __post_init__(self) -> None:
         _check_choice(self, "backend", self.backend, get_args(StaticBackend))
         _check_linear_weight_bits(self)
         _check_at_least(self, "calibration_samples", self.calibration_samples, 1)
         _check_at_least(self, "float_prefix_blocks", self.float_prefix_blocks, 0)
+        _check_at_least(self, "float_sensitive_units", self.float_sensitive_units, 0)
 
     def transition(self, signature: Signature) -> Signature:
         require_form(self, signature, ModelForm.FLOAT)
@@ -135,7 +141,8 @@ class StaticQuantConfig:
 
     def describe(self) -> str:
         prefix = f", float_prefix={self.float_prefix_blocks}" if self.float_prefix_blocks else ""
-        return f"ptq({self.backend}{prefix}{_linear_suffix(self.linear_weight_bits)})"
+        sensitive = f", {self.float_sensitive_units} most sensitive float" if self.float_sensitive_units else ""
+        return f"ptq({self.backend}{prefix}{sensitive}{_linear_suffix(self.linear_weight_bits)})"
 
 
 @dataclass(frozen=True)
@@ -474,11 +481,29 @@ def static_quantize(model: CompressedModel, config: StaticQuantConfig, context: 
     module = copy.deepcopy(model.module).eval()
     float_blocks = _float_prefix(module, config.float_prefix_blocks)
     batches = _calibration_batches(context, config.calibration_samples)
-    if config.backend == "xnnpack":
-        quantized = _ptq_pt2e(module, batches, float_blocks, config.linear_weight_bits)
-    else:
-        quantized = _ptq_fx(module, config.backend, batches, float_blocks)
-    return _as_quantized(model, quantized, config.backend)
+
+    def quantize(target: nn.Module, left_float: Sequence[str], bits: LinearWeightBits) -> nn.Module:
+        if config.backend == "xnnpack":
+            return _ptq_pt2e(target, batches, left_float, bits)
+        return _ptq_fx(target, config.backend, batches, left_float)
+
+    if config.float_sensitive_units:
+        float_blocks += _most_sensitive(module, config, context, lambda m, left: quantize(m, left, 8), float_blocks)
+    return _as_quantized(model, quantize(module, float_blocks, config.linear_weight_bits), config.backend)
+
+
+def _most_sensitive(module: nn.Module, config: StaticQuantConfig, context: StageContext,
+                    quantize_leaving: QuantizeLeaving, already_float: Sequence[str]) -> list[str]:
+    """The ``config.float_sensitive_units`` units not already float that int8 changes most, measured on ``module``."""
+    units = quantization_units(module)
+    if config.float_sensitive_units >= len(units):
+        raise UserError(f"`ptq.float_sensitive_units` is {config.float_sensitive_units} but the model has only "
+                        f"{len(units)} units ({', '.join(units)}).",
+                        f"set `float_sensitive_units` to at most {len(units) - 1}, so something is left to quantize.")
+    loader = context.data.loader("val")
+    probe = loader.normalise(stratified_sample(context.data.val, config.sensitivity_probe, context.seed).images).contiguous()
+    ranking = int8_sensitivity(module, quantize_leaving, probe)
+    return [s.unit for s in ranking if s.unit not in already_float][:config.float_sensitive_units]
 
 
 @register_stage(QATConfig)

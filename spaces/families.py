@@ -127,8 +127,11 @@ def _quantize(trial: optuna.Trial, space: SpaceConfig, finetune: TrainConfig | N
     backend = space.quant_backends.suggest(trial, "quant_backend")
     bits = _linear_weight_bits(trial, space, backend)
     if quant_type == "static":
+        sensitive = space.float_sensitive_units
         return StaticQuantConfig(backend=backend, float_prefix_blocks=space.float_prefix_blocks.suggest(trial, "float_prefix_blocks"),
-                                 linear_weight_bits=bits)
+                                 linear_weight_bits=bits,
+                                 float_sensitive_units=sensitive.suggest(trial, "float_sensitive_units")
+                                 if sensitive.high > sensitive.low else sensitive.low)
     finetune = _budget(finetune, "qat")
     last = max(0, finetune.epochs - 1)
     start = min(space.qat_start_epoch.suggest(trial, "qat_start_epoch"), last)

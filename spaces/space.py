@@ -57,6 +57,9 @@ class SpaceConfig:
     quant_types: Choice[QuantType] = _sampled(Choice(("none", "dynamic", "static", "qat")))
     quant_backends: Choice[StaticBackend] = _sampled(Choice(("x86", "xnnpack")))
     float_prefix_blocks: IntRange = _sampled(IntRange(0, 2), StageField(StaticQuantConfig, "float_prefix_blocks"))
+    # Static int8 keeps this many of the units it measures most int8-sensitive float (mixed precision);
+    # the default [0, 0] searches none and suggests nothing, so stored studies keep their parameters.
+    float_sensitive_units: IntRange = _sampled(IntRange(0, 0), StageField(StaticQuantConfig, "float_sensitive_units"))
     # Linear weight bits of xnnpack quantization; [8, 4] also searches int4 Linear layers.
     linear_weight_bits: Choice[LinearWeightBits] = _sampled(Choice((8,)), StageField(StaticQuantConfig, "linear_weight_bits"))
     qat_start_epoch: IntRange = _sampled(IntRange(0, 1), StageField(QATConfig, "start_epoch"))

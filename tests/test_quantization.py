@@ -20,12 +20,16 @@ from udacisense.compression.quantization import (
     DynamicQuantConfig,
     QATConfig,
     StaticQuantConfig,
+    _calibration_batches,
+    _most_sensitive,
+    _ptq_fx,
     export_graph,
     feature_blocks,
     freeze_exported_bn,
     qat_schedule,
     qat_switches,
 )
+from udacisense.compression.sensitivity import int8_sensitivity, quantization_units
 from udacisense.compression.stage import (
     CompressedModel,
     ModelForm,
@@ -351,3 +355,41 @@ def test_quantized_engine_is_restored():
     with quantized_engine("xnnpack"):
         assert torch.backends.quantized.engine == previous
     assert torch.backends.quantized.engine == previous
+
+
+def test_sensitivity_measures_every_unit_alone_and_ranks_the_most_hurt_first(float_model, context, tiny_bundle):
+    module = float_model.module
+    units = quantization_units(module)
+    assert units == [*feature_blocks(module), "classifier"]
+    probe = tiny_bundle.loader("val").normalise(tiny_bundle.val.images[:32]).contiguous()
+    quantized_alone: list[list[str]] = []
+
+    def quantize_leaving(target: nn.Module, left_float):
+        quantized_alone.append([u for u in units if u not in left_float])
+        return _ptq_fx(target, "x86", [probe], left_float)
+
+    ranking = int8_sensitivity(module, quantize_leaving, probe)
+    assert quantized_alone == [[unit] for unit in units]  # each unit in int8 on its own, the rest float
+    assert sorted(s.unit for s in ranking) == sorted(units)
+    changes = [s.mean_logit_change for s in ranking]
+    assert changes == sorted(changes, reverse=True) and changes[0] > 0
+    assert all(0.0 <= s.top1_agreement <= 1.0 for s in ranking)
+
+
+def test_ptq_keeps_the_measured_most_sensitive_units_float(float_model, context, tiny_bundle):
+    config = StaticQuantConfig(backend="x86", float_sensitive_units=2, sensitivity_probe=32)
+    assert config.describe() == "ptq(x86, 2 most sensitive float)"
+    module = float_model.module
+    batches = _calibration_batches(context, config.calibration_samples)  # what the stage calibrates on
+    kept = _most_sensitive(module, config, context, lambda m, left: _ptq_fx(m, "x86", batches, left), [])
+    assert len(kept) == 2
+    quantized = apply_stage(float_model, config, context).module
+
+    def quantized_layers(unit: str) -> int:
+        return sum("quantized" in type(m).__module__ for m in quantized.get_submodule(unit).modules())
+
+    assert [unit for unit in quantization_units(module) if quantized_layers(unit) == 0] == sorted(kept, key=quantization_units(module).index)
+    report = parity(model_runner(float_model), model_runner(apply_stage(float_model, config, context)), tiny_bundle.loader("test"))
+    assert report.top1_agreement >= MIN_AGREEMENT, report
+    with pytest.raises(UserError, match="only 14 units"):
+        apply_stage(float_model, StaticQuantConfig(backend="x86", float_sensitive_units=14), context)

@@ -29,7 +29,7 @@ from udacisense.search.phases import PhaseClock
 from udacisense.search.records import StopReason, TrialRecord
 from udacisense.search.runner import WorkerPlan, plan_workers, requeue
 from udacisense.search.study import TargetsConfig, load_study
-from udacisense.spaces.distributions import Choice
+from udacisense.spaces.distributions import Choice, IntRange
 from udacisense.spaces.sampling import orders, sample_pipeline
 from udacisense.spaces.space import SpaceConfig
 
@@ -107,6 +107,20 @@ def test_int4_linear_weights_are_sampled_only_for_xnnpack() -> None:
     for bits in (8, 4):
         space = SpaceConfig(stages=("quantize",), linear_weight_bits=Choice((bits,)))
         assert sample_pipeline(optuna.trial.FixedTrial(params), space).stages[0].linear_weight_bits == bits
+
+
+def test_sensitive_units_kept_float_are_a_parameter_only_when_the_space_searches_them() -> None:
+    params = {"quant_type": "static", "quant_backend": "xnnpack", "float_prefix_blocks": 0}
+    fixed = SpaceConfig(stages=("quantize",))
+    assert sample_pipeline(optuna.trial.FixedTrial(params), fixed).stages[0].float_sensitive_units == 0
+    searched = SpaceConfig(stages=("quantize",), quant_types=Choice(("static",)), float_sensitive_units=IntRange(0, 3))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    counts = set()
+    for _ in range(30):
+        trial = study.ask()
+        counts.add(sample_pipeline(trial, searched).stages[0].float_sensitive_units)
+        assert "float_sensitive_units" in trial.params
+    assert counts == {0, 1, 2, 3}
 
 
 def test_stop_rule_needs_history_at_the_same_stage_and_epoch() -> None:
