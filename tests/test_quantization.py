@@ -393,3 +393,21 @@ def test_ptq_keeps_the_measured_most_sensitive_units_float(float_model, context,
     assert report.top1_agreement >= MIN_AGREEMENT, report
     with pytest.raises(UserError, match="only 14 units"):
         apply_stage(float_model, StaticQuantConfig(backend="x86", float_sensitive_units=14), context)
+
+
+@pytest.mark.slow
+def test_qat_with_int4_linear_weights_trains_converts_and_lowers(wide_model, context, tiny_bundle):
+    # The fine-tune lays convolutions out channels_last and back: the int4 weights (a torchao tensor
+    # subclass) must be left alone, or nn.Module._apply fails to swap them (found by a real search).
+    before = snapshot(wide_model.module)
+    config = QATConfig(backend="xnnpack", start_epoch=0, freeze_bn_epoch=1, finetune=SHORT_QAT, linear_weight_bits=4)
+    quantized = apply_stage(wide_model, config, context)
+    targets = [str(n.target) for n in quantized.module.graph.nodes]
+    assert targets.count("torchao.dequantize_affine.default") == 4, targets  # both Linear layers int4
+    assert any("quantize_per_channel" in t for t in targets)  # the convolutions int8
+    from udacisense.compression.graph import ExecuTorchConfig
+
+    lowered = apply_stage(quantized, ExecuTorchConfig(), context)
+    assert lowered.delegation is not None and lowered.delegation.fully_delegated, lowered.delegation
+    assert parity(model_runner(quantized), model_runner(lowered), tiny_bundle.loader("test")).top1_agreement >= 0.9
+    _assert_unchanged(wide_model.module, before)

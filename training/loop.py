@@ -46,6 +46,17 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return alpha * temperature**2 * soft + (1.0 - alpha) * hard
 
 
+def to_memory_format(network: nn.Module, memory_format: torch.memory_format) -> None:
+    """Lay out the 4-D weights (convolutions) of ``network`` in ``memory_format``, in place.
+
+    ``nn.Module.to(memory_format=...)`` swaps every parameter, and torchao's int4 Linear weights (a
+    tensor subclass) refuse the swap; only 4-D plain tensors have a layout to change.
+    """
+    for tensor in [*network.parameters(), *network.buffers()]:
+        if tensor.dim() == 4 and type(tensor.data) is torch.Tensor:
+            tensor.data = tensor.data.contiguous(memory_format=memory_format)
+
+
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
     total = max(1, config.epochs * steps_per_epoch)
     if config.schedule == "onecycle":
@@ -82,14 +93,14 @@ def fit(model: nn.Module, train: BatchLoader, config: TrainConfig, *, val: Batch
     # afterwards, as exporters and checkpoints expect.
     networks = [model] if distillation is None else [model, distillation.teacher]
     for network in networks:
-        network.to(memory_format=torch.channels_last)
+        to_memory_format(network, torch.channels_last)
     try:
         _train_epochs(model, train, val, config, steps, optimizer, scheduler, history, num_classes=num_classes,
                       distillation=distillation, on_epoch_start=on_epoch_start, on_epoch_end=on_epoch_end,
                       progress=progress, description=description)
     finally:
         for network in networks:
-            network.to(memory_format=torch.contiguous_format)
+            to_memory_format(network, torch.contiguous_format)
     model.eval()
     return history
 
@@ -103,10 +114,10 @@ def _train_epochs(model: nn.Module, train: BatchLoader, val: BatchLoader | None,
     for epoch in range(config.epochs):
         if on_epoch_start:
             # Hooks (pruning masks, QAT switches) flatten parameters with view(), which NHWC strides refuse.
-            model.to(memory_format=torch.contiguous_format)
+            to_memory_format(model, torch.contiguous_format)
             for hook in on_epoch_start:
                 hook(model, epoch)
-            model.to(memory_format=torch.channels_last)
+            to_memory_format(model, torch.channels_last)
         model.train()
         running, seen = 0.0, 0
         for step, (images, labels) in enumerate(train):
