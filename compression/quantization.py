@@ -26,7 +26,7 @@ from torch.fx import GraphModule, Node
 from udacisense.common.errors import UserError
 from udacisense.common.schema import bounded
 from udacisense.compression.finetune import finetune as run_finetune
-from udacisense.compression.sensitivity import QuantizeLeaving, int8_sensitivity, quantization_units
+from udacisense.compression.sensitivity import QuantizeLeaving, feature_blocks, int8_sensitivity, quantization_units
 from udacisense.compression.stage import (
     CompressedModel,
     ModelForm,
@@ -185,14 +185,6 @@ class QATConfig:
 
 
 # --------------------------------------------------------------------------- which blocks stay float
-
-
-def feature_blocks(module: nn.Module) -> list[str]:
-    """Qualified names of the blocks of the first ``features`` container (MobileNet's stem and stages)."""
-    for name, child in module.named_modules():
-        if name == "features" or name.endswith(".features"):
-            return [f"{name}.{block}" for block, _ in child.named_children()]
-    return []
 
 
 def _float_prefix(module: nn.Module, count: int) -> list[str]:

@@ -29,17 +29,23 @@ class UnitSensitivity:
     top1_agreement: float
 
 
-def quantization_units(module: nn.Module) -> list[str]:
-    """The blocks of the first ``features`` container, then every other top-level part that has weights."""
+def feature_blocks(module: nn.Module) -> list[str]:
+    """Qualified names of the blocks of the first ``features`` container (MobileNet's stem and stages)."""
     for name, child in module.named_modules():
         if name == "features" or name.endswith(".features"):
-            blocks = [f"{name}.{block}" for block, _ in child.named_children()]
-            parent = name.rpartition(".")[0]
-            container = module.get_submodule(parent) if parent else module
-            rest = [f"{parent}.{other}" if parent else other for other, part in container.named_children()
-                    if other != "features" and any(True for _ in part.parameters())]
-            return blocks + rest
-    return [name for name, part in module.named_children() if any(True for _ in part.parameters())]
+            return [f"{name}.{block}" for block, _ in child.named_children()]
+    return []
+
+
+def quantization_units(module: nn.Module) -> list[str]:
+    """The blocks of the first ``features`` container, then every other part beside it that has weights."""
+    blocks = feature_blocks(module)
+    features = blocks[0].rpartition(".")[0] if blocks else ""
+    parent = features.rpartition(".")[0]
+    container = module.get_submodule(parent) if parent else module
+    rest = [f"{parent}.{name}" if parent else name for name, part in container.named_children()
+            if (not blocks or name != "features") and any(True for _ in part.parameters())]
+    return blocks + rest
 
 
 def int8_sensitivity(module: nn.Module, quantize_leaving: QuantizeLeaving, probe: torch.Tensor) -> list[UnitSensitivity]:

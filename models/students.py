@@ -62,13 +62,16 @@ def build_student(current: nn.Module, width: float, num_classes: int, seed: int)
         for layer in student.modules():
             if isinstance(layer, nn.BatchNorm2d):
                 layer.momentum = momentum
-    resize = input_resize(current)
-    return nn.Sequential(ResizeInput(resize.size), student) if resize is not None else student
+    return _behind_input_of(current, student)
 
 
 def with_input_of(current: nn.Module, student: nn.Module) -> nn.Module:
     """``student`` (a copy) taking the input ``current`` takes: the same in-model resize, or none."""
-    network = copy.deepcopy(student[1] if isinstance(student, nn.Sequential) and input_resize(student) else student)
+    network = student[1] if isinstance(student, nn.Sequential) and input_resize(student) else student
+    return _behind_input_of(current, copy.deepcopy(network))
+
+
+def _behind_input_of(current: nn.Module, network: nn.Module) -> nn.Module:
     resize = input_resize(current)
     return nn.Sequential(ResizeInput(resize.size), network) if resize is not None else network
 

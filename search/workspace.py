@@ -23,7 +23,8 @@ class Workspace:
     data: DataBundle
     baseline: Baseline
     profile: BaselineProfile
-    # Narrower students distilled from this baseline over its schedule, trained when a trial first needs one.
+    # Narrower students distilled from this baseline (`search` trains the space's widths up front; a
+    # worker trains a missing one when a trial first needs it).
     students: StudentShelf
 
     @property
