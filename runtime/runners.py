@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Callable
 
 import torch
@@ -12,16 +11,9 @@ from torch import nn
 from udacisense.common.errors import UserError
 from udacisense.common.logs import native_stderr_without
 from udacisense.runtime.backends import Backend, LoweredRuntime, Runtime, quantized_engine, quiet_legacy_apis
-from udacisense.runtime.threads import before_program_load
+from udacisense.runtime.threads import EXECUTORCH_MACHINE_LOG, before_program_load
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
-
-# ExecuTorch's XNNPACK delegate probes the CPU when it first loads a method and logs each step
-# (`[cpuinfo_utils.cpp:71] Reading file /sys/devices/soc0/...`) with no switch to turn it off.
-# ExecuTorch describes the machine and its pool (`CPU info and manual query ... dont match`,
-# `Resetting threadpool to 1 threads`) on stderr with no switch to turn it off.
-_EXECUTORCH_MACHINE_LOG = re.compile(r"^\[(cpuinfo_utils|threadpool)\.cpp:\d+\] ")
-
 
 def load_runner(artifact: bytes | nn.Module, runtime: Runtime, backend: Backend | None = None) -> Runner:
     """A function from an image batch to logits, running ``artifact`` on ``runtime``.
@@ -67,7 +59,7 @@ def _torchscript_runner(artifact: bytes, backend: Backend | None) -> Runner:
 def _executorch_runner(artifact: bytes) -> Runner:
     from executorch.runtime import Runtime as ExecuTorchRuntime
 
-    with native_stderr_without(_EXECUTORCH_MACHINE_LOG):
+    with native_stderr_without(EXECUTORCH_MACHINE_LOG):
         before_program_load()
         return _ExecuTorchRunner(ExecuTorchRuntime.get().load_program(artifact))
 

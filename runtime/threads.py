@@ -9,7 +9,16 @@ the pool around each measurement: it is pinned for the whole process.
 
 from __future__ import annotations
 
+import re
+
 from udacisense.common.errors import UserError
+from udacisense.common.logs import native_stderr_without
+
+# ExecuTorch describes the machine and its pool on stderr when the pool is first touched and when
+# the XNNPACK delegate first loads a method (`[cpuinfo_utils.cpp:71] Reading file /sys/devices/soc0/...`,
+# `CPU info and manual query ... dont match`, `Resetting threadpool to 1 threads`), with no switch
+# to turn it off.
+EXECUTORCH_MACHINE_LOG = re.compile(r"^\[(cpuinfo_utils|threadpool)\.cpp:\d+\] ")
 
 _requested: int | None = None
 _program_loaded = False
@@ -19,7 +28,8 @@ def executorch_threads() -> int:
     """The size of the XNNPACK thread pool now in force in this process."""
     from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count
 
-    return int(_threadpool_get_thread_count())
+    with native_stderr_without(EXECUTORCH_MACHINE_LOG):  # the first call creates the pool, which probes the CPU
+        return int(_threadpool_get_thread_count())
 
 
 def request_executorch_threads(threads: int) -> None:
