@@ -57,7 +57,7 @@ class SearchConfig:
 
     n_trials: int = bounded(40, min=1, max=100000)
     timeout_minutes: float = bounded(0.0, min=0.0, doc="0: no time limit")
-    sampler: Literal["nsga2", "tpe", "random", "nsga3"] = "nsga2"
+    sampler: Literal["nsga2", "tpe", "random", "nsga3"] = "tpe"  # scripts/sampler_benchmark.py: see the README
     population_size: int = bounded(12, min=2, max=1000)
     early_stopping: bool = True
     # Stop a trial whose val accuracy is this far below what completed trials had at the same step.
