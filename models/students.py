@@ -111,7 +111,11 @@ class StudentShelf:
                 self._loaded[width] = self._stored(width) or self._train(width)
         return self._loaded[width]
 
-    def _stored(self, width: float) -> nn.Module | None:
+    def trained(self, width: float) -> bool:
+        """Whether the student of ``width`` is on the shelf already (asking never trains it)."""
+        return width in self._loaded or self._checkpoint(width) is not None
+
+    def _checkpoint(self, width: float) -> dict | None:
         path = self.path(width)
         if not path.is_file():
             return None
@@ -120,6 +124,12 @@ class StudentShelf:
         except Exception:  # a damaged cache file is retrained, never trusted
             return None
         if not isinstance(checkpoint, dict) or checkpoint.get("key") != self.key(width):
+            return None
+        return checkpoint
+
+    def _stored(self, width: float) -> nn.Module | None:
+        checkpoint = self._checkpoint(width)
+        if checkpoint is None:
             return None
         student = build_student(self.teacher, width, len(self.data.classes), self.seed)
         student.load_state_dict(checkpoint["state_dict"])

@@ -76,7 +76,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from udacisense.search.runner import run_worker, search_summary
     from udacisense.search.storage import open_study
 
-    summary = run_worker(args.study, worker=args.worker_index, storage=args.storage, progress=not args.quiet)
+    # Students live on this machine's disk: a worker distils those it lacks (one at a time per machine).
+    summary = run_worker(args.study, worker=args.worker_index, storage=args.storage, progress=not args.quiet,
+                         distil_students=True)
     study = open_study(_study(args), args.storage, create=False)
     print(f"worker {summary.worker} done in {summary.seconds:.0f} s (sampler seed {summary.sampler_seed}): "
           f"{search_summary(study, [summary])}")

@@ -6,6 +6,7 @@ import hashlib
 import os
 import socket
 import time
+import warnings
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ from udacisense.search.objective import TrialRunner
 from udacisense.search.records import UNSPENT, TrialRecord
 from udacisense.search.storage import artifact_store, open_study
 from udacisense.search.study import SearchConfig, StudyConfig, load_study
-from udacisense.search.workspace import open_workspace
+from udacisense.search.workspace import Workspace, open_workspace
+from udacisense.spaces.families import STUDENT_WIDTH
 
 TrialState = optuna.trial.TrialState
 
@@ -39,6 +41,34 @@ def make_sampler(search: SearchConfig, seed: int) -> optuna.samplers.BaseSampler
         # group=True: the conditional space (params exist only with their stage) is modelled per group.
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=min(10, search.n_trials))
     return optuna.samplers.RandomSampler(seed=seed)
+
+
+def untrained_students(workspace: Workspace) -> list[float]:
+    """The student widths the space may pick that are not on the shelf yet."""
+    space = workspace.study.space
+    if "distill" not in space.stages:
+        return []
+    return [width for width in space.student_widths.options if width and not workspace.students.trained(width)]
+
+
+def train_students(workspace: Workspace) -> None:
+    """Distil every student the space may pick that is not on the shelf yet."""
+    for width in untrained_students(workspace):
+        workspace.students.student(width)
+
+
+def sampler_while_students_train(sampler: optuna.samplers.BaseSampler, workspace: Workspace) -> optuna.samplers.BaseSampler:
+    """``sampler``, or while a student is still being distilled, ``sampler`` with distillation into the current model.
+
+    Then a worker runs trials that need no student instead of waiting for one (the width-0.5
+    student takes 11-17 min on one core here). Those trials are ordinary observations of width 0.
+    Without 0 among the widths the trial waits for the student, as before.
+    """
+    if 0.0 not in workspace.study.space.student_widths.options or not untrained_students(workspace):
+        return sampler
+    with warnings.catch_warnings():  # experimental since Optuna 2.4, and still the way to fix a parameter
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.PartialFixedSampler({STUDENT_WIDTH: 0.0}, sampler)
 
 
 def process_seed(study_seed: int) -> int:
@@ -104,11 +134,13 @@ def search_summary(study: optuna.Study, summaries: list[WorkerSummary]) -> str:
 
 def run_worker(study_path: str, worker: int = 0, storage: str | None = None, progress: bool = True,
                n_trials: int | None = None, overrides: Mapping[str, Any] | None = None,
-               threads: int | None = None) -> WorkerSummary:
+               threads: int | None = None, distil_students: bool = False) -> WorkerSummary:
     """Join the study and run trials until its budget (``n_trials`` or the study's) is spent.
 
     ``overrides`` changes dotted study keys (e.g. ``{"search.sampler": "random"}``) for benchmarks.
     ``threads`` sets the torch threads this process trains with (None: torch's default, all cores).
+    ``distil_students``: first distil the students the space may pick (inside the time limit);
+    meanwhile other workers sample only trials that need none.
     """
     quiet_libraries()  # joblib workers are fresh processes: the CLI's settings do not reach them
     if threads is not None:
@@ -123,6 +155,9 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
     runner = TrialRunner(workspace, artifact_store(study_config), progress=False, budget=budget, sampler_seed=seed)
     deadline = time.monotonic() + study_config.search.timeout_minutes * 60 if study_config.search.timeout_minutes else None
     started, ran = time.perf_counter(), []
+    if distil_students:
+        train_students(workspace)
+    sampler = study.sampler
     bar = tqdm(total=budget, initial=budget - max(0, budget_left(study, budget)), desc=f"search {study_config.name}",
                disable=not progress or worker != 0, unit="trial")
     try:
@@ -133,6 +168,7 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
             if action == "wait":
                 time.sleep(study_config.search.heartbeat_seconds)
                 continue
+            study.sampler = sampler_while_students_train(sampler, workspace)
             study.optimize(runner, n_trials=1, catch=(Exception,), gc_after_trial=True)
             finished, runner.current_trial = runner.current_trial, None
             if finished is not None:
@@ -210,23 +246,18 @@ def run_search(study_path: str, n_jobs: int | None = None, storage: str | None =
     open_study(study_config, storage)
     # Train and measure the baseline once, before the workers start, so they all reuse it.
     workspace = open_workspace(study_config, progress=progress)
-    # Likewise the students the space may pick: distilled on demand, one worker spent 11 min on a
-    # width while the other waited for the same width. At the workers' thread count: the width-0.5
-    # student with its teacher trained at 4.3 batches/s on 1 thread and 3.2 on 2 (32x32 batches are
-    # too small to split).
-    if "distill" in study_config.space.stages:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(plan.threads)
-        try:
-            for width in study_config.space.student_widths.options:
-                if width:
-                    workspace.students.student(width)
-        finally:
-            torch.set_num_threads(threads)
+    # The students the space may pick are distilled by the first worker while the others run trials
+    # that need none: trained before the workers started, they kept one of 2 cores idle for 11-17
+    # min (32x32 batches are too small to split: the width-0.5 student with its teacher trained at
+    # 4.3 batches/s on 1 thread and 3.2 on 2); on demand, one worker waited for the other's.
+    distil = bool(untrained_students(workspace))
     if progress:
-        print(f"search: {plan.workers} worker process(es), {plan.threads} torch thread(s) each", flush=True)
+        students = " (worker 0 first distils the students)" if distil else ""
+        print(f"search: {plan.workers} worker process(es), {plan.threads} torch thread(s) each{students}", flush=True)
     if plan.workers == 1:
-        return [run_worker(study_path, 0, storage, progress, overrides=overrides, threads=plan.threads)]
+        return [run_worker(study_path, 0, storage, progress, overrides=overrides, threads=plan.threads,
+                           distil_students=distil)]
     return list(joblib.Parallel(n_jobs=plan.workers, backend="loky")(
-        joblib.delayed(run_worker)(study_path, worker, storage, progress, overrides=overrides, threads=plan.threads)
+        joblib.delayed(run_worker)(study_path, worker, storage, progress, overrides=overrides, threads=plan.threads,
+                                   distil_students=distil and worker == 0)
         for worker in range(plan.workers)))

@@ -21,6 +21,9 @@ from udacisense.compression.stage import StageConfig
 from udacisense.spaces.space import FamilyName, QuantType, SpaceConfig
 from udacisense.training import TrainConfig
 
+# The parameter that picks a distillation stage's student (0: distil into the current model).
+STUDENT_WIDTH = "student_width"
+
 # Builds a family's stage from the trial, given the trial's fine-tune budget (None when nothing
 # present trains); None leaves the stage out (e.g. quantization of type "none").
 Sampler = Callable[[optuna.Trial, SpaceConfig, TrainConfig | None], StageConfig | None]
@@ -61,7 +64,7 @@ def _distill(trial: optuna.Trial, space: SpaceConfig, finetune: TrainConfig | No
     return DistillationConfig(
         alpha=space.distill_alpha.suggest(trial, "distill_alpha"),
         temperature=space.distill_temperature.suggest(trial, "distill_temperature"),
-        student_width=space.student_widths.suggest(trial, "student_width"),
+        student_width=space.student_widths.suggest(trial, STUDENT_WIDTH),
         finetune=_budget(finetune, "distill"),
     )
 

@@ -21,15 +21,17 @@ from udacisense.evaluators.profile import profile_float_model
 from udacisense.models.baseline import Baseline
 from udacisense.models.config import ModelConfig
 from udacisense.models.mobilenet import build_model
-from udacisense.models.students import StudentShelf
+from udacisense.models.students import StudentsConfig, StudentShelf
 from udacisense.runtime import executorch_bytes, executorch_threads, load_runner, request_executorch_threads
 from udacisense.search.baseline_profile import BaselineProfile
 from udacisense.search.export import export_trial, retime_front, verify_artifact
 from udacisense.search.front import missed_targets, pareto_trials, pick, trials_table
 from udacisense.search.objective import TrialRunner
+from udacisense.search.runner import sampler_while_students_train, train_students, untrained_students
 from udacisense.search.study import TargetsConfig, parse_study
 from udacisense.search.workspace import Workspace
 from udacisense.spaces.distributions import Choice, IntRange
+from udacisense.spaces.sampling import sample_pipeline
 from udacisense.spaces.space import SpaceConfig
 
 LOOSE = {"size_reduction": 0.0, "latency_reduction": 0.0, "max_accuracy_drop": 1.0}
@@ -234,3 +236,28 @@ def test_a_trial_that_picks_a_narrower_student_starts_from_the_shelf(workspace, 
     # The student was distilled over the baseline's schedule once, as a phase of its own, and kept.
     assert trial.user_attrs["phase_seconds"]["student training"] > 0
     assert shelf.path(0.1).is_file() and 0.1 in shelf._loaded
+
+
+def test_while_the_first_worker_distils_a_student_the_others_sample_trials_that_need_none(workspace, tmp_path) -> None:
+    space = SpaceConfig(stages=("distill",), required=("distill",), student_widths=Choice((0.0, 0.1)),
+                        quant_types=Choice(("none",)), finetune_epochs=IntRange(1, 1))
+    shelf = dataclasses.replace(workspace.students, directory=tmp_path / "students", recipe=StudentsConfig(epochs=1),
+                                _loaded={})
+    other_worker = dataclasses.replace(workspace, study=dataclasses.replace(workspace.study, space=space), students=shelf)
+    base = optuna.samplers.RandomSampler(seed=0)
+
+    def widths(sampler: optuna.samplers.BaseSampler) -> set[float]:
+        study = optuna.create_study(sampler=sampler, directions=["maximize", "minimize", "minimize"])
+        trials = [study.ask() for _ in range(12)]
+        for trial in trials:
+            sample_pipeline(trial, space)
+        return {trial.params["student_width"] for trial in trials}
+
+    assert untrained_students(other_worker) == [0.1]
+    assert widths(sampler_while_students_train(base, other_worker)) == {0.0}
+    # The first worker's shelf (same folder) distils it; the others see it on disk and sample it again.
+    first_worker = dataclasses.replace(other_worker, students=dataclasses.replace(shelf, _loaded={}))
+    train_students(first_worker)
+    assert shelf.trained(0.1) and untrained_students(other_worker) == []
+    assert sampler_while_students_train(base, other_worker) is base
+    assert widths(base) == {0.0, 0.1}
