@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,11 @@ class Pipeline:
 
     def describe(self) -> str:
         return " → ".join(stage.describe() for stage in self.stages) or "baseline"
+
+    def key(self) -> str:
+        """Every stage with every setting, hashed: equal keys compute the same pipeline (up to seeds)."""
+        # Stage configs are frozen dataclasses, whose repr holds every field, nested configs too.
+        return hashlib.sha256(repr(self.stages).encode()).hexdigest()[:16]
 
     def check(self, start: Signature = FLOAT_MODEL) -> Signature:
         """Walk the stage signatures without compute; raises IncompatiblePipelineError on an impossible order."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import optuna
 
-from udacisense.search.records import UNSPENT, StopReason, TrialRecord
+from udacisense.search.records import UNSPENT, Attr, StopReason, TrialRecord
 
 TrialState = optuna.trial.TrialState
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL, TrialState.WAITING)
@@ -21,14 +21,16 @@ def is_wasted_sample(trial: optuna.trial.FrozenTrial) -> bool:
     return TrialRecord.of(trial).stop_reason in (StopReason.REJECTED, StopReason.DUPLICATE)
 
 
-def duplicate_of(study: optuna.Study, number: int, params: dict[str, object]) -> int | None:
-    """The trial that already holds trial ``number``'s configuration, or None when it is new.
+def duplicate_of(study: optuna.Study, number: int, params: dict[str, object], pipeline_key: str | None = None) -> int | None:
+    """The trial that already holds trial ``number``'s configuration (its parameters, or the pipeline
+    they make: the order of two absent stages is a parameter that changes nothing), or None when it is new.
 
     Two workers that sample the same configuration at the same moment may each see the other and
     both stop: that costs a sample, never budget, and neither runs a repeat.
     """
     for trial in study.get_trials(deepcopy=False, states=HOLDERS):
-        if trial.number != number and trial.params == params:
+        same_pipeline = pipeline_key is not None and trial.user_attrs.get(Attr.PIPELINE_KEY) == pipeline_key
+        if trial.number != number and (trial.params == params or same_pipeline):
             return trial.number
     return None
 

@@ -46,6 +46,7 @@ class Attr(enum.StrEnum):
     """The user attributes a trial carries (stored under these names)."""
 
     PIPELINE = "pipeline"
+    PIPELINE_KEY = "pipeline_key"  # Pipeline.key(): equal for samples that differ only in unused parameters
     STAGES = "stages"
     RUNTIME = "runtime"
     BACKEND = "backend"

@@ -44,6 +44,22 @@ def test_a_configuration_held_by_a_complete_running_or_queued_trial_is_a_duplica
     summary = search_summary(study, [WorkerSummary(0, (0, 3), 1.0, 7)])
     assert "1 complete, 0 stopped early, 1 failed, 1 sample(s) skipped" in summary
     assert summary.endswith("this run's 1 worker(s): 1 complete, 0 stopped early, 0 failed, 1 sample(s) skipped without compute")
+    # Other parameters, the same pipeline (an order between absent stages): a duplicate too.
+    _add(study, TrialState.COMPLETE, 0.5, pipeline_key="same stages")
+    assert duplicate_of(study, 9, {"x": 0.6}, "same stages") == 4
+    assert duplicate_of(study, 9, {"x": 0.6}, "other stages") is None
+
+
+def test_samples_that_differ_only_in_an_unused_parameter_are_one_pipeline() -> None:
+    space = load_study(REPO / "studies" / "cifar10-offline.toml").space
+    # Recorded in a real search: the order of distill and channels, neither of them present.
+    common = {"use_distill": False, "use_channels": False, "quant_type": "dynamic", "dynamic_backend": "xnnpack",
+              "linear_weight_bits": 4}
+    one = sample_pipeline(optuna.trial.FixedTrial({**common, "order": "distill>channels"}), space)
+    other = sample_pipeline(optuna.trial.FixedTrial({**common, "order": "channels>distill"}), space)
+    assert one.key() == other.key() and one.describe() == other.describe()
+    int8 = sample_pipeline(optuna.trial.FixedTrial({**common, "order": "distill>channels", "linear_weight_bits": 8}), space)
+    assert int8.key() != one.key()
 
 
 def test_a_proposed_duplicate_is_stopped_before_any_compute(tmp_path: Path) -> None:
