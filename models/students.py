@@ -113,9 +113,12 @@ class StudentShelf:
 
     def trained(self, width: float) -> bool:
         """Whether the student of ``width`` is on the shelf already (asking never trains it)."""
-        return width in self._loaded or self._checkpoint(width) is not None
+        # Workers ask before every trial: a student found on disk is kept, not loaded again.
+        if width not in self._loaded and (stored := self._stored(width)) is not None:
+            self._loaded[width] = stored
+        return width in self._loaded
 
-    def _checkpoint(self, width: float) -> dict | None:
+    def _stored(self, width: float) -> nn.Module | None:
         path = self.path(width)
         if not path.is_file():
             return None
@@ -124,12 +127,6 @@ class StudentShelf:
         except Exception:  # a damaged cache file is retrained, never trusted
             return None
         if not isinstance(checkpoint, dict) or checkpoint.get("key") != self.key(width):
-            return None
-        return checkpoint
-
-    def _stored(self, width: float) -> nn.Module | None:
-        checkpoint = self._checkpoint(width)
-        if checkpoint is None:
             return None
         student = build_student(self.teacher, width, len(self.data.classes), self.seed)
         student.load_state_dict(checkpoint["state_dict"])

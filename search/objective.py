@@ -156,11 +156,12 @@ class TrialRunner:
         started = time.perf_counter()
         try:
             pipeline = sample_pipeline(trial, study.space)
-            store(trial, {Attr.PIPELINE: pipeline.describe(), Attr.PIPELINE_KEY: pipeline.key()})
+            pipeline_key = pipeline.key()
+            store(trial, {Attr.PIPELINE: pipeline.describe(), Attr.PIPELINE_KEY: pipeline_key})
             signature = pipeline.check()
         except IncompatiblePipelineError as error:
             raise record_stop(trial, StopReason.REJECTED, f"rejected before compute: {error.problem}") from None
-        original = duplicate_of(trial.study, trial.number, trial.params, pipeline.key())
+        original = duplicate_of(trial.study, trial.number, trial.params, pipeline_key)
         if original is not None:
             raise record_stop(trial, StopReason.DUPLICATE, f"duplicate of trial {original}: not run again")
         if self.budget is not None and is_surplus(trial.study, trial.number, self.budget):

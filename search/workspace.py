@@ -23,8 +23,8 @@ class Workspace:
     data: DataBundle
     baseline: Baseline
     profile: BaselineProfile
-    # Narrower students distilled from this baseline (`search` trains the space's widths up front; a
-    # worker trains a missing one when a trial first needs it).
+    # Narrower students distilled from this baseline (`search`'s first worker distils the space's
+    # widths while the others run trials that need none; a trial that needs a missing one trains it).
     students: StudentShelf
 
     @property
