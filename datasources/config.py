@@ -22,7 +22,11 @@ class DataConfig:
     download: bool = True
     train_per_class: int = bounded(0, min=0, doc="0 keeps every training image")
     test_per_class: int = bounded(0, min=0, doc="0 keeps every test image")
-    val_fraction: float = bounded(0.1, min=0.01, max=0.5)
+    val_per_class: int = bounded(0, min=0, doc="0 carves validation out of the training images (`val_fraction`); "
+                                 "N validates on the N files per class that follow the first `train_per_class` "
+                                 "in name order (CIFAR-100: dataset order), never trained on")
+    val_fraction: float = bounded(0.1, min=0.01, max=0.5, doc="share of each class's training images held out for "
+                                  "validation; unused when `val_per_class` > 0")
     image_size: int = bounded(32, min=8, max=512)
     batch_size: int = bounded(128, min=1, max=4096)
     eval_batch_size: int = bounded(256, min=1, max=4096)
@@ -38,3 +42,10 @@ class DataConfig:
             )
         if any(s <= 0 for s in self.std):
             raise UserError("`data.std` holds a value <= 0.", "use positive standard deviations.")
+        if self.val_per_class and not self.train_per_class:
+            raise UserError(
+                f"`data.val_per_class` is {self.val_per_class} but `data.train_per_class` is 0: every file is trained on, "
+                "so none is left to validate on.",
+                "set `data.train_per_class` to the number of training files per class (the validation files follow "
+                "them), or set `data.val_per_class = 0` to hold out `data.val_fraction` of the training files.",
+            )

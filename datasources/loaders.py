@@ -24,6 +24,10 @@ from udacisense.datasources.config import DataConfig
 class Split:
     images: torch.Tensor  # uint8, N×3×H×W
     labels: torch.Tensor  # int64, N
+    # Where each image was read, so that a model card can say which images it was checked on: a path
+    # relative to the data root (imagefolder) or the index in the original split (CIFAR-100). Kept on
+    # a source's whole splits only (the test split); empty for carved or sampled splits and in-memory images.
+    sources: tuple[str | int, ...] = ()
 
     def __len__(self) -> int:
         return int(self.labels.numel())
@@ -103,26 +107,43 @@ class DataBundle:
         return (1, 3, self.config.image_size, self.config.image_size)
 
 
+def _selection(config: DataConfig, split: str) -> tuple[str, int, int]:
+    """The original split that ``split`` is read from, how many images per class, and after how many."""
+    if split == "val":  # held-out files: the ones that follow the training files, never trained on
+        return "train", config.val_per_class, config.train_per_class
+    return split, config.train_per_class if split == "train" else config.test_per_class, 0
+
+
 def _read_source(config: DataConfig, split: str) -> tuple[tuple[str, ...], Split]:
-    """Decode one original split."""
+    """Decode one split (train, test, or a held-out val) from the original files."""
     root = Path(config.root)
-    per_class = config.train_per_class if split == "train" else config.test_per_class
+    source_split, per_class, after = _selection(config, split)
     if config.source == "cifar100-household":
         root.mkdir(parents=True, exist_ok=True)
-        images, labels = cifar100.load_household(root, split, config.download, per_class)
-        return cifar100.HOUSEHOLD_CLASSES, Split(images, labels)
+        images, labels, indices = cifar100.load_household(root, source_split, config.download, per_class, after=after)
+        return cifar100.HOUSEHOLD_CLASSES, Split(images, labels, tuple(indices))
     root = imagefolder.ensure_root(root, config.archive)
-    classes, items = imagefolder.list_split(root, split, per_class)
+    classes, items = imagefolder.list_split(root, source_split, per_class, after=after)
     images, labels = imagefolder.decode(items, config.image_size)
-    return tuple(classes), Split(images, labels)
+    return tuple(classes), Split(images, labels, tuple(path.relative_to(root).as_posix() for path, _ in items))
+
+
+def check_available(config: DataConfig) -> None:
+    """Raise when the study's images can be found nowhere (no folder, archive or download); reads and writes nothing."""
+    if config.source == "cifar100-household":
+        cifar100.check_available(Path(config.root), config.download)
+    else:
+        imagefolder.check_available(Path(config.root), config.archive)
 
 
 def _fingerprint(config: DataConfig, split: str) -> str:
     """Identifies the decoded tensors: the config plus the names, sizes and times of the source files."""
     root = Path(config.root).resolve()
+    # val_per_class decides only the held-out split: the train and test keys stay what they were before it existed.
+    held_out = [config.val_per_class] if split == "val" else []
     hasher = hashlib.sha256(json.dumps([config.source, str(root), split, config.train_per_class,
-                                        config.test_per_class, config.image_size]).encode())
-    base = root / (cifar100.FOLDER_NAME if config.source == "cifar100-household" else split)
+                                        config.test_per_class, config.image_size, *held_out]).encode())
+    base = root / (cifar100.FOLDER_NAME if config.source == "cifar100-household" else _selection(config, split)[0])
     if base.is_dir():
         for path in sorted(base.rglob("*")):
             if path.is_file():
@@ -139,15 +160,15 @@ def _cached_split(config: DataConfig, split: str, cache_dir: Path | None) -> tup
     if cache_file and cache_file.is_file():
         try:
             payload = torch.load(cache_file, weights_only=True)
-            return tuple(payload["classes"]), Split(payload["images"], payload["labels"])
-        except Exception:  # a damaged cache is rebuilt, never trusted
+            return tuple(payload["classes"]), Split(payload["images"], payload["labels"], tuple(payload["sources"]))
+        except Exception:  # a damaged cache (or one from before sources were kept) is rebuilt, never trusted
             cache_file.unlink(missing_ok=True)
     classes, data = _read_source(config, split)
     if cache_dir:
         key = key or _fingerprint(config, split)
         if key:
             save_torch(cache_dir / f"{split}-{key}.pt",
-                       {"classes": list(classes), "images": data.images, "labels": data.labels})
+                       {"classes": list(classes), "images": data.images, "labels": data.labels, "sources": list(data.sources)})
     return classes, data
 
 
@@ -186,8 +207,27 @@ def channel_stats(data: Split) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).tolist())
 
 
+def _check_held_out(val: Split, classes: tuple[str, ...], config: DataConfig) -> None:
+    """Every class must have ``val_per_class`` files after its training files."""
+    counts = torch.bincount(val.labels, minlength=len(classes)).tolist()
+    # A class with none left may hold fewer than train_per_class files: only that bound is known.
+    short = [f"{name!r} {config.train_per_class + count if count else f'at most {config.train_per_class}'}"
+             for name, count in zip(classes, counts) if count < config.val_per_class]
+    if short:
+        more = f" and {len(short) - 5} more" if len(short) > 5 else ""
+        raise UserError(
+            f"Validating on files never trained on needs {config.train_per_class} (`data.train_per_class`) + "
+            f"{config.val_per_class} (`data.val_per_class`) = {config.train_per_class + config.val_per_class} "
+            f"training files per class, but {len(short)} of {len(classes)} classes have fewer "
+            f"({', '.join(short[:5])}{more}).",
+            "lower `data.val_per_class` or `data.train_per_class` to fit the smallest class, or set "
+            "`data.val_per_class = 0` to hold out `data.val_fraction` of the training files instead.",
+        )
+
+
 def load_data(config: DataConfig, seed: int, cache_dir: Path | None = None) -> DataBundle:
-    """Load train/val/test for a study: val is carved from train; test is the original test split."""
+    """Load train/val/test for a study: val is carved from train, or with ``val_per_class`` read from the
+    training files after those trained on; test is the original test split."""
     classes, train_full = _cached_split(config, "train", cache_dir)
     test_classes, test = _cached_split(config, "test", cache_dir)
     if test_classes != classes:
@@ -200,6 +240,11 @@ def load_data(config: DataConfig, seed: int, cache_dir: Path | None = None) -> D
             f"The images are {train_full.images.shape[-1]} pixels wide but `data.image_size` is {config.image_size}.",
             f"set `data.image_size = {train_full.images.shape[-1]}`.",
         )
-    train, val = stratified_split(train_full, config.val_fraction, seed)
+    if config.val_per_class:
+        train = train_full
+        _, val = _cached_split(config, "val", cache_dir)  # the same class folders as train: read from them
+        _check_held_out(val, classes, config)
+    else:
+        train, val = stratified_split(train_full, config.val_fraction, seed)
     mean, std = (config.mean, config.std) if config.mean else channel_stats(train)
     return DataBundle(classes, train, val, test, tuple(mean), tuple(std), config, seed)

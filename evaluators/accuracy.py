@@ -49,6 +49,11 @@ def accuracy_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes
     )
 
 
+def correct_predictions(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Which images the top-1 prediction gets right: what paired comparisons between two models need."""
+    return logits.argmax(1) == labels
+
+
 def evaluate_accuracy(predictor: Predictor, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int) -> AccuracyReport:
     logits, labels = predict_logits(predictor, batches)
     return accuracy_from_logits(logits, labels, num_classes)

@@ -2,7 +2,10 @@
 
 Compare candidates as ratios to a reference timed in alternating rounds in the same process:
 absolute numbers drift with the machine's load, ratios much less. The spread of the per-round
-ratios says how much a ratio can be trusted.
+ratios says how steady one run was; rounds of one run are correlated, though, and a ratio also
+moves between program loads (memory placement, the machine's state). Timing in several
+independent blocks, each with freshly loaded programs, gives an interval across blocks that
+covers that run-to-run spread.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from udacisense.evaluators.intervals import BlockedRatio, blocked_ratio
 from udacisense.runtime import executorch_threads, request_executorch_threads
 
 Timed = Callable[[torch.Tensor], object]
+Loader = Callable[[], Timed]  # loads a fresh runner (a new program load) on each call
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,26 @@ class LatencyComparison:
     def as_dict(self) -> dict[str, object]:
         return {"ratio": self.ratio, "ratio_p10": self.ratio_p10, "ratio_p90": self.ratio_p90, "rounds": self.rounds,
                 "candidate": self.candidate.as_dict(), "reference": self.reference.as_dict()}
+
+
+@dataclass(frozen=True)
+class BlockedComparison:
+    """A candidate against a reference in independent blocks, each a fresh load timed in alternating rounds."""
+
+    blocks: tuple[LatencyComparison, ...]
+    ratio: BlockedRatio  # across the blocks' ratios: the figure to quote, with its interval
+
+    @property
+    def candidate_ms(self) -> float:
+        """The candidate's typical milliseconds: the median of its blocks' medians."""
+        return statistics.median(block.candidate.median_ms for block in self.blocks)
+
+    @property
+    def reference_ms(self) -> float:
+        return statistics.median(block.reference.median_ms for block in self.blocks)
+
+    def as_dict(self) -> dict[str, object]:
+        return {**self.ratio.as_dict(), "block_comparisons": [block.as_dict() for block in self.blocks]}
 
 
 @contextmanager
@@ -133,6 +158,37 @@ def compare_latencies(candidate: Timed, references: Mapping[str, tuple[Timed, st
         comparisons[name] = LatencyComparison(candidate_report, reference_report, candidate_report.ratio_to(reference_report),
                                               low, high, rounds)
     return comparisons
+
+
+def compare_latencies_in_blocks(load_candidate: Loader, references: Mapping[str, tuple[Loader, str]],
+                                example_input: torch.Tensor, *, candidate_runtime: str, blocks: int = 5,
+                                warmup: int = 10, runs: int = 100, threads: int = 1, rounds: int | None = None,
+                                confidence: float = 0.95) -> dict[str, BlockedComparison]:
+    """``compare_latencies`` ``blocks`` times, each block on runners freshly made by the loaders (``runs``
+    per block), and each reference's ratio with an interval across blocks."""
+    if blocks < 1:
+        raise ValueError(f"need at least one timing block, got {blocks}")
+    timed: dict[str, list[LatencyComparison]] = {name: [] for name in references}
+    for block in range(blocks):
+        # Whichever program loads first may get warmer memory: alternate so that no side always does.
+        for name, comparison in _time_block(load_candidate, references, example_input, candidate_first=block % 2 == 0,
+                                            candidate_runtime=candidate_runtime, warmup=warmup, runs=runs,
+                                            threads=threads, rounds=rounds).items():
+            timed[name].append(comparison)
+    return {name: BlockedComparison(tuple(comparisons), blocked_ratio([c.ratio for c in comparisons], confidence))
+            for name, comparisons in timed.items()}
+
+
+def _time_block(load_candidate: Loader, references: Mapping[str, tuple[Loader, str]], example_input: torch.Tensor, *,
+                candidate_first: bool, candidate_runtime: str, warmup: int, runs: int, threads: int,
+                rounds: int | None) -> dict[str, LatencyComparison]:
+    """One block: load every runner afresh, time them, and let them go when it returns."""
+    candidate = load_candidate() if candidate_first else None
+    loaded = {name: (load(), runtime) for name, (load, runtime) in references.items()}
+    if candidate is None:
+        candidate = load_candidate()
+    return compare_latencies(candidate, loaded, example_input, candidate_runtime=candidate_runtime, warmup=warmup,
+                             runs=runs, threads=threads, rounds=rounds)
 
 
 def _deciles(values: list[float]) -> tuple[float, float]:

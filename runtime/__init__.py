@@ -5,6 +5,7 @@ lower and run artifacts through it, and it imports nothing of theirs.
 """
 
 from udacisense.runtime.backends import (
+    ARTIFACT_SUFFIX,
     FX_BACKENDS,
     Backend,
     FxBackend,
@@ -28,7 +29,7 @@ from udacisense.runtime.runners import LoweredModule, Runner, load_runner
 from udacisense.runtime.threads import executorch_threads, request_executorch_threads
 
 __all__ = [
-    "FX_BACKENDS", "Backend", "FxBackend", "LoweredRuntime", "Runtime", "quantized_engine", "quiet_legacy_apis",
+    "ARTIFACT_SUFFIX", "FX_BACKENDS", "Backend", "FxBackend", "LoweredRuntime", "Runtime", "quantized_engine", "quiet_legacy_apis",
     "runtime_for", "Delegation", "LoweredProgram", "artifact_bytes", "executorch_bytes", "executorch_program",
     "lower_program",
     "torchscript_bytes", "LoweredModule", "Runner", "load_runner", "executorch_threads", "request_executorch_threads",

@@ -21,6 +21,8 @@ LoweredRuntime = Literal["torchscript", "executorch"]
 Backend = Literal["x86", "fbgemm", "qnnpack", "xnnpack"]
 FxBackend = Literal["x86", "fbgemm", "qnnpack"]
 FX_BACKENDS: tuple[str, ...] = get_args(FxBackend)
+# The file name ending of each runtime's artifact (a phone app loads a .pte by its name).
+ARTIFACT_SUFFIX: dict[str, str] = {"torchscript": ".pt", "executorch": ".pte"}
 
 
 def runtime_for(backend: Backend | None, float_runtime: LoweredRuntime = "executorch") -> LoweredRuntime:

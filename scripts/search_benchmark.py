@@ -4,16 +4,17 @@
 
 (Samplers are compared by scripts/sampler_benchmark.py.)
 
-Prints the Pareto front, wall time, trials complete/pruned/failed, the CPU time early stopping
-saved, (with --false-stops N) how many of N trials stopped by the early-stopping rule would have
-reached the accuracy floor had they run to completion, and how often a trial's leading stages
-repeated an earlier trial's exactly (what a cache of stage results could have reused).
+Prints the Pareto front, wall time, trials complete/pruned/failed, the training time early stopping
+saved (the epochs the trials it stopped had left; see ``report.facts.remaining_training``), (with
+--false-stops N) how many of up to N trials stopped by the early-stopping rule reached the accuracy
+floor when re-run to the end with the same parameters and seed (``search.false_stops``; the count is
+stored on the study for the report), and how often a trial's leading stages repeated an earlier
+trial's exactly (what a cache of stage results could have reused).
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 
 import optuna
@@ -21,13 +22,13 @@ import optuna
 from udacisense.common.logs import quiet_libraries
 from udacisense.search.budget import finished_in_budget, is_rejected
 from udacisense.search.cli import main as cli_main
+from udacisense.search.false_stops import measure_false_stops
 from udacisense.search.hypervolume import hypervolume
-from udacisense.search.records import Attr, StopReason, TrialRecord, records
+from udacisense.search.records import StudyRecord, records
 from udacisense.search.report.facts import early_stopping_savings, state_counts
 from udacisense.search.runner import run_search
 from udacisense.search.storage import open_study
 from udacisense.search.study import load_study
-from udacisense.search.workspace import open_workspace
 
 
 def prefix_reuse(trials: list[optuna.trial.FrozenTrial]) -> dict:
@@ -52,7 +53,8 @@ def prefix_reuse(trials: list[optuna.trial.FrozenTrial]) -> dict:
 
 def summarise(study_path: str, overrides: dict) -> dict:
     config = load_study(study_path, overrides)
-    trials = open_study(config, create=False).get_trials()
+    study = open_study(config, create=False)
+    trials = study.get_trials()
     finished = finished_in_budget(trials)
     complete = [r for r in records(trials) if r.has_values]
     return {
@@ -60,36 +62,11 @@ def summarise(study_path: str, overrides: dict) -> dict:
         "rejected_orders": sum(1 for t in trials if is_rejected(t)),
         "meets_all_targets": sum(1 for r in complete if r.meets_targets),
         "hypervolume": hypervolume([r.values for r in complete]) if complete else 0.0,
-        "early_stopping": early_stopping_savings(records(trials)),
+        "early_stopping": early_stopping_savings(records(trials), StudyRecord.of(study).false_stops),
         "prefix_reuse": prefix_reuse(trials),
         "wall_seconds": (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds()
         if finished else 0.0,
     }
-
-
-def false_stop_rate(study_path: str, overrides: dict, sample: int, n_jobs: int) -> dict:
-    """Run up to ``sample`` trials stopped during training by the rule again, to completion (early
-    stopping off, same parameters, in a sibling study on the same baseline): a stopped trial that
-    reaches the floor was a false stop."""
-    config = load_study(study_path, overrides)
-    stopped = [t for t in open_study(config, create=False).get_trials()
-               if TrialRecord.of(t).stop_reason is StopReason.DURING_TRAINING][:sample]
-    if not stopped:
-        return {"sample": 0, "false_stops": 0, "trials": []}
-    rerun = {**overrides, "name": f"{config.name}-false-stops", "search.early_stopping": False,
-             "search.n_trials": len(stopped)}
-    rerun_config = load_study(study_path, rerun)
-    shutil.copytree(config.run_dir / "baseline", rerun_config.run_dir / "baseline", dirs_exist_ok=True)
-    study = open_study(rerun_config)
-    if not study.get_trials():
-        for trial in stopped:
-            study.enqueue_trial(trial.params, user_attrs={Attr.STOPPED_TRIAL.value: trial.number})
-    run_search(study_path, n_jobs=n_jobs, overrides=rerun, progress=True)
-    floor = open_workspace(config, progress=False).profile.val_top1 - config.targets.max_accuracy_drop
-    finished = [r for r in records(open_study(rerun_config, create=False).get_trials()) if r.has_values]
-    reached = [r for r in finished if r.val_accuracy >= floor]
-    return {"sample": len(finished), "false_stops": len(reached), "floor": floor,
-            "trials": [(r.stopped_trial, round(r.val_accuracy, 4)) for r in finished]}
 
 
 def run(study_path: str, overrides: dict, n_jobs: int, summary_only: bool) -> dict:
@@ -115,14 +92,20 @@ def main(argv: list[str] | None = None) -> int:
           f"{result['wall_seconds'] / 60:.1f} min")
     print(f"  rejected orders (no compute): {result['rejected_orders']}; meeting all targets: {result['meets_all_targets']}")
     print(f"  hypervolume {result['hypervolume']:.4f}")
-    print(f"  early stopping: {result['early_stopping']}")
+    savings = result["early_stopping"]
+    print(f"  early stopping stopped {savings.stopped} trial(s) (before or during training); the "
+          f"{savings.epochs_left} fine-tune epoch(s) they had left cost an estimated {savings.saved:.0f} s "
+          f"({savings.uncosted_epochs} epoch(s) of stage kinds no completed trial trained not costed); "
+          f"below-floor stops, which happen whatever early stopping is set to, not counted")
     reuse = result["prefix_reuse"]
     print(f"  leading stages equal to an earlier trial's: {reuse['hits']} of {reuse['trials']} trials; a stage cache "
           f"would have saved {reuse['reusable_seconds']:.0f} s of {reuse['stage_seconds']:.0f} s in stages")
     if args.false_stops:
-        rate = false_stop_rate(args.study, overrides, args.false_stops, args.n_jobs)
-        print(f"\nfalse stops: {rate['false_stops']} of {rate['sample']} trials stopped by the early-stopping rule "
-              f"reached the accuracy floor when run to completion ({rate['trials']})")
+        measured = measure_false_stops(args.study, args.false_stops, overrides=overrides, n_jobs=args.n_jobs)
+        replays = ", ".join(f"{t.original} -> {t.final_val:.3f}" for t in measured.trials)
+        print(f"\nfalse stops: {measured.false_stops} of {measured.measured} trial(s) stopped by the early-stopping "
+              f"rule reached the accuracy floor when re-run to the end with the same parameters and seed "
+              f"(trial -> final val top-1: {replays or 'none'}); stored on the study for the report")
     return 0
 
 

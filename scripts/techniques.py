@@ -2,9 +2,14 @@
 
     .venv/bin/python scripts/techniques.py --study studies/cifar10-offline.toml [--epochs 2] [--only ptq ...]
 
-Prints a table of accuracy, artifact size, gzip size and latency in each technique's target
-runtime, with ratios to the baseline measured in the same runtime in this process, and writes it
-to runs/<study>/techniques/techniques.{csv,json}.
+Prints a table of accuracy, artifact size, gzip size and latency of each technique's artifact in
+its target runtime, and writes it to runs/<study>/techniques/techniques.{csv,json}. One yardstick,
+the search's: ``size_ratio``, ``gzip_ratio`` and ``latency_ratio`` (with its p10/p90) are to the
+float baseline lowered to the study's ``evaluation.reference_runtime``, its latency timed in the
+same rounds in this process; ``latency_ratio_same_runtime`` is to the float baseline in the
+technique's own runtime, for information. Rows of earlier runs are kept (``--only`` measures a few)
+only when they were measured on the same baseline (``baseline_key``); the others are dropped, and
+the output says how many.
 """
 
 from __future__ import annotations
@@ -97,9 +102,16 @@ def main(argv: list[str] | None = None) -> int:
     out = study.run_dir / "techniques"
     context = StageContext(data=workspace.data, teacher=workspace.baseline.model, seed=study.seed,
                            students=workspace.students.student)
-    # Rows of earlier runs stay unless this run measures the same technique again (--only runs a few).
+    # Rows of earlier runs stay unless this run measures the same technique again (--only runs a few),
+    # and only if measured on this baseline: ratios to another one do not compare.
     csv_path = out / "techniques.csv"
-    earlier = pd.read_csv(csv_path).to_dict(orient="records") if csv_path.is_file() else []
+    key = workspace.baseline.key
+    stored = pd.read_csv(csv_path, dtype={"baseline_key": str}).to_dict(orient="records") if csv_path.is_file() else []
+    earlier = [row for row in stored if row.get("baseline_key") == key]
+    if len(earlier) < len(stored):
+        print(f"dropped {len(stored) - len(earlier)} row(s) of {csv_path}: measured on another baseline than this one "
+              f"(baseline_key {key})", flush=True)
+    reference_gzip_bytes = profile.sizes[study.evaluation.reference_runtime].gzip_bytes  # every runtime is measured
     rows: list[dict] = []
 
     def table() -> pd.DataFrame:
@@ -117,16 +129,16 @@ def main(argv: list[str] | None = None) -> int:
                 model, _ = Pipeline(pipeline).run(model, context)
             candidate = runner.evaluate(model, runtime)
         except Exception as error:  # one broken technique must not lose the others' measurements
-            rows.append({"technique": describe(pipeline), "runtime": runtime,
+            rows.append({"technique": describe(pipeline), "runtime": runtime, "baseline_key": key,
                          "error": f"{type(error).__name__}: {error}"})
             print(f"{rows[-1]['technique']:<40} {runtime:<12} FAILED: {rows[-1]['error']}", flush=True)
             continue
         rows.append({
-            "technique": describe(pipeline), "runtime": runtime,
+            "technique": describe(pipeline), "runtime": runtime, "baseline_key": key,
             "val_top1": candidate.val.top1, "test_top1": candidate.test.top1,
             "bytes": candidate.size.bytes, "gzip_bytes": candidate.size.gzip_bytes,
             "size_ratio": candidate.size_ratio,
-            "gzip_ratio": candidate.size.gzip_bytes / (profile.size(runtime) or profile.sizes["state_dict"]).gzip_bytes,
+            "gzip_ratio": candidate.size.gzip_bytes / reference_gzip_bytes,
             "latency_ms": candidate.latency.candidate.median_ms, "latency_ratio": candidate.latency_ratio,
             "latency_ratio_p10": candidate.latency.ratio_p10, "latency_ratio_p90": candidate.latency.ratio_p90,
             "latency_ratio_same_runtime": candidate.same_runtime_latency.ratio,

@@ -1,8 +1,9 @@
 """The float baseline's measurements as stored in ``runs/<study>/baseline/metrics.json``, read typed.
 
-The workspace writes the document once per baseline; every command reads it back through
-``BaselineProfile``. The file keeps its format: the profile reads the stored document and writes
-it back unchanged.
+The workspace writes the document once per baseline, and search workers store the same document
+with the study (``StudyAttr.BASELINE_PROFILE``), so that read-only commands read it from the
+storage on any machine. Every command reads it back through ``BaselineProfile``. The file keeps
+its format: the profile reads the stored document and writes it back unchanged.
 """
 
 from __future__ import annotations
@@ -10,13 +11,17 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
+import torch
+
 from udacisense.common.errors import UserError
 from udacisense.common.files import write_json
-from udacisense.search.records import optional_int
+from udacisense.evaluators.intervals import unpack_correct
+from udacisense.search.records import StudyAttr, StudyRecord, optional_int, store_study
 
 FILE_NAME = "metrics.json"
 
@@ -57,6 +62,7 @@ class BaselineProfile:
     """Accuracy, size and latency per format and runtime, compute and training facts of the float baseline."""
 
     document: Mapping[str, Any]  # as stored; written back as it is
+    source: str = field(default="", compare=False)  # where it was read, for the report to cite
 
     def __post_init__(self) -> None:
         # Read once what every reader needs, so a damaged document fails on load, not halfway through a report.
@@ -71,10 +77,35 @@ class BaselineProfile:
             raise UserError(f"The baseline measurements {path} are missing or unreadable.",
                             "run `udacisense baseline --study ...` (or `search`) for the study first.") from None
         try:
-            return cls(document)
+            return cls(document, source=str(path))
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise UserError(f"The baseline measurements {path} are damaged: {type(error).__name__} {error}.",
                             "delete the file and run `udacisense baseline --study ...` to measure the baseline again.") from None
+
+    @classmethod
+    def of_study(cls, study: optuna.Study, local: Path) -> BaselineProfile:
+        """The measurements stored with ``study``; for a study stored before they were, the ``local`` metrics.json."""
+        document = StudyRecord.of(study).baseline_profile
+        if document is not None:
+            try:
+                return cls(document, source=f"the study storage (study attribute `{StudyAttr.BASELINE_PROFILE.value}`)")
+            except (KeyError, TypeError, ValueError, AttributeError) as error:
+                raise UserError(f"The baseline measurements stored with study {study.study_name!r} are damaged: "
+                                f"{type(error).__name__} {error}.",
+                                "run `udacisense search --study ...` (or `worker`) once: it stores them again.") from None
+        if local.is_file():
+            return cls.load(local)
+        raise UserError(f"The study {study.study_name!r} stores no baseline measurements (it was searched by an earlier "
+                        f"version), and there is no {local} here.",
+                        "run `udacisense search --study ...` or `udacisense worker --study ...` once with this version: "
+                        "it stores them with the study.")
+
+    def record(self, study: optuna.Study) -> None:
+        """Store the document with ``study`` (in the JSON form metrics.json has) when it is missing or differs."""
+        text = json.dumps(dict(self.document), default=str, sort_keys=True)
+        # Compared as text: a NaN (a class missing from a split) is never equal to itself.
+        if json.dumps(StudyRecord.of(study).baseline_profile, sort_keys=True) != text:
+            store_study(study, {StudyAttr.BASELINE_PROFILE: json.loads(text)})
 
     def save(self, path: Path) -> Path:
         return write_json(path, dict(self.document))
@@ -83,6 +114,23 @@ class BaselineProfile:
     def baseline_key(self) -> str | None:
         """The settings key of the baseline checkpoint these measurements belong to."""
         return self.document.get("baseline_key")
+
+    @property
+    def records_correctness(self) -> bool:
+        """Whether it says which images the baseline gets right (earlier files held only the accuracies)."""
+        return "correct" in self.document
+
+    def correct(self, split: str) -> torch.Tensor:
+        """Which images of ``split`` the baseline gets right, in the split's order."""
+        if not self.records_correctness:
+            raise UserError("The baseline measurements predate per-image results, so no paired comparison can be made.",
+                            "run `udacisense baseline --study ...` (or `search`) once with this version: it measures "
+                            "the baseline again and stores them.")
+        return unpack_correct(self.document["correct"][split])
+
+    @property
+    def test_labels(self) -> torch.Tensor:
+        return torch.tensor([int(label) for label in self.document.get("test_labels", [])], dtype=torch.long)
 
     @property
     def records_threads(self) -> bool:

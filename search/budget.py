@@ -8,8 +8,9 @@ from udacisense.search.records import UNSPENT, Attr, StopReason, TrialRecord
 
 TrialState = optuna.trial.TrialState
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL, TrialState.WAITING)
-# A configuration is taken once one of these trials has it (a waiting one is a queued retry).
-HOLDERS = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+# A configuration is taken once one of these trials has it (a waiting one is a queued retry), or a
+# stopped one that ran compute (see ``holds_configuration``).
+HOLDERS = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.PRUNED)
 
 
 def is_rejected(trial: optuna.trial.FrozenTrial) -> bool:
@@ -21,6 +22,17 @@ def is_wasted_sample(trial: optuna.trial.FrozenTrial) -> bool:
     return TrialRecord.of(trial).stop_reason in (StopReason.REJECTED, StopReason.DUPLICATE)
 
 
+def holds_configuration(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether ``trial`` has its configuration for good: complete, running or queued, or stopped after
+    it ran compute: the search judged that configuration once, and running it again would spend budget
+    on a verdict it has (whether the early-stopping verdicts are right is measured on the stopped trials
+    themselves, with their own seeds, by ``search.false_stops``). A failed trial holds nothing: its
+    retry runs it again. Rejected orders, duplicates and over-budget samples ran nothing, so hold nothing."""
+    if trial.state is TrialState.PRUNED:
+        return TrialRecord.of(trial).stop_reason not in UNSPENT
+    return trial.state in HOLDERS
+
+
 def duplicate_of(study: optuna.Study, number: int, params: dict[str, object], pipeline_key: str | None = None) -> int | None:
     """The trial that already holds trial ``number``'s configuration (its parameters, or the pipeline
     they make: the order of two absent stages is a parameter that changes nothing), or None when it is new.
@@ -29,6 +41,8 @@ def duplicate_of(study: optuna.Study, number: int, params: dict[str, object], pi
     both stop: that costs a sample, never budget, and neither runs a repeat.
     """
     for trial in study.get_trials(deepcopy=False, states=HOLDERS):
+        if not holds_configuration(trial):
+            continue
         same_pipeline = pipeline_key is not None and trial.user_attrs.get(Attr.PIPELINE_KEY) == pipeline_key
         if trial.number != number and (trial.params == params or same_pipeline):
             return trial.number

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import os
 import signal
 import socket
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from udacisense.common.logs import quiet_libraries, quiet_native_logs
 
@@ -20,6 +19,9 @@ quiet_native_logs()  # before anything imports torch: its C++ log level is read 
 
 from udacisense.common.errors import UserError, os_problem  # noqa: E402
 from udacisense.search.study import StudyConfig, load_study  # noqa: E402
+
+if TYPE_CHECKING:
+    import optuna
 
 
 def _study(args: argparse.Namespace) -> StudyConfig:
@@ -44,7 +46,10 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from udacisense.datasources.loaders import check_available
+
     study = _study(args)
+    check_available(study.data)  # looks for the data only: extracting or downloading it is a search's job
     print(f"{args.study}: valid study {study.name!r} (storage {study.storage_url})")
     if args.json:
         from udacisense.common.schema import written_form
@@ -59,11 +64,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     summaries = run_search(args.study, n_jobs=args.n_jobs, storage=args.storage, progress=not args.quiet)
     study = _study(args)
-    print(f"search done: {search_summary(open_study(study, args.storage, create=False), summaries)}")
+    optuna_study = open_study(study, args.storage, create=False)
+    print(f"search done: {search_summary(optuna_study, summaries)}")
+    show_front(study, optuna_study, study.run_dir / "front")
     if args.no_export:
-        return cmd_front(args)
+        return 0
     args.trial, args.pick, args.out = None, study.search.default_pick, str(study.run_dir / "export")
-    cmd_front(args)
     try:
         return cmd_export(args)
     except UserError as error:
@@ -103,57 +109,90 @@ def _number(value: Any, digits: int) -> str:  # a stored JSON value: a number, a
     return "n/a" if number != number else f"{number:.{digits}f}"
 
 
+def _pm(value: Any, interval: Any) -> str:
+    """An accuracy and the half-width of its 95% interval, in points: "54.2±3.1"."""
+    if not isinstance(interval, list) or _number(value, 3) == "n/a":
+        return _number(value, 3)
+    return f"{100 * float(value):.1f}±{100 * (interval[1] - interval[0]) / 2:.1f}"
+
+
+def _range(interval: Any, scale: float, digits: int) -> str:
+    return f"[{scale * interval[0]:.{digits}f},{scale * interval[1]:.{digits}f}]" if isinstance(interval, list) else "n/a"
+
+
 def front_text(front, width: int) -> str:
-    """The front as a plain table that fits ``width`` columns: absolute milliseconds beside every
-    ratio (all to one reference), the ratio's p10-p90 interval, where each artifact runs, what it misses."""
-    header = ["trial", "target", "val", "test", "ms", "ref ms", "ratio [p10-p90]", "size", "misses"]
+    """The front as a plain table that fits ``width`` columns: accuracies with their 95% intervals, the
+    paired test drop against the baseline, absolute milliseconds beside every ratio (all to one reference)
+    with its interval across timing blocks where re-timed, and a verdict mark per target."""
+    from udacisense.search.evidence import VERDICT_MARKS
+
+    header = ["trial", "target", "val %", "test %", "drop [95%]", "ms", "ref ms", "ratio [95%]", "size", "a/l/s"]
     rows = []
     for _, r in front.iterrows():
-        misses = [name for name, ok in (("acc", r["meets_accuracy"]), ("lat", r["meets_latency"]),
-                                        ("size", r["meets_size"]), ("parity", r["parity_ok"])) if not ok]
-        rows.append([str(r["trial"]), r["target"], _number(r["val_top1"], 3), _number(r["test_top1"], 3),
-                     _number(r["latency_ms"], 3), _number(r["reference_latency_ms"], 3),
-                     f"{_number(r['latency_ratio'], 2)} [{_number(r['latency_ratio_p10'], 2)}-"
-                     f"{_number(r['latency_ratio_p90'], 2)}]", _number(r["size_ratio"], 2),
-                     ",".join(misses) or "-"])
+        ratio = _number(r["latency_ratio"], 2)
+        ratio += f" {_range(r['latency_ratio_ci95'], 1, 2)}" if isinstance(r["latency_ratio_ci95"], list) else " (1 run)"
+        marks = "".join(VERDICT_MARKS.get(str(r[f"verdict_{target}"]), "?") for target in ("accuracy", "latency", "size"))
+        rows.append([str(r["trial"]), r["target"], _pm(r["val_top1"], r["val_top1_ci95"]),
+                     _pm(r["test_top1"], r["test_top1_ci95"]), _range(r["test_drop_ci95"], 100, 1),
+                     _number(r["latency_ms"], 3), _number(r["reference_latency_ms"], 3), ratio,
+                     _number(r["size_ratio"], 2), marks + ("" if r["parity_ok"] else " parity!")])
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     used = sum(widths) + 2 * len(widths)
     room = max(12, width - used)
     lines = []
     for row, pipeline in zip([header, *rows], ["pipeline", *front["pipeline"].astype(str)]):
-        cells = [cell.rjust(w) if i not in (1, 8) else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        cells = [cell.rjust(w) if i not in (1, 9) else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
         text = pipeline if len(pipeline) <= room else pipeline[: room - 1] + "…"
         lines.append("  ".join(cells) + "  " + text)
     return "\n".join(lines)
 
 
+FRONT_LEGEND = (
+    "val/test %: top-1 ± the half-width of its 95% (Wilson) interval; validation selects, test judges. drop: baseline "
+    "minus candidate test top-1 in points, 95% interval paired on the same images. ms: median per image at batch 1; "
+    "ratio: to the float baseline in {reference} (ref ms), timed in alternating rounds, [95% interval across "
+    "independent timing blocks] once re-timed. a/l/s: accuracy, latency, size target: + met with confidence (the "
+    "whole interval inside the allowance), ~ met on the point estimate only, - missed. TS x86 server: an x86/fbgemm "
+    "int8 TorchScript file, not a phone artifact.")
+
+
 def cmd_front(args: argparse.Namespace) -> int:
+    from udacisense.search.storage import open_study
+
+    study = _study(args)
+    # The storage alone: the front and the baseline's measurements are stored in it, so no data or baseline is needed.
+    show_front(study, open_study(study, args.storage, create=False), Path(args.out) if args.out else None)
+    return 0
+
+
+def show_front(study: StudyConfig, optuna_study: optuna.Study, out_dir: Path | None) -> None:
+    """Print the stored front (and write its files into ``out_dir``, when given): reads the storage only."""
     import shutil
 
-    from udacisense.search.front import export_front
+    from udacisense.search.baseline_profile import FILE_NAME, BaselineProfile
+    from udacisense.search.front import front_tables, write_front
+    from udacisense.search.records import TrialRecord
 
-    study, workspace, optuna_study = _open(args)
-    baseline_val = workspace.profile.val_top1
-    front, paths = export_front(optuna_study, study.targets, baseline_val, study.run_dir / "front")
-    if front.empty:
+    if not any(TrialRecord.of(t).has_values for t in optuna_study.get_trials(deepcopy=False)):
         print("the study has no completed trials yet")
-        return 0
+        return
+    baseline_val = BaselineProfile.of_study(optuna_study, study.run_dir / "baseline" / FILE_NAME).val_top1
+    front, everything = front_tables(optuna_study, study.targets, baseline_val)
     print(front_text(front, shutil.get_terminal_size((120, 24)).columns))
     reference = study.evaluation.reference_runtime
-    print(f"ms: median per image at batch 1; ratio: to the float baseline in {reference} (ref ms), timed in "
-          f"alternating rounds, [p10-p90] of the per-round ratios. TS x86 server: an x86/fbgemm int8 TorchScript "
-          f"file, not a phone artifact.")
+    print(FRONT_LEGEND.format(reference=reference))
     print(f"baseline val top-1 {baseline_val:.3f}; targets: size x{1 - study.targets.size_reduction:.2f}, "
           f"latency x{1 - study.targets.latency_reduction:.2f}, accuracy >= {baseline_val - study.targets.max_accuracy_drop:.3f}")
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    if out_dir is not None:
+        paths = write_front(front, everything, study.targets, baseline_val, out_dir)
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     import shutil
 
-    from udacisense.search.export import delegation_line, export_trial, retime_front
-    from udacisense.search.front import export_front, missed_targets, pick
+    from udacisense.search.export import delegation_line, export_trial, keep_retimed_front, retime_front
+    from udacisense.search.front import front_tables, missed_targets, pick
     from udacisense.search.objective import TrialRunner
     from udacisense.search.storage import artifact_store
 
@@ -162,20 +201,42 @@ def cmd_export(args: argparse.Namespace) -> int:
     number, paragraph, picked_by = args.trial, None, None
     if number is None:
         baseline_val = workspace.profile.val_top1
-        front, _ = export_front(optuna_study, study.targets, baseline_val, study.run_dir / "front")
+        front, everything = front_tables(optuna_study, study.targets, baseline_val)
         front = retime_front(front, optuna_study, runner)
-        print(f"front re-timed with {study.search.retime_factor}x the runs before picking `{args.pick}`:")
+        paths = keep_retimed_front(optuna_study, front, everything, workspace, study.run_dir / "front")
+        print(f"front re-timed with {study.search.retime_factor}x the runs in {study.search.retime_blocks} independent "
+              f"blocks before picking `{args.pick}` "
+              f"(written to {paths['csv'].parent}):")
         print(front_text(front, shutil.get_terminal_size((120, 24)).columns))
-        number = pick(front, args.pick, study.targets)
-        picked_by = f"the `{args.pick}` policy on the Pareto front re-timed with {study.search.retime_factor}x the runs"
-        paragraph = missed_targets(front, number, study.targets, baseline_val)
-    result = export_trial(workspace, optuna_study, number, Path(args.out), runner, args.study, picked_by)
-    main = result.latency.reference
+        for _, row in front[~front["retimed"]].iterrows():
+            print(f"  trial {row['trial']} not re-timed (search-time figures, not exportable): {row['retime_note']}")
+        # Only a re-timed row's artifact can be exported, and its figures are the ones a pick compares.
+        exportable = front[front["retimed"]]
+        if exportable.empty and not front.empty:
+            raise UserError("No artifact on the Pareto front could be re-timed, so none can be exported (reasons above).",
+                            "re-run the search where its artifacts are kept (runs/<name>/trials), or export a trial "
+                            "with `--trial N` after restoring its artifact.")
+        number = pick(exportable, args.pick, study.targets)
+        picked_by = (f"the `{args.pick}` policy on the Pareto front re-timed with {study.search.retime_factor}x the "
+                     f"runs in {study.search.retime_blocks} independent blocks")
+        paragraph = missed_targets(exportable, number, study.targets, baseline_val)
+    result = export_trial(workspace, optuna_study, number, Path(args.out), runner, picked_by)
+    latency = result.latency
     print(f"exported trial {number}: {result.artifact} ({result.artifact.stat().st_size / 1e6:.2f} MB)")
     print(f"  parity on the test split: top-1 agreement {result.parity.top1_agreement:.4f}, "
           f"max |diff| {result.parity.max_abs_diff:.5f} ({result.parity.samples} images)")
-    print(f"  latency {main.candidate.median_ms:.3f} ms against {main.reference.median_ms:.3f} ms for the float "
-          f"baseline in {main.reference.runtime}: x{main.ratio:.2f} [p10-p90 {main.ratio_p10:.2f}-{main.ratio_p90:.2f}]")
+    interval = latency.ratio.interval
+    print(f"  latency {latency.candidate_ms:.3f} ms against {latency.reference_ms:.3f} ms for the float baseline in "
+          f"{study.evaluation.reference_runtime}: x{latency.ratio.ratio:.2f} "
+          + (f"[95% interval across {latency.ratio.blocks} timing blocks {interval[0]:.2f}-{interval[1]:.2f}]"
+             if interval else "(one timing block: no interval)"))
+    card = json.loads(result.card.read_text(encoding="utf-8"))
+    test = card["metrics"]["accuracy_evidence"]["test"]
+    if test:
+        print(f"  test top-1 {100 * test['top1']:.1f}% [{100 * test['top1_ci95'][0]:.1f}, {100 * test['top1_ci95'][1]:.1f}] "
+              f"on {test['images']} images; drop against the baseline {100 * test['drop']:.1f} points, paired 95% "
+              f"interval [{100 * test['drop_ci95'][0]:.1f}, {100 * test['drop_ci95'][1]:.1f}]")
+    print("  targets: " + ", ".join(f"{target} {outcome}" for target, outcome in card["targets"]["verdicts"].items()))
     if result.delegation:
         print(f"  {delegation_line(result.delegation)}")
     print(f"  model card {result.card}")
@@ -189,19 +250,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from udacisense.search.export import card_study, read_card, verify_artifact
-    from udacisense.search.workspace import open_workspace
+    from udacisense.search.export import verify_artifact
 
+    # The export folder and the images only: no study, workspace or cache, nothing written.
     artifact = Path(args.artifact).absolute()
-    study_path = Path(args.study) if args.study else None
-    if study_path is None:
-        study_path, working_directory = card_study(read_card(artifact), artifact.parent)
-        # The study's own relative paths (runs, data) were resolved where the export ran.
-        os.chdir(working_directory)
-    workspace = open_workspace(load_study(study_path), progress=False)
-    card, parity = verify_artifact(artifact, workspace)
+    card, parity, top1 = verify_artifact(artifact, Path(args.data).absolute() if args.data else None)
     print(f"{artifact}: sha256 matches the model card; parity top-1 agreement {parity.top1_agreement:.4f}, "
-          f"max |diff| {parity.max_abs_diff:.5f} on {parity.samples} test images")
+          f"max |diff| {parity.max_abs_diff:.5f} on {parity.samples} test images (the card's list); "
+          f"test top-1 {top1:.4f} (the card records {card['metrics']['test_top1']:.4f})")
     return 0
 
 
@@ -284,8 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--worker-index", type=int, default=0,
                         help="a label for this worker's progress lines (every process seeds its sampler on its own)")
     worker.add_argument("--quiet", action="store_true", help="no progress bars")
-    front = add("front", cmd_front, "print the Pareto front and write CSV, JSON and PNG")
+    front = add("front", cmd_front, "print the Pareto front from the storage (with --out, write it as CSV, JSON and PNG)")
     front.add_argument("--storage", help="override the study's storage URL")
+    front.add_argument("--out", help="folder for pareto_front.{csv,json,png} (default: write nothing)")
     export = add("export", cmd_export, "write a verified mobile artifact and model card for one trial")
     choice = export.add_mutually_exclusive_group(required=True)
     choice.add_argument("--trial", type=int, help="trial number")
@@ -305,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the validated study with all defaults")
     verify = commands.add_parser("verify", help="check an exported artifact against its model card and re-run parity")
     verify.add_argument("artifact", help="path of model.pte or model.pt written by `udacisense export`")
-    verify.add_argument("--study", help="study file (default: the one named in the model card)")
+    verify.add_argument("--data", help="the data root holding the test images the model card lists: for an imagefolder "
+                        "study the folder with test/<class>/..., for CIFAR-100 the folder with cifar-100-python/")
     verify.set_defaults(handler=cmd_verify)
     return parser
 

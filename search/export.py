@@ -8,9 +8,10 @@ folder only once the artifact passed its parity check.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
-import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -21,12 +22,16 @@ import torch
 
 from udacisense.common.errors import UserError
 from udacisense.common.files import atomic_dir, sha256_of, write_json
+from udacisense.datasources import cifar100, imagefolder
+from udacisense.datasources.loaders import BatchLoader, DataBundle, Split
 from udacisense.evaluators.accuracy import accuracy_from_logits, predict_logits
+from udacisense.evaluators.latency import BlockedComparison
 from udacisense.evaluators.parity import ParityReport, ParityRule, compare_logits
-from udacisense.runtime import Backend, LoweredRuntime, deployment_label, executorch_threads, load_runner
-from udacisense.search.front import mark_targets
-from udacisense.search.objective import ARTIFACT_SUFFIX, TrialLatency, TrialRunner
-from udacisense.search.records import TrialRecord
+from udacisense.runtime import ARTIFACT_SUFFIX, Backend, LoweredRuntime, deployment_label, executorch_threads, load_runner
+from udacisense.search.evidence import verdict
+from udacisense.search.front import mark_targets, public_rows, write_front
+from udacisense.search.objective import TrialRunner
+from udacisense.search.records import StudyAttr, TrialRecord, store_study
 from udacisense.search.workspace import Workspace
 
 CARD_NAME = "model_card.json"
@@ -38,7 +43,7 @@ class ExportResult:
     artifact: Path
     card: Path
     parity: ParityReport
-    latency: TrialLatency
+    latency: BlockedComparison  # against the float reference, in independent blocks
     constraints: dict[str, float]
     delegation: dict | None  # Delegation.as_dict() of a .pte; None for TorchScript or a trial stored before it was kept
 
@@ -48,10 +53,11 @@ class ExportResult:
 
 
 def check_parity(artifact: Path, runtime: LoweredRuntime, backend: Backend | None, reference: Path, rule: ParityRule,
-                 workspace: Workspace) -> tuple[ParityReport, float]:
-    """Run the artifact on the whole test split and compare with the PyTorch model's stored logits."""
+                 test: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int) -> tuple[ParityReport, float]:
+    """Run the artifact on the ``test`` batches (the whole test split) and compare with the PyTorch model's stored
+    logits; returns the parity and the artifact's test top-1."""
     run = load_runner(artifact.read_bytes(), runtime, backend)
-    logits, labels = predict_logits(run, workspace.data.loader("test"))
+    logits, labels = predict_logits(run, test)
     expected = torch.load(reference, map_location="cpu", weights_only=True)
     parity = compare_logits(expected, logits)
     if not rule.passes(parity):
@@ -61,42 +67,66 @@ def check_parity(artifact: Path, runtime: LoweredRuntime, backend: Backend | Non
             f"images (required: {rule.describe()}).",
             "do not ship it; export another trial, or report the pipeline as a bug.",
         )
-    return parity, accuracy_from_logits(logits, labels, len(workspace.data.classes)).top1
+    return parity, accuracy_from_logits(logits, labels, num_classes).top1
 
 
 def _trial_rule(record: TrialRecord, runner: TrialRunner) -> ParityRule:
     return runner.parity_rule(quantized=record.backend is not None)
 
 
-def _retime_runs(runner: TrialRunner) -> int:
-    search = runner.workspace.study.search
-    return search.latency_runs * search.retime_factor
+def artifact_problem(record: TrialRecord) -> str | None:
+    """Why the trial's kept artifact cannot be re-timed or exported (missing, or not the file the trial measured); None if it can."""
+    path = record.artifact_path
+    if path is None:
+        return "no artifact was kept"
+    if not path.is_file():
+        return f"artifact file missing ({path})"
+    if sha256_of(path) != record.artifact_sha256:
+        return f"artifact file modified since the trial measured it ({path}: sha256 differs)"
+    return None
 
 
 def retime_front(front: pd.DataFrame, study: optuna.Study, runner: TrialRunner) -> pd.DataFrame:
-    """The front with every exportable candidate timed again, ``search.retime_factor`` times the runs,
-    alternating with the reference: picks rest on these figures, not on one short trial measurement."""
+    """The front with every exportable candidate timed again against the reference in independent blocks
+    (``TrialRunner.time_in_blocks``): picks rest on these figures and their interval across blocks, not on
+    one short trial measurement.
+
+    ``retimed`` says which rows were; ``retime_note`` says why each other row was not (it keeps the
+    search's figures, and its artifact cannot be exported).
+    """
     trials = study.get_trials(deepcopy=False)
-    retimed = front.copy()
-    retimed["retimed"] = False
+    retimed = front.assign(retimed=False, retime_note="")
+    artifacts: dict[int, tuple[bytes, LoweredRuntime, Backend | None]] = {}
     for index, row in front.iterrows():
         record = TrialRecord.of(trials[int(row["trial"])])
-        artifact = record.artifact_path
-        if not row["parity_ok"] or artifact is None or not artifact.is_file():
+        note = "parity failed during the search: no artifact was kept" if not record.parity_ok else artifact_problem(record)
+        if note is not None:
+            retimed.loc[index, "retime_note"] = note
             continue
-        runtime = cast(LoweredRuntime, record.runtime)
-        run = load_runner(artifact.read_bytes(), runtime, record.backend)
-        latency = runner.measure_latency(run, runtime, runs=_retime_runs(runner)).reference
-        retimed.loc[index, ["latency_ms", "reference_latency_ms", "latency_ratio", "latency_ratio_p10",
-                            "latency_ratio_p90"]] = [latency.candidate.median_ms, latency.reference.median_ms,
-                                                     latency.ratio, latency.ratio_p10, latency.ratio_p90]
-        retimed.loc[index, "retimed"] = True
+        artifacts[cast(int, index)] = (cast(Path, record.artifact_path).read_bytes(), cast(LoweredRuntime, record.runtime),
+                                       record.backend)
+    for index, timing in runner.time_in_blocks(artifacts).items():
+        # p10/p90 were deciles of rounds within one run: the interval across blocks replaces them.
+        retimed.loc[index, ["latency_ms", "reference_latency_ms", "latency_ratio", "latency_ratio_p10", "latency_ratio_p90",
+                            "latency_blocks", "retimed"]] = [timing.candidate_ms, timing.reference_ms, timing.ratio.ratio,
+                                                             None, None, timing.ratio.blocks, True]
+        retimed.at[index, "latency_ratio_ci95"] = None if timing.ratio.interval is None else list(timing.ratio.interval)
     workspace = runner.workspace
     return mark_targets(retimed, workspace.study.targets, workspace.profile.val_top1)
 
 
+def keep_retimed_front(study: optuna.Study, front: pd.DataFrame, everything: pd.DataFrame, workspace: Workspace,
+                       out_dir: Path) -> dict[str, Path]:
+    """Write the re-timed ``front`` a pick is made on into ``out_dir`` (over the search-time files) and store it
+    with the study, so that what the pick rested on can be read again."""
+    # The rows as pareto_front.json holds them (full precision; pandas' to_json rounds to 10 digits).
+    store_study(study, {StudyAttr.RETIMED_FRONT: json.loads(json.dumps(public_rows(front).to_dict(orient="records"),
+                                                                       default=str))})
+    return write_front(front, everything, workspace.study.targets, workspace.profile.val_top1, out_dir)
+
+
 def export_trial(workspace: Workspace, study: optuna.Study, trial_number: int, out_dir: Path,
-                 runner: TrialRunner, study_path: str, picked_by: str | None = None) -> ExportResult:
+                 runner: TrialRunner, picked_by: str | None = None) -> ExportResult:
     """Copy, re-check and re-time one trial's artifact into ``out_dir`` with its model card.
 
     ``picked_by`` says how the trial was chosen (a pick policy on the re-timed front); ``None`` means
@@ -113,10 +143,11 @@ def export_trial(workspace: Workspace, study: optuna.Study, trial_number: int, o
         raise UserError(f"Trial {trial_number} failed its parity check during the search (top-1 agreement "
                         f"{record.parity.get('top1_agreement', float('nan')):.3f}): its artifact was not kept.",
                         "pick another trial from `udacisense front` (a parity failure is never feasible).")
-    source = record.artifact_path
-    if source is None or not source.is_file() or sha256_of(source) != record.artifact_sha256:
-        raise UserError(f"The stored artifact of trial {trial_number} ({source}) is missing or was modified.",
+    problem = artifact_problem(record)
+    if problem is not None:
+        raise UserError(f"The stored artifact of trial {trial_number} cannot be exported: {problem}.",
                         "re-run the search for that configuration; never ship an artifact that fails its checksum.")
+    source = cast(Path, record.artifact_path)
     runtime, backend = cast(LoweredRuntime, record.runtime), record.backend
     rule = _trial_rule(record, runner)
     with atomic_dir(out_dir) as folder:
@@ -124,12 +155,14 @@ def export_trial(workspace: Workspace, study: optuna.Study, trial_number: int, o
         shutil.copyfile(source, artifact)
         reference = folder / REFERENCE_NAME
         shutil.copyfile(source.parent / REFERENCE_NAME, reference)
-        parity, test_top1 = check_parity(artifact, runtime, backend, reference, rule, workspace)
-        latency = runner.measure_latency(load_runner(artifact.read_bytes(), runtime, backend), runtime,
-                                         runs=_retime_runs(runner))
+        parity, test_top1 = check_parity(artifact, runtime, backend, reference, rule, workspace.data.loader("test"),
+                                         len(workspace.data.classes))
+        latency = runner.time_in_blocks({record.number: (artifact.read_bytes(), runtime, backend)})[record.number]
         card, constraints = _card(workspace, record, artifact, reference, parity, rule, test_top1, latency, runner,
-                                  study_path, picked_by)
+                                  picked_by)
         write_json(folder / CARD_NAME, card)
+    # With the study too: `report` reads the export's figures from the storage on any machine.
+    store_study(study, {StudyAttr.EXPORTED_CARD: json.loads(json.dumps(card, default=str))})
     artifact = out_dir / artifact.name
     return ExportResult(artifact, out_dir / CARD_NAME, parity, latency, constraints, card["delegation"])
 
@@ -144,26 +177,28 @@ def delegation_line(delegation: dict) -> str:
 
 
 def _card(workspace: Workspace, record: TrialRecord, artifact: Path, reference: Path, parity: ParityReport,
-          rule: ParityRule, test_top1: float, latency: TrialLatency, runner: TrialRunner,
-          study_path: str, picked_by: str | None) -> tuple[dict, dict[str, float]]:
+          rule: ParityRule, test_top1: float, latency: BlockedComparison, runner: TrialRunner,
+          picked_by: str | None) -> tuple[dict, dict[str, float]]:
     data, profile, study = workspace.data, workspace.profile, workspace.study
     runtime, backend = record.runtime, record.backend
-    targets, main = study.targets, latency.reference
+    targets, reference_runtime = study.targets, study.evaluation.reference_runtime
+    max_latency, max_size = 1 - targets.latency_reduction, 1 - targets.size_reduction
     constraints = {
         "accuracy": runner.floor - record.val_accuracy,
-        "size": record.size_ratio - (1 - targets.size_reduction),
-        "latency": main.ratio - (1 - targets.latency_reduction),
+        "size": record.size_ratio - max_size,
+        "latency": latency.ratio.ratio - max_latency,
         "parity": rule.shortfall(parity),
+    }
+    test = record.evidence("test")
+    verdicts = {
+        "accuracy": None if test is None else verdict(test.drop, test.drop_ci95, targets.max_accuracy_drop),
+        "latency": verdict(latency.ratio.ratio, latency.ratio.interval, max_latency),
+        "size": verdict(record.size_ratio, (record.size_ratio, record.size_ratio), max_size),
     }
     card = {
         "name": f"{study.name}-trial-{record.number}",
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        # Enough for `udacisense verify` from any directory: the study file (absolute, and relative to the
-        # card for a moved folder) and the directory its own relative paths (runs, data) are resolved in.
-        "study_file": str(Path(study_path).resolve()),
-        # The card is written in a sibling folder that replaces the export folder: same relative path.
-        "study_file_from_card": os.path.relpath(Path(study_path).resolve(), artifact.parent.resolve()),
-        "working_directory": str(Path.cwd()),
+        "study": study.name,
         "trial": record.number,
         "picked_by": picked_by or "named with --trial",
         "artifact": artifact.name,
@@ -184,28 +219,70 @@ def _card(workspace: Workspace, record: TrialRecord, artifact: Path, reference: 
         "targets": {
             "meets_targets": all(value <= 0 for value in constraints.values()),
             "constraints": constraints,  # <= 0 meets the target
-            "accuracy_floor": runner.floor, "max_size_ratio": 1 - targets.size_reduction,
-            "max_latency_ratio": 1 - targets.latency_reduction,
+            "accuracy_floor": runner.floor, "max_size_ratio": max_size, "max_latency_ratio": max_latency,
+            "max_accuracy_drop": targets.max_accuracy_drop,
+            # Per target: "met" (the whole 95% interval inside the allowance), "point estimate only", or "missed";
+            # accuracy on the paired test drop (test images never select), latency across timing blocks.
+            "verdicts": verdicts,
         },
         "metrics": {
-            "val_top1": record.val_accuracy, "test_top1": test_top1,
-            "latency_ms": main.candidate.median_ms, "reference_latency_ms": main.reference.median_ms,
-            "reference_runtime": main.reference.runtime,
-            "latency_ratio_to_baseline": main.ratio,
-            "latency_ratio_interval": {"p10": main.ratio_p10, "p90": main.ratio_p90, "rounds": main.rounds,
-                                       "what": "deciles of the per-round ratios"},
-            "latency_ratio_same_runtime": latency.same_runtime.ratio,
+            # The headline is test accuracy (never used to select); validation is the selection score,
+            # biased upwards in the chosen trial (the best of many noisy draws).
+            "test_top1": test_top1, "val_top1": record.val_accuracy, "val_top1_is": "the selection score",
+            "accuracy_evidence": {split: None if evidence is None else evidence.as_dict()
+                                  for split, evidence in (("test", test), ("val", record.evidence("val")))},
+            "latency_ms": latency.candidate_ms, "reference_latency_ms": latency.reference_ms,
+            "reference_runtime": reference_runtime,
+            "latency_ratio_to_baseline": latency.ratio.ratio,
+            "latency_ratio_ci95": None if latency.ratio.interval is None else list(latency.ratio.interval),
+            "latency_blocks": {"ratios": list(latency.ratio.ratios), "what": "geometric mean and 95% t-interval of the "
+                               "ratios of independent timing blocks (fresh program loads, alternating rounds)"},
+            "latency_ratio_same_runtime_at_search": record.latency_ratio_same_runtime,
             "size_ratio_to_baseline": record.size_ratio,
             "baseline": {"val_top1": profile.val_top1, "test_top1": profile.test_top1,
-                         "bytes": profile.bytes(main.reference.runtime)},
-            "latency": main.candidate.as_dict(), "baseline_latency": main.reference.as_dict(),
-            "torch_threads": main.candidate.torch_threads,
+                         "bytes": profile.bytes(reference_runtime)},
+            "latency_blocks_detail": [block.as_dict() for block in latency.blocks],
+            "torch_threads": latency.blocks[0].candidate.torch_threads,
             "executorch_threads": executorch_threads(),
         },
         "parity": {**parity.as_dict(), "rule": rule.as_dict(), "reference": REFERENCE_NAME,
                    "reference_sha256": sha256_of(reference), "split": "test"},
+        "test_images": listed_test_images(data),
     }
     return card, constraints
+
+
+# What `verify --data` takes for each source: no local path, the card is read on other machines.
+DATA_ROOTS = {
+    "imagefolder": "the folder that holds test/<class>/<file> (the study's `data.root`); `path` is relative to it",
+    "cifar100-household": "torchvision's CIFAR-100 root, the folder that holds cifar-100-python/; `index` is the "
+                          "image's index in torchvision's CIFAR-100 test set (train=False)",
+}
+
+
+def _list_sha256(images: list[dict]) -> str:
+    return hashlib.sha256(json.dumps(images, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def listed_test_images(data: DataBundle) -> dict:
+    """Which test images parity was checked on, in order, and how to read them: with them, ``verify`` needs
+    nothing of the study (no workspace, no cache) on any machine."""
+    key = "index" if data.config.source == "cifar100-household" else "path"
+    # Images made in memory (tests) have no sources: such a card lists none, and `verify` refuses it.
+    images = [{key: item, "label": int(label)} for item, label in zip(data.test.sources, data.test.labels.tolist())]
+    return {
+        "source": data.config.source,
+        "data_root": DATA_ROOTS[data.config.source],
+        "image_size": data.config.image_size,
+        "read": "RGB, 8 bits per channel, not resized; NCHW float32 after normalisation",
+        "normalisation": {"mean": list(data.mean), "std": list(data.std), "formula": "(pixel / 255 - mean) / std"},
+        # Dynamic int8 artifacts quantize activations per batch: parity is reproduced at the same batch size.
+        "batch_size": data.config.eval_batch_size,
+        "count": len(images),
+        "sha256": _list_sha256(images),
+        "sha256_of": "`images` as compact JSON with sorted keys",
+        "images": images,
+    }
 
 
 def read_card(artifact: Path) -> dict:
@@ -219,32 +296,55 @@ def read_card(artifact: Path) -> dict:
                         f"export with `udacisense export`, which writes {CARD_NAME} next to the artifact.") from None
 
 
-def card_study(card: dict, card_dir: Path) -> tuple[Path, Path]:
-    """The study file a model card was exported from, and the directory to resolve its relative paths in."""
-    working = Path(card.get("working_directory") or Path.cwd())
-    candidates = [Path(card["study_file"]) if Path(card["study_file"]).is_absolute() else working / card["study_file"]]
-    if card.get("study_file_from_card"):
-        candidates.append(card_dir / card["study_file_from_card"])
-    study = next((path for path in candidates if path.is_file()), None)
-    if study is None:
-        raise UserError(f"The study file of this model card is not here (looked for {', '.join(map(str, candidates))}).",
-                        "pass the study file it was exported from with `--study PATH`.")
-    return study, working if working.is_dir() else Path.cwd()
+def read_test_images(listed: dict, data_root: Path) -> Split:
+    """Exactly the test images a model card lists, in its order, from ``data_root``: no cache, extraction or download."""
+    images = listed["images"]
+    if _list_sha256(images) != listed.get("sha256"):
+        raise UserError("The model card's list of test images does not match its sha256: the card was modified.",
+                        "export the trial again, and do not ship this copy.")
+    labels = torch.tensor([int(image["label"]) for image in images], dtype=torch.long)
+    if listed["source"] == "cifar100-household":
+        pixels, found = cifar100.read_images(data_root, "test", [int(image["index"]) for image in images])
+        if not torch.equal(found, labels):
+            raise UserError(f"The CIFAR-100 test images in {data_root} do not carry the labels the model card lists.",
+                            f"pass with `--data` {DATA_ROOTS[listed['source']]}.")
+        return Split(pixels, labels)
+    paths = [data_root / image["path"] for image in images]
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        raise UserError(f"{len(missing)} of the {len(paths)} test images the model card lists are not under {data_root} "
+                        f"(first: {missing[0]}).", f"pass with `--data` {DATA_ROOTS[listed['source']]}.")
+    size = int(listed["image_size"])
+    pixels, _ = imagefolder.decode(list(zip(paths, labels.tolist())), size,
+                                   size_fix=f"pass with `--data` the images parity was checked on as they were ({size}x{size}, not resized).")
+    return Split(pixels, labels)
 
 
-def verify_artifact(artifact: Path, workspace: Workspace) -> tuple[dict, ParityReport]:
+def verify_artifact(artifact: Path, data_root: Path | None) -> tuple[dict, ParityReport, float]:
+    """Check an exported folder against its model card (checksums) and re-run parity on the test images it lists,
+    read from ``data_root``; returns the card, the parity and the artifact's test top-1. Reads only."""
     card = read_card(artifact)
-    checks = [(artifact, card["sha256"])]
+    listed = card.get("test_images")
+    if not listed or not listed.get("images"):
+        raise UserError(f"The model card beside {artifact} does not list the test images its parity was checked on "
+                        "(it was exported by an earlier version).",
+                        "export the trial again with this version (`udacisense export --study ... --trial "
+                        f"{card.get('trial', 'N')} --out DIR`) and verify that folder.")
     reference = artifact.parent / card["parity"]["reference"]
-    if "reference_sha256" in card["parity"]:
-        checks.append((reference, card["parity"]["reference_sha256"]))
-    for path, expected in checks:
+    for path, expected in ((artifact, card["sha256"]), (reference, card["parity"]["reference_sha256"])):
         actual = sha256_of(path) if path.is_file() else "missing"
         if actual != expected:
             raise UserError(f"{path} does not match its model card: sha256 {actual[:16]}… != {expected[:16]}….",
                             "the file was modified or corrupted; export it again and do not ship this copy.")
-    # Cards written before the rules were recorded held only the int8-level agreement.
-    rule = card["parity"].get("rule") or {"min_agreement": card["parity"].get("min_agreement", 0.95), "max_abs_diff": None}
-    parity, _ = check_parity(artifact, card["runtime"], card.get("quantization_backend"), reference,
-                             ParityRule(float(rule["min_agreement"]), rule["max_abs_diff"]), workspace)
-    return card, parity
+    if data_root is None:
+        raise UserError(f"`verify` runs the artifact on the {len(listed['images'])} test images its model card lists "
+                        f"({listed['source']}), and was not told where they are.",
+                        f"pass `--data DIR`: {DATA_ROOTS[listed['source']]}.")
+    split = read_test_images(listed, data_root)
+    normalisation = listed["normalisation"]
+    test = BatchLoader(split, int(listed["batch_size"]), tuple(normalisation["mean"]), tuple(normalisation["std"]),
+                       shuffle=False, augment=False, seed=0)
+    rule = card["parity"]["rule"]
+    parity, top1 = check_parity(artifact, card["runtime"], card.get("quantization_backend"), reference,
+                                ParityRule(float(rule["min_agreement"]), rule["max_abs_diff"]), test, len(card["classes"]))
+    return card, parity, top1

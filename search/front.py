@@ -19,6 +19,8 @@ import pandas as pd
 
 from udacisense.common.errors import UserError
 from udacisense.common.files import atomic_path, write_json, write_text
+from udacisense.evaluators.intervals import pack_correct, unpack_correct
+from udacisense.search.evidence import SplitEvidence, resolvable_difference, verdict
 from udacisense.search.records import TrialRecord, as_losses
 from udacisense.search.study import TargetsConfig
 
@@ -39,14 +41,24 @@ def pareto_trials(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.tri
     return [r.trial for r in complete if not any(_dominates(o.values, r.values) for o in complete if o is not r)]
 
 
-COLUMNS = ["trial", "pipeline", "runtime", "target", "deployment", "val_top1", "test_top1", "latency_ms", "reference_latency_ms",
-           "reference_runtime", "latency_ratio", "latency_ratio_p10", "latency_ratio_p90", "latency_ratio_same_runtime",
+COLUMNS = ["trial", "pipeline", "runtime", "target", "deployment", "val_top1", "test_top1", "val_images", "test_images",
+           "val_top1_ci95", "test_top1_ci95", "val_drop", "val_drop_ci95", "test_drop", "test_drop_ci95", "test_agreement",
+           "latency_ms", "reference_latency_ms", "reference_runtime", "latency_ratio", "latency_ratio_p10",
+           "latency_ratio_p90", "latency_ratio_ci95", "latency_blocks", "latency_ratio_same_runtime",
            "size_bytes", "size_ratio", "parity_ok"]
+# Kept on the table for the knee's tie rule (which validation images each candidate gets right), never written out.
+INTERNAL_COLUMNS = ["val_correct"]
+
+
+def _interval(evidence: SplitEvidence | None, which: str) -> list[float] | None:
+    return None if evidence is None else list(getattr(evidence, which))
 
 
 def trials_table(trials: Sequence[optuna.trial.FrozenTrial], targets: TargetsConfig, baseline_val: float) -> pd.DataFrame:
     rows = []
     for r in map(TrialRecord.of, trials):
+        val, test = r.evidence("val"), r.evidence("test")
+        val_correct = r.correct("val")
         rows.append({
             "trial": r.number,
             "pipeline": r.pipeline,
@@ -55,27 +67,59 @@ def trials_table(trials: Sequence[optuna.trial.FrozenTrial], targets: TargetsCon
             "deployment": r.deployment(),
             "val_top1": r.val_accuracy,
             "test_top1": r.test_top1,
+            "val_images": None if val is None else val.images,
+            "test_images": None if test is None else test.images,
+            "val_top1_ci95": _interval(val, "top1_ci95"),
+            "test_top1_ci95": _interval(test, "top1_ci95"),
+            "val_drop": None if val is None else val.drop,
+            "val_drop_ci95": _interval(val, "drop_ci95"),
+            "test_drop": None if test is None else test.drop,
+            "test_drop_ci95": _interval(test, "drop_ci95"),
+            "test_agreement": None if test is None else test.agreement,
             "latency_ms": r.latency_ms,
             "reference_latency_ms": r.reference_latency_ms,
             "reference_runtime": r.reference_runtime,
             "latency_ratio": r.latency_ratio,
             "latency_ratio_p10": r.latency_ratio_p10,
             "latency_ratio_p90": r.latency_ratio_p90,
+            # One timing run has no interval across runs: re-timing in independent blocks gives it.
+            "latency_ratio_ci95": None,
+            "latency_blocks": 1,
             "latency_ratio_same_runtime": r.latency_ratio_same_runtime,
             "size_bytes": r.artifact_bytes,
             "size_ratio": r.size_ratio,
             "parity_ok": r.parity_ok,
+            "val_correct": None if val_correct is None else pack_correct(val_correct),
         })
-    table = mark_targets(pd.DataFrame(rows, columns=COLUMNS), targets, baseline_val)
+    table = mark_targets(pd.DataFrame(rows, columns=COLUMNS + INTERNAL_COLUMNS), targets, baseline_val)
     return table.sort_values("val_top1", ascending=False).reset_index(drop=True)
 
 
 def mark_targets(table: pd.DataFrame, targets: TargetsConfig, baseline_val: float) -> pd.DataFrame:
-    """``table`` with its meets_* columns (re)computed from its accuracy, ratios and parity."""
+    """``table`` with its meets_* columns (re)computed from its validation accuracy, ratios and parity (what
+    the picks select on) and its verdict_* columns: each target met with confidence, on the point estimate
+    only, or missed, judged on test accuracy (never used to select) and on the latency ratio's interval
+    across timing blocks where the row was re-timed in blocks (see ``search.evidence.verdict``)."""
+    max_latency, max_size = 1 - targets.latency_reduction, 1 - targets.size_reduction
+
+    def accuracy_verdict(row: pd.Series) -> str | None:
+        interval = row["test_drop_ci95"]
+        if not isinstance(interval, list):
+            return None  # a trial stored before intervals were: no verdict
+        return verdict(row["test_drop"], (interval[0], interval[1]), targets.max_accuracy_drop)
+
+    def latency_verdict(row: pd.Series) -> str:
+        interval = row["latency_ratio_ci95"]
+        return verdict(row["latency_ratio"], (interval[0], interval[1]) if isinstance(interval, list) else None, max_latency)
+
     return table.assign(
         meets_accuracy=table["val_top1"] >= baseline_val - targets.max_accuracy_drop,
-        meets_latency=table["latency_ratio"] <= 1 - targets.latency_reduction,
-        meets_size=table["size_ratio"] <= 1 - targets.size_reduction,
+        meets_latency=table["latency_ratio"] <= max_latency,
+        meets_size=table["size_ratio"] <= max_size,
+        verdict_accuracy=[accuracy_verdict(row) for _, row in table.iterrows()],
+        verdict_latency=[latency_verdict(row) for _, row in table.iterrows()],
+        # Bytes are exact: met or missed, no interval.
+        verdict_size=["met" if ratio <= max_size else "missed" for ratio in table["size_ratio"]],
     ).pipe(lambda t: t.assign(meets_all=t["meets_accuracy"] & t["meets_latency"] & t["meets_size"] & t["parity_ok"]))
 
 
@@ -95,7 +139,7 @@ def pick(front: pd.DataFrame, policy: Policy, targets: TargetsConfig) -> int:
         # Ratios are already on the baseline's scale; min-max scaling within the pool would instead let
         # one outlier (a x4 slower TorchScript model) make every other latency look alike.
         distance = pd.DataFrame({
-            "acc": (pool["val_top1"].max() - pool["val_top1"]) / max(targets.max_accuracy_drop, 1e-3),
+            "acc": _accuracy_shortfall(pool) / max(targets.max_accuracy_drop, 1e-3),
             "lat": pool["latency_ratio"] / max(1 - targets.latency_reduction, 1e-3),
             "size": pool["size_ratio"] / max(1 - targets.size_reduction, 1e-3),
         })
@@ -106,6 +150,22 @@ def pick(front: pd.DataFrame, policy: Policy, targets: TargetsConfig) -> int:
     column, ascending = {"smallest": ("size_ratio", True), "fastest": ("latency_ratio", True),
                          "most-accurate": ("val_top1", False)}[policy]
     return int(feasible.sort_values(column, ascending=ascending).iloc[0]["trial"])
+
+
+def _accuracy_shortfall(pool: pd.DataFrame) -> pd.Series:
+    """How far each row's validation accuracy is below the pool's best, counted only where the paired
+    comparison on the same images resolves it: a measurable latency or size gain is never traded for an
+    accuracy difference within the noise (rows without stored per-image results count as measured)."""
+    best = pool.loc[pool["val_top1"].idxmax()]
+    best_correct = best["val_correct"]
+
+    def shortfall(row: pd.Series) -> float:
+        gap = float(best["val_top1"] - row["val_top1"])
+        if isinstance(best_correct, str) and isinstance(row["val_correct"], str) and gap > 0:
+            return gap if resolvable_difference(unpack_correct(best_correct), unpack_correct(row["val_correct"])) else 0.0
+        return gap
+
+    return pool.apply(shortfall, axis=1)
 
 
 def missed_targets(front: pd.DataFrame, chosen: int, targets: TargetsConfig, baseline_val: float) -> str | None:
@@ -163,14 +223,23 @@ def plot_front(all_trials: pd.DataFrame, front: pd.DataFrame, targets: TargetsCo
     return path
 
 
-def export_front(study: optuna.Study, targets: TargetsConfig, baseline_val: float, out_dir: Path) -> tuple[pd.DataFrame, dict[str, Path]]:
-    trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if TrialRecord.of(t).has_values]
-    front = trials_table(pareto_trials(complete), targets, baseline_val)
-    everything = trials_table(complete, targets, baseline_val)
-    paths = {
+def front_tables(study: optuna.Study, targets: TargetsConfig, baseline_val: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The Pareto front and every completed trial, as stored: read only, nothing measured or written."""
+    complete = [t for t in study.get_trials(deepcopy=False) if TrialRecord.of(t).has_values]
+    return trials_table(pareto_trials(complete), targets, baseline_val), trials_table(complete, targets, baseline_val)
+
+
+def public_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as written and stored: without the columns kept only for computing (per-image results)."""
+    return table.drop(columns=[c for c in INTERNAL_COLUMNS if c in table.columns])
+
+
+def write_front(front: pd.DataFrame, everything: pd.DataFrame, targets: TargetsConfig, baseline_val: float,
+                out_dir: Path) -> dict[str, Path]:
+    """``pareto_front.{csv,json,png}`` in ``out_dir`` (the plot shows ``everything`` behind the front)."""
+    front = public_rows(front)
+    return {
         "csv": write_text(out_dir / "pareto_front.csv", front.to_csv(index=False)),
         "json": write_json(out_dir / "pareto_front.json", front.to_dict(orient="records")),
         "png": plot_front(everything, front, targets, baseline_val, out_dir / "pareto_front.png"),
     }
-    return front, paths

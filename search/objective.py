@@ -7,7 +7,9 @@ import os
 import socket
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import cast
 
 import optuna
@@ -16,25 +18,50 @@ import torch
 from udacisense.common.errors import IncompatiblePipelineError
 from udacisense.common.files import save_torch, sha256_of, write_bytes
 from udacisense.compression.distillation import DistillationConfig
-from udacisense.compression.graph import lower, model_runner
+from udacisense.compression.graph import lower
 from udacisense.compression.pipeline import StageRecord
 from udacisense.compression.stage import CompressedModel, ModelForm, StageConfig, StageContext
-from udacisense.evaluators.accuracy import AccuracyReport, accuracy_from_logits, evaluate_accuracy, predict_logits
+from udacisense.evaluators.accuracy import AccuracyReport, accuracy_from_logits, correct_predictions, evaluate_accuracy, predict_logits
 from udacisense.evaluators.exclusive import TIMING_LOCK, exclusive
 from udacisense.evaluators.flops import count_flops
-from udacisense.evaluators.latency import LatencyComparison, compare_latencies
+from udacisense.evaluators.intervals import blocked_ratio, pack_correct
+from udacisense.evaluators.latency import BlockedComparison, LatencyComparison, compare_latencies, compare_latencies_in_blocks
 from udacisense.evaluators.parity import ParityReport, ParityRule, compare_logits, parity_rule
 from udacisense.evaluators.size import SizeReport, parameter_counts, size_report, state_dict_bytes
-from udacisense.runtime import Delegation, LoweredRuntime, Runner, deployment_label, executorch_threads, load_runner, quantized_engine, runtime_for
+from udacisense.runtime import (
+    ARTIFACT_SUFFIX,
+    Backend,
+    Delegation,
+    LoweredRuntime,
+    Runner,
+    deployment_label,
+    executorch_threads,
+    load_runner,
+    quantized_engine,
+    runtime_for,
+)
 from udacisense.search.budget import duplicate_of, is_surplus
 from udacisense.search.early_stopping import AccuracyMonitor, stop_rule_for
+from udacisense.search.evidence import split_evidence
 from udacisense.search.feasibility import Footprint, footprint, infeasibility
 from udacisense.search.phases import PhaseClock
-from udacisense.search.records import Attr, StopReason, record_stop, store
+from udacisense.search.records import Attr, StopReason, TrialRecord, record_stop, store
 from udacisense.search.workspace import Workspace
 from udacisense.spaces.sampling import sample_pipeline
+from udacisense.training import TrainConfig
 
-ARTIFACT_SUFFIX = {"torchscript": ".pt", "executorch": ".pte"}
+
+def trial_seed(study_seed: int, trial: TrialRecord) -> int:
+    """The seed a trial's stages train with (data order, initialisations): the one it was queued with
+    (a replay carries its original's), else the study seed plus its number, as every trial before
+    seeds were recorded had."""
+    return trial.seed if trial.seed is not None else study_seed + trial.number
+
+
+def fine_tune_epochs(stage: StageConfig) -> int:
+    """The epochs a stage fine-tunes for: every training stage's config carries them as ``finetune``."""
+    finetune = getattr(stage, "finetune", None)
+    return finetune.epochs if isinstance(finetune, TrainConfig) else 0
 
 
 @dataclass(frozen=True)
@@ -45,6 +72,8 @@ class Candidate:
     artifact: bytes
     val: AccuracyReport
     test: AccuracyReport
+    val_correct: torch.Tensor  # which images the artifact gets right, in the split's order
+    test_correct: torch.Tensor
     reference_logits: torch.Tensor  # the PyTorch model's test logits, for parity checks after export
     parity: ParityReport
     parity_rule: ParityRule
@@ -88,11 +117,10 @@ class TrialRunner:
         return self.workspace.profile.val_top1 - self.workspace.study.targets.max_accuracy_drop
 
     def reference_runner(self, runtime: LoweredRuntime) -> Runner:
-        """The baseline lowered to ``runtime``, loaded once per process."""
+        """The baseline lowered to ``runtime`` (lowered once per baseline, see ``Workspace.baseline_artifact``),
+        loaded once per process."""
         if runtime not in self._reference:
-            lowered = lower(CompressedModel(self.workspace.baseline.model), runtime,
-                            example_input=self.workspace.example_input)
-            self._reference[runtime] = model_runner(lowered)
+            self._reference[runtime] = load_runner(self.workspace.baseline_artifact(runtime), runtime)
         return self._reference[runtime]
 
     def measure_latency(self, run: Runner, runtime: LoweredRuntime, runs: int | None = None) -> TrialLatency:
@@ -108,6 +136,28 @@ class TrialRunner:
                                       warmup=study.evaluation.latency_warmup, runs=runs or study.search.latency_runs,
                                       threads=study.evaluation.threads)
         return TrialLatency(timed["reference"], timed.get("same_runtime", timed["reference"]))
+
+    def time_in_blocks(self, artifacts: Mapping[int, tuple[bytes, LoweredRuntime, Backend | None]]) -> dict[int, BlockedComparison]:
+        """Each artifact against the float reference in ``search.retime_blocks`` independent blocks of
+        ``search.retime_factor`` times the trial runs in all: every block loads both programs afresh, and the
+        artifacts' blocks are interleaved, so drift over the minutes of timing falls on every candidate alike."""
+        study = self.workspace.study
+        search, evaluation = study.search, study.evaluation
+        runs = max(3, search.latency_runs * search.retime_factor // search.retime_blocks)
+        reference_runtime = evaluation.reference_runtime
+        reference = self.workspace.baseline_artifact(reference_runtime)
+        timed: dict[int, list[LatencyComparison]] = {number: [] for number in artifacts}
+        for _ in range(search.retime_blocks):
+            for number, (artifact, runtime, backend) in artifacts.items():
+                with exclusive(study.run_dir / TIMING_LOCK):
+                    block = compare_latencies_in_blocks(
+                        partial(load_runner, artifact, runtime, backend),
+                        {"reference": (partial(load_runner, reference, reference_runtime), reference_runtime)},
+                        self.workspace.example_input, candidate_runtime=runtime, blocks=1,
+                        warmup=evaluation.latency_warmup, runs=runs, threads=evaluation.threads)
+                timed[number].append(block["reference"].blocks[0])
+        return {number: BlockedComparison(tuple(blocks), blocked_ratio([b.ratio for b in blocks]))
+                for number, blocks in timed.items()}
 
     def baseline_size(self, runtime: str) -> int:
         return self.workspace.profile.bytes(runtime)
@@ -136,10 +186,11 @@ class TrialRunner:
         started = time.perf_counter()
         self.current_trial, self.failure, self.phases = trial.number, None, PhaseClock()
         frozen = trial.study.get_trials(deepcopy=False)[trial.number]
-        store(trial, {Attr.RETRY_OF: frozen.system_attrs.get("failed_trial"),
+        seed = trial_seed(self.workspace.study.seed, TrialRecord.of(frozen))
+        store(trial, {Attr.RETRY_OF: frozen.system_attrs.get("failed_trial"), Attr.SEED: seed,
                       Attr.WORKER: f"{socket.gethostname()}:{os.getpid()}", Attr.SAMPLER_SEED: self.sampler_seed})
         try:
-            return self._run(trial)
+            return self._run(trial, seed)
         except optuna.TrialPruned:
             store(trial, {Attr.SECONDS: time.perf_counter() - started})
             raise
@@ -151,13 +202,14 @@ class TrialRunner:
         finally:
             store(trial, {Attr.PHASE_SECONDS: self.phases.summary()})
 
-    def _run(self, trial: optuna.Trial) -> tuple[float, float, float]:
+    def _run(self, trial: optuna.Trial, seed: int) -> tuple[float, float, float]:
         study, data, baseline = self.workspace.study, self.workspace.data, self.workspace.baseline
         started = time.perf_counter()
         try:
             pipeline = sample_pipeline(trial, study.space)
             pipeline_key = pipeline.key()
-            store(trial, {Attr.PIPELINE: pipeline.describe(), Attr.PIPELINE_KEY: pipeline_key})
+            store(trial, {Attr.PIPELINE: pipeline.describe(), Attr.PIPELINE_KEY: pipeline_key,
+                          Attr.STAGE_EPOCHS: [[s.kind, fine_tune_epochs(s)] for s in pipeline.stages]})
             signature = pipeline.check()
         except IncompatiblePipelineError as error:
             raise record_stop(trial, StopReason.REJECTED, f"rejected before compute: {error.problem}") from None
@@ -171,9 +223,9 @@ class TrialRunner:
         runtime = runtime_for(signature.backend, study.evaluation.float_runtime)
         store(trial, {Attr.RUNTIME: runtime, Attr.BACKEND: signature.backend})
         monitor = AccuracyMonitor(trial, stop_rule_for(trial.study, self.floor, study.search.patience_margin, len(data.classes)),
-                                  enabled=study.search.early_stopping)
+                                  tuple(s.kind for s in pipeline.stages), enabled=study.search.early_stopping)
         students = self.workspace.students
-        context = StageContext(data=data, teacher=baseline.model, seed=study.seed + trial.number,
+        context = StageContext(data=data, teacher=baseline.model, seed=seed,
                                progress=self.progress, epoch_end_hooks=(monitor.on_epoch_end,), students=students.student)
         if study.search.early_stopping:
             with self.phases.phase("feasibility"):
@@ -192,6 +244,7 @@ class TrialRunner:
             store(trial, {Attr.STAGES: [vars(r) for r in records]})
             monitor.observe(cast(float, record.metrics["val_top1"]), record.description)
 
+        monitor.start()
         model, _ = pipeline.run(CompressedModel(copy.deepcopy(baseline.model)), context,
                                 meter=self._stage_meter, observers=(observe,))
         if records and not study.search.lower_below_floor:
@@ -228,7 +281,7 @@ class TrialRunner:
             run = load_runner(lowered.artifact, runtime, lowered.backend)
         # Accuracy is that of the shipped artifact in its runtime, not of the PyTorch model.
         with self.phases.phase("artifact accuracy"):
-            val = evaluate_accuracy(run, data.loader("val"), len(data.classes))
+            val_logits, val_labels = predict_logits(run, data.loader("val"))
             test_logits, test_labels = predict_logits(run, data.loader("test"))
         with self.phases.phase("parity"), quantized_engine(model.backend):
             reference_logits, _ = predict_logits(model.module, data.loader("test"))
@@ -236,8 +289,9 @@ class TrialRunner:
             latency = self.measure_latency(run, runtime)
         reference_runtime = self.workspace.study.evaluation.reference_runtime
         return Candidate(
-            runtime=runtime, artifact=lowered.artifact, val=val,
+            runtime=runtime, artifact=lowered.artifact, val=accuracy_from_logits(val_logits, val_labels, len(data.classes)),
             test=accuracy_from_logits(test_logits, test_labels, len(data.classes)),
+            val_correct=correct_predictions(val_logits, val_labels), test_correct=correct_predictions(test_logits, test_labels),
             reference_logits=reference_logits, parity=compare_logits(reference_logits, test_logits),
             parity_rule=self.parity_rule(model.form is ModelForm.QUANTIZED),
             latency=latency.reference, same_runtime_latency=latency.same_runtime,
@@ -262,6 +316,9 @@ class TrialRunner:
         latency = candidate.latency
         attrs: dict[Attr, object] = {
             Attr.VAL: candidate.val.as_dict(), Attr.TEST: candidate.test.as_dict(),
+            Attr.VAL_CORRECT: pack_correct(candidate.val_correct), Attr.TEST_CORRECT: pack_correct(candidate.test_correct),
+            Attr.EVIDENCE: {split: split_evidence(correct, self.workspace.profile.correct(split)).as_dict()
+                            for split, correct in (("val", candidate.val_correct), ("test", candidate.test_correct))},
             Attr.LATENCY: latency.candidate.as_dict(), Attr.REFERENCE_LATENCY: latency.reference.as_dict(),
             Attr.LATENCY_MS: latency.candidate.median_ms, Attr.REFERENCE_LATENCY_MS: latency.reference.median_ms,
             Attr.REFERENCE_RUNTIME: latency.reference.runtime,

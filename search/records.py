@@ -1,5 +1,6 @@
-"""What crosses the storage boundary: the objectives, every trial attribute's key, why a trial
-stopped, the one writer of attributes (``store``) and the one reader of a stored trial (``TrialRecord``).
+"""What crosses the storage boundary: the objectives, every trial and study attribute's key, why a
+trial stopped, the one writer of trial attributes (``store``) and of study attributes
+(``store_study``), and the one reader of each (``TrialRecord``, ``StudyRecord``).
 
 Keys and values stay the plain JSON stored so far under the same names, so studies written before
 still read, and the dashboard shows the same readable attributes.
@@ -14,9 +15,12 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import optuna
+import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from udacisense.evaluators.intervals import unpack_correct
 from udacisense.runtime.backends import Backend, deployment_label
+from udacisense.search.evidence import SplitEvidence
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class Attr(enum.StrEnum):
     BACKEND = "backend"
     WORKER = "worker"
     SAMPLER_SEED = "sampler_seed"
+    SEED = "seed"  # the seed its stages trained with; queued with a replay, so it trains as its original did
+    STAGE_EPOCHS = "stage_epochs"  # [kind, fine-tune epochs] of every sampled stage, in order: what it would train
     RETRY_OF = "retry_of"
     SECONDS = "seconds"
     PHASE_SECONDS = "phase_seconds"
@@ -59,6 +65,9 @@ class Attr(enum.StrEnum):
     ESTIMATED_FLOPS = "estimated_flops"
     VAL = "val"
     TEST = "test"
+    VAL_CORRECT = "val_correct"  # which validation images the artifact gets right (evaluators.intervals.pack_correct)
+    TEST_CORRECT = "test_correct"
+    EVIDENCE = "evidence"  # per split: accuracy with its interval, paired drop against the baseline (search.evidence)
     LATENCY = "latency"
     REFERENCE_LATENCY = "reference_latency"
     REFERENCE_LATENCY_MS = "reference_latency_ms"
@@ -91,6 +100,17 @@ class Attr(enum.StrEnum):
     STOPPED_TRIAL = "stopped_trial"
 
 
+class StudyAttr(enum.StrEnum):
+    """The user attributes a study carries: what read-only commands need besides the trials, so that
+    ``front``, ``report`` and ``verify`` work from the storage alone on any machine that reaches it."""
+
+    SETTINGS = "settings"  # the settings its trials were measured under (see storage.check_settings)
+    BASELINE_PROFILE = "baseline_profile"  # the baseline's metrics.json document
+    EXPORTED_CARD = "exported_card"  # the model card of the latest `udacisense export`
+    RETIMED_FRONT = "retimed_front"  # the front as re-timed before the latest pick
+    FALSE_STOPS = "false_stops"  # the stopped trials continued to the end, to measure false stops
+
+
 class StopReason(enum.StrEnum):
     REJECTED = "rejected"  # an impossible stage order, before any compute
     DUPLICATE = "duplicate"  # another trial already has this configuration
@@ -102,14 +122,26 @@ class StopReason(enum.StrEnum):
 
 # Trials that ran no compute and spend no budget.
 UNSPENT = (StopReason.REJECTED, StopReason.DUPLICATE, StopReason.OVER_BUDGET)
-# Trials the early-stopping rules stopped: only these count as compute saved by early stopping.
-EARLY_STOPS = (StopReason.BEFORE_TRAINING, StopReason.DURING_TRAINING, StopReason.BELOW_FLOOR)
+# Stops that happen only with `search.early_stopping` on: the compute they cut is its saving. A
+# below-floor stop is not one of them: it happens whatever early stopping is set to.
+STOPPED_BY_EARLY_STOPPING = (StopReason.BEFORE_TRAINING, StopReason.DURING_TRAINING)
 
 
 def store(trial: optuna.Trial, attrs: Mapping[Attr, object]) -> None:
     """Store user attributes on a running trial; every writer goes through here, so each key is an ``Attr``."""
     for key, value in attrs.items():
         trial.set_user_attr(Attr(key).value, value)
+
+
+def queued_attrs(attrs: Mapping[Attr, object]) -> dict[str, object]:
+    """User attributes for a trial queued before it runs (``enqueue_trial``, ``create_trial``), keyed as ``store`` keys them."""
+    return {Attr(key).value: value for key, value in attrs.items() if value is not None}
+
+
+def store_study(study: optuna.Study, attrs: Mapping[StudyAttr, object]) -> None:
+    """Store user attributes on a study; every writer goes through here, so each key is a ``StudyAttr``."""
+    for key, value in attrs.items():
+        study.set_user_attr(StudyAttr(key).value, value)
 
 
 def record_stop(trial: optuna.Trial, reason: StopReason, message: str) -> optuna.TrialPruned:
@@ -228,12 +260,29 @@ class TrialRecord:
 
     @property
     def curve(self) -> list[list[Any]]:
-        """Validation accuracy as (stage, epoch or None, top-1) points; older studies stored pairs."""
+        """Validation accuracy as [stage index, stage kind, epoch or None, top-1, seconds into the stage]
+        points (see ``early_stopping``); older studies stored [stage, epoch, top-1] or [step, top-1]."""
         return [list(point) for point in self._attr(Attr.CURVE, [])]
+
+    @property
+    def stage_epochs(self) -> list[tuple[str, int]]:
+        """(kind, fine-tune epochs) of every stage the trial sampled, run or not; empty for older trials."""
+        return [(str(kind), int(epochs)) for kind, epochs in self._attr(Attr.STAGE_EPOCHS, [])]
 
     @property
     def test_top1(self) -> float | None:
         return optional_float(self._report(Attr.TEST).get("top1"))
+
+    def evidence(self, split: Literal["val", "test"]) -> SplitEvidence | None:
+        """The artifact's accuracy on ``split`` with its interval and its paired drop against the baseline;
+        None for a trial that was not measured, or stored before intervals were."""
+        document = self._report(Attr.EVIDENCE).get(split)
+        return SplitEvidence.from_dict(document) if isinstance(document, Mapping) else None
+
+    def correct(self, split: Literal["val", "test"]) -> torch.Tensor | None:
+        """Which images of ``split`` the artifact gets right; None when not stored."""
+        text = self._attr(Attr.VAL_CORRECT if split == "val" else Attr.TEST_CORRECT)
+        return unpack_correct(text) if isinstance(text, str) else None
 
     @property
     def test_per_class(self) -> list[float]:
@@ -342,14 +391,89 @@ class TrialRecord:
         return optional_int(self._attr(Attr.SAMPLER_SEED))
 
     @property
+    def seed(self) -> int | None:
+        """The seed its stages train with; None for a trial stored before seeds were recorded (or not yet started)."""
+        return optional_int(self._attr(Attr.SEED))
+
+    @property
     def retry_of(self) -> int | None:
         """The failed trial this one retries."""
         return optional_int(self._attr(Attr.RETRY_OF))
 
     @property
     def stopped_trial(self) -> int | None:
-        """The early-stopped trial this one runs again to completion (the false-stop benchmark)."""
+        """The early-stopped trial this one runs again to completion (``search.false_stops``)."""
         return optional_int(self._attr(Attr.STOPPED_TRIAL))
+
+
+@dataclass(frozen=True)
+class FalseStopTrial:
+    """A trial the early-stopping rule stopped, run again to the end: same parameters, same seed, early stopping off."""
+
+    original: int  # the stopped trial
+    rerun: int  # its replay, in the sibling study the replays ran in
+    final_val: float  # validation top-1 the replay ended with (its model's where it stopped below the floor)
+    floor: float  # the accuracy floor of the original study
+    reached: bool  # it reached the floor: the stop was a false one
+
+
+@dataclass(frozen=True)
+class FalseStops:
+    """How many stopped trials would have reached the floor, as ``search.false_stops`` measured it."""
+
+    trials: tuple[FalseStopTrial, ...]
+
+    @property
+    def measured(self) -> int:
+        return len(self.trials)
+
+    @property
+    def false_stops(self) -> int:
+        return sum(1 for t in self.trials if t.reached)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"measured": self.measured, "false_stops": self.false_stops, "trials": [vars(t) for t in self.trials]}
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any]) -> FalseStops:
+        return cls(tuple(FalseStopTrial(int(t["original"]), int(t["rerun"]), float(t["final_val"]), float(t["floor"]),
+                                        bool(t["reached"])) for t in document.get("trials", [])))
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """A stored study's user attributes as their readers see them; one an older study lacks reads as None."""
+
+    attrs: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, study: optuna.Study) -> StudyRecord:
+        return cls(study.user_attrs)  # one read of the storage for every attribute
+
+    def _document(self, key: StudyAttr) -> dict[str, Any] | None:
+        value = self.attrs.get(key.value)
+        return dict(value) if isinstance(value, Mapping) else None
+
+    @property
+    def settings(self) -> dict[str, Any] | None:
+        """The settings the stored trials were measured under, as dotted keys."""
+        return self._document(StudyAttr.SETTINGS)
+
+    @property
+    def baseline_profile(self) -> dict[str, Any] | None:
+        """The float baseline's measurements (the ``metrics.json`` document) the trials were measured against."""
+        return self._document(StudyAttr.BASELINE_PROFILE)
+
+    @property
+    def exported_card(self) -> dict[str, Any] | None:
+        """The model card of the latest ``udacisense export``."""
+        return self._document(StudyAttr.EXPORTED_CARD)
+
+    @property
+    def false_stops(self) -> FalseStops | None:
+        """The stopped trials re-run to the end (``search.false_stops``); None when never measured."""
+        document = self._document(StudyAttr.FALSE_STOPS)
+        return None if document is None else FalseStops.from_dict(document)
 
 
 def records(trials: Iterable[FrozenTrial]) -> list[TrialRecord]:

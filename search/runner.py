@@ -21,7 +21,7 @@ from udacisense.common.errors import UserError, trial_problem
 from udacisense.common.logs import quiet_libraries
 from udacisense.search.budget import budget_left, is_wasted_sample
 from udacisense.search.objective import TrialRunner
-from udacisense.search.records import UNSPENT, TrialRecord
+from udacisense.search.records import UNSPENT, Attr, TrialRecord, queued_attrs
 from udacisense.search.storage import artifact_store, open_study
 from udacisense.search.study import SearchConfig, StudyConfig, load_study
 from udacisense.search.workspace import Workspace, open_workspace
@@ -152,6 +152,7 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
     # Optuna's samplers read every trial in the storage when they sample, so this process's
     # sampler state accounts for the other workers' and earlier runs' trials.
     study = open_study(study_config, storage, make_sampler(study_config.search, seed))
+    workspace.profile.record(study)  # what `front` and `report` read on machines without this baseline
     runner = TrialRunner(workspace, artifact_store(study_config), progress=False, budget=budget, sampler_seed=seed)
     deadline = time.monotonic() + study_config.search.timeout_minutes * 60 if study_config.search.timeout_minutes else None
     started, ran = time.perf_counter(), []
@@ -193,14 +194,17 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
 
 
 def requeue(study: optuna.Study, number: int) -> None:
-    """Queue a failed trial again, traceable to the original exactly as Optuna's heartbeat retries are."""
+    """Queue a failed trial again, traceable to the original exactly as Optuna's heartbeat retries are,
+    with the seed it trained with (and, for a replay, the trial it replays), as those carry them too."""
     trial = study.get_trials(deepcopy=False)[number]
     if trial.state is not TrialState.FAIL:
         return
     history = [*trial.system_attrs.get("retry_history", []), number]
+    record = TrialRecord.of(trial)
     study.add_trial(optuna.trial.create_trial(
         state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
         system_attrs={"failed_trial": history[0], "retry_history": history},
+        user_attrs=queued_attrs({Attr.SEED: record.seed, Attr.STOPPED_TRIAL: record.stopped_trial}),
     ))
 
 
@@ -243,9 +247,11 @@ def run_search(study_path: str, n_jobs: int | None = None, storage: str | None =
     study_config = load_study(study_path, overrides)
     plan = plan_workers(study_config, n_jobs)
     # The storage first: a study file that no longer matches its stored trials fails before any work.
-    open_study(study_config, storage)
+    study = open_study(study_config, storage)
     # Train and measure the baseline once, before the workers start, so they all reuse it.
     workspace = open_workspace(study_config, progress=progress)
+    # Stored here, before the workers start, so that they find it stored rather than all write it at once.
+    workspace.profile.record(study)
     # The students the space may pick are distilled by the first worker while the others run trials
     # that need none: trained before the workers started, they kept one of 2 cores idle for 11-17
     # min (32x32 batches are too small to split: the width-0.5 student with its teacher trained at

@@ -13,11 +13,9 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from udacisense.common.errors import UserError
 from udacisense.common.schema import written_form
-from udacisense.search.records import DIRECTIONS, OBJECTIVE_NAMES
+from udacisense.search.records import DIRECTIONS, OBJECTIVE_NAMES, StudyAttr, StudyRecord, store_study
 from udacisense.search.study import StudyConfig
 
-# The study settings its stored trials were measured under, kept as a study user attribute.
-SETTINGS_ATTR = "settings"
 # Paths and download switches move with a checkout without changing what a trial measures.
 _UNCOMPARED = frozenset({"data.root", "data.archive", "data.download", "model.weights_file"})
 
@@ -178,10 +176,10 @@ def study_settings(study: StudyConfig) -> dict[str, Any]:
 def check_settings(study: StudyConfig, optuna_study: optuna.Study, *, record: bool) -> None:
     """Refuse a study file whose settings differ from those the stored trials were measured under."""
     current = study_settings(study)
-    stored = optuna_study.user_attrs.get(SETTINGS_ATTR)
+    stored = StudyRecord.of(optuna_study).settings
     if stored is None:
         if record:  # a new study, or one from before settings were recorded: these are its settings from now on
-            optuna_study.set_user_attr(SETTINGS_ATTR, current)
+            store_study(optuna_study, {StudyAttr.SETTINGS: current})
         return
     # A setting added since the trials were stored is no change while the study keeps its default:
     # that default is what the code did before the setting existed.

@@ -71,6 +71,10 @@ class SearchConfig:
     latency_runs: int = bounded(60, min=3, max=10000, doc="runs per trial latency measurement")
     # Before a pick, the front's candidates are timed again with this many times latency_runs.
     retime_factor: int = bounded(5, min=1, max=1000, doc="re-timing runs before a pick, as a multiple of latency_runs")
+    # Those runs are split into independent blocks (each a fresh load of both programs, the blocks of the
+    # front's candidates interleaved): the ratio's interval across blocks covers the run-to-run spread
+    # (the float reference measured 0.27-0.47 ms across runs here) that rounds within one run miss.
+    retime_blocks: int = bounded(5, min=1, max=100, doc="independent timing blocks before a pick and at export")
     # A worker that misses heartbeats for 4x this long is presumed dead; its trial is failed and retried.
     heartbeat_seconds: int = bounded(30, min=1, max=3600)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -73,19 +75,88 @@ def tiny_model():
     return torchvision.models.mobilenet_v3_small(num_classes=4, width_mult=0.25).eval()
 
 
+def _once_per_run(tmp_path_factory, name: str, build) -> Path:
+    """A folder built once per test run, whichever xdist worker asks first (the others wait on a lock and
+    reuse it): one smoke baseline and one smoke search serve every test that only reads them."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # every worker's base temp sits in the run's common folder
+    root, done = shared / name, shared / f"{name}.done"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.is_file():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            build(root)
+            done.touch()
+    return root
+
+
+# For tests of the search's plumbing rather than of lowering: int8 and float artifacts in TorchScript
+# (1 s to write) instead of .pte files (20-40 s each to lower here); the float .pte of the baseline,
+# the yardstick, comes lowered with the seeded baseline.
+TORCHSCRIPT_ARTIFACTS = {'quant_backends = ["xnnpack", "x86"]': 'quant_backends = ["x86"]',
+                         "latency_warmup = 3": 'latency_warmup = 3\nfloat_runtime = "torchscript"'}
+
+
+def smoke_study_file(root: Path, *, n_trials: int | None = None, edits: dict[str, str] | None = None) -> Path:
+    """studies/smoke.toml with its runs in ``root/runs`` and its trained baseline already there (copied from the
+    run's one smoke baseline, see ``smoke_baseline``), so a test trains and profiles no baseline of its own.
+    ``edits`` replaces text of the study file (e.g. a narrower space)."""
+    text = (REPO / "studies" / "smoke.toml").read_text()
+    if n_trials is not None:
+        text = text.replace("n_trials = 4", f"n_trials = {n_trials}")
+    for old, new in (edits or {}).items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = root / "smoke.toml"
+    path.write_text(f'runs_dir = "{root / "runs"}"\n' + text)
+    return path
+
+
+def seed_baseline(runs_dir: Path, trained: Path) -> None:
+    """Copy a trained smoke baseline (its checkpoint, metrics.json and float artifacts) and the decoded-data
+    cache into ``runs_dir``: the baseline key does not depend on the search settings tests change."""
+    shutil.copytree(trained / "runs" / "cache", runs_dir / "cache", dirs_exist_ok=True)
+    shutil.copytree(trained / "runs" / "smoke" / "baseline", runs_dir / "smoke" / "baseline", dirs_exist_ok=True)
+
+
 @pytest.fixture(scope="session")
-def smoke_study(tmp_path_factory) -> Path:
-    """The shipped smoke study, runs in a temporary folder, searched once per test session (real data, real
-    training, real exports): the end-to-end, report and CLI tests all read this one search."""
+def smoke_baseline(tmp_path_factory) -> Path:
+    """The smoke study's trained and measured baseline, built once per test run (real data, real training)."""
     if not SHARED_ARCHIVE.is_file():
         pytest.skip("needs ../shared/data/cifar10-jpeg.tar.gz")
     from udacisense.search.cli import main
 
-    root = tmp_path_factory.mktemp("smoke")
-    path = root / "smoke.toml"
-    path.write_text(f'runs_dir = "{root / "runs"}"\n' + (REPO / "studies" / "smoke.toml").read_text())
-    assert main(["search", "--study", str(path), "--quiet"]) == 0
-    return path
+    def build(root: Path) -> None:
+        assert main(["baseline", "--study", str(smoke_study_file(root)), "--quiet"]) == 0
+
+    return _once_per_run(tmp_path_factory, "smoke-baseline", build)
+
+
+@pytest.fixture()
+def seeded_smoke(tmp_path: Path, smoke_baseline: Path):
+    """A function making a smoke study file in ``tmp_path`` whose runs folder already holds the trained baseline."""
+    def make(**kwargs) -> Path:
+        path = smoke_study_file(tmp_path, **kwargs)
+        seed_baseline(tmp_path / "runs", smoke_baseline)
+        return path
+    return make
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory, smoke_baseline: Path) -> Path:
+    """The shipped smoke study searched once per test run (real data, real training, real .pte exports): the
+    end-to-end, report and CLI tests all read this one search, so none of them may change it."""
+    from udacisense.search.cli import main
+
+    def build(root: Path) -> None:
+        path = smoke_study_file(root)
+        seed_baseline(root / "runs", smoke_baseline)
+        assert main(["search", "--study", str(path), "--quiet"]) == 0
+
+    return _once_per_run(tmp_path_factory, "smoke-search", build) / "smoke.toml"
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:

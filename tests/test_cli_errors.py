@@ -162,17 +162,16 @@ def test_verify_runs_from_any_directory_with_the_card_alone(smoke_study: Path, t
     shipped = tmp_path / "shipped"
     shutil.copytree(load_study(smoke_study).run_dir / "export", shipped)  # exported by `search`
     card = json.loads((shipped / "model_card.json").read_text())
-    assert Path(card["study_file"]).is_absolute() and Path(card["working_directory"]).is_absolute()
+    assert card["test_images"]["images"] and "study_file" not in card and "working_directory" not in card
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    code, _ = run(capsys, "verify", str(Path("..") / "shipped" / card["artifact"]))
+    code, _ = run(capsys, "verify", str(Path("..") / "shipped" / card["artifact"]),
+                  "--data", str(REPO / load_study(smoke_study).data.root))
     assert code == 0
 
-    card.update(study_file=str(tmp_path / "gone.toml"), study_file_from_card="gone.toml")
-    (shipped / "model_card.json").write_text(json.dumps(card))
     code, err = run(capsys, "verify", str(shipped / card["artifact"]))
-    assert code == 2 and "`--study PATH`" in err
+    assert code == 2 and "`--data DIR`" in err and "test/<class>/" in err
 
 
 def test_a_space_changed_under_a_study_without_recorded_settings_is_explained() -> None:

@@ -134,3 +134,60 @@ def test_archive_is_extracted_once_into_root(tmp_path: Path) -> None:
     bundle = load_data(DataConfig(source="imagefolder", root=str(root), archive=str(archive), val_fraction=0.5), seed=0)
     assert bundle.classes == ("a", "b") and (root / "train" / "a").is_dir()
     assert not [p for p in root.parent.iterdir() if p.name.startswith(".extract-")]
+
+
+def decoded(path: Path) -> torch.Tensor:
+    return torch.from_numpy(np.array(Image.open(path))).permute(2, 0, 1)
+
+
+def rows(images: torch.Tensor) -> set[bytes]:
+    return {bytes(image.numpy().reshape(-1)) for image in images}
+
+
+def test_held_out_validation_reads_the_files_after_the_training_files(tmp_path: Path) -> None:
+    write_imagefolder(tmp_path / "photos", {"cat": 10, "dog": 8})
+    root = tmp_path / "photos"
+    held_out = DataConfig(source="imagefolder", root=str(root), train_per_class=4, val_per_class=3, val_fraction=0.5)
+    bundle = load_data(held_out, seed=1, cache_dir=tmp_path / "cache")
+    assert len(bundle.train) == 8 and len(bundle.val) == 6  # val_fraction unused: nothing carved out of train
+    assert bundle.val.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    files = {name: sorted((root / "train" / name).iterdir()) for name in ("cat", "dog")}
+    assert rows(bundle.train.images) == rows(torch.stack([decoded(p) for name in files for p in files[name][:4]]))
+    assert rows(bundle.val.images) == rows(torch.stack([decoded(p) for name in files for p in files[name][4:7]]))
+    assert not rows(bundle.train.images) & rows(bundle.val.images)
+    # The cache tells validation sets apart by val_per_class; train and test are read from their own entries.
+    again = load_data(held_out, seed=1, cache_dir=tmp_path / "cache")
+    assert torch.equal(again.val.images, bundle.val.images)
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 3
+    fewer = load_data(DataConfig(source="imagefolder", root=str(root), train_per_class=4, val_per_class=2), seed=1,
+                      cache_dir=tmp_path / "cache")
+    assert rows(fewer.val.images) < rows(bundle.val.images) and len(fewer.val) == 4
+    # The default still carves val_fraction out of the training files.
+    carved = load_data(DataConfig(source="imagefolder", root=str(root), train_per_class=4, val_fraction=0.5), seed=1)
+    assert len(carved.train) == len(carved.val) == 4
+    assert rows(carved.train.images) | rows(carved.val.images) == rows(bundle.train.images)
+
+
+def test_held_out_validation_needs_files_beyond_the_training_ones(tmp_path: Path) -> None:
+    write_imagefolder(tmp_path / "photos", {"cat": 10, "dog": 8, "emu": 3})
+    config = DataConfig(source="imagefolder", root=str(tmp_path / "photos"), train_per_class=4, val_per_class=5)
+    with pytest.raises(UserError, match=r"= 9 training files per class, but 2 of 3 classes have fewer \('dog' 8, 'emu' at most 4\)"):
+        load_data(config, seed=0)
+    with pytest.raises(UserError, match="every file is trained on") as caught:
+        DataConfig(source="imagefolder", root=str(tmp_path / "photos"), val_per_class=5)
+    assert "train_per_class" in caught.value.fix
+
+
+def test_cifar100_held_out_validation_follows_the_training_images_in_dataset_order(tmp_path: Path) -> None:
+    payloads = write_cifar100_archive(tmp_path, per_class=6)
+    config = DataConfig(source="cifar100-household", root=str(tmp_path), download=False, train_per_class=2, val_per_class=3)
+    bundle = load_data(config, seed=0)
+    assert len(bundle.train) == 20 and len(bundle.val) == 30
+    assert torch.bincount(bundle.val.labels).tolist() == [3] * 10
+    data, fine = payloads["train"]
+    order = {name: [row for row, label in zip(data, fine) if label == index] for name, index in HOUSEHOLD_FINE_INDEX.items()}
+    assert rows(bundle.train.images) == {bytes(row) for name in order for row in order[name][:2]}
+    assert rows(bundle.val.images) == {bytes(row) for name in order for row in order[name][2:5]}
+    with pytest.raises(UserError, match=r"needs 5 \(`data.train_per_class`\) \+ 3"):
+        load_data(DataConfig(source="cifar100-household", root=str(tmp_path), download=False, train_per_class=5,
+                             val_per_class=3), seed=0)

@@ -34,7 +34,10 @@ def test_search_runs_the_budget_and_records_every_trial(smoke_study: Path) -> No
     assert complete, [t.user_attrs for t in trials]
     for trial in complete:
         attrs = trial.user_attrs
-        assert " → " in attrs["pipeline"] or attrs["pipeline"]
+        # The pipeline text is the stages the trial ran, in order (and the stages it sampled, with their epochs).
+        assert attrs["pipeline"] == " → ".join(s["description"] for s in attrs["stages"])
+        assert [kind for kind, _ in attrs["stage_epochs"]] == [s["kind"] for s in attrs["stages"]]
+        assert attrs["seed"] == config.seed + trial.number  # sampled, not replayed: the study seed plus its number
         if attrs["parity_ok"]:
             assert Path(attrs["artifact_path"]).is_file() and attrs["artifact_id"]
             assert attrs["parity"]["top1_agreement"] >= attrs["parity_rule"]["min_agreement"]
@@ -47,17 +50,18 @@ def test_search_runs_the_budget_and_records_every_trial(smoke_study: Path) -> No
         assert attrs["executorch_threads"] == 1 and attrs["torch_threads"] == 1
         assert set(trial.constraints) == {"accuracy", "size", "latency", "parity"}
         assert 0 < trial.values[2] < 1  # quantized or channel-pruned: really smaller than the baseline
-        assert attrs["curve"]  # intermediate accuracies are kept
+        # Intermediate accuracies are kept: each stage closes with one, under its kind.
+        assert [p[1] for p in attrs["curve"] if p[2] is None] == [s["kind"] for s in attrs["stages"]]
         phases = attrs["phase_seconds"]
         assert {"validation", "lowering", "artifact accuracy", "parity", "latency", "other"} <= set(phases)
         assert [name.split()[-1] for name in phases if name.startswith("stage ")] == [s["kind"] for s in attrs["stages"]]
         assert sum(phases.values()) >= attrs["seconds"] - 0.01  # the phases cover the whole trial
 
 
-def test_front_files_and_export_with_parity(smoke_study: Path) -> None:
+def test_front_files_and_export_with_parity(smoke_study: Path, tmp_path: Path) -> None:
     config = load_study(smoke_study)
-    front_dir = config.run_dir / "front"
-    assert main(["front", "--study", str(smoke_study)]) == 0
+    front_dir = tmp_path / "front"
+    assert main(["front", "--study", str(smoke_study), "--out", str(front_dir)]) == 0
     rows = json.loads((front_dir / "pareto_front.json").read_text())
     assert rows and {"val_top1", "test_top1", "latency_ratio", "size_ratio", "meets_all"} <= set(rows[0])
     assert (front_dir / "pareto_front.png").stat().st_size > 10_000
@@ -73,7 +77,7 @@ def test_front_files_and_export_with_parity(smoke_study: Path) -> None:
         assert card["delegation"] is None
     assert json.loads((config.run_dir / "baseline" / "metrics.json").read_text())["threads"] == {
         "torch_threads": 1, "executorch_threads": 1}
-    assert main(["verify", str(artifact), "--study", str(smoke_study)]) == 0
+    assert main(["verify", str(artifact), "--data", str(REPO / config.data.root)]) == 0
 
 
 def test_verify_rejects_a_tampered_artifact(smoke_study: Path, tmp_path: Path, capsys) -> None:
@@ -83,7 +87,7 @@ def test_verify_rejects_a_tampered_artifact(smoke_study: Path, tmp_path: Path, c
     data = bytearray(artifact.read_bytes())
     data[len(data) // 2] ^= 0xFF
     artifact.write_bytes(bytes(data))
-    assert main(["verify", str(artifact), "--study", str(smoke_study)]) == 2
+    assert main(["verify", str(artifact), "--data", str(REPO / load_study(smoke_study).data.root)]) == 2
     assert "does not match its model card" in capsys.readouterr().err
 
 

@@ -14,7 +14,7 @@ import torchvision
 from udacisense.evaluators.accuracy import accuracy_from_logits, evaluate_accuracy
 from udacisense.evaluators.exclusive import exclusive
 from udacisense.evaluators.flops import count_flops
-from udacisense.evaluators.latency import compare_latency, measure_latency
+from udacisense.evaluators.latency import compare_latencies_in_blocks, compare_latency, measure_latency
 from udacisense.evaluators.memory import peak_forward_memory
 from udacisense.evaluators.size import size_report, state_dict_bytes
 from udacisense.models.config import ModelConfig
@@ -77,6 +77,33 @@ def test_latency_statistics_threads_and_alternating_comparison() -> None:
     assert candidate.median_ms >= 4.0 and reference.median_ms >= 1.0
     assert 1.5 < timed.ratio_p10 <= timed.ratio_p90  # every round saw the candidate slower
     assert torch.get_num_threads() == threads_before  # restored after timing single-threaded
+
+
+def test_latency_blocks_load_fresh_runners_and_give_an_interval_across_blocks() -> None:
+    loads: list[str] = []
+
+    def loader(name: str, seconds: float):
+        def load():
+            loads.append(name)
+            return lambda t: time.sleep(seconds)
+        return load
+
+    timed = compare_latencies_in_blocks(loader("candidate", 0.004), {"reference": (loader("reference", 0.001), "eager")},
+                                        torch.zeros(1, 3, 8, 8), candidate_runtime="eager", blocks=3, warmup=1, runs=4,
+                                        rounds=2)
+    # Every block loads both afresh, the first loader alternating between blocks.
+    assert loads == ["candidate", "reference", "reference", "candidate", "candidate", "reference"]
+    blocked = timed["reference"]
+    assert len(blocked.blocks) == blocked.ratio.blocks == 3
+    assert all(block.candidate.median_ms >= 4.0 and block.rounds == 2 and block.candidate.runs == 4 for block in blocked.blocks)
+    assert blocked.ratio.ratios == tuple(block.ratio for block in blocked.blocks)
+    assert min(blocked.ratio.ratios) <= blocked.ratio.ratio <= max(blocked.ratio.ratios) and blocked.ratio.ratio > 1.5
+    assert blocked.ratio.interval is not None and blocked.ratio.interval[0] <= blocked.ratio.ratio <= blocked.ratio.interval[1]
+    assert len(blocked.as_dict()["block_comparisons"]) == 3
+    single = compare_latencies_in_blocks(loader("candidate", 0.001), {"reference": (loader("reference", 0.001), "eager")},
+                                         torch.zeros(1, 3, 8, 8), candidate_runtime="eager", blocks=1, warmup=0, runs=2,
+                                         rounds=1)
+    assert single["reference"].ratio.interval is None  # one block says nothing about the spread between blocks
 
 
 def _time_latency(lock: str, barrier, results) -> None:

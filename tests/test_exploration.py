@@ -9,15 +9,16 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import REPO, SHARED_ARCHIVE, cli_command
+from tests.conftest import REPO, TORCHSCRIPT_ARTIFACTS, cli_command
 from udacisense.common.errors import IncompatiblePipelineError
 from udacisense.search.budget import budget_left, duplicate_of
 from udacisense.search.objective import TrialRunner
-from udacisense.search.runner import TrialCounts, WorkerSummary, process_seed, search_summary
+from udacisense.search.runner import TrialCounts, WorkerSummary, make_sampler, process_seed, search_summary
 from udacisense.search.storage import open_study
-from udacisense.search.study import load_study
+from udacisense.search.study import SearchConfig, load_study
 from udacisense.search.workspace import Workspace
 from udacisense.spaces.sampling import sample_pipeline
+from udacisense.spaces.space import SpaceConfig
 
 TrialState = optuna.trial.TrialState
 X = optuna.distributions.FloatDistribution(0, 1)
@@ -48,6 +49,17 @@ def test_a_configuration_held_by_a_complete_running_or_queued_trial_is_a_duplica
     _add(study, TrialState.COMPLETE, 0.5, pipeline_key="same stages")
     assert duplicate_of(study, 9, {"x": 0.6}, "same stages") == 4
     assert duplicate_of(study, 9, {"x": 0.6}, "other stages") is None
+
+
+def test_a_configuration_held_by_a_stopped_trial_that_ran_compute_is_a_duplicate_too() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    stops = ("during-training", "before-training", "below-floor", "rejected", "duplicate", "over-budget")
+    for number, stop in enumerate(stops):
+        _add(study, TrialState.PRUNED, number / 10, stage=stop)
+    # Stopped after compute: taken, whatever the reason. Stopped before any: nothing ran, nothing is taken.
+    assert [duplicate_of(study, 9, {"x": number / 10}) for number in range(len(stops))] == [0, 1, 2, None, None, None]
+    _add(study, TrialState.PRUNED, 0.9, stage="during-training", pipeline_key="stopped stages")
+    assert duplicate_of(study, 9, {"x": 0.95}, "stopped stages") == 6
 
 
 def test_samples_that_differ_only_in_an_unused_parameter_are_one_pipeline() -> None:
@@ -85,25 +97,33 @@ def test_a_proposed_duplicate_is_stopped_before_any_compute(tmp_path: Path) -> N
     assert f"duplicate of trial {first.number}" in stored.user_attrs["pruned_reason"]
 
 
-def test_every_process_and_every_start_draws_its_own_seed() -> None:
+def _first_samples(search: SearchConfig, space: SpaceConfig, seed: int, count: int = 5) -> list[dict]:
+    """The parameters a process seeded with ``seed`` samples first, on a fresh study: no duplicate guard."""
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=make_sampler(search, seed))
+    samples = []
+    for _ in range(count):
+        trial = study.ask()
+        sample_pipeline(trial, space)
+        samples.append(trial.params)
+        study.tell(trial, state=TrialState.PRUNED)
+    return samples
+
+
+def test_every_process_and_every_start_draws_its_own_seed_and_samples_its_own_configurations() -> None:
     code = "from udacisense.search.runner import process_seed; print(process_seed(0))"
     other = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
-    assert len({other, process_seed(0), process_seed(0)}) == 3
-
-
-def _study_file(root: Path, n_trials: int) -> Path:
-    path = root / "explore.toml"
-    text = (REPO / "studies" / "smoke.toml").read_text().replace("n_trials = 4", f"n_trials = {n_trials}\nearly_stopping = false")
-    path.write_text(f'runs_dir = "{root / "runs"}"\n' + text)
-    return path
+    here, again = process_seed(0), process_seed(0)
+    assert len({other, here, again}) == 3
+    config = load_study(REPO / "studies" / "cifar10-offline.toml")
+    # Equal study seeds, other processes: other configurations, with nothing to tell them apart but the seed.
+    assert _first_samples(config.search, config.space, other) != _first_samples(config.search, config.space, here)
+    # The sequence is the seed's: the same seed samples the same configurations (so a trial can be replayed).
+    assert _first_samples(config.search, config.space, here) == _first_samples(config.search, config.space, here)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SHARED_ARCHIVE.is_file(), reason="needs ../shared/data/cifar10-jpeg.tar.gz")
-def test_two_concurrent_searches_and_a_resume_never_repeat_a_configuration(tmp_path: Path) -> None:
-    path = _study_file(tmp_path, 3)
-    baseline = subprocess.run(cli_command("baseline", "--study", str(path), "--quiet"), cwd=REPO, capture_output=True, text=True)
-    assert baseline.returncode == 0, baseline.stderr[-2000:]
+def test_two_concurrent_searches_and_a_resume_never_repeat_a_configuration(seeded_smoke) -> None:
+    path = seeded_smoke(edits={"n_trials = 4": "n_trials = 3\nearly_stopping = false", **TORCHSCRIPT_ARTIFACTS})
     # The two start on a study (and a database) that does not exist yet, as two users would.
     # One worker each: two processes on one study, as two users would start them.
     search = cli_command("search", "--study", str(path), "--quiet", "--no-export", "--n-jobs", "1")

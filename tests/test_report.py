@@ -15,7 +15,7 @@ from udacisense.common.errors import UserError
 from udacisense.search.cli import main
 from udacisense.search.front import pareto_trials, trials_table
 from udacisense.search.hypervolume import HV_REFERENCE, _hypervolume_slices, hypervolume
-from udacisense.search.records import DIRECTIONS, OBJECTIVE_NAMES
+from udacisense.search.records import DIRECTIONS, OBJECTIVE_NAMES, FalseStops, FalseStopTrial, StudyAttr, store_study
 from udacisense.search.report import FIGURES, write_report
 from udacisense.search.report.format import fmt_acc, fmt_int, fmt_ratio
 from udacisense.search.study import load_study
@@ -78,7 +78,7 @@ def _synthetic_study(root: Path, *, complete: bool = True) -> Path:
                 "metrics": {"val_top1": val, "state_dict_bytes": size, "form": "float", "parameters": size // 4,
                             "nonzero_parameters": size // 4, "flops": 1_000_000}}
 
-    def done(values, stages, seconds, runtime="executorch"):
+    def done(values, stages, seconds, curve, runtime="executorch"):
         attrs = {"pipeline": " → ".join(s["description"] for s in stages), "stages": stages, "runtime": runtime,
                  "backend": "xnnpack", "val": {**accuracy, "top1": values[0]},
                  "test": {**accuracy, "top1": values[0] - 0.05, "per_class": [0.8, 0.6, 0.7]},
@@ -86,19 +86,34 @@ def _synthetic_study(root: Path, *, complete: bool = True) -> Path:
                  "artifact_bytes": int(1_000_000 * values[2]), "artifact_gzip_bytes": int(800_000 * values[2]),
                  "artifact_path": "nowhere", "artifact_sha256": "ab" * 32,
                  "parity": {"top1_agreement": 1.0, "max_abs_diff": 0.01, "samples": 30}, "seconds": seconds,
-                 "curve": [[0, values[0]]],
+                 "curve": curve, "stage_epochs": [[s["kind"], sum(1 for p in curve if p[0] == i and p[2] is not None)]
+                                                  for i, s in enumerate(stages)],
                  "phase_seconds": {f"stage 1 {stages[0]['kind']}": seconds / 2, "lowering": seconds / 4, "latency": seconds / 4}}
         return optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, values=list(values), user_attrs=attrs,
                                          distributions={}, params={})
 
-    study.add_trial(done((0.78, 0.5, 0.3), [stage("channels", 0.75, 600_000), stage("quantize", 0.78, 300_000)], 40.0))
-    study.add_trial(done((0.8, 0.9, 0.26), [stage("quantize", 0.8, 260_000)], 20.0))
-    study.add_trial(done((0.7, 0.7, 0.6), [stage("channels", 0.7, 600_000)], 30.0))
-    for stop, reason, seconds in (
-            ("rejected", "rejected before compute: `prune` cannot run on a quantized model.", 0.01),
-            ("during-training", "val top-1 0.100 at step 1 (fine-tune epoch 1) is hopeless: floor 0.700, margin 0.15", 6.0)):
+    # Curves as the search stores them: [stage, kind, epoch or None at its end, val top-1, seconds into the stage].
+    # Channel pruning took 10 s per fine-tune epoch in trial 0 and 6 s in trial 2: a median of 8 s.
+    study.add_trial(done((0.78, 0.5, 0.3), [stage("channels", 0.75, 600_000), stage("quantize", 0.78, 300_000)], 40.0,
+                         [[0, "channels", 0, 0.7, 10.0], [0, "channels", 1, 0.74, 20.0], [0, "channels", None, 0.75, 21.0],
+                          [1, "quantize", None, 0.78, 3.0]]))
+    study.add_trial(done((0.8, 0.9, 0.26), [stage("quantize", 0.8, 260_000)], 20.0, [[0, "quantize", None, 0.8, 2.0]]))
+    study.add_trial(done((0.7, 0.7, 0.6), [stage("channels", 0.7, 600_000)], 30.0,
+                         [[0, "channels", 0, 0.6, 6.0], [0, "channels", 1, 0.68, 12.0], [0, "channels", None, 0.7, 13.0]]))
+    for stop, reason, seconds, plan, curve in (
+            ("rejected", "rejected before compute: `prune` cannot run on a quantized model.", 0.01, [], []),
+            # Stopped after 1 of 3 distillation epochs (5 s, its own): 2 more at 5 s, then 2 channels epochs at 8 s.
+            ("during-training", "val top-1 0.100 at stage 1 distill (fine-tune epoch 1) is hopeless: floor 0.700, margin 0.15",
+             6.0, [["distill", 3], ["channels", 2], ["quantize", 0]], [[0, "distill", 0, 0.1, 5.0]]),
+            # Trained to the end and clearly below the floor: stopped whatever early stopping is set to.
+            ("below-floor", "val top-1 0.400 after the last stage is more than 0.02 below the accuracy floor 0.700: "
+             "infeasible whatever its size, so not lowered", 25.0, [["channels", 2]],
+             [[0, "channels", 0, 0.3, 9.0], [0, "channels", 1, 0.4, 18.0], [0, "channels", None, 0.4, 19.0]]),
+            # Estimated too large before training: its 3 channels epochs at the median 8 s.
+            ("before-training", "stopped before training: size ratio 1.00 > 0.70", 0.5, [["channels", 3]], [])):
         study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, distributions={}, params={},
-                                                  user_attrs={"pruned_reason": reason, "stage": stop, "seconds": seconds}))
+                                                  user_attrs={"pruned_reason": reason, "stage": stop, "seconds": seconds,
+                                                              "stage_epochs": plan, "curve": curve}))
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, distributions={}, params={},
                                               user_attrs={"error": "RuntimeError: boom", "seconds": 3.0}))
     return path
@@ -121,12 +136,21 @@ def test_report_from_a_synthetic_study(tmp_path: Path) -> None:
     markdown = _check_files(out)
     # knee among the feasible front points (trials 0 and 1): trial 0 is closest to the ideal point.
     assert "**trial 0**" in markdown
-    assert "6 recorded: 3 complete, 2 pruned, 1 failed" in markdown
+    assert "8 recorded: 3 complete, 4 pruned, 1 failed" in markdown
     assert "the search's completed single-stage trials" in markdown  # no techniques.csv: the fallback is named
     assert "| validation top-1 | 80.0% | 78.0% | -2.0 points |" in markdown
-    # Only the trial the rule stopped saved anything: median(40, 20, 30) * 1 - 6.0 spent; the rejected
-    # order would never have run.
-    assert "rules stopped 1 trial(s)" in markdown and f"**{30 - 6.0:.0f} s**" in markdown
+    # Only the stops early stopping caused saved anything, costed by the training they had left: 2 x 5 s
+    # + 2 x 8 s for the one stopped during training, 3 x 8 s for the one stopped before; the below-floor
+    # stop (which happens with early stopping off too) and the rejected order count for nothing.
+    assert ("Early stopping stopped 2 trial(s): 1 before training (estimated to miss the size or latency target) and "
+            "1 during training (accuracy hopeless). Estimated compute saved: **50 s**, the 7 fine-tune epoch(s)") in markdown
+    assert "| stopped early during training (accuracy hopeless) | 1 | 6 s | 4 | 26 s |" in markdown
+    assert "| stopped before training (estimated to miss the size or latency target) | 1 | 0 s | 3 | 24 s |" in markdown
+    assert "Not savings of early stopping: 1 trial(s) stopped after training" in markdown
+    assert "Other pruned trials, counts only: rejected before compute (impossible stage order): 1." in markdown
+    # Savings alone are no reason to keep it: the false-stop rate was not measured.
+    assert "False stops: not measured" in markdown and "keep `search.early_stopping` on" not in markdown
+    assert "was not measured, so whether it cost front points is unknown" in markdown
     assert "RuntimeError" in markdown and "rejected before compute" in markdown
     # seconds per phase over the three trials (90 s): channels trains (20 + 15 s), the rest does not
     assert "training stages took **39%**" in markdown and "lowering to the runtime alone 25%" in markdown
@@ -139,8 +163,13 @@ def test_report_from_a_synthetic_study(tmp_path: Path) -> None:
                    "prune(l1),executorch,0.7,0.66,1000000,500000,1.0,2.0,1.0\n"
                    "ptq(xnnpack),executorch,0.78,0.74,260000,200000,0.26,0.8,0.4\n"
                    "channels(l1),executorch,0.75,0.7,500000,450000,0.5,1.0,0.5\n")
+    # Measured false stops, and few: now the advice is to keep it on.
+    store_study(optuna.load_study(study_name="synthetic", storage=load_study(path).storage_url), {
+        StudyAttr.FALSE_STOPS: FalseStops((FalseStopTrial(4, 0, 0.5, 0.7, False), FalseStopTrial(9, 1, 0.66, 0.7, False))).as_dict()})
     assert main(["report", "--study", str(path), "--out", str(out)]) == 0
     markdown = (out / "report.md").read_text()
+    assert "False stops: **0 of 2** (measured by re-running 2 trial(s) stopped during training to the end" in markdown
+    assert "0 of 2 stopped trial(s) re-run to the end reached the floor: keep `search.early_stopping` on." in markdown
     assert f"the techniques benchmark `{csv}`" in markdown
     # ptq: 74% smaller for 2 points = 37.0% per point; channels: 50% for 5 points = 10.0% per point
     assert "Largest size reduction per accuracy point lost, technique alone: `ptq(xnnpack)`" in markdown

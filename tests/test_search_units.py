@@ -16,11 +16,12 @@ from udacisense.compression.pipeline import Pipeline
 from udacisense.compression.pruning import StructuredPruningConfig, UnstructuredPruningConfig
 from udacisense.compression.quantization import StaticQuantConfig
 from udacisense.compression.stage import StageContext
+from udacisense.evaluators.intervals import pack_correct
 from udacisense.models.config import ModelConfig
 from udacisense.models.mobilenet import build_model
 from udacisense.runtime import Delegation
 from udacisense.search.budget import budget_left, is_surplus
-from udacisense.search.early_stopping import AccuracyMonitor, StopRule
+from udacisense.search.early_stopping import AccuracyMonitor, StopRule, point_of, stop_rule_for
 from udacisense.search.export import delegation_line
 from udacisense.search.feasibility import footprint, infeasibility
 from udacisense.search.front import pareto_trials, pick, trials_table
@@ -123,35 +124,86 @@ def test_sensitive_units_kept_float_are_a_parameter_only_when_the_space_searches
     assert counts == {0, 1, 2, 3}
 
 
-def test_stop_rule_needs_history_at_the_same_stage_and_epoch() -> None:
+def test_stop_rule_needs_history_at_the_same_stage_kind_and_epoch() -> None:
     rule = StopRule(floor=0.6, margin=0.2, chance=0.1)
     # Without history nothing is stopped, however low: a lack of evidence is no evidence.
-    assert not rule.should_stop((0, 0), 0.12, first_of_stage=True)
-    assert not rule.should_stop((1, 2), 0.05)
-    recovered = StopRule(floor=0.6, margin=0.2, chance=0.1,
-                         recovered=((((0, 0), 0.3), ((0, 1), 0.31), ((0, None), 0.32), ((1, 0), 0.65)),))
-    assert not recovered.should_stop((0, 1), 0.31)  # a completed trial was this low here and still made the floor
-    assert recovered.should_stop((0, 1), 0.2)
-    assert not recovered.should_stop((0, 1), 0.45)  # within the margin of the floor
-    assert not recovered.should_stop((0, 0), 0.2, first_of_stage=True)  # right after a cut: only a collapse counts
-    assert recovered.should_stop((0, 0), 0.12, first_of_stage=True)
-    # Epoch 1 of stage 1 is not epoch 1 of stage 0: no history there, no stop.
-    assert not recovered.should_stop((1, 1), 0.05)
+    assert not rule.should_stop(("channels", 0, 0), 0.12, first_of_stage=True)
+    assert not rule.should_stop(("distill", 0, 2), 0.05)
+    recovered = StopRule(floor=0.6, margin=0.2, chance=0.1, recovered=(
+        ((("channels", 0, 0), 0.3), (("channels", 0, 1), 0.31), (("channels", 0, None), 0.32), (("distill", 0, 0), 0.65)),))
+    assert not recovered.should_stop(("channels", 0, 1), 0.31)  # a completed trial was this low here and still made the floor
+    assert recovered.should_stop(("channels", 0, 1), 0.2)
+    assert not recovered.should_stop(("channels", 0, 1), 0.45)  # within the margin of the floor
+    assert not recovered.should_stop(("channels", 0, 0), 0.2, first_of_stage=True)  # right after a cut: only a collapse counts
+    assert recovered.should_stop(("channels", 0, 0), 0.12, first_of_stage=True)
+    # Epoch 1 of distillation is not epoch 1 of channel pruning, nor is a second channel pruning the first.
+    assert not recovered.should_stop(("distill", 0, 1), 0.05)
+    assert not recovered.should_stop(("channels", 1, 1), 0.05)
+    assert point_of(("channels", "distill", "channels"), 2, None) == ("channels", 1, None)
 
 
-def test_monitor_records_stage_and_epoch_and_marks_rule_stops() -> None:
-    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
-    history = StopRule(floor=0.6, margin=0.2, chance=0.1, recovered=((((1, 1), 0.5),),))
+def _completed(study: optuna.Study, kinds: tuple[str, ...], curve: list[tuple[int | None, float]], val: float) -> None:
+    """A trial of ``kinds`` whose monitor saw ``curve`` ((epoch or None at a stage's end), accuracy), then completed."""
     trial = study.ask()
-    monitor = AccuracyMonitor(trial, history)
+    monitor = AccuracyMonitor(trial, StopRule(floor=0.6, margin=0.1), kinds)
+    for epoch, accuracy in curve:
+        if epoch is None:
+            monitor.observe(accuracy, "stage done")
+        else:
+            monitor.on_epoch_end(epoch, accuracy)
+    study.tell(trial, [val, 0.5, 0.5])
+
+
+def test_trials_whose_stages_come_in_another_order_are_compared_stage_kind_by_kind() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    # Reached the floor (0.6): distillation first, then channel pruning that cut accuracy to 0.3 and recovered.
+    _completed(study, ("distill", "channels"), [(0, 0.7), (1, 0.72), (None, 0.72), (0, 0.3), (1, 0.5), (None, 0.65)], 0.65)
+    # An older trial stored [stage, epoch, top-1]: no kind, no evidence (it would stop everything below 0.9).
+    study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, values=[0.9, 0.5, 0.5],
+                                              user_attrs={"curve": [[0, 1, 0.9], [1, 1, 0.9]]}))
+    rule = stop_rule_for(study, floor=0.6, margin=0.1, num_classes=10)
+    assert rule.lowest_recovered_at(("channels", 0, 1)) == 0.5 and rule.lowest_recovered_at(("distill", 0, 1)) == 0.72
+
+    def after_one_channels_epoch(accuracy: float) -> bool:
+        """Whether a channels-then-distill trial at ``accuracy`` after its second channels epoch is stopped."""
+        trial = study.ask()
+        monitor = AccuracyMonitor(trial, rule, ("channels", "distill"))
+        monitor.on_epoch_end(0, 0.3)  # right after the cut: no collapse, kept
+        try:
+            monitor.on_epoch_end(1, accuracy)
+        except optuna.TrialPruned:
+            return True
+        finally:
+            study.tell(trial, state=TrialState.PRUNED)
+        return False
+
+    # Stage index 0 epoch 1 was distillation at 0.72 in the completed trial: an index-based rule would
+    # stop 0.49; channel pruning there was at 0.5, and 0.49 is within 0.02 of it.
+    assert not after_one_channels_epoch(0.49)
+    assert after_one_channels_epoch(0.35)
+
+
+def test_monitor_records_stage_kind_epoch_and_seconds_and_marks_rule_stops() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    history = StopRule(floor=0.6, margin=0.2, chance=0.1, recovered=(((("prune", 0, 1), 0.5),),))
+    trial = study.ask()
+    monitor = AccuracyMonitor(trial, history, ("distill", "prune"))
+    monitor.start()
     monitor.on_epoch_end(0, 0.3)  # stage 0, epoch 0 (no history there: kept)
+    time.sleep(0.05)
     monitor.observe(0.3, "stage 0 done")
     monitor.on_epoch_end(0, 0.4)  # stage 1, epoch 0: right after its cut, and no history there
     with pytest.raises(optuna.TrialPruned):
-        monitor.on_epoch_end(1, 0.2)  # stage 1, epoch 1: every recovered trial was at 0.5 here
+        monitor.on_epoch_end(1, 0.2)  # prune epoch 1: every recovered trial was at 0.5 here
     frozen = study.trials[trial.number]
-    assert frozen.user_attrs["curve"] == [[0, 0, 0.3], [0, None, 0.3], [1, 0, 0.4], [1, 1, 0.2]]
-    assert TrialRecord.of(frozen).stop_reason is StopReason.DURING_TRAINING
+    curve = frozen.user_attrs["curve"]
+    assert [p[:4] for p in curve] == [[0, "distill", 0, 0.3], [0, "distill", None, 0.3], [1, "prune", 0, 0.4],
+                                      [1, "prune", 1, 0.2]]
+    seconds = [p[4] for p in curve]
+    assert seconds[1] >= seconds[0] + 0.05  # seconds run within a stage ...
+    assert seconds[2] < seconds[1] and seconds[2] <= seconds[3]  # ... and start again with the next one
+    record = TrialRecord.of(frozen)
+    assert record.stop_reason is StopReason.DURING_TRAINING and "stage 2 prune" in record.stop_message
 
 
 def _trial(study: optuna.Study, state: TrialState, values=None, **attrs) -> None:
@@ -222,11 +274,25 @@ def test_front_dominance_and_pick_policies() -> None:
     table = trials_table(front, TargetsConfig(), baseline_val=0.9)
     assert list(table["meets_all"]) == [False, True, True, False]  # sorted by accuracy: 3, 0, 4, 1
     assert pick(table, "most-accurate", TARGETS) == 0 and pick(table, "fastest", TARGETS) == 0 and pick(table, "smallest", TARGETS) == 4
-    assert pick(table, "knee", TARGETS) in (0, 4)
+    # The knee among the two points meeting the targets (0 and 4), in allowances: trial 0 is at
+    # (0, 0.50/0.6, 0.30/0.7), 0.88 squared away; trial 4 at (0.05/0.05, 0.55/0.6, 0.25/0.7), 1.97.
+    assert pick(table, "knee", TARGETS) == 0
     with pytest.raises(UserError, match="nothing to choose"):
         pick(table.assign(meets_all=False), "smallest", TARGETS)
     with pytest.raises(UserError):
         pick(pd.DataFrame(columns=table.columns), "knee", TARGETS)
+
+
+def test_knee_is_the_balanced_point_not_the_best_of_any_one_objective() -> None:
+    # Every point meets the targets (floor 0.85) and each policy has its own answer.
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    for values in ([0.90, 0.55, 0.60], [0.86, 0.20, 0.65], [0.86, 0.58, 0.10], [0.88, 0.35, 0.35]):
+        _trial(study, TrialState.COMPLETE, values, pipeline="p")
+    table = trials_table(pareto_trials(study.trials), TARGETS, baseline_val=0.9)
+    assert table["meets_all"].all() and len(table) == 4
+    assert (pick(table, "most-accurate", TARGETS), pick(table, "fastest", TARGETS), pick(table, "smallest", TARGETS)) == (0, 1, 2)
+    # Squared distances in allowances: 1.58, 1.61, 1.60 for the extremes; 0.75 for trial 3.
+    assert pick(table, "knee", TARGETS) == 3
 
 
 def test_knee_weighs_objectives_by_their_targets_not_by_the_spread_of_the_front() -> None:
@@ -242,6 +308,54 @@ def test_knee_weighs_objectives_by_their_targets_not_by_the_spread_of_the_front(
     _trial(study, TrialState.COMPLETE, [0.595, 0.85, 0.17], pipeline="pte, more accurate")
     table = trials_table(pareto_trials(study.trials), TARGETS, baseline_val=0.7)
     assert pick(table, "knee", TARGETS) == 2
+
+
+def _correct(right: int, total: int = 500, shift: int = 0) -> str:
+    """A packed correctness vector: ``right`` of ``total`` validation images right, starting at image ``shift``."""
+    correct = torch.zeros(total, dtype=torch.bool)
+    correct[(torch.arange(right) + shift) % total] = True
+    return pack_correct(correct)
+
+
+def test_knee_never_trades_a_measured_latency_gain_for_an_accuracy_gap_within_the_noise() -> None:
+    # A is 0.4 points more accurate on 500 validation images (2 images) and 30% slower than B: the paired
+    # interval of that difference holds zero, so B's measured speed wins.
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    _trial(study, TrialState.COMPLETE, [0.604, 0.52, 0.10], pipeline="A", val_correct=_correct(302))
+    _trial(study, TrialState.COMPLETE, [0.600, 0.40, 0.10], pipeline="B", val_correct=_correct(300))
+    table = trials_table(pareto_trials(study.trials), TARGETS, baseline_val=0.6)
+    assert set(table["trial"]) == {0, 1} and pick(table, "knee", TARGETS) == 1
+    # 4 points on 500 images that the two get right on different images (380 disagreements): the paired
+    # interval still holds zero, so B; weighed on the point estimates alone, A would win.
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    _trial(study, TrialState.COMPLETE, [0.640, 0.52, 0.10], pipeline="A", val_correct=_correct(320))
+    _trial(study, TrialState.COMPLETE, [0.600, 0.40, 0.10], pipeline="B", val_correct=_correct(300, shift=200))
+    table = trials_table(pareto_trials(study.trials), TARGETS, baseline_val=0.6)
+    assert pick(table, "knee", TARGETS) == 1
+    # The same 4 points that the images resolve (A right on 20 more, never worse): A is worth it.
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    _trial(study, TrialState.COMPLETE, [0.640, 0.52, 0.10], pipeline="A", val_correct=_correct(320))
+    _trial(study, TrialState.COMPLETE, [0.600, 0.40, 0.10], pipeline="B", val_correct=_correct(300))
+    table = trials_table(pareto_trials(study.trials), TARGETS, baseline_val=0.6)
+    assert pick(table, "knee", TARGETS) == 0
+
+
+def test_front_verdicts_tell_confident_from_point_estimate_from_missed() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    evidence = {"test": {"images": 1000, "top1": 0.55, "top1_ci95": [0.52, 0.58], "drop": 0.01, "drop_ci95": [-0.01, 0.03],
+                         "agreement": 0.9, "p_value": 0.3}}
+    _trial(study, TrialState.COMPLETE, [0.55, 0.50, 0.20], pipeline="confident accuracy", evidence=evidence)
+    wide = {"test": {**evidence["test"], "drop_ci95": [-0.02, 0.07]}}
+    _trial(study, TrialState.COMPLETE, [0.56, 0.55, 0.20], pipeline="wide drop interval", evidence=wide)
+    missed = {"test": {**evidence["test"], "drop": 0.06, "drop_ci95": [0.04, 0.08]}}
+    _trial(study, TrialState.COMPLETE, [0.57, 0.45, 0.80], pipeline="missed", evidence=missed)
+    table = trials_table(study.trials, TARGETS, baseline_val=0.6).set_index("pipeline")
+    assert list(table.loc[["confident accuracy", "wide drop interval", "missed"], "verdict_accuracy"]) == [
+        "met", "point estimate only", "missed"]
+    # One timing run has no interval across runs: the latency target is met on its point estimate at best.
+    assert table.loc["confident accuracy", "verdict_latency"] == "point estimate only"
+    assert table.loc["missed", "verdict_size"] == "missed" and table.loc["missed", "test_drop_ci95"] == [0.04, 0.08]
+    assert table.loc["confident accuracy", "test_images"] == 1000
 
 
 def test_feasibility_rules_out_float_unstructured_but_not_quantized(tiny_bundle) -> None:

@@ -9,7 +9,8 @@ import optuna
 import pytest
 
 from udacisense.common.errors import UserError
-from udacisense.search.storage import SETTINGS_ATTR, check_settings, study_settings
+from udacisense.search.records import StudyAttr, store_study
+from udacisense.search.storage import check_settings, study_settings
 from udacisense.search.study import load_study
 from udacisense.spaces.distributions import Choice
 
@@ -74,7 +75,7 @@ def test_a_setting_added_since_the_trials_were_stored_is_no_change_at_its_defaul
     optuna_study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     # Stored by a version of the tool that had no `space.linear_weight_bits` (it ran 8-bit Linear weights).
     stored = {key: value for key, value in study_settings(study).items() if key != "space.linear_weight_bits"}
-    optuna_study.set_user_attr(SETTINGS_ATTR, stored)
+    store_study(optuna_study, {StudyAttr.SETTINGS: stored})
     check_settings(study, optuna_study, record=False)
     searching_int4 = dataclasses.replace(study, space=dataclasses.replace(study.space, linear_weight_bits=Choice((8, 4))))
     with pytest.raises(UserError, match=r"space\.linear_weight_bits: '\(unset\)' -> \[8, 4\]"):

@@ -24,12 +24,12 @@ from udacisense.models.mobilenet import build_model
 from udacisense.models.students import StudentsConfig, StudentShelf
 from udacisense.runtime import executorch_bytes, executorch_threads, load_runner, request_executorch_threads
 from udacisense.search.baseline_profile import BaselineProfile
-from udacisense.search.export import export_trial, retime_front, verify_artifact
+from udacisense.search.export import export_trial, read_card, retime_front
 from udacisense.search.front import missed_targets, pareto_trials, pick, trials_table
 from udacisense.search.objective import TrialRunner
 from udacisense.search.runner import sampler_while_students_train, train_students, untrained_students
 from udacisense.search.study import TargetsConfig, parse_study
-from udacisense.search.workspace import Workspace
+from udacisense.search.workspace import Workspace, baseline_artifact, first_test_image
 from udacisense.spaces.distributions import Choice, IntRange
 from udacisense.spaces.sampling import sample_pipeline
 from udacisense.spaces.space import SpaceConfig
@@ -76,10 +76,12 @@ def workspace(tmp_path_factory, tiny_bundle) -> Workspace:
     })
     torch.manual_seed(0)
     model = train_briefly(build_model(ModelConfig(width_mult=0.25), num_classes=4, image_size=32), tiny_bundle, epochs=8)
+    baseline = Baseline(model, root / "baseline", "test", True, 0.0)
     metrics = profile_float_model(model, tiny_bundle, runtimes=study.evaluation.runtimes, latency_runs=20,
+                                  artifact_for=lambda runtime: baseline_artifact(baseline, runtime, first_test_image(tiny_bundle)),
                                   latency_warmup=3, threads=1, progress=False)
     students = StudentShelf(model, "test", tiny_bundle, study.baseline, root / "students")
-    return Workspace(study, tiny_bundle, Baseline(model, root / "baseline", "test", True, 0.0), BaselineProfile(metrics), students)
+    return Workspace(study, tiny_bundle, baseline, BaselineProfile(metrics), students)
 
 
 def _runner(workspace: Workspace, runs_dir: Path | None = None, reference_runtime: str | None = None,
@@ -168,7 +170,7 @@ def test_a_parity_failure_keeps_no_artifact_and_is_infeasible(workspace, tmp_pat
     with pytest.raises(UserError, match="parity"):
         pick(table, "knee", TARGETS)
     with pytest.raises(UserError, match="parity"):
-        export_trial(runner.workspace, study, number, tmp_path / "export", runner, "study.toml")
+        export_trial(runner.workspace, study, number, tmp_path / "export", runner)
     assert not (tmp_path / "export").exists()
 
 
@@ -180,7 +182,7 @@ def test_an_export_failing_parity_leaves_no_folder(workspace, mixed_study, tmp_p
     try:
         torch.save(torch.randn(len(workspace.data.test), 4), reference)  # logits the artifact cannot match
         with pytest.raises(UserError, match="disagrees"):
-            export_trial(workspace, mixed_study, trial.number, tmp_path / "export", runner, "study.toml")
+            export_trial(workspace, mixed_study, trial.number, tmp_path / "export", runner)
     finally:
         reference.write_bytes(original)
     assert not any(tmp_path.iterdir())  # neither the folder nor its temporary twin
@@ -198,9 +200,9 @@ def test_an_export_without_a_feasible_point_says_so_and_records_it(workspace, mi
     paragraph = missed_targets(table, chosen, TargetsConfig(**tight), workspace.profile.val_top1)
     assert paragraph is not None and paragraph.startswith("No point on the Pareto front meets all targets.")
     assert "meets_targets = false" in paragraph
-    result = export_trial(runner.workspace, mixed_study, chosen, tmp_path / "export", runner, "study.toml")
+    result = export_trial(runner.workspace, mixed_study, chosen, tmp_path / "export", runner)
     assert not result.meets_targets and result.constraints["latency"] > 0
-    card, parity = verify_artifact(result.artifact, runner.workspace)
+    card, parity = read_card(result.artifact), result.parity  # `verify` itself: tests/test_read_only.py
     assert card["targets"]["meets_targets"] is False and card["targets"]["constraints"]["size"] > 0
     assert card["metrics"]["executorch_threads"] == 1 and card["metrics"]["reference_runtime"] == "executorch"
     assert card["parity"]["reference_sha256"] and parity.top1_agreement >= card["parity"]["rule"]["min_agreement"]

@@ -1,9 +1,11 @@
 """The technical report: Markdown and HTML with figures, written only from stored measurements.
 
-Inputs are what the other commands already stored: the baseline's ``metrics.json``, the Optuna
-study (objective values and user attributes of every trial), the optional techniques benchmark
-(``runs/<study>/techniques/techniques.csv``) and the optional export's ``model_card.json``. No
-number in the report is typed in: every figure is read from those files or computed from them.
+Inputs are what the other commands already stored: the Optuna study (objective values and user
+attributes of every trial; the baseline's measurements and the latest export's model card as study
+attributes, or for older studies ``runs/<study>/baseline/metrics.json`` and
+``runs/<study>/export/model_card.json``) and the optional techniques benchmark
+(``runs/<study>/techniques/techniques.csv``). It writes only into its output folder. No number in
+the report is typed in: every figure is read from those or computed from them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from udacisense.common.files import write_text
+from udacisense.search.records import StudyRecord
 from udacisense.search.report.facts import early_stopping_savings, hypervolume_history, load_inputs, phase_totals, stage_steps
 from udacisense.search.report.figures import FIGURES, plot_hypervolume, plot_pareto, plot_per_class, plot_phases, plot_waterfall
 from udacisense.search.report.html import markdown_to_html
@@ -44,7 +47,7 @@ def write_report(study: StudyConfig, out_dir: Path, *, storage: str | None = Non
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     history = hypervolume_history(inputs.trials)
-    savings = early_stopping_savings(inputs.trials)
+    savings = early_stopping_savings(inputs.trials, StudyRecord.of(inputs.optuna_study).false_stops)
     steps = stage_steps(inputs)
     phases = phase_totals(inputs.trials)
     images = {
@@ -58,7 +61,7 @@ def write_report(study: StudyConfig, out_dir: Path, *, storage: str | None = Non
     technique_lines, rows = section_techniques(inputs)
     lines = [f"# {title}", "",
              f"Generated {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')} by `udacisense report` from the "
-             f"baseline measurements, the study storage `{inputs.storage_label}` and the export folder. Every number "
+             f"study storage `{inputs.storage_label}` (trials, baseline measurements, model card). Every number "
              "below is a stored measurement or is computed from them.", ""]
     lines += section_summary(inputs)
     lines += section_baseline(inputs)

@@ -17,9 +17,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from udacisense.common.errors import UserError
 from udacisense.search.baseline_profile import FILE_NAME, BaselineProfile
+from udacisense.search.early_stopping import curve_points, stage_progress
+from udacisense.search.export import CARD_NAME
 from udacisense.search.front import pareto_trials, pick, trials_table
 from udacisense.search.hypervolume import hypervolume
-from udacisense.search.records import EARLY_STOPS, StopReason, TrialRecord, records
+from udacisense.search.records import STOPPED_BY_EARLY_STOPPING, FalseStops, StopReason, StudyRecord, TrialRecord, records
 from udacisense.search.study import StudyConfig
 
 
@@ -28,7 +30,6 @@ class Inputs:
     study: StudyConfig
     storage_label: str
     profile: BaselineProfile
-    metrics_path: Path
     optuna_study: optuna.Study
     trials: list[TrialRecord]
     complete: list[TrialRecord]
@@ -39,7 +40,8 @@ class Inputs:
     techniques: pd.DataFrame | None
     techniques_path: Path
     card: dict[str, Any] | None
-    card_path: Path
+    # The export folder holding the card's artifact on this machine; None when only the storage has the card.
+    card_dir: Path | None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -69,13 +71,12 @@ def _storage_label(url: str) -> str:
 def load_inputs(study: StudyConfig, storage: str | None, trial_number: int | None) -> Inputs:
     from udacisense.search.storage import open_study
 
-    metrics_path = study.run_dir / "baseline" / FILE_NAME
-    profile = BaselineProfile.load(metrics_path)
     url = storage or study.storage_url
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise UserError(f"The study {study.name!r} has no storage yet ({url.removeprefix('sqlite:///')} does not exist).",
                         "run `udacisense search --study ...` first, or pass `--storage` with the shared storage URL.")
     optuna_study = open_study(study, storage, create=False)
+    profile = BaselineProfile.of_study(optuna_study, study.run_dir / "baseline" / FILE_NAME)
     trials = optuna_study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state is TrialState.COMPLETE and t.values]
     if not complete:
@@ -83,8 +84,7 @@ def load_inputs(study: StudyConfig, storage: str | None, trial_number: int | Non
                         "so there is nothing to report on.", "run `udacisense search --study ...` until trials complete.")
     front = trials_table(pareto_trials(complete), study.targets, profile.val_top1)
     everything = trials_table(complete, study.targets, profile.val_top1)
-    card_path = study.run_dir / "export" / "model_card.json"
-    exported = _read_card(card_path, study, trials)
+    exported, card_dir = _exported_card(optuna_study, study, trials)
     if trial_number is not None:
         match = [t for t in trials if t.number == trial_number]
         if not match:
@@ -104,20 +104,29 @@ def load_inputs(study: StudyConfig, storage: str | None, trial_number: int | Non
         except (OSError, ValueError, pd.errors.ParserError):
             techniques = None
     card = exported if exported is not None and exported.get("trial") == chosen.number else None
-    return Inputs(study, _storage_label(url), profile, metrics_path, optuna_study, records(trials), records(complete),
-                  front, everything, TrialRecord.of(chosen), note, techniques, techniques_path, card, card_path)
+    return Inputs(study, _storage_label(url), profile, optuna_study, records(trials), records(complete),
+                  front, everything, TrialRecord.of(chosen), note, techniques, techniques_path, card, card_dir)
 
 
-def _read_card(card_path: Path, study: StudyConfig, trials: Sequence[FrozenTrial]) -> dict[str, Any] | None:
-    """The export folder's model card when it belongs to a completed trial of this study, else None."""
+def _exported_card(optuna_study: optuna.Study, study: StudyConfig,
+                   trials: Sequence[FrozenTrial]) -> tuple[dict[str, Any] | None, Path | None]:
+    """The latest export's model card (stored with the study; for a study exported before it was, the card in
+    ``runs/<name>/export``) when it belongs to a completed trial of this study, and the local export folder
+    holding its artifact when this machine has it."""
+    local_path = study.run_dir / "export" / CARD_NAME
     try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
+        local = json.loads(local_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
+        local = None
+    card = StudyRecord.of(optuna_study).exported_card or local
+    if card is None:
+        return None, None
     number = card.get("trial")
     belongs = card.get("name") == f"{study.name}-trial-{number}"
     complete = any(t.number == number and t.state is TrialState.COMPLETE for t in trials)
-    return card if belongs and complete else None
+    if not (belongs and complete):
+        return None, None
+    return card, local_path.parent if local is not None and local.get("sha256") == card.get("sha256") else None
 
 
 def _default_choice(study: StudyConfig, trials: Sequence[FrozenTrial], front: pd.DataFrame,
@@ -177,28 +186,115 @@ def hypervolume_history(trials: Sequence[TrialRecord]) -> list[tuple[int, float]
     return history
 
 
-def early_stopping_savings(trials: Sequence[TrialRecord]) -> dict[str, Any]:
-    """Estimate: median seconds of complete trials x pruned trials - seconds the pruned trials spent.
+@dataclass(frozen=True)
+class StopCost:
+    """What early stopping saved on one trial it stopped: the fine-tune epochs the trial had left, costed."""
 
-    ``stopped`` and ``saved_by_stopping`` count only trials the early-stopping rules stopped (before
-    or during training): rejected orders, duplicates and over-budget trials would never have run.
+    number: int
+    reason: StopReason | None
+    spent: float  # seconds the trial ran before it was stopped
+    planned: bool  # it stored its sampled stages' epochs (trials of older versions did not: not costed)
+    epochs_left: int  # fine-tune epochs of its pipeline that it did not run
+    seconds: float  # the costed estimate of those epochs
+    uncosted_epochs: int  # epochs of stage kinds without a measured seconds-per-epoch: not in ``seconds``
+
+
+def epoch_seconds_by_kind(trials: Sequence[TrialRecord]) -> dict[str, float]:
+    """Median seconds per fine-tune epoch of each stage kind, over the completed trials' stages that trained."""
+    per_kind: dict[str, list[float]] = {}
+    for trial in trials:
+        if trial.has_values:
+            for stage in stage_progress(curve_points(trial.curve)):
+                if stage.seconds_per_epoch is not None:
+                    per_kind.setdefault(stage.kind, []).append(stage.seconds_per_epoch)
+    return {kind: statistics.median(values) for kind, values in per_kind.items()}
+
+
+def remaining_training(trial: TrialRecord, seconds_per_epoch: dict[str, float]) -> StopCost:
+    """The estimate of what a stopped trial would still have spent, and nothing more:
+
+    - epochs: per stage of its sampled pipeline (``stage_epochs``), the fine-tune epochs it did not
+      finish (none for a stage its curve closed; planned minus finished for the stage it stopped in;
+      all for the stages after);
+    - seconds per epoch: the trial's own, where its curve measured epochs of that stage, else the median
+      over completed trials' stages of the same kind (``epoch_seconds_by_kind``); a kind no completed
+      trial trained leaves its epochs uncosted (counted in ``uncosted_epochs``);
+    - left out: lowering, artifact accuracy, parity and latency, which a trial stopped as hopeless would
+      most likely never have reached (it would have stopped below the floor), and the stages' own
+      validation passes beyond those in each epoch.
     """
-    complete = [t.seconds for t in trials if t.state is TrialState.COMPLETE]
-    pruned = [t for t in trials if t.state is TrialState.PRUNED]
-    median = statistics.median(complete) if complete else 0.0
-    by_category: dict[str, dict[str, float]] = {}
-    for trial in pruned:
-        entry = by_category.setdefault(prune_category(trial), {"trials": 0, "spent": 0.0})
-        entry["trials"] += 1
-        entry["spent"] += trial.seconds
-    for entry in by_category.values():
-        entry["saved"] = median * entry["trials"] - entry["spent"]
-    spent = sum(t.seconds for t in pruned)
-    stopped = [t for t in pruned if t.stop_reason in EARLY_STOPS]
-    return {"median_complete": median, "pruned": len(pruned), "spent": spent, "saved": median * len(pruned) - spent,
-            "complete_total": sum(complete), "by_category": by_category, "stopped": len(stopped),
-            "saved_by_stopping": median * len(stopped) - sum(t.seconds for t in stopped)}
+    progress = {stage.stage: stage for stage in stage_progress(curve_points(trial.curve))}
+    epochs_left, seconds, uncosted = 0, 0.0, 0
+    for index, (kind, epochs) in enumerate(trial.stage_epochs):
+        done = progress.get(index)
+        if done is not None and done.closed:
+            continue
+        left = epochs - (done.epochs if done is not None else 0)
+        if left <= 0:
+            continue
+        own = done.seconds_per_epoch if done is not None else None
+        rate = own if own is not None else seconds_per_epoch.get(kind)
+        epochs_left += left
+        if rate is None:
+            uncosted += left
+        else:
+            seconds += left * rate
+    return StopCost(trial.number, trial.stop_reason, trial.seconds, bool(trial.stage_epochs), epochs_left, seconds, uncosted)
 
+
+@dataclass(frozen=True)
+class EarlyStoppingSavings:
+    """Compute spent by the trials, and what early stopping saved: only the stops it caused
+    (``STOPPED_BY_EARLY_STOPPING``), each costed by ``remaining_training``."""
+
+    complete_total: float  # seconds of the completed trials
+    median_complete: float
+    pruned: dict[StopReason | None, list[TrialRecord]]  # every pruned trial, by its recorded stop reason
+    costs: tuple[StopCost, ...]  # one per stop early stopping caused
+    false_stops: FalseStops | None  # measured on the stopped trials themselves; None: not measured
+
+    @property
+    def pruned_count(self) -> int:
+        return sum(len(trials) for trials in self.pruned.values())
+
+    @property
+    def spent(self) -> float:
+        """Seconds the pruned trials ran."""
+        return sum(t.seconds for trials in self.pruned.values() for t in trials)
+
+    @property
+    def stopped(self) -> int:
+        return len(self.costs)
+
+    @property
+    def saved(self) -> float:
+        return sum(c.seconds for c in self.costs)
+
+    @property
+    def epochs_left(self) -> int:
+        return sum(c.epochs_left for c in self.costs)
+
+    @property
+    def uncosted_epochs(self) -> int:
+        return sum(c.uncosted_epochs for c in self.costs)
+
+    @property
+    def unplanned(self) -> int:
+        return sum(1 for c in self.costs if not c.planned)
+
+    def costs_of(self, reason: StopReason) -> list[StopCost]:
+        return [c for c in self.costs if c.reason is reason]
+
+
+def early_stopping_savings(trials: Sequence[TrialRecord], false_stops: FalseStops | None = None) -> EarlyStoppingSavings:
+    complete = [t.seconds for t in trials if t.state is TrialState.COMPLETE]
+    pruned: dict[StopReason | None, list[TrialRecord]] = {}
+    for trial in trials:
+        if trial.state is TrialState.PRUNED:
+            pruned.setdefault(trial.stop_reason, []).append(trial)
+    rates = epoch_seconds_by_kind(trials)
+    costs = tuple(remaining_training(t, rates) for reason in STOPPED_BY_EARLY_STOPPING for t in pruned.get(reason, []))
+    return EarlyStoppingSavings(sum(complete), statistics.median(complete) if complete else 0.0, pruned, costs, false_stops)
 
 
 # Stage kinds whose phase is (mostly) gradient steps; the others calibrate, convert or rewrite.

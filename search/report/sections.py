@@ -13,8 +13,11 @@ from optuna.trial import TrialState
 from udacisense.common.files import sha256_of
 from udacisense.search.budget import is_rejected
 from udacisense.search.hypervolume import HV_REFERENCE
-from udacisense.search.records import TrialRecord
+from udacisense.search.records import StopReason, TrialRecord
 from udacisense.search.report.facts import (
+    STOP_CATEGORIES,
+    UNRECORDED,
+    EarlyStoppingSavings,
     Inputs,
     PhaseTotal,
     TechniqueRow,
@@ -118,7 +121,7 @@ def section_baseline(inputs: Inputs) -> list[str]:
     profile, model = inputs.profile, inputs.study.model
     train = profile.training
     lines = ["## Baseline analysis", "",
-             f"Source: `{inputs.metrics_path}`.", ""]
+             f"Source: {inputs.profile.source}.", ""]
     lines += md_table(["property", "value"], [
         ["architecture", f"{model.arch}, width multiplier {model.width_mult:g}, weights {model.pretrained}"
                          + (f", resized in-model to {model.input_resolution} px" if model.input_resolution else "")],
@@ -172,7 +175,7 @@ def section_techniques(inputs: Inputs) -> tuple[list[str], list[TechniqueRow]]:
     return lines, rows
 
 
-def section_search(inputs: Inputs, history: Sequence[tuple[int, float]], savings: dict[str, Any],
+def section_search(inputs: Inputs, history: Sequence[tuple[int, float]], savings: EarlyStoppingSavings,
                    phases: Sequence[PhaseTotal]) -> list[str]:
     config = inputs.study.search
     counts = state_counts(inputs.trials)
@@ -222,20 +225,10 @@ def section_search(inputs: Inputs, history: Sequence[tuple[int, float]], savings
             [kind, len(members), ", ".join(str(t.number) for t in members),
              (members[0].error or "no error recorded")[:240]] for kind, members in groups_f.items()])
     lines += ["### Compute and early stopping", ""]
-    lines += [f"Completed trials took {fmt_seconds(savings['complete_total'])} in total (median "
-              f"{fmt_seconds(savings['median_complete'])} per trial); the {savings['pruned']} pruned trial(s) spent "
-              f"{fmt_seconds(savings['spent'])}.", ""]
-    if not inputs.study.search.early_stopping:
-        lines += ["Early stopping is off in this study (`search.early_stopping = false`): it saved nothing.", ""]
-    else:
-        lines += [f"The early-stopping rules stopped {savings['stopped']} trial(s) before or during training. Estimated "
-                  f"compute saved (median complete-trial time × those trials − the time they spent): "
-                  f"**{fmt_seconds(savings['saved_by_stopping'])}**. Rejected orders, duplicates and over-budget trials "
-                  "are not counted: they would never have run.", ""]
-    if savings["by_category"]:
-        lines += md_table(["category", "trials", "time spent", "estimated saving"], [
-            [name, int(e["trials"]), fmt_seconds(e["spent"]), fmt_seconds(e["saved"])]
-            for name, e in savings["by_category"].items()])
+    lines += [f"Completed trials took {fmt_seconds(savings.complete_total)} in total (median "
+              f"{fmt_seconds(savings.median_complete)} per trial); the {savings.pruned_count} pruned trial(s) spent "
+              f"{fmt_seconds(savings.spent)}.", ""]
+    lines += _early_stopping_lines(inputs, savings)
     lines += _phase_lines(phases)
     lines += ["### Hypervolume", ""]
     final = history[-1][1] if history else 0.0
@@ -335,7 +328,8 @@ def section_deployment(inputs: Inputs) -> list[str]:
     trial, card = inputs.chosen, inputs.card
     lines = ["## Deployment", ""]
     if card is None:
-        lines += [f"Trial {trial.number} has not been exported yet (no model card for it at `{inputs.card_path}`); the "
+        lines += [f"Trial {trial.number} has not been exported yet (no model card for it, in the study storage or in "
+                  f"`{inputs.study.run_dir / 'export'}`); the "
                   f"values below are the search's own measurements of its artifact. Export and verify it with "
                   f"`udacisense export --study ... --trial {trial.number} --out DIR`.", ""]
         parity = trial.parity
@@ -349,14 +343,17 @@ def section_deployment(inputs: Inputs) -> list[str]:
             ["latency", f"{fmt_ms(_nan(trial.latency_ms))} median"],
         ])
         return lines
-    export_dir = inputs.card_path.parent
-    artifact = export_dir / str(card.get("artifact", ""))
-    checksum = "the artifact file is missing"
-    if artifact.is_file():
-        checksum = "matches the file on disk" if sha256_of(artifact) == card.get("sha256") else "**does not match the file on disk**"
+    export_dir = inputs.card_dir
+    checksum = "the export folder is not on this machine: not checked here"
+    if export_dir is not None:
+        artifact = export_dir / str(card.get("artifact", ""))
+        checksum = "the artifact file is missing"
+        if artifact.is_file():
+            checksum = "matches the file on disk" if sha256_of(artifact) == card.get("sha256") else "**does not match the file on disk**"
     m, parity = card.get("metrics", {}), card.get("parity", {})
     normalisation = card.get("input", {}).get("normalisation", {})
-    lines += [f"Exported to `{export_dir}` (model card `{inputs.card_path}`, created {card.get('created', 'n/a')}).", ""]
+    where = f"to `{export_dir}`" if export_dir is not None else "(the model card as stored with the study)"
+    lines += [f"Exported {where}, created {card.get('created', 'n/a')}.", ""]
     lines += md_table(["property", "value"], [
         ["artifact", f"`{card.get('artifact')}`: {card.get('format')}"],
         ["runtime", f"{card.get('runtime')}" + (f", quantization backend {card.get('quantization_backend')}"
@@ -389,8 +386,93 @@ def section_deployment(inputs: Inputs) -> list[str]:
     return lines
 
 
+# At most one stop in ten cut a trial that would have reached the floor: the time saved is then
+# worth the few front candidates lost.
+LOW_FALSE_STOP_RATE = 0.1
+
+
+def false_stops_line(savings: EarlyStoppingSavings) -> str:
+    measured = savings.false_stops
+    if measured is None and not savings.costs_of(StopReason.DURING_TRAINING):
+        return "False stops: nothing to measure (no trial was stopped during training)."
+    how = ("`.venv/bin/python scripts/search_benchmark.py --study ... --summary-only --false-stops N` re-runs up to N "
+           "trials stopped during training to the end, with their parameters and seed and early stopping off")
+    if measured is None:
+        return f"False stops: not measured (run it: {how})."
+    if not measured.measured:
+        return (f"False stops: not measured: no re-run of a trial stopped during training finished when it was tried "
+                f"(none was stopped then, or the re-runs failed; {how}).")
+    reruns = ", ".join(f"{t.original} → {fmt_acc(t.final_val)}" for t in measured.trials)
+    return (f"False stops: **{measured.false_stops} of {measured.measured}** (measured by re-running {measured.measured} "
+            "trial(s) stopped during training to the end, with the same parameters and seed and early stopping off: "
+            f"a re-run that reaches the floor {fmt_acc(measured.trials[0].floor)} was a false stop; trial → its "
+            f"re-run's final val top-1: {reruns}).")
+
+
+def _early_stopping_lines(inputs: Inputs, savings: EarlyStoppingSavings) -> list[str]:
+    lines = []
+    if not inputs.study.search.early_stopping:
+        lines += ["Early stopping is off in this study (`search.early_stopping = false`): it stopped nothing and saved "
+                  "nothing.", ""]
+    elif not savings.stopped:
+        lines += ["Early stopping stopped no trial: it saved nothing.", ""]
+    else:
+        before, during = savings.costs_of(StopReason.BEFORE_TRAINING), savings.costs_of(StopReason.DURING_TRAINING)
+        text = (f"Early stopping stopped {savings.stopped} trial(s): {len(before)} before training (estimated to miss the "
+                f"size or latency target) and {len(during)} during training (accuracy hopeless). Estimated compute saved: "
+                f"**{fmt_seconds(savings.saved)}**, the {savings.epochs_left} fine-tune epoch(s) those trials had left, "
+                "each at the seconds per epoch the trial measured itself in the stage it was stopped in, else the median "
+                "of the completed trials' stages of the same kind. Lowering and timing are not counted: a trial stopped "
+                "as hopeless would most likely have stopped below the floor before them.")
+        if before:
+            text += " A trial stopped before training might have been lowered: for those the figure is a lower bound."
+        if savings.uncosted_epochs:
+            text += (f" {savings.uncosted_epochs} of those epochs belong to stage kinds no completed trial trained: "
+                     "not costed.")
+        if savings.unplanned:
+            text += f" {savings.unplanned} stopped trial(s) stored no stage plan (an older version): not costed."
+        lines += [text, ""]
+        if savings.costs:
+            lines += md_table(["stopped by early stopping", "trials", "time spent", "fine-tune epochs left",
+                               "estimated saving"], [
+                [STOP_CATEGORIES[reason], len(costs), fmt_seconds(sum(c.spent for c in costs)),
+                 sum(c.epochs_left for c in costs), fmt_seconds(sum(c.seconds for c in costs))]
+                for reason, costs in ((StopReason.BEFORE_TRAINING, before), (StopReason.DURING_TRAINING, during)) if costs])
+    if inputs.study.search.early_stopping or savings.false_stops is not None:
+        lines += [false_stops_line(savings), ""]
+    below = savings.pruned.get(StopReason.BELOW_FLOOR, [])
+    if below:
+        lines += [f"Not savings of early stopping: {len(below)} trial(s) stopped after training, clearly below the "
+                  f"accuracy floor (they spent {fmt_seconds(sum(t.seconds for t in below))}); that stop happens whatever "
+                  "`search.early_stopping` is set to.", ""]
+    skipped = [(STOP_CATEGORIES[reason], len(savings.pruned[reason]))
+               for reason in (StopReason.REJECTED, StopReason.DUPLICATE, StopReason.OVER_BUDGET) if savings.pruned.get(reason)]
+    if None in savings.pruned:
+        skipped.append((UNRECORDED, len(savings.pruned[None])))
+    if skipped:
+        lines += ["Other pruned trials, counts only: " + "; ".join(f"{name}: {count}" for name, count in skipped) + ".", ""]
+    return lines
+
+
+def _early_stopping_advice(inputs: Inputs, savings: EarlyStoppingSavings) -> str:
+    """Advice on early stopping: keep it only where it saved time and was measured to stop rightly."""
+    saved = (f"Early stopping saved an estimated {fmt_seconds(savings.saved)} of training (the epochs its "
+             f"{savings.stopped} stopped trial(s) had left) against {fmt_seconds(savings.complete_total)} spent on "
+             "completed trials")
+    measured = savings.false_stops
+    if measured is None or not measured.measured:
+        return (f"{saved}; how often it stops a trial that would have reached the floor was not measured, so whether "
+                "it cost front points is unknown: measure it with `scripts/search_benchmark.py --study ... "
+                "--summary-only --false-stops N` before relying on it.")
+    rate = f"{measured.false_stops} of {measured.measured} stopped trial(s) re-run to the end reached the floor"
+    if measured.false_stops / measured.measured <= LOW_FALSE_STOP_RATE:
+        return f"{saved}, and {rate}: keep `search.early_stopping` on."
+    return (f"{saved}, but {rate}: it stops trials that would have shipped; raise `search.patience_margin` (now "
+            f"{inputs.study.search.patience_margin:g}) or turn `search.early_stopping` off.")
+
+
 def recommendations(inputs: Inputs, rows: Sequence[TechniqueRow], history: Sequence[tuple[int, float]],
-                    savings: dict[str, Any]) -> list[str]:
+                    savings: EarlyStoppingSavings) -> list[str]:
     lines = ["## Recommendations (computed from the measurements above)", ""]
     items = []
     f, trial = chosen_facts(inputs), inputs.chosen
@@ -441,10 +523,8 @@ def recommendations(inputs: Inputs, rows: Sequence[TechniqueRow], history: Seque
         items.append(f"{rejected} of {len(inputs.trials)} sampled pipelines ({100 * rejected / len(inputs.trials):.0f}%) "
                      "were impossible stage orders, rejected before compute at no cost; listing fewer families in "
                      "`space.stages` makes sampling more efficient.")
-    if savings["stopped"]:
-        items.append(f"Stopping {savings['stopped']} trial(s) before or during training saved an estimated "
-                     f"{fmt_seconds(savings['saved_by_stopping'])} against {fmt_seconds(savings['complete_total'])} spent "
-                     "on completed trials: keep `search.early_stopping` on.")
+    if inputs.study.search.early_stopping and savings.saved > 0:
+        items.append(_early_stopping_advice(inputs, savings))
     base = inputs.profile.test_per_class
     chosen = trial.test_per_class
     classes = inputs.profile.classes or [str(i) for i in range(len(base))]
