@@ -64,6 +64,12 @@ def test_front_files_and_export_with_parity(smoke_study: Path, tmp_path: Path) -
     assert main(["front", "--study", str(smoke_study), "--out", str(front_dir)]) == 0
     rows = json.loads((front_dir / "pareto_front.json").read_text())
     assert rows and {"val_top1", "test_top1", "latency_ratio", "size_ratio", "meets_all"} <= set(rows[0])
+    for row in rows:  # every front row carries its evidence: intervals around its accuracies and paired drops
+        assert row["test_images"] == 10 * config.data.test_per_class  # the 10 CIFAR-10 classes
+        low, high = row["test_top1_ci95"]
+        assert low <= row["test_top1"] <= high and high - low > 0.05  # 100 test images: wide
+        assert row["test_drop_ci95"][0] <= row["test_drop"] <= row["test_drop_ci95"][1]
+        assert row["verdict_accuracy"] in ("met", "point estimate only", "missed") and "val_correct" not in row
     assert (front_dir / "pareto_front.png").stat().st_size > 10_000
     card = json.loads((config.run_dir / "export" / "model_card.json").read_text())  # exported by `search`
     artifact = config.run_dir / "export" / card["artifact"]
@@ -71,6 +77,11 @@ def test_front_files_and_export_with_parity(smoke_study: Path, tmp_path: Path) -
     assert isinstance(card["targets"]["meets_targets"], bool) and set(card["targets"]["constraints"]) == {
         "accuracy", "size", "latency", "parity"}
     assert card["metrics"]["executorch_threads"] == 1 and card["metrics"]["reference_runtime"] == "executorch"
+    # Latency at export: independent blocks and the ratio's interval across them; verdicts beside the constraints.
+    blocks = card["metrics"]["latency_blocks"]["ratios"]
+    assert len(blocks) == config.search.retime_blocks and card["metrics"]["latency_ratio_ci95"][0] < card["metrics"]["latency_ratio_ci95"][1]
+    assert set(card["targets"]["verdicts"]) == {"accuracy", "latency", "size"}
+    assert card["metrics"]["accuracy_evidence"]["test"]["images"] == card["parity"]["samples"]
     if card["runtime"] == "executorch":  # every op of the study's pipelines has an XNNPACK kernel
         assert card["delegation"]["fully_delegated"] and card["delegation"]["delegated_nodes"] > 0, card["delegation"]
     else:
