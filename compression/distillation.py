@@ -15,7 +15,7 @@ from udacisense.common.errors import UserError
 from udacisense.common.schema import bounded, check_bounds
 from udacisense.compression.finetune import finetune
 from udacisense.compression.stage import CompressedModel, ModelForm, Signature, StageContext, register_stage, require_form
-from udacisense.models.students import build_student, with_input_of
+from udacisense.models.students import StudentArchitecture, build_student, with_input_of
 from udacisense.training import Distillation, TrainConfig
 
 
@@ -28,6 +28,8 @@ class DistillationConfig:
     alpha: float = bounded(0.7, min=0.0, max=1.0)
     temperature: float = bounded(4.0, min=0.1, max=100.0)
     student_width: float = bounded(0.0, min=0.0, max=2.0, doc="0: distil into the current model")
+    # With a width: torchvision's network, or the operator-lean one (no squeeze-excite, ReLU; models.students).
+    student_architecture: StudentArchitecture = "standard"
     finetune: TrainConfig = TrainConfig(epochs=5, lr=0.05)
 
     def __post_init__(self) -> None:
@@ -43,6 +45,7 @@ class DistillationConfig:
 
     def describe(self) -> str:
         width = f", width={self.student_width:g}" if self.student_width else ""
+        width += f" {self.student_architecture}" if self.student_width and self.student_architecture != "standard" else ""
         return f"distill(T={self.temperature:g}, α={self.alpha:g}{width})"
 
 
@@ -52,9 +55,10 @@ def distill(model: CompressedModel, config: DistillationConfig, context: StageCo
         raise UserError(f"`{config.describe()}` needs a teacher, and none was given.",
                         "train or load the baseline first and pass it as the teacher, or remove the distill stage.")
     if config.student_width and context.students is not None:
-        student = with_input_of(model.module, context.students(config.student_width))
+        student = with_input_of(model.module, context.students(config.student_width, config.student_architecture))
     elif config.student_width:
-        student = build_student(model.module, config.student_width, context.num_classes, context.seed)
+        student = build_student(model.module, config.student_width, context.num_classes, context.seed,
+                                config.student_architecture)
     else:
         student = copy.deepcopy(model.module)
     finetune(student, config.finetune, context, description=config.describe(),

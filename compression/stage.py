@@ -16,6 +16,7 @@ from torch import nn
 
 from udacisense.common.errors import IncompatiblePipelineError
 from udacisense.datasources.loaders import DataBundle
+from udacisense.models.students import StudentArchitecture
 from udacisense.runtime import Backend, Delegation, Runtime
 from udacisense.training import EpochEndHook
 
@@ -53,9 +54,9 @@ class StageContext:
     progress: bool = False
     # Called after every fine-tune epoch with (epoch, val top-1); the search uses it to stop hopeless trials.
     epoch_end_hooks: tuple[EpochEndHook, ...] = ()
-    # Width -> a student already distilled over the full schedule (the search's shelf of students);
-    # None: a narrower student starts from fresh weights.
-    students: Callable[[float], nn.Module] | None = None
+    # (width, architecture) -> a student already distilled over the full schedule (the search's shelf
+    # of students); None: a narrower student starts from fresh weights.
+    students: Callable[[float, StudentArchitecture], nn.Module] | None = None
 
     @property
     def num_classes(self) -> int:

@@ -1,9 +1,16 @@
-"""Narrower students distilled from the baseline over its full schedule: trained once per width, then reused.
+"""Narrower students distilled from the baseline over its full schedule: trained once per width and
+architecture, then reused.
 
 A fresh MobileNetV3-Small of width 0.5 learns nothing useful in a trial's few fine-tune epochs; distilled
 for the baseline's whole schedule it can match the baseline at a quarter of its weights. Training that
 costs as much as the baseline, so each width is trained once per baseline (by whichever worker asks
 first, the others wait for it) and every trial that picks the width starts from a copy.
+
+A student is ``standard`` (torchvision's MobileNetV3-Small of that width) or ``lean``: without its
+squeeze-excite blocks and with ReLU for the hard activations. At 32x32 an XNNPACK program pays per
+operator, not per multiply-add, and the lean network runs half the operators (ReLU fuses into the
+convolution): random-weight width-0.5 int8 programs measured 0.40 of the float baseline's latency
+standard and 0.24 lean.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torchvision
@@ -23,6 +31,7 @@ from udacisense.common.files import save_torch
 from udacisense.common.schema import bounded
 from udacisense.datasources.loaders import DataBundle
 from udacisense.evaluators.exclusive import exclusive
+from udacisense.models.lean import lean_network
 from udacisense.models.mobilenet import ResizeInput
 from udacisense.training import Distillation, TrainConfig, fit
 
@@ -42,6 +51,9 @@ class StudentsConfig:
     temperature: float = bounded(4.0, min=0.1, max=100.0)
 
 
+StudentArchitecture = Literal["standard", "lean"]
+
+
 def input_resize(module: nn.Module) -> ResizeInput | None:
     """The in-model resize a network starts with (an upsampled study's model), or None."""
     if isinstance(module, nn.Sequential) and len(module) and isinstance(module[0], ResizeInput):
@@ -49,12 +61,16 @@ def input_resize(module: nn.Module) -> ResizeInput | None:
     return None
 
 
-def build_student(current: nn.Module, width: float, num_classes: int, seed: int) -> nn.Module:
-    """A fresh MobileNetV3-Small of ``width`` that takes the same input as ``current`` and normalises like it."""
+def build_student(current: nn.Module, width: float, num_classes: int, seed: int,
+                  architecture: StudentArchitecture = "standard") -> nn.Module:
+    """A fresh MobileNetV3-Small of ``width`` (``lean``: without squeeze-excite, ReLU activations) that takes the
+    same input as ``current`` and normalises like it."""
     # Seeded without touching the global generator, so the student does not depend on what ran before.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         student: nn.Module = torchvision.models.mobilenet_v3_small(num_classes=num_classes, width_mult=width)
+    if architecture == "lean":
+        student = lean_network(student, squeeze_excite=False, activation="relu")
     # The study sets the baseline's BatchNorm momentum for short CPU schedules (torchvision's 0.01
     # leaves eval-mode statistics unsettled after a few hundred steps); the student trains as briefly.
     momentum = next((m.momentum for m in current.modules() if isinstance(m, nn.BatchNorm2d)), None)
@@ -88,57 +104,63 @@ class StudentShelf:
     recipe: StudentsConfig = StudentsConfig()
     seed: int = 0
     progress: bool = False
-    _loaded: dict[float, nn.Module] = field(default_factory=dict, repr=False)
+    _loaded: dict[tuple[float, StudentArchitecture], nn.Module] = field(default_factory=dict, repr=False)
 
     @property
     def schedule(self) -> TrainConfig:
         return replace(self.baseline_schedule, epochs=self.recipe.epochs or self.baseline_schedule.epochs)
 
-    def key(self, width: float) -> str:
+    def key(self, width: float, architecture: StudentArchitecture = "standard") -> str:
         """Everything that changes a student's weights; a different key means training it again."""
         payload = {"teacher": self.teacher_key, "width": width, "schedule": asdict(self.schedule),
                    "alpha": self.recipe.alpha, "temperature": self.recipe.temperature, "seed": self.seed}
+        if architecture != "standard":  # standard students stored before architectures existed keep their key
+            payload["architecture"] = architecture
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def path(self, width: float) -> Path:
-        return self.directory / f"width-{width:g}.pt"
+    def name(self, width: float, architecture: StudentArchitecture = "standard") -> str:
+        return f"width-{width:g}" + ("" if architecture == "standard" else f"-{architecture}")
 
-    def student(self, width: float) -> nn.Module:
-        """The student of ``width`` distilled over the full schedule (trained now if no worker has yet)."""
-        if width not in self._loaded:
-            # One worker trains a width while the others that need it wait, instead of all training it.
-            with exclusive(self.directory / f"width-{width:g}.lock"):
-                self._loaded[width] = self._stored(width) or self._train(width)
-        return self._loaded[width]
+    def path(self, width: float, architecture: StudentArchitecture = "standard") -> Path:
+        return self.directory / f"{self.name(width, architecture)}.pt"
 
-    def trained(self, width: float) -> bool:
-        """Whether the student of ``width`` is on the shelf already (asking never trains it)."""
+    def student(self, width: float, architecture: StudentArchitecture = "standard") -> nn.Module:
+        """The student of ``width`` and ``architecture`` distilled over the full schedule (trained now if no worker has yet)."""
+        if (width, architecture) not in self._loaded:
+            # One worker trains a student while the others that need it wait, instead of all training it.
+            with exclusive(self.directory / f"{self.name(width, architecture)}.lock"):
+                self._loaded[width, architecture] = self._stored(width, architecture) or self._train(width, architecture)
+        return self._loaded[width, architecture]
+
+    def trained(self, width: float, architecture: StudentArchitecture = "standard") -> bool:
+        """Whether the student of ``width`` and ``architecture`` is on the shelf already (asking never trains it)."""
         # Workers ask before every trial: a student found on disk is kept, not loaded again.
-        if width not in self._loaded and (stored := self._stored(width)) is not None:
-            self._loaded[width] = stored
-        return width in self._loaded
+        if (width, architecture) not in self._loaded and (stored := self._stored(width, architecture)) is not None:
+            self._loaded[width, architecture] = stored
+        return (width, architecture) in self._loaded
 
-    def _stored(self, width: float) -> nn.Module | None:
-        path = self.path(width)
+    def _stored(self, width: float, architecture: StudentArchitecture) -> nn.Module | None:
+        path = self.path(width, architecture)
         if not path.is_file():
             return None
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # a damaged cache file is retrained, never trusted
             return None
-        if not isinstance(checkpoint, dict) or checkpoint.get("key") != self.key(width):
+        if not isinstance(checkpoint, dict) or checkpoint.get("key") != self.key(width, architecture):
             return None
-        student = build_student(self.teacher, width, len(self.data.classes), self.seed)
+        student = build_student(self.teacher, width, len(self.data.classes), self.seed, architecture)
         student.load_state_dict(checkpoint["state_dict"])
         return student.eval()
 
-    def _train(self, width: float) -> nn.Module:
-        student = build_student(self.teacher, width, len(self.data.classes), self.seed)
+    def _train(self, width: float, architecture: StudentArchitecture) -> nn.Module:
+        student = build_student(self.teacher, width, len(self.data.classes), self.seed, architecture)
         started = time.perf_counter()
         fit(student, self.data.loader("train", train=True), self.schedule, val=self.data.loader("val"),
             num_classes=len(self.data.classes), seed=self.seed, progress=self.progress,
-            description=f"student width {width:g}",
+            description=f"student {self.name(width, architecture)}",
             distillation=Distillation(self.teacher, self.recipe.alpha, self.recipe.temperature))
-        save_torch(self.path(width), {"key": self.key(width), "state_dict": student.state_dict(),
-                                      "width": width, "train_seconds": time.perf_counter() - started})
+        save_torch(self.path(width, architecture), {"key": self.key(width, architecture), "state_dict": student.state_dict(),
+                                                    "width": width, "architecture": architecture,
+                                                    "train_seconds": time.perf_counter() - started})
         return student.eval()

@@ -230,11 +230,12 @@ class TrialRunner:
         if study.search.early_stopping:
             with self.phases.phase("feasibility"):
                 self._stop_if_infeasible(trial, pipeline, context)
-        for width in sorted({s.student_width for s in pipeline.stages if isinstance(s, DistillationConfig) and s.student_width}):
-            # The first trial of a width distils its student over the full schedule: a phase of its own,
-            # so the report does not charge those minutes to this trial's fine-tune.
+        for width, architecture in sorted({(s.student_width, s.student_architecture) for s in pipeline.stages
+                                           if isinstance(s, DistillationConfig) and s.student_width}):
+            # The first trial of a student distils it over the full schedule: a phase of its own, so the
+            # report does not charge those minutes to this trial's fine-tune.
             with self.phases.phase("student training"):
-                students.student(width)
+                students.student(width, architecture)
 
         records: list[StageRecord] = []
 

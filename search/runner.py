@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from udacisense.common.errors import UserError, trial_problem
 from udacisense.common.logs import quiet_libraries
+from udacisense.models.students import StudentArchitecture
 from udacisense.search.budget import budget_left, is_wasted_sample
 from udacisense.search.objective import TrialRunner
 from udacisense.search.records import UNSPENT, Attr, TrialRecord, queued_attrs
@@ -43,18 +44,19 @@ def make_sampler(search: SearchConfig, seed: int) -> optuna.samplers.BaseSampler
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def untrained_students(workspace: Workspace) -> list[float]:
-    """The student widths the space may pick that are not on the shelf yet."""
+def untrained_students(workspace: Workspace) -> list[tuple[float, StudentArchitecture]]:
+    """The students (width, architecture) the space may pick that are not on the shelf yet."""
     space = workspace.study.space
     if "distill" not in space.stages:
         return []
-    return [width for width in space.student_widths.options if width and not workspace.students.trained(width)]
+    return [(width, architecture) for width in space.student_widths.options if width
+            for architecture in space.student_architectures.options if not workspace.students.trained(width, architecture)]
 
 
 def train_students(workspace: Workspace) -> None:
     """Distil every student the space may pick that is not on the shelf yet."""
-    for width in untrained_students(workspace):
-        workspace.students.student(width)
+    for width, architecture in untrained_students(workspace):
+        workspace.students.student(width, architecture)
 
 
 def sampler_while_students_train(sampler: optuna.samplers.BaseSampler, workspace: Workspace) -> optuna.samplers.BaseSampler:

@@ -12,6 +12,7 @@ from typing import Literal, get_args
 
 import optuna
 
+from udacisense.compression.architecture import ArchitectureConfig
 from udacisense.compression.distillation import DistillationConfig
 from udacisense.compression.graph import FuseConfig
 from udacisense.compression.pruning import GradualPruningConfig, StructuredPruningConfig, UnstructuredPruningConfig
@@ -23,6 +24,7 @@ from udacisense.training import TrainConfig
 
 # The parameter that picks a distillation stage's student (0: distil into the current model).
 STUDENT_WIDTH = "student_width"
+STUDENT_ARCHITECTURE = "student_architecture"
 
 # Builds a family's stage from the trial, given the trial's fine-tune budget (None when nothing
 # present trains); None leaves the stage out (e.g. quantization of type "none").
@@ -61,10 +63,15 @@ def _budget(finetune: TrainConfig | None, family: str) -> TrainConfig:
 
 
 def _distill(trial: optuna.Trial, space: SpaceConfig, finetune: TrainConfig | None) -> StageConfig:
+    width = space.student_widths.suggest(trial, STUDENT_WIDTH)
+    architectures = space.student_architectures.options
     return DistillationConfig(
         alpha=space.distill_alpha.suggest(trial, "distill_alpha"),
         temperature=space.distill_temperature.suggest(trial, "distill_temperature"),
-        student_width=space.student_widths.suggest(trial, STUDENT_WIDTH),
+        student_width=width,
+        # Only a narrower student has an architecture of its own; a single choice is not a parameter.
+        student_architecture=space.student_architectures.suggest(trial, STUDENT_ARCHITECTURE)
+        if width and len(architectures) > 1 else architectures[0],
         finetune=_budget(finetune, "distill"),
     )
 
@@ -94,6 +101,17 @@ def _channels(trial: optuna.Trial, space: SpaceConfig, finetune: TrainConfig | N
 
 def _resolution(trial: optuna.Trial, space: SpaceConfig, finetune: TrainConfig | None) -> StageConfig:
     return ResolutionConfig(size=space.resolutions.suggest(trial, "resolution"), finetune=_budget(finetune, "resolution"))
+
+
+def _architecture(trial: optuna.Trial, space: SpaceConfig, finetune: TrainConfig | None) -> StageConfig:
+    squeeze_excite = space.architecture_squeeze_excite.suggest(trial, "architecture_squeeze_excite")
+    return ArchitectureConfig(
+        squeeze_excite=squeeze_excite,
+        se_keep=space.architecture_se_keep.suggest(trial, "architecture_se_keep") if squeeze_excite == "least-costly" else 0,
+        activation=space.architecture_activation.suggest(trial, "architecture_activation"),
+        drop_blocks=space.architecture_drop_blocks.suggest(trial, "architecture_drop_blocks"),
+        finetune=_budget(finetune, "architecture"),
+    )
 
 
 def _fuse(trial: optuna.Trial, space: SpaceConfig, finetune: TrainConfig | None) -> StageConfig:
@@ -151,6 +169,7 @@ FAMILIES: dict[FamilyName, StageFamily] = {family.name: family for family in (
     StageFamily("prune", "permuted", _prune, _always, (UnstructuredPruningConfig, GradualPruningConfig)),
     StageFamily("channels", "permuted", _channels, _always, (StructuredPruningConfig,), reshapes=True),
     StageFamily("resolution", "permuted", _resolution, _always, (ResolutionConfig,), reshapes=True),
+    StageFamily("architecture", "permuted", _architecture, _always, (ArchitectureConfig,), reshapes=True),
     StageFamily("fuse", "last", _fuse, _never, (FuseConfig,)),
     # Its "none" type switches it off, so it needs no `use_quantize`.
     StageFamily("quantize", "last", _quantize, _is_qat, (DynamicQuantConfig, StaticQuantConfig, QATConfig), optional=False),

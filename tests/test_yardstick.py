@@ -255,7 +255,7 @@ def test_while_the_first_worker_distils_a_student_the_others_sample_trials_that_
             sample_pipeline(trial, space)
         return {trial.params["student_width"] for trial in trials}
 
-    assert untrained_students(other_worker) == [0.1]
+    assert untrained_students(other_worker) == [(0.1, "standard")]
     assert widths(sampler_while_students_train(base, other_worker)) == {0.0}
     # The first worker's shelf (same folder) distils it; the others see it on disk and sample it again.
     first_worker = dataclasses.replace(other_worker, students=dataclasses.replace(shelf, _loaded={}))
