@@ -347,6 +347,11 @@ class TrialRecord:
         return value if isinstance(value, dict) else None
 
     @property
+    def operator_count(self) -> int | None:
+        """Operators the ``.pte`` runs, delegated and portable; None for TorchScript, or a trial stored before it was counted."""
+        return optional_int((self.delegation or {}).get("operator_count"))
+
+    @property
     def parity(self) -> dict[str, Any]:
         """The artifact against its PyTorch model on the test split: top1_agreement, max_abs_diff, samples."""
         return self._report(Attr.PARITY)
@@ -468,6 +473,12 @@ class StudyRecord:
     def exported_card(self) -> dict[str, Any] | None:
         """The model card of the latest ``udacisense export``."""
         return self._document(StudyAttr.EXPORTED_CARD)
+
+    @property
+    def retimed_front(self) -> list[dict[str, Any]] | None:
+        """The front's rows as re-timed before the latest pick (``retimed`` says which were); None when never re-timed."""
+        rows = self.attrs.get(StudyAttr.RETIMED_FRONT.value)
+        return [dict(row) for row in rows if isinstance(row, Mapping)] if isinstance(rows, list) else None
 
     @property
     def false_stops(self) -> FalseStops | None:

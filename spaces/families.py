@@ -63,11 +63,14 @@ def _budget(finetune: TrainConfig | None, family: str) -> TrainConfig:
 
 
 def _distill(trial: optuna.Trial, space: SpaceConfig, finetune: TrainConfig | None) -> StageConfig:
+    # Suggested in the order stored studies were sampled in, so a seeded search keeps its trials.
+    alpha = space.distill_alpha.suggest(trial, "distill_alpha")
+    temperature = space.distill_temperature.suggest(trial, "distill_temperature")
     width = space.student_widths.suggest(trial, STUDENT_WIDTH)
     architectures = space.student_architectures.options
     return DistillationConfig(
-        alpha=space.distill_alpha.suggest(trial, "distill_alpha"),
-        temperature=space.distill_temperature.suggest(trial, "distill_temperature"),
+        alpha=alpha,
+        temperature=temperature,
         student_width=width,
         # Only a narrower student has an architecture of its own; a single choice is not a parameter.
         student_architecture=space.student_architectures.suggest(trial, STUDENT_ARCHITECTURE)

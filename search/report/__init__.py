@@ -17,7 +17,15 @@ from pathlib import Path
 from udacisense.common.files import write_text
 from udacisense.search.records import StudyRecord
 from udacisense.search.report.facts import early_stopping_savings, hypervolume_history, load_inputs, phase_totals, stage_steps
-from udacisense.search.report.figures import FIGURES, plot_hypervolume, plot_pareto, plot_per_class, plot_phases, plot_waterfall
+from udacisense.search.report.figures import (
+    FIGURES,
+    plot_hypervolume,
+    plot_operators,
+    plot_pareto,
+    plot_per_class,
+    plot_phases,
+    plot_waterfall,
+)
 from udacisense.search.report.html import markdown_to_html
 from udacisense.search.report.sections import (
     recommendations,
@@ -56,6 +64,7 @@ def write_report(study: StudyConfig, out_dir: Path, *, storage: str | None = Non
         "waterfall": plot_waterfall(inputs, steps, out_dir / FIGURES["waterfall"]),
         "per_class": plot_per_class(inputs, out_dir / FIGURES["per_class"]),
         "phases": plot_phases(phases, out_dir / FIGURES["phases"]),
+        "operators": plot_operators(inputs, out_dir / FIGURES["operators"]),
     }
     title = f"UdaciSense compression report: study {study.name}"
     technique_lines, rows = section_techniques(inputs)

@@ -6,7 +6,7 @@ import json
 import statistics
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +16,15 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from udacisense.common.errors import UserError
+from udacisense.evaluators.intervals import Interval, wilson
 from udacisense.search.baseline_profile import FILE_NAME, BaselineProfile
 from udacisense.search.early_stopping import curve_points, stage_progress
+from udacisense.search.evidence import ClassDifference, SplitEvidence, resolved_class_drops
 from udacisense.search.export import CARD_NAME
-from udacisense.search.front import pareto_trials, pick, trials_table
+from udacisense.search.front import mark_targets, pareto_trials, pick, trials_table
 from udacisense.search.hypervolume import hypervolume
 from udacisense.search.records import STOPPED_BY_EARLY_STOPPING, FalseStops, StopReason, StudyRecord, TrialRecord, records
-from udacisense.search.study import StudyConfig
+from udacisense.search.study import StudyConfig, TargetsConfig
 
 
 @dataclass
@@ -82,9 +84,11 @@ def load_inputs(study: StudyConfig, storage: str | None, trial_number: int | Non
     if not complete:
         raise UserError(f"The study {study.name!r} has no completed trials ({len(trials)} trial(s) in total), "
                         "so there is nothing to report on.", "run `udacisense search --study ...` until trials complete.")
-    front = trials_table(pareto_trials(complete), study.targets, profile.val_top1)
-    everything = trials_table(complete, study.targets, profile.val_top1)
     exported, card_dir = _exported_card(optuna_study, study, trials)
+    retimed = StudyRecord.of(optuna_study).retimed_front
+    front, everything = (latest_timings(trials_table(members, study.targets, profile.val_top1), exported, retimed,
+                                        study.targets, profile.val_top1)
+                         for members in (pareto_trials(complete), complete))
     if trial_number is not None:
         match = [t for t in trials if t.number == trial_number]
         if not match:
@@ -129,10 +133,40 @@ def _exported_card(optuna_study: optuna.Study, study: StudyConfig,
     return card, local_path.parent if local is not None and local.get("sha256") == card.get("sha256") else None
 
 
+# The columns of a front row (search.front.COLUMNS) that one latency measurement fills in.
+TIMING_COLUMNS = ("latency_ms", "reference_latency_ms", "latency_ratio", "latency_ratio_p10", "latency_ratio_p90",
+                  "latency_ratio_ci95", "latency_blocks")
+# Where a row's latency comes from (its `timing` column), in words.
+TIMINGS = {"export": "timed at export", "re-timed": "re-timed before the latest pick", "search": "search-time"}
+
+
+def latest_timings(table: pd.DataFrame, card: dict[str, Any] | None, retimed_rows: list[dict[str, Any]] | None,
+                   targets: TargetsConfig, baseline_val: float) -> pd.DataFrame:
+    """``table`` with each trial's latest latency measurement in place of its search-time one: the exported
+    trial's from its model card, the rows re-timed before the latest pick from that re-timed front; the
+    `timing` column says which (a ``TIMINGS`` key), and the meets/verdict columns follow the figures, so
+    every section of the report and the card judge a trial on the same numbers."""
+    latest = {int(row["trial"]): {**{column: row.get(column) for column in TIMING_COLUMNS}, "timing": "re-timed"}
+              for row in retimed_rows or [] if row.get("retimed") is True}
+    metrics = (card or {}).get("metrics", {})
+    if card is not None and as_float(metrics.get("latency_ratio_to_baseline")) is not None:
+        latest[int(card["trial"])] = {
+            "latency_ms": metrics.get("latency_ms"), "reference_latency_ms": metrics.get("reference_latency_ms"),
+            "latency_ratio": metrics["latency_ratio_to_baseline"], "latency_ratio_p10": None, "latency_ratio_p90": None,
+            "latency_ratio_ci95": metrics.get("latency_ratio_ci95"),
+            # Cards from before timing blocks timed one run.
+            "latency_blocks": len(metrics.get("latency_blocks", {}).get("ratios", [])) or 1, "timing": "export"}
+    table = table.assign(timing="search")
+    for index, number in table["trial"].items():
+        for column, value in latest.get(int(number), {}).items():
+            table.at[index, column] = value
+    return mark_targets(table, targets, baseline_val)
+
+
 def _default_choice(study: StudyConfig, trials: Sequence[FrozenTrial], front: pd.DataFrame,
                     exported: dict[str, Any] | None) -> tuple[FrozenTrial, str]:
     """The exported trial when there is one (it was picked on a re-timed front, so its figures are the
-    better ones), otherwise the study's pick policy on the stored front."""
+    better ones), otherwise the study's pick policy on the front with its latest timings."""
     if exported is not None:
         number = int(exported["trial"])
         how = exported.get("picked_by", "an earlier `udacisense export`")
@@ -298,7 +332,7 @@ def early_stopping_savings(trials: Sequence[TrialRecord], false_stops: FalseStop
 
 
 # Stage kinds whose phase is (mostly) gradient steps; the others calibrate, convert or rewrite.
-TRAINING_KINDS = frozenset({"distill", "prune", "gradual", "channels", "resolution", "qat"})
+TRAINING_KINDS = frozenset({"distill", "prune", "gradual", "channels", "resolution", "architecture", "qat"})
 
 
 @dataclass(frozen=True)
@@ -421,19 +455,184 @@ def stage_steps(inputs: Inputs) -> list[dict[str, Any]]:
     return steps
 
 
-def chosen_facts(inputs: Inputs) -> dict[str, Any]:
-    trial = inputs.chosen
-    acc, latency_ratio, size_ratio = trial.val_accuracy, trial.latency_ratio, trial.size_ratio
-    artifact_bytes = trial.artifact_bytes
-    baseline_size = inputs.profile.size(trial.runtime)
-    baseline_bytes: float | None = baseline_size.bytes if baseline_size is not None else None
-    if baseline_bytes is None and artifact_bytes:
-        baseline_bytes = artifact_bytes / size_ratio
-    return {
-        "runtime": trial.runtime, "val": acc, "latency_ratio": latency_ratio, "size_ratio": size_ratio,
-        "test": trial.test_top1, "bytes": artifact_bytes, "baseline_bytes": baseline_bytes,
-        "latency_ms": trial.latency_ms, "baseline_latency_ms": trial.reference_latency_ms,
-        "meets_accuracy": acc >= inputs.floor, "meets_latency": latency_ratio <= inputs.max_latency_ratio,
-        "meets_size": size_ratio <= inputs.max_size_ratio,
-    }
+@dataclass(frozen=True)
+class ChosenFacts:
+    """The chosen model's figures and verdicts, all from one source (``source``): its exported model card when
+    the latest export is this trial, else its front row with its latest timing (re-timed before the latest
+    pick, else the search's own single run, which has no interval)."""
 
+    source: str
+    timing: str  # a TIMINGS key
+    runtime: str
+    reference_runtime: str
+    val_top1: float  # the selection score: biased upwards in a chosen trial
+    val: SplitEvidence | None
+    test_top1: float | None  # the headline: test images never select
+    test: SplitEvidence | None
+    latency_ms: float | None
+    reference_latency_ms: float | None
+    latency_ratio: float
+    latency_ratio_ci95: Interval | None
+    latency_blocks: int
+    bytes: int | None
+    baseline_bytes: int | None  # the float baseline's artifact in the reference runtime: the size ratio's denominator
+    size_ratio: float
+    meets: dict[str, bool]  # what a pick selects on: accuracy (validation at or above the floor), latency, size, parity
+    verdicts: dict[str, str | None]  # accuracy (paired test drop), latency, size: see search.evidence.verdict
+    meets_targets: bool
+
+    @property
+    def timing_note(self) -> str:
+        """Where the latency figures come from and what their interval covers."""
+        if self.timing == "search":
+            return "search-time, one timing run, so no interval across runs"
+        if self.latency_ratio_ci95 is None:
+            return f"{TIMINGS[self.timing]}, one timing block, so no interval across runs"
+        return f"{TIMINGS[self.timing]}, 95% interval across {self.latency_blocks} independent timing blocks"
+
+    @property
+    def missed(self) -> list[str]:
+        """The targets missed: on a verdict (test accuracy, latency, size) or on what the pick selects on."""
+        names = [name for name in ("size", "latency", "accuracy")
+                 if not self.meets[name] or self.verdicts.get(name) == "missed"]
+        return names + ([] if self.meets["parity"] else ["parity"])
+
+    @property
+    def uncertain(self) -> list[str]:
+        """The targets met on the point estimate only (or, for accuracy, without paired evidence to judge it)."""
+        return [name for name in ("size", "latency", "accuracy")
+                if name not in self.missed and self.verdicts.get(name) != "met"]
+
+    @property
+    def ships(self) -> bool:
+        return self.meets_targets and not self.missed
+
+
+def _interval(value: Any) -> Interval | None:
+    return (float(value[0]), float(value[1])) if isinstance(value, list | tuple) and len(value) == 2 else None
+
+
+def _evidence(document: Any, fallback: SplitEvidence | None) -> SplitEvidence | None:
+    return SplitEvidence.from_dict(document) if isinstance(document, dict) else fallback
+
+
+def chosen_facts(inputs: Inputs) -> ChosenFacts:
+    trial, card = inputs.chosen, inputs.card
+    row = inputs.everything[inputs.everything["trial"] == trial.number].iloc[0]
+    reference = trial.reference_runtime or inputs.study.evaluation.reference_runtime
+    baseline_size = inputs.profile.size(reference)
+    searched = ChosenFacts(
+        source="the search's measurements of its artifact",
+        timing=str(row["timing"]), runtime=trial.runtime, reference_runtime=reference, val_top1=trial.val_accuracy,
+        val=trial.evidence("val"), test_top1=trial.test_top1, test=trial.evidence("test"),
+        latency_ms=as_float(row["latency_ms"]), reference_latency_ms=as_float(row["reference_latency_ms"]),
+        latency_ratio=float(row["latency_ratio"]), latency_ratio_ci95=_interval(row["latency_ratio_ci95"]),
+        latency_blocks=int(row["latency_blocks"]), bytes=trial.artifact_bytes,
+        baseline_bytes=None if baseline_size is None else baseline_size.bytes, size_ratio=trial.size_ratio,
+        meets={name: bool(row[f"meets_{name}"]) for name in ("accuracy", "latency", "size")} | {"parity": bool(row["parity_ok"])},
+        verdicts={name: row[f"verdict_{name}"] for name in ("accuracy", "latency", "size")},
+        meets_targets=bool(row["meets_all"]))
+    if card is None:
+        return searched
+    # The card's latency is already the row's (``latest_timings``); the rest is read from the card itself.
+    metrics, targets = card.get("metrics", {}), card.get("targets", {})
+    evidence = metrics.get("accuracy_evidence") or {}
+    constraints = {str(k): float(v) <= 0 for k, v in targets.get("constraints", {}).items()}
+    meets = {name: constraints.get(name, met) for name, met in searched.meets.items()}
+    return replace(
+        searched, source="those of its model card (the latest `udacisense export`)",
+        val_top1=float(metrics.get("val_top1", searched.val_top1)), val=_evidence(evidence.get("val"), searched.val),
+        test_top1=as_float(metrics.get("test_top1", searched.test_top1)), test=_evidence(evidence.get("test"), searched.test),
+        bytes=card.get("bytes", searched.bytes), baseline_bytes=metrics.get("baseline", {}).get("bytes", searched.baseline_bytes),
+        size_ratio=float(metrics.get("size_ratio_to_baseline", searched.size_ratio)), meets=meets,
+        # Cards from before verdicts were recorded: the same judgement, made on the same figures.
+        verdicts=targets.get("verdicts") or searched.verdicts,
+        meets_targets=bool(targets.get("meets_targets", all(meets.values()))))
+
+
+def baseline_ci95(profile: BaselineProfile, split: str) -> Interval | None:
+    """The baseline's top-1 interval on ``split``; None when its per-image results were not stored."""
+    if not profile.records_correctness:
+        return None
+    correct = profile.correct(split)
+    return wilson(int(correct.sum()), correct.numel()) if correct.numel() else None
+
+
+@dataclass(frozen=True)
+class ClassAccuracy:
+    """One class's test accuracy, baseline against the chosen model, with 95% (Wilson) intervals when the
+    per-image results are stored."""
+
+    name: str
+    images: int | None
+    baseline: float
+    baseline_ci95: Interval | None
+    chosen: float | None
+    chosen_ci95: Interval | None
+    resolvably_worse: bool  # the chosen model is worse on it beyond noise (see ``resolved_class_drops``)
+
+
+@dataclass(frozen=True)
+class ClassComparison:
+    classes: list[ClassAccuracy]
+    worse: list[ClassDifference]  # the classes resolvably worse, worst first; empty without per-image results
+    paired: bool  # both stored their per-image results: the intervals and ``worse`` could be computed
+    images: int | None  # test images in all
+
+    def name(self, difference: ClassDifference) -> str:
+        return self.classes[difference.index].name
+
+
+def class_comparison(inputs: Inputs) -> ClassComparison:
+    """Per-class test accuracy of the baseline and the chosen model, from the per-image results where both stored
+    them (with intervals, and the classes the chosen model is resolvably worse on), else the stored accuracies."""
+    profile, trial = inputs.profile, inputs.chosen
+    names = profile.classes or [str(i) for i in range(len(profile.test_per_class))]
+    labels, chosen_correct = profile.test_labels, trial.correct("test")
+    base_correct = profile.correct("test") if profile.records_correctness else None
+    if base_correct is None or chosen_correct is None or not labels.shape == base_correct.shape == chosen_correct.shape:
+        chosen = trial.test_per_class
+        return ClassComparison([ClassAccuracy(name, None, base, None, chosen[i] if i < len(chosen) else None, None, False)
+                                for i, (name, base) in enumerate(zip(names, profile.test_per_class))], [], False,
+                               profile.training.test_samples)
+    worse = resolved_class_drops(chosen_correct, base_correct, labels, len(names))
+    rows = []
+    for index, name in enumerate(names):
+        members = labels == index
+        n, base_hits, chosen_hits = int(members.sum()), int(base_correct[members].sum()), int(chosen_correct[members].sum())
+        rows.append(ClassAccuracy(name, n, base_hits / n if n else float("nan"), wilson(base_hits, n) if n else None,
+                                  chosen_hits / n if n else None, wilson(chosen_hits, n) if n else None,
+                                  any(c.index == index for c in worse)))
+    return ClassComparison(rows, worse, True, int(labels.numel()))
+
+
+@dataclass(frozen=True)
+class OperatorFit:
+    """The latency ratio against the operator count of the measured ``.pte`` trials, fitted by least squares."""
+
+    trials: int
+    per_operator: float  # latency ratio per operator: the slope
+    intercept: float
+    r2: float
+    # Median milliseconds of the float baseline the trials were timed against: the slope times it is ms per operator.
+    reference_ms: float | None
+
+
+def operator_trials(trials: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """The completed trials whose program's operators were counted (``.pte`` trials since the counts are stored)."""
+    return [t for t in trials if t.has_values and t.operator_count is not None]
+
+
+def operator_latency_fit(trials: Sequence[TrialRecord]) -> OperatorFit | None:
+    """Least squares of the latency ratio on the operator count; None without three trials of two counts at least."""
+    points = operator_trials(trials)
+    counts = np.array([t.operator_count for t in points], dtype=float)
+    if len(points) < 3 or np.ptp(counts) == 0:
+        return None
+    ratios = np.array([t.latency_ratio for t in points])
+    slope, intercept = np.polyfit(counts, ratios, 1)
+    spread = float(((ratios - ratios.mean()) ** 2).sum())
+    residual = float(((ratios - (slope * counts + intercept)) ** 2).sum())
+    references = [ms for ms in (t.reference_latency_ms for t in points) if ms is not None]
+    return OperatorFit(len(points), float(slope), float(intercept), 1.0 - residual / spread if spread > 0 else 1.0,
+                       statistics.median(references) if references else None)

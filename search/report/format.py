@@ -10,15 +10,40 @@ def fmt_acc(value: float) -> str:
     return f"{100 * float(value):.1f}%"
 
 
+def _signed(delta: float) -> str:
+    """A fraction in signed percentage points, without the unit, e.g. ``-3.3``."""
+    value = round(100 * float(delta), 1) + 0.0  # no "-0.0"
+    return f"{value:+.1f}"
+
+
 def fmt_points(delta: float) -> str:
     """An accuracy difference (fraction) in percentage points, signed, e.g. ``-3.3 points``."""
-    value = round(100 * float(delta), 1) + 0.0  # no "-0.0"
-    return f"{value:+.1f} points"
+    return f"{_signed(delta)} points"
+
+
+def fmt_acc_ci(value: float, interval: Sequence[float] | None) -> str:
+    """An accuracy with its 95% interval in percent, e.g. ``55.0% [51.9, 58.1]``."""
+    return fmt_acc(value) + ("" if interval is None else f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]")
+
+
+def fmt_points_ci(interval: Sequence[float]) -> str:
+    """An interval of accuracy differences in signed percentage points, e.g. ``[-0.5, +2.9] points``."""
+    return f"[{_signed(interval[0])}, {_signed(interval[1])}] points"
+
+
+def fmt_drop_ci(drop: float, interval: Sequence[float]) -> str:
+    """An accuracy drop with its interval in signed percentage points, compactly, e.g. ``+1.7 [-0.5, +3.4]``."""
+    return f"{_signed(drop)} [{_signed(interval[0])}, {_signed(interval[1])}]"
 
 
 def fmt_ratio(value: float) -> str:
     """A ratio to the baseline, e.g. ``0.412``."""
     return f"{float(value):.3f}"
+
+
+def fmt_ratio_ci(value: float, interval: Sequence[float] | None) -> str:
+    """A ratio with its 95% interval, e.g. ``0.350 [0.290, 0.410]``."""
+    return fmt_ratio(value) + ("" if interval is None else f" [{fmt_ratio(interval[0])}, {fmt_ratio(interval[1])}]")
 
 
 def fmt_change(ratio: float) -> str:
@@ -56,8 +81,18 @@ def fmt_seconds(value: float) -> str:
     return f"{value:.0f} s" if abs(value) < 120 else f"{value / 60:.1f} min"
 
 
-def yes_no(flag: bool) -> str:
-    return "met" if flag else "**not met**"
+# A target's verdict (search.evidence.verdict) in words and as a table mark.
+VERDICT_WORDS = {"met": "met with confidence", "point estimate only": "met on the point estimate only",
+                 "missed": "**missed**"}
+VERDICT_TABLE_MARKS = {"met": "✓", "point estimate only": "~", "missed": "✗"}
+
+
+def fmt_verdict(verdict: str | None) -> str:
+    return VERDICT_WORDS.get(str(verdict), "not judged (no per-image results stored)")
+
+
+def fmt_verdict_mark(verdict: str | None) -> str:
+    return VERDICT_TABLE_MARKS.get(str(verdict), "?")
 
 
 def _cell(value: object) -> str:

@@ -11,20 +11,27 @@ from typing import Any
 from optuna.trial import TrialState
 
 from udacisense.common.files import sha256_of
+from udacisense.evaluators.intervals import wilson
 from udacisense.search.budget import is_rejected
 from udacisense.search.hypervolume import HV_REFERENCE
 from udacisense.search.records import StopReason, TrialRecord
 from udacisense.search.report.facts import (
     STOP_CATEGORIES,
+    TIMINGS,
     UNRECORDED,
+    ChosenFacts,
     EarlyStoppingSavings,
     Inputs,
     PhaseTotal,
     TechniqueRow,
     as_float,
+    baseline_ci95,
     best_technique,
     chosen_facts,
+    class_comparison,
     family,
+    operator_latency_fit,
+    operator_trials,
     prune_category,
     reduction_per_point,
     state_counts,
@@ -33,17 +40,22 @@ from udacisense.search.report.facts import (
 from udacisense.search.report.figures import FIGURES
 from udacisense.search.report.format import (
     fmt_acc,
+    fmt_acc_ci,
     fmt_bytes,
     fmt_change,
+    fmt_drop_ci,
     fmt_faster,
     fmt_int,
     fmt_millions,
     fmt_ms,
     fmt_points,
+    fmt_points_ci,
     fmt_ratio,
+    fmt_ratio_ci,
     fmt_seconds,
+    fmt_verdict,
+    fmt_verdict_mark,
     md_table,
-    yes_no,
 )
 from udacisense.spaces.families import FAMILY_OF_KIND
 
@@ -61,6 +73,19 @@ def _or_blank(value: object) -> object:
     return "" if value is None else value
 
 
+def _bytes(value: float | None) -> str:
+    return "n/a" if value is None else f"{fmt_bytes(value)} ({fmt_int(value)} B)"
+
+
+def _list(value: Any) -> list[float] | None:
+    """A stored interval (a [low, high] list), or None where a row has none."""
+    return value if isinstance(value, list) else None
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else fmt_ms(value)
+
+
 def _efficiency_text(row: TechniqueRow, column: str) -> str:
     per_point = reduction_per_point(getattr(row, column), row.lost)
     if per_point is None:
@@ -68,52 +93,94 @@ def _efficiency_text(row: TechniqueRow, column: str) -> str:
     return f"{per_point:.1f}% per point"
 
 
+def _targets_sentence(f: ChosenFacts) -> str:
+    """Whether the chosen model meets its targets, in one sentence: the same judgement as its model card's."""
+    if f.missed:
+        text = f"**It misses the {' and '.join(f.missed)} target{'s' if len(f.missed) > 1 else ''}.**"
+        if f.meets_targets:
+            text += (" (What the pick selects on is met: validation accuracy, the selection score, is above the floor; "
+                     "but on the held-out test images the accuracy drop is beyond the allowance.)")
+        return text
+    if not f.uncertain:
+        return "**It meets all three targets with confidence** (every 95% interval lies inside its allowance)."
+    return (f"**It meets all three targets, the {' and '.join(f.uncertain)} on the point estimate only**: the measured "
+            "value is inside the allowance, but its 95% interval reaches past it (or there is no interval).")
+
+
+def intervals_paragraph(inputs: Inputs, f: ChosenFacts) -> str:
+    """What the intervals mean and why a test set of this size cannot resolve one point: for a newcomer."""
+    text = ("**How sure these numbers are.** Every accuracy here was counted on a limited set of images, so it is an "
+            "estimate; the bracket after it is its 95% interval, the range that holds the model's true accuracy on "
+            "images like these in 19 studies out of 20. ")
+    n = f.test.images if f.test is not None else inputs.profile.training.test_samples
+    base = inputs.profile.test_top1
+    if n:
+        low, high = wilson(round(base * n), n)
+        text += (f"On {fmt_int(n)} test images, an accuracy near {fmt_acc(base)} (the baseline's) is known to about "
+                 f"±{100 * (high - low) / 2:.1f} points, so two models scored separately cannot be told apart unless "
+                 "they differ by more than that. ")
+    text += ("Scoring both models on the same images (a paired comparison) does better: the images both get right, or "
+             "both get wrong, say nothing about which is better; only those where they disagree do. ")
+    if f.test is not None:
+        disagree = round((1 - f.test.agreement) * f.test.images)
+        low, high = f.test.drop_ci95
+        text += (f"The chosen model and the baseline disagree on {fmt_int(disagree)} of the {fmt_int(f.test.images)} test "
+                 f"images, which leaves its accuracy drop known to ±{100 * (high - low) / 2:.1f} points "
+                 f"({fmt_points_ci(f.test.drop_ci95)}). ")
+    text += ("A one-point difference is resolved only when that paired interval is narrower than ±1 point, which takes "
+             "two models that disagree on very few images, or many more test images. A target is *met with confidence* "
+             "when the whole interval lies inside its allowance, *met on the point estimate only* when the measured value "
+             "is inside but the interval reaches past it, and *missed* when the measured value is outside. Test accuracy "
+             "judges, because no test image was used to choose; validation accuracy chose this model among many noisy "
+             "candidates, so its validation score is likely a little high. Latency intervals come from timing the model "
+             "against the baseline in several independent blocks; a single timing run has none.")
+    return text
+
+
 def section_summary(inputs: Inputs) -> list[str]:
     f = chosen_facts(inputs)
     targets = inputs.study.targets
-    trial = inputs.chosen
-    base_test = inputs.profile.test_top1
+    trial, profile = inputs.chosen, inputs.profile
     lines = ["## Executive summary", ""]
     lines.append(f"The recommended model is **trial {trial.number}**: `{trial.pipeline}`, "
-                 f"shipped in the {f['runtime']} runtime. It was selected by {inputs.choice_note}.")
+                 f"shipped in the {f.runtime} runtime. It was selected by {inputs.choice_note}. Its figures are "
+                 f"{f.source}; latency: {f.timing_note}.")
     lines.append("")
+    test = f.test
+    test_row = ["test top-1 (held out: the headline)", fmt_acc_ci(profile.test_top1, baseline_ci95(profile, "test")),
+                "n/a" if f.test_top1 is None else fmt_acc_ci(f.test_top1, None if test is None else test.top1_ci95),
+                "n/a" if test is None else f"drop {fmt_points(test.drop)}, paired 95% interval {fmt_points_ci(test.drop_ci95)}",
+                f"drop ≤ {100 * targets.max_accuracy_drop:.1f} points", fmt_verdict(f.verdicts.get("accuracy"))]
     lines += md_table(
         ["measure", "baseline", "chosen model", "change", "target", "verdict"],
         [
-            ["artifact size", f"{fmt_bytes(f['baseline_bytes'])} ({fmt_int(f['baseline_bytes'])} B)",
-             f"{fmt_bytes(f['bytes'])} ({fmt_int(f['bytes'])} B)", f"ratio {fmt_ratio(f['size_ratio'])} ({fmt_change(f['size_ratio'])})",
+            test_row,
+            ["validation top-1 (the selection score)", fmt_acc_ci(inputs.baseline_val, baseline_ci95(profile, "val")),
+             fmt_acc_ci(f.val_top1, None if f.val is None else f.val.top1_ci95), fmt_points(f.val_top1 - inputs.baseline_val),
+             f"≥ {fmt_acc(max(inputs.floor, 0.0))}, the floor searched for", "above the floor" if f.meets["accuracy"]
+             else "**below the floor**"],
+            ["artifact size", f"{_bytes(f.baseline_bytes)} in {f.reference_runtime}", _bytes(f.bytes),
+             f"ratio {fmt_ratio(f.size_ratio)} ({fmt_change(f.size_ratio)})",
              f"ratio ≤ {fmt_ratio(inputs.max_size_ratio)} (at least {100 * targets.size_reduction:.0f}% smaller)",
-             yes_no(f["meets_size"])],
-            ["latency (median, batch 1, CPU)", fmt_ms(f["baseline_latency_ms"]), fmt_ms(f["latency_ms"]),
-             f"ratio {fmt_ratio(f['latency_ratio'])} ({fmt_faster(f['latency_ratio'])})",
+             fmt_verdict(f.verdicts.get("size"))],
+            ["latency (median, batch 1, CPU)", f"{_ms(f.reference_latency_ms)} in {f.reference_runtime}", _ms(f.latency_ms),
+             f"ratio {fmt_ratio_ci(f.latency_ratio, f.latency_ratio_ci95)} ({fmt_faster(f.latency_ratio)})",
              f"ratio ≤ {fmt_ratio(inputs.max_latency_ratio)} (at least {100 * targets.latency_reduction:.0f}% faster)",
-             yes_no(f["meets_latency"])],
-            ["validation top-1", fmt_acc(inputs.baseline_val), fmt_acc(f["val"]), fmt_points(f["val"] - inputs.baseline_val),
-             f"≥ {fmt_acc(max(inputs.floor, 0.0))} (at most {100 * targets.max_accuracy_drop:.1f} points lower)",
-             yes_no(f["meets_accuracy"])],
-            ["test top-1 (held out)", fmt_acc(base_test), fmt_acc(f["test"]) if f["test"] is not None else "n/a",
-             fmt_points(f["test"] - base_test) if f["test"] is not None else "n/a", "reported, not a target", ""],
+             fmt_verdict(f.verdicts.get("latency"))],
         ],
     )
-    met = [f["meets_size"], f["meets_latency"], f["meets_accuracy"]]
-    words = (f"In plain words: the compressed model's file is {fmt_change(f['size_ratio'])} than the original "
+    words = (f"In plain words: the compressed model's file is {fmt_change(f.size_ratio)} than the original "
              f"(the goal was at least {100 * targets.size_reduction:.0f}% smaller), it answers "
-             f"{fmt_faster(f['latency_ratio'])} (one image at a time on CPU, in the {f['runtime']} runtime) "
-             f"(goal: at least {100 * targets.latency_reduction:.0f}% faster), and it recognises "
-             f"{fmt_acc(f['val'])} of the validation images against {fmt_acc(inputs.baseline_val)} for the original "
-             f"(allowed drop: {100 * targets.max_accuracy_drop:.1f} points)")
-    if f["test"] is not None:
-        words += f"; on images never used during the search it scores {fmt_acc(f['test'])} against {fmt_acc(base_test)}"
-    words += ". "
-    if all(met):
-        words += "**It meets all three targets.**"
-    else:
-        missed = [name for name, ok in zip(("size", "latency", "accuracy"), met) if not ok]
-        words += f"**It misses the {' and '.join(missed)} target{'s' if len(missed) > 1 else ''}.**"
+             f"{fmt_faster(f.latency_ratio)} (one image at a time on CPU, in the {f.runtime} runtime) "
+             f"(goal: at least {100 * targets.latency_reduction:.0f}% faster)")
+    if f.test_top1 is not None:
+        words += (f", and it recognises {fmt_acc(f.test_top1)} of the test images, never used during the search, against "
+                  f"{fmt_acc(profile.test_top1)} for the original (allowed drop: {100 * targets.max_accuracy_drop:.1f} points)")
+    words += ". " + _targets_sentence(f)
     feasible = int(inputs.everything["meets_all"].sum())
-    words += (f" Of {len(inputs.complete)} completed candidate(s), {feasible} met all targets"
-              f" ({int(inputs.front['meets_all'].sum())} of them on the Pareto front of {len(inputs.front)}).")
-    lines += [words, ""]
+    words += (f" Of {len(inputs.complete)} completed candidate(s), {feasible} met all targets on the figures a pick "
+              f"compares ({int(inputs.front['meets_all'].sum())} of them on the Pareto front of {len(inputs.front)}).")
+    lines += [words, "", intervals_paragraph(inputs, f), ""]
     return lines
 
 
@@ -240,19 +307,51 @@ def section_search(inputs: Inputs, history: Sequence[tuple[int, float]], savings
     lines += [f"![Hypervolume over trials]({FIGURES['hypervolume']})", ""]
     lines += ["### Pareto front", ""]
     lines += [f"{len(inputs.front)} non-dominated trial(s) among {len(inputs.complete)} completed; "
-              f"{int(inputs.front['meets_all'].sum())} meet all targets. The chosen trial is marked ◀.", ""]
+              f"{int(inputs.front['meets_all'].sum())} meet all targets on the figures a pick compares (validation "
+              "accuracy at or above the floor, latency and size ratios within their targets). The chosen trial is "
+              "marked ◀. Accuracies carry their 95% interval; the test drop is the baseline's test top-1 minus the "
+              "trial's, paired on the same images. Latency is each trial's latest timing: "
+              + ", ".join(f"`{key}` {words}" for key, words in TIMINGS.items())
+              + " (one run, no interval). Verdicts on the accuracy (paired test drop), latency and size targets: ✓ met "
+              "with confidence, ~ met on the point estimate only, ✗ missed, ? not judged.", ""]
     lines += md_table(
-        ["trial", "pipeline", "runtime", "val top-1", "test top-1", "latency", "latency ratio", "size", "size ratio",
-         "meets accuracy", "meets latency", "meets size"],
+        ["trial", "pipeline", "runtime", "val top-1 (selection)", "test top-1", "test drop (points)", "latency", "latency ratio",
+         "timing", "size", "size ratio", "verdicts a/l/s"],
         [[f"{int(r.trial)}{' ◀' if int(r.trial) == inputs.chosen.number else ''}", r.pipeline, r.runtime,
-          fmt_acc(r.val_top1), fmt_acc(r.test_top1) if as_float(r.test_top1) is not None else "n/a",
-          fmt_ms(r.latency_ms) if as_float(r.latency_ms) is not None else "n/a", fmt_ratio(r.latency_ratio),
+          fmt_acc_ci(r.val_top1, _list(r.val_top1_ci95)),
+          fmt_acc_ci(r.test_top1, _list(r.test_top1_ci95)) if as_float(r.test_top1) is not None else "n/a",
+          fmt_drop_ci(r.test_drop, r.test_drop_ci95) if isinstance(r.test_drop_ci95, list) else "n/a",
+          fmt_ms(r.latency_ms) if as_float(r.latency_ms) is not None else "n/a",
+          fmt_ratio_ci(r.latency_ratio, _list(r.latency_ratio_ci95)), r.timing,
           fmt_bytes(r.size_bytes) if as_float(r.size_bytes) is not None else "n/a", fmt_ratio(r.size_ratio),
-          "✓" if r.meets_accuracy else "✗", "✓" if r.meets_latency else "✗", "✓" if r.meets_size else "✗"]
+          "".join(fmt_verdict_mark(v) for v in (r.verdict_accuracy, r.verdict_latency, r.verdict_size))]
          for r in inputs.front.itertuples()],
     )
     lines += [f"![Pareto projections: accuracy vs latency ratio and vs size ratio]({FIGURES['pareto']})", ""]
+    lines += _operator_lines(inputs)
     return lines
+
+
+def _operator_lines(inputs: Inputs) -> list[str]:
+    """Latency against the operators each ``.pte`` runs: at small inputs the runtime pays per operator."""
+    lines = ["### Latency against operator count", ""]
+    fit = operator_latency_fit(inputs.complete)
+    counted = len(operator_trials(inputs.complete))
+    if fit is None:
+        lines.append(f"{counted} completed trial(s) recorded the operators their `.pte` runs (trials lowered before the "
+                     "counts were stored, and TorchScript artifacts, have none): too few, or all of one count, to fit "
+                     "latency against the operator count.")
+    else:
+        fitted = (f"least squares of the latency ratio on the operator count (delegated + portable) over the "
+                  f"{fit.trials} measured `.pte` trials: {fit.per_operator:.5f} of the float baseline's latency per "
+                  f"operator, intercept {fmt_ratio(fit.intercept)}, R² {fit.r2:.2f}")
+        text = (f"Fitted by {fitted}." if fit.reference_ms is None else
+                f"Each operator a `.pte` runs costs about **{fit.per_operator * fit.reference_ms:.4f} ms**: the float "
+                f"baseline's {fmt_ms(fit.reference_ms)} times the slope of the {fitted}.")
+        lines.append(text + " Where R² is high the operator count, not the arithmetic, sets the latency: removing "
+                     "operators (squeeze-excite blocks, activations the delegate cannot fuse) pays where removing weights "
+                     "does not.")
+    return lines + ["", f"![Latency ratio against operator count]({FIGURES['operators']})", ""]
 
 
 def _phase_lines(phases: Sequence[PhaseTotal]) -> list[str]:
@@ -292,27 +391,35 @@ def section_chosen(inputs: Inputs, steps: Sequence[dict[str, Any]]) -> list[str]
                      fmt_int(step["nonzero_parameters"]) if step["nonzero_parameters"] is not None else "—",
                      fmt_ratio(step["flops"] / base_flops) if step["flops"] is not None else "—"])
         previous = acc if acc is not None else previous
-    rows.append([f"artifact ({f['runtime']})", f"lowered for {f['runtime']}"
-                 + (f", {trial.backend} kernels" if trial.backend else ""), "",
-                 fmt_acc(f["val"]), fmt_points(f["val"] - previous) if previous is not None else "",
-                 fmt_bytes(f["bytes"]), f"{fmt_ratio(f['size_ratio'])} of the baseline artifact", "lowered", "—", "—", "—"])
+    rows.append([f"artifact ({f.runtime})", f"lowered for {f.runtime}" + (f", {trial.backend} kernels" if trial.backend else ""),
+                 "", fmt_acc(f.val_top1), fmt_points(f.val_top1 - previous) if previous is not None else "", _bytes(f.bytes),
+                 f"{fmt_ratio(f.size_ratio)} of the baseline artifact in {f.reference_runtime}", "lowered", "—", "—", "—"])
     lines += md_table(["step", "what", "time", "val top-1", "change", "size", "size / baseline", "form", "parameters",
                        "non-zero", "FLOPs / baseline"], rows)
     parity = trial.parity
-    lines += [f"Final artifact: {fmt_int(f['bytes'])} B ({fmt_bytes(trial.artifact_gzip_bytes or 0)} gzipped), "
-              f"latency median {fmt_ms(_nan(trial.latency_ms))} (p10 {fmt_ms(_nan(trial.latency_p10_ms))}, "
-              f"p90 {fmt_ms(_nan(trial.latency_p90_ms))}) against {fmt_ms(f['baseline_latency_ms'])} for the float baseline "
-              f"in {trial.reference_runtime or inputs.study.evaluation.reference_runtime}, timed alongside "
-              f"(ratio {fmt_ratio(f['latency_ratio'])}); test top-1 "
-              f"{fmt_acc(f['test']) if f['test'] is not None else 'n/a'}; parity with its PyTorch model: top-1 agreement "
+    spread = (f" (p10 {fmt_ms(_nan(trial.latency_p10_ms))}, p90 {fmt_ms(_nan(trial.latency_p90_ms))} of the rounds "
+              "within that one run, which do not cover the spread between runs)" if f.timing == "search" else "")
+    test = "n/a" if f.test_top1 is None else fmt_acc_ci(f.test_top1, None if f.test is None else f.test.top1_ci95)
+    lines += [f"Final artifact: {_bytes(f.bytes)}, {fmt_bytes(trial.artifact_gzip_bytes or 0)} gzipped; latency median "
+              f"{_ms(f.latency_ms)}{spread} against {_ms(f.reference_latency_ms)} for the float baseline in "
+              f"{f.reference_runtime}, timed alongside (ratio {fmt_ratio_ci(f.latency_ratio, f.latency_ratio_ci95)}; "
+              f"{f.timing_note}); test top-1 {test}; parity with its PyTorch model: top-1 agreement "
               f"{fmt_acc(parity.get('top1_agreement', float('nan')))} on {parity.get('samples', 'n/a')} test images.", ""]
     lines += [f"![Size and accuracy after each stage]({FIGURES['waterfall']})", ""]
     lines += ["### Per-class accuracy, baseline vs chosen model (test split)", ""]
-    classes = inputs.profile.classes
-    base = inputs.profile.test_per_class
-    chosen = trial.test_per_class
-    lines += md_table(["class", "baseline", "chosen", "change"], [
-        [name, fmt_acc(b), fmt_acc(c), fmt_points(c - b)] for name, b, c in zip(classes, base, chosen)])
+    comparison = class_comparison(inputs)
+    if comparison.paired:
+        lines += ["Each class has only its share of the test images, so its interval is wide. A class counts as "
+                  "resolvably worse when the paired interval of its drop (baseline minus chosen, on the same images), "
+                  "widened for comparing every class at once (Bonferroni), lies above zero: with "
+                  f"{len(comparison.classes)} classes, {100 * (1 - 0.95 ** len(comparison.classes)):.0f}% of studies "
+                  "would show at least one plain 95% interval excluding zero by chance alone.", ""]
+    lines += md_table(["class", "test images", "baseline", "chosen", "change", "resolvably worse"], [
+        [c.name, _or_na(c.images), fmt_acc_ci(c.baseline, c.baseline_ci95),
+         "n/a" if c.chosen is None else fmt_acc_ci(c.chosen, c.chosen_ci95),
+         "n/a" if c.chosen is None else fmt_points(c.chosen - c.baseline),
+         ("**yes**" if c.resolvably_worse else "no") if comparison.paired else "not judged (no per-image results)"]
+        for c in comparison.classes])
     lines += [f"![Per-class test accuracy, baseline vs chosen]({FIGURES['per_class']})", ""]
     return lines
 
@@ -325,7 +432,7 @@ def _floats(values: Any) -> str:
 
 
 def section_deployment(inputs: Inputs) -> list[str]:
-    trial, card = inputs.chosen, inputs.card
+    trial, card, f = inputs.chosen, inputs.card, chosen_facts(inputs)
     lines = ["## Deployment", ""]
     if card is None:
         lines += [f"Trial {trial.number} has not been exported yet (no model card for it, in the study storage or in "
@@ -340,7 +447,8 @@ def section_deployment(inputs: Inputs) -> list[str]:
             ["sha256", f"`{trial.artifact_sha256 or ''}`"],
             ["parity (test split)", f"top-1 agreement {fmt_acc(parity.get('top1_agreement', float('nan')))}, max |diff| "
                                     f"{parity.get('max_abs_diff', float('nan')):.5f} on {parity.get('samples', 'n/a')} images"],
-            ["latency", f"{fmt_ms(_nan(trial.latency_ms))} median"],
+            ["latency", f"{_ms(f.latency_ms)} median, ratio {fmt_ratio_ci(f.latency_ratio, f.latency_ratio_ci95)} to the "
+                        f"float baseline in {f.reference_runtime} ({f.timing_note})"],
         ])
         return lines
     export_dir = inputs.card_dir
@@ -350,7 +458,7 @@ def section_deployment(inputs: Inputs) -> list[str]:
         checksum = "the artifact file is missing"
         if artifact.is_file():
             checksum = "matches the file on disk" if sha256_of(artifact) == card.get("sha256") else "**does not match the file on disk**"
-    m, parity = card.get("metrics", {}), card.get("parity", {})
+    parity = card.get("parity", {})
     normalisation = card.get("input", {}).get("normalisation", {})
     where = f"to `{export_dir}`" if export_dir is not None else "(the model card as stored with the study)"
     lines += [f"Exported {where}, created {card.get('created', 'n/a')}.", ""]
@@ -358,31 +466,32 @@ def section_deployment(inputs: Inputs) -> list[str]:
         ["artifact", f"`{card.get('artifact')}`: {card.get('format')}"],
         ["runtime", f"{card.get('runtime')}" + (f", quantization backend {card.get('quantization_backend')}"
                                                  if card.get("quantization_backend") else "")],
-        ["size", f"{fmt_int(card.get('bytes', 0))} B ({fmt_bytes(card.get('bytes', 0))}); baseline artifact "
-                 f"{fmt_int(m.get('baseline', {}).get('bytes', 0))} B; ratio {fmt_ratio(m.get('size_ratio_to_baseline', float('nan')))}"],
+        ["size", f"{_bytes(f.bytes)}; baseline artifact in {f.reference_runtime} {_bytes(f.baseline_bytes)}; "
+                 f"ratio {fmt_ratio(f.size_ratio)}"],
         ["sha256", f"`{card.get('sha256')}` ({checksum})"],
         ["parity on the test split", f"top-1 agreement {fmt_acc(parity.get('top1_agreement', float('nan')))} "
-                                     f"(required ≥ {fmt_acc(parity.get('min_agreement', float('nan')))}), max |diff| "
+                                     f"(required ≥ {fmt_acc(parity.get('rule', parity).get('min_agreement', float('nan')))}), max |diff| "
                                      f"{parity.get('max_abs_diff', float('nan')):.5f} on {parity.get('samples', 'n/a')} images"],
-        ["latency at export", f"{fmt_ms(m.get('latency_ms', float('nan')))} median"
-                              + (f" against {fmt_ms(m['baseline_latency']['median_ms'])} for the baseline timed alongside"
-                                 if "baseline_latency" in m else "")
-                              + f" (ratio {fmt_ratio(m.get('latency_ratio_to_baseline', float('nan')))} to the float baseline "
-                              f"in {m.get('reference_runtime', inputs.study.evaluation.reference_runtime)})"],
-        ["accuracy of the artifact", f"test top-1 {fmt_acc(m.get('test_top1', float('nan')))}, "
-                                     f"validation top-1 {fmt_acc(m.get('val_top1', float('nan')))}"],
+        ["latency at export", f"{_ms(f.latency_ms)} median against {_ms(f.reference_latency_ms)} for the float baseline "
+                              f"in {f.reference_runtime} timed alongside: ratio "
+                              f"{fmt_ratio_ci(f.latency_ratio, f.latency_ratio_ci95)} ({f.timing_note})"],
+        ["accuracy of the artifact", "test top-1 " + ("n/a" if f.test_top1 is None else fmt_acc_ci(
+            f.test_top1, None if f.test is None else f.test.top1_ci95)) + ("" if f.test is None else
+            f", drop against the baseline {fmt_points(f.test.drop)} (paired 95% interval {fmt_points_ci(f.test.drop_ci95)}, "
+            f"{fmt_acc(f.test.agreement)} of the images judged alike)")
+            + f"; validation top-1 {fmt_acc_ci(f.val_top1, None if f.val is None else f.val.top1_ci95)}, the selection score"],
         ["input", f"{' × '.join(str(d) for d in card.get('input', {}).get('shape', []))} "
                   f"{card.get('input', {}).get('dtype', '')}, {card.get('input', {}).get('layout', '')}; "
                   f"normalise {normalisation.get('formula', '')} with mean {_floats(normalisation.get('mean'))} "
                   f"and std {_floats(normalisation.get('std'))}"],
         ["classes (output order)", ", ".join(card.get("classes", []))],
     ])
-    export_ratio = as_float(m.get("latency_ratio_to_baseline"))
     search_ratio = trial.latency_ratio
-    if export_ratio is not None and (export_ratio <= inputs.max_latency_ratio) != (search_ratio <= inputs.max_latency_ratio):
-        lines += [f"The latency ratio measured at export ({fmt_ratio(export_ratio)}) and during the search "
+    if (f.latency_ratio <= inputs.max_latency_ratio) != (search_ratio <= inputs.max_latency_ratio):
+        lines += [f"The latency ratio measured at export ({fmt_ratio(f.latency_ratio)}) and the search's single timing run "
                   f"({fmt_ratio(search_ratio)}) fall on different sides of the target ({fmt_ratio(inputs.max_latency_ratio)}): "
-                  "the two measurements disagree, so confirm latency on the target phone before relying on it.", ""]
+                  "this report and the model card judge on the export's, timed in independent blocks; confirm latency on "
+                  "the target phone before relying on it.", ""]
     return lines
 
 
@@ -471,20 +580,50 @@ def _early_stopping_advice(inputs: Inputs, savings: EarlyStoppingSavings) -> str
             f"{inputs.study.search.patience_margin:g}) or turn `search.early_stopping` off.")
 
 
+# How to settle a target met on the point estimate only.
+CONFIRM = {"latency": "time it on the target phone", "accuracy": "measure its accuracy on more test images"}
+
+
+def _class_advice(inputs: Inputs) -> list[str]:
+    """Advice on single classes: only where the chosen model is worse beyond noise (paired, Bonferroni), never on
+    the largest of the raw per-class differences, which on a few dozen images each is mostly noise."""
+    comparison = class_comparison(inputs)
+    if not comparison.paired:
+        return []
+    if not comparison.worse:
+        return [f"No class is resolvably worse on the {fmt_int(comparison.images or 0)} test images: every per-class "
+                "difference between the chosen model and the baseline is within the noise of its class's images, so "
+                "no class calls for work on this evidence."]
+    worse = "; ".join(f"`{comparison.name(c)}` {fmt_points(-c.drop)} on its {c.images} test images (paired interval of "
+                      f"the drop {fmt_points_ci(c.drop_ci95)})" for c in comparison.worse)
+    return [f"Recommend improving the class{'es' if len(comparison.worse) > 1 else ''} the chosen model is worse on "
+            f"beyond noise: {worse}. Check with the app team before release (more training images of "
+            f"{'that class' if len(comparison.worse) == 1 else 'those classes'}, or a pipeline that loses less on "
+            f"{'it' if len(comparison.worse) == 1 else 'them'})."]
+
+
 def recommendations(inputs: Inputs, rows: Sequence[TechniqueRow], history: Sequence[tuple[int, float]],
                     savings: EarlyStoppingSavings) -> list[str]:
     lines = ["## Recommendations (computed from the measurements above)", ""]
     items = []
     f, trial = chosen_facts(inputs), inputs.chosen
-    if f["meets_size"] and f["meets_latency"] and f["meets_accuracy"]:
-        items.append(f"Ship trial {trial.number} (`{trial.pipeline}`) in the {f['runtime']} runtime: "
-                     f"size ratio {fmt_ratio(f['size_ratio'])}, latency ratio {fmt_ratio(f['latency_ratio'])}, "
-                     f"validation accuracy {fmt_points(f['val'] - inputs.baseline_val)}, all within target.")
+    if f.ships:
+        accuracy = ("" if f.test is None else f", test accuracy drop {fmt_points(f.test.drop)} (paired 95% interval "
+                                              f"{fmt_points_ci(f.test.drop_ci95)})")
+        text = (f"Ship trial {trial.number} (`{trial.pipeline}`) in the {f.runtime} runtime: size ratio "
+                f"{fmt_ratio(f.size_ratio)}, latency ratio {fmt_ratio_ci(f.latency_ratio, f.latency_ratio_ci95)} "
+                f"({f.timing_note}){accuracy}, all within target")
+        if f.uncertain:
+            checks = [CONFIRM.get(name, f"measure its {name} again") for name in f.uncertain]
+            text += (f"; the {' and '.join(f.uncertain)} on the point estimate only (the interval reaches past the "
+                     f"allowance): {' and '.join(checks)} before relying on {'it' if len(checks) == 1 else 'them'}")
+        items.append(text + ".")
     else:
         table = inputs.everything
         shares = {name: float(table[f"meets_{name}"].mean()) for name in ("size", "latency", "accuracy")}
         hardest = min(shares, key=shares.__getitem__)
-        items.append(f"Do not ship yet: trial {trial.number} misses a target, and the hardest target is {hardest} "
+        items.append(f"Do not ship yet: trial {trial.number} misses the {' and '.join(f.missed)} target"
+                     f"{'s' if len(f.missed) > 1 else ''}, and the hardest target is {hardest} "
                      f"(met by {100 * shares[hardest]:.0f}% of completed trials: size {100 * shares['size']:.0f}%, "
                      f"latency {100 * shares['latency']:.0f}%, accuracy {100 * shares['accuracy']:.0f}%).")
     feasible = [inputs.trial(int(n)) for n in inputs.front.loc[inputs.front["meets_all"], "trial"]]
@@ -525,15 +664,7 @@ def recommendations(inputs: Inputs, rows: Sequence[TechniqueRow], history: Seque
                      "`space.stages` makes sampling more efficient.")
     if inputs.study.search.early_stopping and savings.saved > 0:
         items.append(_early_stopping_advice(inputs, savings))
-    base = inputs.profile.test_per_class
-    chosen = trial.test_per_class
-    classes = inputs.profile.classes or [str(i) for i in range(len(base))]
-    if chosen:
-        drops = [(b - c, name) for b, c, name in zip(base, chosen, classes)]
-        worst = max(drops)
-        if worst[0] > 0:
-            items.append(f"The class that lost most test accuracy is `{worst[1]}` ({fmt_points(-worst[0])}); "
-                         "check it with the app team before release.")
+    items += _class_advice(inputs)
     lines += [f"- {item}" for item in items] + [""]
     return lines
 
