@@ -47,13 +47,21 @@ class Delegation:
     delegated_nodes: int
     portable_nodes: int
     portable_ops: dict[str, int]  # operator -> nodes left to portable kernels
+    # operator -> nodes the delegate runs, quantize/dequantize included: at phone-app input sizes a
+    # program's latency follows how many operators it runs more than how much arithmetic they do.
+    delegated_ops: dict[str, int]
 
     @property
     def fully_delegated(self) -> bool:
         return self.portable_nodes == 0
 
+    @property
+    def operator_count(self) -> int:
+        """Every operator the program runs, in the delegate or on portable kernels."""
+        return self.delegated_nodes + self.portable_nodes
+
     def as_dict(self) -> dict[str, object]:
-        return {**asdict(self), "fully_delegated": self.fully_delegated}
+        return {**asdict(self), "fully_delegated": self.fully_delegated, "operator_count": self.operator_count}
 
 
 @dataclass(frozen=True)
@@ -96,11 +104,12 @@ def executorch_program(module: nn.Module, example_input: torch.Tensor) -> Lowere
     edge = to_edge_transform_and_lower(exported, transform_passes=_constant_folding(),
                                        partitioner=[XnnpackPartitioner()])
     info = get_delegation_info(edge.exported_program().graph_module)
-    # `getitem` only unpacks a delegate's outputs: no kernel runs for it.
-    portable = {op: b.non_delegated for op, b in sorted(info.delegation_by_operator.items())
-                if b.non_delegated and op != "getitem"}
-    delegation = Delegation(delegated_subgraphs=info.num_delegated_subgraphs, delegated_nodes=info.num_delegated_nodes,
-                            portable_nodes=sum(portable.values()), portable_ops=portable)
+    # `getitem` only unpacks a tuple (a delegate's outputs): no kernel runs for it.
+    counted = sorted((op, b) for op, b in info.delegation_by_operator.items() if op != "getitem")
+    portable = {op: b.non_delegated for op, b in counted if b.non_delegated}
+    delegated = {op: b.delegated for op, b in counted if b.delegated}
+    delegation = Delegation(delegated_subgraphs=info.num_delegated_subgraphs, delegated_nodes=sum(delegated.values()),
+                            portable_nodes=sum(portable.values()), portable_ops=portable, delegated_ops=delegated)
     return LoweredProgram(bytes(edge.to_executorch().buffer), delegation)
 
 

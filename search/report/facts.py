@@ -618,21 +618,22 @@ class OperatorFit:
     reference_ms: float | None
 
 
-def operator_trials(trials: Sequence[TrialRecord]) -> list[TrialRecord]:
-    """The completed trials whose program's operators were counted (``.pte`` trials since the counts are stored)."""
-    return [t for t in trials if t.has_values and t.operator_count is not None]
+def operator_trials(trials: Sequence[TrialRecord]) -> list[tuple[int, TrialRecord]]:
+    """(operators, trial) of the completed trials whose program's operators were counted (``.pte`` trials since
+    the counts are stored)."""
+    return [(count, t) for t in trials if t.has_values and (count := t.operator_count) is not None]
 
 
 def operator_latency_fit(trials: Sequence[TrialRecord]) -> OperatorFit | None:
     """Least squares of the latency ratio on the operator count; None without three trials of two counts at least."""
     points = operator_trials(trials)
-    counts = np.array([t.operator_count for t in points], dtype=float)
+    counts = np.array([count for count, _ in points], dtype=float)
     if len(points) < 3 or np.ptp(counts) == 0:
         return None
-    ratios = np.array([t.latency_ratio for t in points])
+    ratios = np.array([t.latency_ratio for _, t in points])
     slope, intercept = np.polyfit(counts, ratios, 1)
     spread = float(((ratios - ratios.mean()) ** 2).sum())
     residual = float(((ratios - (slope * counts + intercept)) ** 2).sum())
-    references = [ms for ms in (t.reference_latency_ms for t in points) if ms is not None]
+    references = [ms for ms in (t.reference_latency_ms for _, t in points) if ms is not None]
     return OperatorFit(len(points), float(slope), float(intercept), 1.0 - residual / spread if spread > 0 else 1.0,
                        statistics.median(references) if references else None)

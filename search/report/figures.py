@@ -219,24 +219,24 @@ def plot_phases(phases: Sequence[PhaseTotal], path: Path) -> Path:
 
 def plot_operators(inputs: Inputs, path: Path) -> Path:
     """Latency ratio against the operators each measured ``.pte`` runs, float and int8 apart, with the fitted line."""
-    trials = operator_trials(inputs.complete)
+    points = operator_trials(inputs.complete)
     figure, axis = plt.subplots(figsize=(7, 4.2))
     for int8, marker, colour, name in ((False, "o", "#4575b4", "float"), (True, "^", "#d73027", "int8")):
-        members = [t for t in trials if (t.backend is not None) == int8]
+        members = [(count, t) for count, t in points if (t.backend is not None) == int8]
         if members:
-            axis.scatter([t.operator_count for t in members], _values(members, "latency_ratio"), marker=marker, s=30,
+            axis.scatter([count for count, _ in members], [t.latency_ratio for _, t in members], marker=marker, s=30,
                          color=colour, alpha=0.8, label=f"{name} ({len(members)} trials)")
     fit = operator_latency_fit(inputs.complete)
     if fit is not None:
-        counts = np.array([min(t.operator_count or 0 for t in trials), max(t.operator_count or 0 for t in trials)])
-        axis.plot(counts, fit.intercept + fit.per_operator * counts, color="black", linewidth=1,
+        ends = np.array([min(count for count, _ in points), max(count for count, _ in points)], dtype=float)
+        axis.plot(ends, fit.intercept + fit.per_operator * ends, color="black", linewidth=1,
                   label=f"least squares, R² {fit.r2:.2f}")
-    if not trials:
+    if not points:
         axis.text(0.5, 0.5, "no .pte trial recorded its operator count", ha="center", va="center",
                   transform=axis.transAxes, fontsize=9)
     axis.set_xlabel("operators the .pte runs (delegated + portable)")
     axis.set_ylabel(f"latency / float baseline in {inputs.study.evaluation.reference_runtime}")
     axis.grid(alpha=0.3)
-    if trials:
+    if points:
         axis.legend(fontsize=8)
     return _save(figure, path)
