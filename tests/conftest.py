@@ -159,6 +159,24 @@ def smoke_study(tmp_path_factory, smoke_baseline: Path) -> Path:
     return _once_per_run(tmp_path_factory, "smoke-search", build) / "smoke.toml"
 
 
+def study_with_a_running_legal_trial(space) -> tuple:
+    """A fresh three-objective study (seeded random sampler) and its first running trial whose sampled
+    pipeline passes the order check: a configuration that a later trial can duplicate."""
+    import optuna
+
+    from udacisense.common.errors import IncompatiblePipelineError
+    from udacisense.spaces.sampling import sample_pipeline
+
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    while True:
+        trial = study.ask()
+        try:
+            sample_pipeline(trial, space).check()
+            return study, trial
+        except IncompatiblePipelineError:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+
+
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in module.state_dict().items()}
 

@@ -9,8 +9,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import REPO, TORCHSCRIPT_ARTIFACTS, cli_command
-from udacisense.common.errors import IncompatiblePipelineError
+from tests.conftest import REPO, TORCHSCRIPT_ARTIFACTS, cli_command, study_with_a_running_legal_trial
 from udacisense.search.budget import budget_left, duplicate_of
 from udacisense.search.objective import TrialRunner
 from udacisense.search.runner import TrialCounts, WorkerSummary, make_sampler, process_seed, search_summary
@@ -76,15 +75,7 @@ def test_samples_that_differ_only_in_an_unused_parameter_are_one_pipeline() -> N
 
 def test_a_proposed_duplicate_is_stopped_before_any_compute(tmp_path: Path) -> None:
     config = load_study(REPO / "studies" / "smoke.toml", {"runs_dir": str(tmp_path)})
-    study = optuna.create_study(directions=["maximize", "minimize", "minimize"],
-                                sampler=optuna.samplers.RandomSampler(seed=0))
-    while True:  # a running trial with a configuration that can run
-        first = study.ask()
-        try:
-            sample_pipeline(first, config.space).check()
-            break
-        except IncompatiblePipelineError:
-            study.tell(first, state=TrialState.PRUNED)
+    study, first = study_with_a_running_legal_trial(config.space)  # the trials below duplicate its configuration
     study.enqueue_trial(first.params)  # the sampler proposes the same configuration again
     second = study.ask()
     # No data and no baseline: a duplicate must be recognised before either is touched.

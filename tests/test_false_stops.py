@@ -9,9 +9,8 @@ from typing import Any
 import optuna
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, study_with_a_running_legal_trial
 from tests.test_report import _synthetic_study
-from udacisense.common.errors import IncompatiblePipelineError
 from udacisense.search.budget import budget_left
 from udacisense.search.false_stops import measure_false_stops
 from udacisense.search.objective import TrialRunner, trial_seed
@@ -20,7 +19,6 @@ from udacisense.search.runner import requeue
 from udacisense.search.storage import open_study
 from udacisense.search.study import load_study
 from udacisense.search.workspace import Workspace
-from udacisense.spaces.sampling import sample_pipeline
 
 TrialState = optuna.trial.TrialState
 X = optuna.distributions.FloatDistribution(0, 10)
@@ -28,15 +26,7 @@ X = optuna.distributions.FloatDistribution(0, 10)
 
 def test_a_replay_trains_with_its_originals_seed_and_every_trial_records_its_seed(tmp_path: Path) -> None:
     config = load_study(REPO / "studies" / "smoke.toml", {"runs_dir": str(tmp_path), "seed": 40})
-    study = optuna.create_study(directions=["maximize", "minimize", "minimize"],
-                                sampler=optuna.samplers.RandomSampler(seed=0))
-    while True:  # a running trial with a configuration that can run: the replays below duplicate it
-        first = study.ask()
-        try:
-            sample_pipeline(first, config.space).check()
-            break
-        except IncompatiblePipelineError:
-            study.tell(first, state=TrialState.PRUNED)
+    study, first = study_with_a_running_legal_trial(config.space)  # the trials below duplicate its configuration
     # No data and no baseline: the seed is settled before either is touched (the duplicate stops it there).
     runner = TrialRunner(Workspace(config, None, None, {}, None), None)  # type: ignore[arg-type]  # sampling only
     study.enqueue_trial(first.params, user_attrs=queued_attrs({Attr.SEED: 1234, Attr.STOPPED_TRIAL: 7}))
