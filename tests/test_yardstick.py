@@ -237,7 +237,7 @@ def test_a_trial_that_picks_a_narrower_student_starts_from_the_shelf(workspace, 
     assert "width=0.1" in trial.user_attrs["pipeline"]
     # The student was distilled over the baseline's schedule once, as a phase of its own, and kept.
     assert trial.user_attrs["phase_seconds"]["student training"] > 0
-    assert shelf.path(0.1).is_file() and 0.1 in shelf._loaded
+    assert shelf.path(0.1).is_file() and shelf.trained(0.1)
 
 
 def test_while_the_first_worker_distils_a_student_the_others_sample_trials_that_need_none(workspace, tmp_path) -> None:
