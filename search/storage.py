@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -13,6 +14,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from udacisense.common.errors import UserError
 from udacisense.common.schema import written_form
+from udacisense.evaluators.exclusive import exclusive
 from udacisense.search.records import DIRECTIONS, OBJECTIVE_NAMES, StudyAttr, StudyRecord, store_study
 from udacisense.search.study import StudyConfig
 
@@ -198,8 +200,9 @@ def check_settings(study: StudyConfig, optuna_study: optuna.Study, *, record: bo
 
 def open_study(study: StudyConfig, url: str | None = None, sampler: optuna.samplers.BaseSampler | None = None,
                *, create: bool = True) -> optuna.Study:
-    storage = open_storage(url or study.storage_url, study.search.heartbeat_seconds, create=create)
+    url = url or study.storage_url
     if not create:
+        storage = open_storage(url, study.search.heartbeat_seconds, create=False)
         try:
             optuna_study = optuna.load_study(study_name=study.name, storage=storage, sampler=sampler)
         except KeyError:
@@ -208,9 +211,15 @@ def open_study(study: StudyConfig, url: str | None = None, sampler: optuna.sampl
                             "run `udacisense search --study ...` first, or pass the right study file with `--study`.") from None
         check_settings(study, optuna_study, record=False)
         return optuna_study
-    optuna_study = optuna.create_study(study_name=study.name, storage=storage, sampler=sampler,
-                                       directions=list(DIRECTIONS), load_if_exists=True)
-    if optuna_study.metric_names is None:
-        optuna_study.set_metric_names(list(OBJECTIVE_NAMES))
-    check_settings(study, optuna_study, record=True)
+    path = sqlite_path(url)
+    # Local processes creating one new SQLite study at the same moment race on its tables, rows and
+    # attributes (a concurrent-search test failed 1 run in 3 with a driver error there): they take turns.
+    # A database server serialises its clients itself.
+    with exclusive(path.parent / f"{path.name}.lock") if path is not None else contextlib.nullcontext():
+        storage = open_storage(url, study.search.heartbeat_seconds)
+        optuna_study = optuna.create_study(study_name=study.name, storage=storage, sampler=sampler,
+                                           directions=list(DIRECTIONS), load_if_exists=True)
+        if optuna_study.metric_names is None:
+            optuna_study.set_metric_names(list(OBJECTIVE_NAMES))
+        check_settings(study, optuna_study, record=True)
     return optuna_study
