@@ -170,14 +170,17 @@ def show_front(study: StudyConfig, optuna_study: optuna.Study, out_dir: Path | N
     import shutil
 
     from udacisense.search.baseline_profile import FILE_NAME, BaselineProfile
-    from udacisense.search.front import front_tables, write_front
-    from udacisense.search.records import TrialRecord
+    from udacisense.search.front import front_tables, with_latest_timings, write_front
+    from udacisense.search.records import StudyRecord, TrialRecord
 
     if not any(TrialRecord.of(t).has_values for t in optuna_study.get_trials(deepcopy=False)):
         print("the study has no completed trials yet")
         return
     baseline_val = BaselineProfile.of_study(optuna_study, study.run_dir / "baseline" / FILE_NAME).val_top1
-    front, everything = front_tables(optuna_study, study.targets, baseline_val)
+    # Each row with its latest timing (the export's, else the re-timed front's), as the report and the card show it.
+    stored = StudyRecord.of(optuna_study)
+    front, everything = (with_latest_timings(table, stored.exported_card, stored.retimed_front, study.targets, baseline_val)
+                         for table in front_tables(optuna_study, study.targets, baseline_val))
     print(front_text(front, shutil.get_terminal_size((120, 24)).columns))
     reference = study.evaluation.reference_runtime
     print(FRONT_LEGEND.format(reference=reference))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import matplotlib
 
@@ -121,6 +121,36 @@ def mark_targets(table: pd.DataFrame, targets: TargetsConfig, baseline_val: floa
         # Bytes are exact: met or missed, no interval.
         verdict_size=["met" if ratio <= max_size else "missed" for ratio in table["size_ratio"]],
     ).pipe(lambda t: t.assign(meets_all=t["meets_accuracy"] & t["meets_latency"] & t["meets_size"] & t["parity_ok"]))
+
+
+# The columns of a front row (search.front.COLUMNS) that one latency measurement fills in.
+TIMING_COLUMNS = ("latency_ms", "reference_latency_ms", "latency_ratio", "latency_ratio_p10", "latency_ratio_p90",
+                  "latency_ratio_ci95", "latency_blocks")
+# Where a row's latency comes from (its `timing` column), in words.
+TIMINGS = {"export": "timed at export", "re-timed": "re-timed before the latest pick", "search": "search-time"}
+
+
+def with_latest_timings(table: pd.DataFrame, card: dict[str, Any] | None, retimed_rows: list[dict[str, Any]] | None,
+                   targets: TargetsConfig, baseline_val: float) -> pd.DataFrame:
+    """``table`` with each trial's latest latency measurement in place of its search-time one: the exported
+    trial's from its model card, the rows re-timed before the latest pick from that re-timed front; the
+    `timing` column says which (a ``TIMINGS`` key), and the meets/verdict columns follow the figures, so
+    every section of the report and the card judge a trial on the same numbers."""
+    latest = {int(row["trial"]): {**{column: row.get(column) for column in TIMING_COLUMNS}, "timing": "re-timed"}
+              for row in retimed_rows or [] if row.get("retimed") is True}
+    metrics = (card or {}).get("metrics", {})
+    if card is not None and metrics.get("latency_ratio_to_baseline") is not None:
+        latest[int(card["trial"])] = {
+            "latency_ms": metrics.get("latency_ms"), "reference_latency_ms": metrics.get("reference_latency_ms"),
+            "latency_ratio": metrics["latency_ratio_to_baseline"], "latency_ratio_p10": None, "latency_ratio_p90": None,
+            "latency_ratio_ci95": metrics.get("latency_ratio_ci95"),
+            # Cards from before timing blocks timed one run.
+            "latency_blocks": len(metrics.get("latency_blocks", {}).get("ratios", [])) or 1, "timing": "export"}
+    table = table.assign(timing="search")
+    for index, number in table["trial"].items():
+        for column, value in latest.get(int(number), {}).items():
+            table.at[index, column] = value
+    return mark_targets(table, targets, baseline_val)
 
 
 def pick(front: pd.DataFrame, policy: Policy, targets: TargetsConfig) -> int:

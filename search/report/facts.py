@@ -21,10 +21,10 @@ from udacisense.search.baseline_profile import FILE_NAME, BaselineProfile
 from udacisense.search.early_stopping import curve_points, stage_progress
 from udacisense.search.evidence import ClassDifference, SplitEvidence, resolved_class_drops
 from udacisense.search.export import CARD_NAME
-from udacisense.search.front import mark_targets, pareto_trials, pick, trials_table
+from udacisense.search.front import TIMINGS, pareto_trials, pick, trials_table, with_latest_timings
 from udacisense.search.hypervolume import hypervolume
 from udacisense.search.records import STOPPED_BY_EARLY_STOPPING, FalseStops, StopReason, StudyRecord, TrialRecord, records
-from udacisense.search.study import StudyConfig, TargetsConfig
+from udacisense.search.study import StudyConfig
 
 
 @dataclass
@@ -86,7 +86,7 @@ def load_inputs(study: StudyConfig, storage: str | None, trial_number: int | Non
                         "so there is nothing to report on.", "run `udacisense search --study ...` until trials complete.")
     exported, card_dir = _exported_card(optuna_study, study, trials)
     retimed = StudyRecord.of(optuna_study).retimed_front
-    front, everything = (latest_timings(trials_table(members, study.targets, profile.val_top1), exported, retimed,
+    front, everything = (with_latest_timings(trials_table(members, study.targets, profile.val_top1), exported, retimed,
                                         study.targets, profile.val_top1)
                          for members in (pareto_trials(complete), complete))
     if trial_number is not None:
@@ -131,36 +131,6 @@ def _exported_card(optuna_study: optuna.Study, study: StudyConfig,
     if not (belongs and complete):
         return None, None
     return card, local_path.parent if local is not None and local.get("sha256") == card.get("sha256") else None
-
-
-# The columns of a front row (search.front.COLUMNS) that one latency measurement fills in.
-TIMING_COLUMNS = ("latency_ms", "reference_latency_ms", "latency_ratio", "latency_ratio_p10", "latency_ratio_p90",
-                  "latency_ratio_ci95", "latency_blocks")
-# Where a row's latency comes from (its `timing` column), in words.
-TIMINGS = {"export": "timed at export", "re-timed": "re-timed before the latest pick", "search": "search-time"}
-
-
-def latest_timings(table: pd.DataFrame, card: dict[str, Any] | None, retimed_rows: list[dict[str, Any]] | None,
-                   targets: TargetsConfig, baseline_val: float) -> pd.DataFrame:
-    """``table`` with each trial's latest latency measurement in place of its search-time one: the exported
-    trial's from its model card, the rows re-timed before the latest pick from that re-timed front; the
-    `timing` column says which (a ``TIMINGS`` key), and the meets/verdict columns follow the figures, so
-    every section of the report and the card judge a trial on the same numbers."""
-    latest = {int(row["trial"]): {**{column: row.get(column) for column in TIMING_COLUMNS}, "timing": "re-timed"}
-              for row in retimed_rows or [] if row.get("retimed") is True}
-    metrics = (card or {}).get("metrics", {})
-    if card is not None and as_float(metrics.get("latency_ratio_to_baseline")) is not None:
-        latest[int(card["trial"])] = {
-            "latency_ms": metrics.get("latency_ms"), "reference_latency_ms": metrics.get("reference_latency_ms"),
-            "latency_ratio": metrics["latency_ratio_to_baseline"], "latency_ratio_p10": None, "latency_ratio_p90": None,
-            "latency_ratio_ci95": metrics.get("latency_ratio_ci95"),
-            # Cards from before timing blocks timed one run.
-            "latency_blocks": len(metrics.get("latency_blocks", {}).get("ratios", [])) or 1, "timing": "export"}
-    table = table.assign(timing="search")
-    for index, number in table["trial"].items():
-        for column, value in latest.get(int(number), {}).items():
-            table.at[index, column] = value
-    return mark_targets(table, targets, baseline_val)
 
 
 def _default_choice(study: StudyConfig, trials: Sequence[FrozenTrial], front: pd.DataFrame,
@@ -534,7 +504,7 @@ def chosen_facts(inputs: Inputs) -> ChosenFacts:
         meets_targets=bool(row["meets_all"]))
     if card is None:
         return searched
-    # The card's latency is already the row's (``latest_timings``); the rest is read from the card itself.
+    # The card's latency is already the row's (``search.front.with_latest_timings``); the rest is read from the card itself.
     metrics, targets = card.get("metrics", {}), card.get("targets", {})
     evidence = metrics.get("accuracy_evidence") or {}
     constraints = {str(k): float(v) <= 0 for k, v in targets.get("constraints", {}).items()}

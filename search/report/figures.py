@@ -15,10 +15,10 @@ from udacisense.common.files import atomic_path
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from udacisense.search.front import TIMINGS
 from udacisense.search.hypervolume import HV_REFERENCE
 from udacisense.search.records import TrialRecord
 from udacisense.search.report.facts import (
-    TIMINGS,
     Inputs,
     PhaseTotal,
     chosen_facts,

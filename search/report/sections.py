@@ -13,11 +13,11 @@ from optuna.trial import TrialState
 from udacisense.common.files import sha256_of
 from udacisense.evaluators.intervals import wilson
 from udacisense.search.budget import is_rejected
+from udacisense.search.front import TIMINGS
 from udacisense.search.hypervolume import HV_REFERENCE
 from udacisense.search.records import StopReason, TrialRecord
 from udacisense.search.report.facts import (
     STOP_CATEGORIES,
-    TIMINGS,
     UNRECORDED,
     ChosenFacts,
     EarlyStoppingSavings,
