@@ -16,10 +16,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import optuna
 import pandas as pd
+import torch
 
 from udacisense.common.errors import UserError
 from udacisense.common.files import atomic_path, write_json, write_text
-from udacisense.evaluators.intervals import pack_correct, unpack_correct
 from udacisense.search.evidence import SplitEvidence, resolvable_difference, verdict
 from udacisense.search.records import TrialRecord, as_losses
 from udacisense.search.study import TargetsConfig
@@ -58,7 +58,6 @@ def trials_table(trials: Sequence[optuna.trial.FrozenTrial], targets: TargetsCon
     rows = []
     for r in map(TrialRecord.of, trials):
         val, test = r.evidence("val"), r.evidence("test")
-        val_correct = r.correct("val")
         rows.append({
             "trial": r.number,
             "pipeline": r.pipeline,
@@ -89,7 +88,7 @@ def trials_table(trials: Sequence[optuna.trial.FrozenTrial], targets: TargetsCon
             "size_bytes": r.artifact_bytes,
             "size_ratio": r.size_ratio,
             "parity_ok": r.parity_ok,
-            "val_correct": None if val_correct is None else pack_correct(val_correct),
+            "val_correct": r.correct("val"),
         })
     table = mark_targets(pd.DataFrame(rows, columns=COLUMNS + INTERNAL_COLUMNS), targets, baseline_val)
     return table.sort_values("val_top1", ascending=False).reset_index(drop=True)
@@ -191,8 +190,8 @@ def _accuracy_shortfall(pool: pd.DataFrame) -> pd.Series:
 
     def shortfall(row: pd.Series) -> float:
         gap = float(best["val_top1"] - row["val_top1"])
-        if isinstance(best_correct, str) and isinstance(row["val_correct"], str) and gap > 0:
-            return gap if resolvable_difference(unpack_correct(best_correct), unpack_correct(row["val_correct"])) else 0.0
+        if isinstance(best_correct, torch.Tensor) and isinstance(row["val_correct"], torch.Tensor) and gap > 0:
+            return gap if resolvable_difference(best_correct, row["val_correct"]) else 0.0
         return gap
 
     return pool.apply(shortfall, axis=1)
