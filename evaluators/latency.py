@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
@@ -65,6 +65,10 @@ class BlockedComparison:
 
     blocks: tuple[LatencyComparison, ...]
     ratio: BlockedRatio  # across the blocks' ratios: the figure to quote, with its interval
+
+    @classmethod
+    def of(cls, blocks: Sequence[LatencyComparison], confidence: float = 0.95) -> BlockedComparison:
+        return cls(tuple(blocks), blocked_ratio([block.ratio for block in blocks], confidence))
 
     @property
     def candidate_ms(self) -> float:
@@ -171,18 +175,18 @@ def compare_latencies_in_blocks(load_candidate: Loader, references: Mapping[str,
     timed: dict[str, list[LatencyComparison]] = {name: [] for name in references}
     for block in range(blocks):
         # Whichever program loads first may get warmer memory: alternate so that no side always does.
-        for name, comparison in _time_block(load_candidate, references, example_input, candidate_first=block % 2 == 0,
-                                            candidate_runtime=candidate_runtime, warmup=warmup, runs=runs,
-                                            threads=threads, rounds=rounds).items():
+        for name, comparison in time_block(load_candidate, references, example_input, candidate_first=block % 2 == 0,
+                                           candidate_runtime=candidate_runtime, warmup=warmup, runs=runs,
+                                           threads=threads, rounds=rounds).items():
             timed[name].append(comparison)
-    return {name: BlockedComparison(tuple(comparisons), blocked_ratio([c.ratio for c in comparisons], confidence))
-            for name, comparisons in timed.items()}
+    return {name: BlockedComparison.of(comparisons, confidence) for name, comparisons in timed.items()}
 
 
-def _time_block(load_candidate: Loader, references: Mapping[str, tuple[Loader, str]], example_input: torch.Tensor, *,
-                candidate_first: bool, candidate_runtime: str, warmup: int, runs: int, threads: int,
-                rounds: int | None) -> dict[str, LatencyComparison]:
-    """One block: load every runner afresh, time them, and let them go when it returns."""
+def time_block(load_candidate: Loader, references: Mapping[str, tuple[Loader, str]], example_input: torch.Tensor, *,
+               candidate_first: bool, candidate_runtime: str, warmup: int, runs: int, threads: int,
+               rounds: int | None = None) -> dict[str, LatencyComparison]:
+    """One block: load every runner afresh, time them, and let them go when it returns. Whichever program loads
+    first may get warmer memory: callers timing several blocks alternate ``candidate_first``."""
     candidate = load_candidate() if candidate_first else None
     loaded = {name: (load(), runtime) for name, (load, runtime) in references.items()}
     if candidate is None:

@@ -24,8 +24,8 @@ from udacisense.compression.stage import CompressedModel, ModelForm, StageConfig
 from udacisense.evaluators.accuracy import AccuracyReport, accuracy_from_logits, correct_predictions, evaluate_accuracy, predict_logits
 from udacisense.evaluators.exclusive import TIMING_LOCK, exclusive
 from udacisense.evaluators.flops import count_flops
-from udacisense.evaluators.intervals import blocked_ratio, pack_correct
-from udacisense.evaluators.latency import BlockedComparison, LatencyComparison, compare_latencies, compare_latencies_in_blocks
+from udacisense.evaluators.intervals import pack_correct
+from udacisense.evaluators.latency import BlockedComparison, LatencyComparison, compare_latencies, time_block
 from udacisense.evaluators.parity import ParityReport, ParityRule, compare_logits, parity_rule
 from udacisense.evaluators.size import SizeReport, parameter_counts, size_report, state_dict_bytes
 from udacisense.runtime import (
@@ -147,17 +147,15 @@ class TrialRunner:
         reference_runtime = evaluation.reference_runtime
         reference = self.workspace.baseline_artifact(reference_runtime)
         timed: dict[int, list[LatencyComparison]] = {number: [] for number in artifacts}
-        for _ in range(search.retime_blocks):
+        for block in range(search.retime_blocks):
             for number, (artifact, runtime, backend) in artifacts.items():
                 with exclusive(study.run_dir / TIMING_LOCK):
-                    block = compare_latencies_in_blocks(
+                    timed[number].append(time_block(
                         partial(load_runner, artifact, runtime, backend),
                         {"reference": (partial(load_runner, reference, reference_runtime), reference_runtime)},
-                        self.workspace.example_input, candidate_runtime=runtime, blocks=1,
-                        warmup=evaluation.latency_warmup, runs=runs, threads=evaluation.threads)
-                timed[number].append(block["reference"].blocks[0])
-        return {number: BlockedComparison(tuple(blocks), blocked_ratio([b.ratio for b in blocks]))
-                for number, blocks in timed.items()}
+                        self.workspace.example_input, candidate_first=block % 2 == 0, candidate_runtime=runtime,
+                        warmup=evaluation.latency_warmup, runs=runs, threads=evaluation.threads)["reference"])
+        return {number: BlockedComparison.of(blocks) for number, blocks in timed.items()}
 
     def baseline_size(self, runtime: str) -> int:
         return self.workspace.profile.bytes(runtime)
