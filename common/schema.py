@@ -81,7 +81,7 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is tuple:
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp) or origin is dict:
         return "a table"
     if tp is type(None):
         return "absent"
@@ -115,6 +115,11 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             raise _wrong_type(value, tp, where)
         item_type = typing.get_args(tp)[0]
         return tuple(coerce(item, item_type, f"{where}[{i}]") for i, item in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise _wrong_type(value, tp, where)
+        key_type, value_type = typing.get_args(tp)
+        return {coerce(k, key_type, f"{where} key"): coerce(v, value_type, f"{where}.{k}") for k, v in value.items()}
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise _wrong_type(value, tp, where)

@@ -33,18 +33,20 @@ def holds_configuration(trial: optuna.trial.FrozenTrial) -> bool:
     return trial.state in HOLDERS
 
 
-def duplicate_of(study: optuna.Study, number: int, params: dict[str, object], pipeline_key: str | None = None) -> int | None:
+def duplicate_of(study: optuna.Study, number: int, params: dict[str, object], pipeline_key: str | None = None,
+                 exempt: int | None = None) -> int | None:
     """The trial that already holds trial ``number``'s configuration (its parameters, or the pipeline
     they make: the order of two absent stages is a parameter that changes nothing), or None when it is new.
 
     Two workers that sample the same configuration at the same moment may each see the other and
-    both stop: that costs a sample, never budget, and neither runs a repeat.
+    both stop: that costs a sample, never budget, and neither runs a repeat. ``exempt``: the trial this
+    one runs again on purpose (a screened trial it promotes).
     """
     for trial in study.get_trials(deepcopy=False, states=HOLDERS):
         if not holds_configuration(trial):
             continue
         same_pipeline = pipeline_key is not None and trial.user_attrs.get(Attr.PIPELINE_KEY) == pipeline_key
-        if trial.number != number and (trial.params == params or same_pipeline):
+        if trial.number not in (number, exempt) and (trial.params == params or same_pipeline):
             return trial.number
     return None
 

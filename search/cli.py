@@ -173,8 +173,8 @@ def show_front(study: StudyConfig, optuna_study: optuna.Study, out_dir: Path | N
     from udacisense.search.front import front_tables, with_latest_timings, write_front
     from udacisense.search.records import StudyRecord, TrialRecord
 
-    if not any(TrialRecord.of(t).has_values for t in optuna_study.get_trials(deepcopy=False)):
-        print("the study has no completed trials yet")
+    if not any(TrialRecord.of(t).is_measured for t in optuna_study.get_trials(deepcopy=False)):
+        print("the study has no measured trials yet (completed, lowered and measured)")
         return
     baseline_val = BaselineProfile.of_study(optuna_study, study.run_dir / "baseline" / FILE_NAME).val_top1
     # Each row with its latest timing (the export's, else the re-timed front's), as the report and the card show it.

@@ -139,6 +139,11 @@ def export_trial(workspace: Workspace, study: optuna.Study, trial_number: int, o
     if record.state is not optuna.trial.TrialState.COMPLETE:
         raise UserError(f"Trial {trial_number} is {record.state.name.lower()}, not complete; it has no artifact.",
                         "pick a completed trial from `udacisense front`.")
+    if not record.is_measured:
+        raise UserError(f"Trial {trial_number} was screened: its figures are estimates and it was never lowered, "
+                        "so it has no artifact to export.",
+                        "pick a measured trial from `udacisense front` (the search promotes and measures a screened "
+                        "trial once the measured front no longer rules it out).")
     if not record.parity_ok:
         raise UserError(f"Trial {trial_number} failed its parity check during the search (top-1 agreement "
                         f"{record.parity.get('top1_agreement', float('nan')):.3f}): its artifact was not kept.",

@@ -28,24 +28,25 @@ Policy = Literal["knee", "smallest", "fastest", "most-accurate"]
 POLICIES: tuple[str, ...] = ("knee", "smallest", "fastest", "most-accurate")
 
 
-def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
     """``a`` is no worse than ``b`` in every objective and better in one (directions from ``records.OBJECTIVES``)."""
     loss_a, loss_b = as_losses(list(a)), as_losses(list(b))
     return all(x <= y for x, y in zip(loss_a, loss_b, strict=True)) and loss_a != loss_b
 
 
 def pareto_trials(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
-    """The non-dominated completed trials. An artifact failing parity computes something else than its
-    model: its numbers are no point of the trade-off, and it must not hide the points it "dominates"."""
-    complete = [r for r in map(TrialRecord.of, trials) if r.has_values and r.parity_ok]
-    return [r.trial for r in complete if not any(_dominates(o.values, r.values) for o in complete if o is not r)]
+    """The non-dominated measured trials (a screened trial's estimates are never a point of the front). An
+    artifact failing parity computes something else than its model: its numbers are no point of the
+    trade-off, and it must not hide the points it "dominates"."""
+    complete = [r for r in map(TrialRecord.of, trials) if r.is_measured and r.parity_ok]
+    return [r.trial for r in complete if not any(dominates(o.values, r.values) for o in complete if o is not r)]
 
 
 COLUMNS = ["trial", "pipeline", "runtime", "target", "deployment", "val_top1", "test_top1", "val_images", "test_images",
            "val_top1_ci95", "test_top1_ci95", "val_drop", "val_drop_ci95", "test_drop", "test_drop_ci95", "test_agreement",
            "latency_ms", "reference_latency_ms", "reference_runtime", "latency_ratio", "latency_ratio_p10",
            "latency_ratio_p90", "latency_ratio_ci95", "latency_blocks", "latency_ratio_same_runtime",
-           "size_bytes", "size_ratio", "parity_ok"]
+           "size_bytes", "size_ratio", "parity_ok", "fidelity"]
 # Kept on the table for the knee's tie rule (which validation images each candidate gets right), never written out.
 INTERNAL_COLUMNS = ["val_correct"]
 
@@ -88,6 +89,7 @@ def trials_table(trials: Sequence[optuna.trial.FrozenTrial], targets: TargetsCon
             "size_bytes": r.artifact_bytes,
             "size_ratio": r.size_ratio,
             "parity_ok": r.parity_ok,
+            "fidelity": r.fidelity.value,  # always "measured" on the front: screened trials never reach it
             "val_correct": r.correct("val"),
         })
     table = mark_targets(pd.DataFrame(rows, columns=COLUMNS + INTERNAL_COLUMNS), targets, baseline_val)
@@ -253,8 +255,9 @@ def plot_front(all_trials: pd.DataFrame, front: pd.DataFrame, targets: TargetsCo
 
 
 def front_tables(study: optuna.Study, targets: TargetsConfig, baseline_val: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The Pareto front and every completed trial, as stored: read only, nothing measured or written."""
-    complete = [t for t in study.get_trials(deepcopy=False) if TrialRecord.of(t).has_values]
+    """The Pareto front and every measured trial (screened ones' estimates are no measurement), as stored: read
+    only, nothing measured or written."""
+    complete = [t for t in study.get_trials(deepcopy=False) if TrialRecord.of(t).is_measured]
     return trials_table(pareto_trials(complete), targets, baseline_val), trials_table(complete, targets, baseline_val)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import optuna
 
 from udacisense.search.budget import finished_in_budget
-from udacisense.search.records import HV_REFERENCE, OBJECTIVES, as_losses
+from udacisense.search.records import HV_REFERENCE, OBJECTIVES, TrialRecord, as_losses
 
 
 def _hypervolume_slices(points: np.ndarray, reference: np.ndarray) -> float:
@@ -52,8 +52,8 @@ def hypervolume(values: Sequence[Sequence[float]], reference: Sequence[float] = 
 
 
 def hypervolume_of_first(trials: list[optuna.trial.FrozenTrial], n: int, floor: float | None = None) -> float:
-    """Hypervolume of the completed trials among the first ``n`` that spent the budget; with ``floor``,
+    """Hypervolume of the measured trials (screened ones' estimates are no result) among the first ``n`` that spent the budget; with ``floor``,
     only of those whose accuracy reaches it (what a user can ship), so searches compare at equal budget."""
-    values = [t.values for t in finished_in_budget(trials)[:n] if t.state is optuna.trial.TrialState.COMPLETE
+    values = [t.values for t in finished_in_budget(trials)[:n] if TrialRecord.of(t).is_measured
               and (floor is None or t.values[0] >= floor)]
     return hypervolume(values) if values else 0.0

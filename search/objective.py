@@ -28,6 +28,7 @@ from udacisense.evaluators.intervals import pack_correct
 from udacisense.evaluators.latency import BlockedComparison, LatencyComparison, compare_latencies, time_block
 from udacisense.evaluators.parity import ParityReport, ParityRule, compare_logits, parity_rule
 from udacisense.evaluators.size import SizeReport, parameter_counts, size_report, state_dict_bytes
+from udacisense.evaluators.structure import structure_of
 from udacisense.runtime import (
     ARTIFACT_SUFFIX,
     Backend,
@@ -45,7 +46,8 @@ from udacisense.search.early_stopping import AccuracyMonitor, stop_rule_for
 from udacisense.search.evidence import split_evidence
 from udacisense.search.feasibility import Footprint, footprint, infeasibility
 from udacisense.search.phases import PhaseClock
-from udacisense.search.records import Attr, StopReason, TrialRecord, record_stop, store
+from udacisense.search.records import Attr, Fidelity, StopReason, TrialRecord, record_stop, records, store
+from udacisense.search.screening import Estimate, ScreeningRule, could_matter, estimate, measured_front
 from udacisense.search.workspace import Workspace
 from udacisense.spaces.sampling import sample_pipeline
 from udacisense.training import TrainConfig
@@ -202,6 +204,7 @@ class TrialRunner:
 
     def _run(self, trial: optuna.Trial, seed: int) -> tuple[float, float, float]:
         study, data, baseline = self.workspace.study, self.workspace.data, self.workspace.baseline
+        frozen = trial.study.get_trials(deepcopy=False)[trial.number]
         started = time.perf_counter()
         try:
             pipeline = sample_pipeline(trial, study.space)
@@ -211,7 +214,8 @@ class TrialRunner:
             signature = pipeline.check()
         except IncompatiblePipelineError as error:
             raise record_stop(trial, StopReason.REJECTED, f"rejected before compute: {error.problem}") from None
-        original = duplicate_of(trial.study, trial.number, trial.params, pipeline_key)
+        original = duplicate_of(trial.study, trial.number, trial.params, pipeline_key,
+                                exempt=TrialRecord.of(frozen).promoted_from)
         if original is not None:
             raise record_stop(trial, StopReason.DUPLICATE, f"duplicate of trial {original}: not run again")
         if self.budget is not None and is_surplus(trial.study, trial.number, self.budget):
@@ -246,9 +250,46 @@ class TrialRunner:
         monitor.start()
         model, _ = pipeline.run(CompressedModel(copy.deepcopy(baseline.model)), context,
                                 meter=self._stage_meter, observers=(observe,))
+        model_val = cast(float, records[-1].metrics["val_top1"]) if records else self.workspace.profile.val_top1
         if records and not study.search.lower_below_floor:
-            self._stop_if_below_floor(trial, cast(float, records[-1].metrics["val_top1"]))
+            self._stop_if_below_floor(trial, model_val)
+        with self.phases.phase("screening"):
+            estimate = self._estimate(trial, model, runtime, model_val)
+        if estimate is not None and self._screens(trial, estimate):
+            return self._screened(trial, estimate, started)
         return self._measure(trial, model, runtime, started)
+
+    def _estimate(self, trial: optuna.Trial, model: CompressedModel, runtime: LoweredRuntime,
+                  model_val: float) -> Estimate | None:
+        """Key the would-be artifact by its structure and estimate its objectives from the study's measured trials."""
+        structure = structure_of(model.module, runtime, str(model.backend))
+        history = records(trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        estimated = estimate(structure, model_val, runtime, model.backend is not None, history,
+                             ScreeningRule.of(self.workspace.study.search))
+        store(trial, {Attr.STRUCTURE: structure.as_dict(), Attr.ESTIMATE: None if estimated is None else estimated.as_dict()})
+        return estimated
+
+    def _screens(self, trial: optuna.Trial, estimated: Estimate) -> bool:
+        """Whether to record the candidate on its estimates instead of lowering it: screening is on, it is no
+        promotion (those run to be measured), and a measured trial dominates its optimistic point."""
+        search = self.workspace.study.search
+        if not search.screening or TrialRecord.of(trial.study.get_trials(deepcopy=False)[trial.number]).promoted_from is not None:
+            return False
+        history = records(trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        return not could_matter(estimated, measured_front(history))
+
+    def _screened(self, trial: optuna.Trial, estimated: Estimate, started: float) -> tuple[float, float, float]:
+        """Record a screened candidate: its estimated objectives and constraints (so the sampler learns from
+        it), fidelity "estimated", no artifact and no target verdict."""
+        targets = self.workspace.study.targets
+        accuracy, latency, size = estimated.values
+        constraints = {"accuracy": self.floor - accuracy, "size": size - (1 - targets.size_reduction),
+                       "latency": latency - (1 - targets.latency_reduction), "parity": 0.0}
+        for key, value in constraints.items():
+            trial.set_constraint(key, value)
+        store(trial, {Attr.FIDELITY: Fidelity.ESTIMATED.value, Attr.CONSTRAINTS: constraints,
+                      Attr.SECONDS: time.perf_counter() - started})
+        return estimated.values
 
     def _stop_if_below_floor(self, trial: optuna.Trial, val_top1: float) -> None:
         # The artifact's accuracy follows its PyTorch model's within the parity rule (a point or so
@@ -333,6 +374,7 @@ class TrialRunner:
             Attr.ARTIFACT_BYTES: candidate.size.bytes, Attr.ARTIFACT_GZIP_BYTES: candidate.size.gzip_bytes,
             Attr.DELEGATION: candidate.delegation.as_dict() if candidate.delegation else None,
             Attr.CONSTRAINTS: constraints, Attr.MEETS_TARGETS: all(c <= 0 for c in constraints.values()),
+            Attr.FIDELITY: Fidelity.MEASURED.value,
         }
         store(trial, attrs)
         if attrs[Attr.PARITY_OK]:

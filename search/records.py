@@ -19,6 +19,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from udacisense.evaluators.intervals import unpack_correct
+from udacisense.evaluators.structure import Structure
 from udacisense.runtime.backends import Backend, deployment_label
 from udacisense.search.evidence import SplitEvidence
 
@@ -98,6 +99,13 @@ class Attr(enum.StrEnum):
     ERROR = "error"
     TRACEBACK = "traceback"
     STOPPED_TRIAL = "stopped_trial"
+    # Screening (search.screening): what the trial's model is made of, what its objectives were estimated
+    # at before lowering, and whether its values were measured on a lowered artifact or only estimated.
+    STRUCTURE = "structure"  # evaluators.structure.Structure.as_dict()
+    ESTIMATE = "estimate"  # search.screening.Estimate.as_dict(), made before the trial was lowered or screened
+    FIDELITY = "fidelity"  # a Fidelity
+    PROMOTED_FROM = "promoted_from"  # the screened trial this one runs again to lower and measure it
+    PORTFOLIO_ENTRY = "portfolio_entry"  # the index in search.portfolio of the known-good pipeline it was queued as
 
 
 class StudyAttr(enum.StrEnum):
@@ -109,6 +117,13 @@ class StudyAttr(enum.StrEnum):
     EXPORTED_CARD = "exported_card"  # the model card of the latest `udacisense export`
     RETIMED_FRONT = "retimed_front"  # the front as re-timed before the latest pick
     FALSE_STOPS = "false_stops"  # the stopped trials continued to the end, to measure false stops
+
+
+class Fidelity(enum.StrEnum):
+    """How a completed trial's objective values were obtained."""
+
+    MEASURED = "measured"  # its artifact was lowered, run and timed itself
+    ESTIMATED = "estimated"  # screened: its PyTorch model's accuracy and its structure's known or modelled cost
 
 
 class StopReason(enum.StrEnum):
@@ -194,6 +209,40 @@ class TrialRecord:
     def has_values(self) -> bool:
         """Completed with objective values: a point of the trade-off."""
         return self.state is TrialState.COMPLETE and bool(self.trial.values)
+
+    @property
+    def fidelity(self) -> Fidelity:
+        """Trials stored before screening existed were all lowered: measured."""
+        return Fidelity(self._attr(Attr.FIDELITY, Fidelity.MEASURED.value))
+
+    @property
+    def is_measured(self) -> bool:
+        """Completed with values measured on its own lowered artifact: a point that can be picked, exported or reported."""
+        return self.has_values and self.fidelity is Fidelity.MEASURED
+
+    @property
+    def structure(self) -> Structure | None:
+        document = self._attr(Attr.STRUCTURE)
+        return Structure.from_dict(document) if isinstance(document, Mapping) else None
+
+    @property
+    def estimate(self) -> dict[str, Any]:
+        """The objectives as estimated before lowering (see ``search.screening.Estimate``); empty when none was made."""
+        return self._report(Attr.ESTIMATE)
+
+    @property
+    def model_val_top1(self) -> float | None:
+        """Validation top-1 of the PyTorch model after the last stage (before lowering); None without stages."""
+        stages = self.stages
+        return optional_float(stages[-1].get("metrics", {}).get("val_top1")) if stages else None
+
+    @property
+    def promoted_from(self) -> int | None:
+        return optional_int(self._attr(Attr.PROMOTED_FROM))
+
+    @property
+    def portfolio_entry(self) -> int | None:
+        return optional_int(self._attr(Attr.PORTFOLIO_ENTRY))
 
     @property
     def values(self) -> tuple[float, ...]:

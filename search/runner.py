@@ -22,7 +22,9 @@ from udacisense.common.logs import quiet_libraries
 from udacisense.models.students import StudentArchitecture
 from udacisense.search.budget import budget_left, is_wasted_sample
 from udacisense.search.objective import TrialRunner
-from udacisense.search.records import UNSPENT, Attr, TrialRecord, queued_attrs
+from udacisense.search.portfolio import check_portfolio, enqueue_portfolio, enqueue_promotions, needs_no_student
+from udacisense.search.records import UNSPENT, Attr, TrialRecord, queued_attrs, records
+from udacisense.search.screening import ScreeningRule, ScreeningSummary
 from udacisense.search.storage import artifact_store, open_study
 from udacisense.search.study import SearchConfig, StudyConfig, load_study
 from udacisense.search.workspace import Workspace, open_workspace
@@ -109,21 +111,28 @@ class WorkerSummary:
 
 @dataclass(frozen=True)
 class TrialCounts:
-    """Trials by outcome; samples that ran nothing (duplicates, impossible orders, surplus) are ``skipped``."""
+    """Trials by outcome: completed ones lowered and measured (``complete``) or ``screened`` on estimates;
+    samples that ran nothing (duplicates, impossible orders, surplus) are ``skipped``."""
 
     complete: int
     stopped: int
     failed: int
     skipped: int
+    screened: int = 0
 
     @classmethod
     def of(cls, trials: list[optuna.trial.FrozenTrial]) -> TrialCounts:
-        counts = Counter("skipped" if TrialRecord.of(t).stop_reason in UNSPENT else t.state.name for t in trials)
-        return cls(counts["COMPLETE"], counts["PRUNED"], counts["FAIL"], counts["skipped"])
+        def outcome(record: TrialRecord) -> str:
+            if record.stop_reason in UNSPENT:
+                return "skipped"
+            return "screened" if record.has_values and not record.is_measured else record.state.name
+        counts = Counter(outcome(r) for r in records(trials))
+        return cls(counts["COMPLETE"], counts["PRUNED"], counts["FAIL"], counts["skipped"], counts["screened"])
 
     def describe(self) -> str:
         skipped = f", {self.skipped} sample(s) skipped without compute" if self.skipped else ""
-        return f"{self.complete} complete, {self.stopped} stopped early, {self.failed} failed{skipped}"
+        screened = f", {self.screened} screened on estimates (not lowered)" if self.screened else ""
+        return f"{self.complete} complete{screened}, {self.stopped} stopped early, {self.failed} failed{skipped}"
 
 
 def search_summary(study: optuna.Study, summaries: list[WorkerSummary]) -> str:
@@ -131,7 +140,8 @@ def search_summary(study: optuna.Study, summaries: list[WorkerSummary]) -> str:
     trials = study.get_trials(deepcopy=False)
     mine = {number for summary in summaries for number in summary.trials}
     return (f"study {study.study_name!r}: {TrialCounts.of(trials).describe()}; "
-            f"this run's {len(summaries)} worker(s): {TrialCounts.of([t for t in trials if t.number in mine]).describe()}")
+            f"this run's {len(summaries)} worker(s): {TrialCounts.of([t for t in trials if t.number in mine]).describe()}\n"
+            f"screening: {ScreeningSummary.of(records(trials)).describe()}")
 
 
 def run_worker(study_path: str, worker: int = 0, storage: str | None = None, progress: bool = True,
@@ -160,6 +170,10 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
     started, ran = time.perf_counter(), []
     if distil_students:
         train_students(workspace)
+        # The portfolio's student pipelines wait for their student: queued earlier, another worker would
+        # have taken one and waited idle for this distillation.
+        enqueue_portfolio(study, study_config.search.portfolio, ready=lambda _: True)
+    rule = ScreeningRule.of(study_config.search)
     sampler = study.sampler
     bar = tqdm(total=budget, initial=budget - max(0, budget_left(study, budget)), desc=f"search {study_config.name}",
                disable=not progress or worker != 0, unit="trial")
@@ -171,6 +185,11 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
             if action == "wait":
                 time.sleep(study_config.search.heartbeat_seconds)
                 continue
+            if worker == 0 and study_config.search.screening:
+                for number in enqueue_promotions(study, rule):
+                    if progress:
+                        tqdm.write(f"[worker {worker}] trial {number} promoted: the measured front no longer rules it out; "
+                                   "queued to run again, lowered and measured")
             study.sampler = sampler_while_students_train(sampler, workspace)
             study.optimize(runner, n_trials=1, catch=(Exception,), gc_after_trial=True)
             finished, runner.current_trial = runner.current_trial, None
@@ -213,6 +232,10 @@ def requeue(study: optuna.Study, number: int) -> None:
 def describe_trial(trial: optuna.trial.FrozenTrial) -> str:
     record = TrialRecord.of(trial)
     pipeline = record.pipeline or "?"
+    if record.has_values and not record.is_measured:
+        accuracy, latency, size = record.values
+        return (f"#{trial.number} {pipeline}: screened, not lowered (a measured trial dominates its optimistic point; "
+                f"estimated from the {record.estimate.get('source', '?')}: acc {accuracy:.3f} latency x{latency:.2f} size x{size:.2f})")
     if record.has_values:
         parity = "" if record.parity_ok else " FAILS PARITY (infeasible, artifact not kept)"
         latency_ms = float("nan") if record.latency_ms is None else record.latency_ms
@@ -254,6 +277,9 @@ def run_search(study_path: str, n_jobs: int | None = None, storage: str | None =
     workspace = open_workspace(study_config, progress=progress)
     # Stored here, before the workers start, so that they find it stored rather than all write it at once.
     workspace.profile.record(study)
+    check_portfolio(study_config.space, study_config.search.portfolio)
+    enqueue_portfolio(study, study_config.search.portfolio,
+                      ready=lambda entry: needs_no_student(entry) or not untrained_students(workspace))
     # The students the space may pick are distilled by the first worker while the others run trials
     # that need none: trained before the workers started, they kept one of 2 cores idle for 11-17
     # min (32x32 batches are too small to split: the width-0.5 student with its teacher trained at

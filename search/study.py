@@ -75,6 +75,15 @@ class SearchConfig:
     # front's candidates interleaved): the ratio's interval across blocks covers the run-to-run spread
     # (the float reference measured 0.27-0.47 ms across runs here) that rounds within one run miss.
     retime_blocks: int = bounded(5, min=1, max=100, doc="independent timing blocks before a pick and at export")
+    # Screening (search.screening): a trained candidate whose optimistic point (its model's accuracy plus
+    # the largest model-to-artifact gap seen and this margin; its structure's measured latency, or the
+    # cost model's less this margin or its observed error) is dominated by a measured trial is not lowered.
+    screening: bool = True
+    screen_latency_margin: float = bounded(0.10, min=0.0, max=0.9, doc="relative margin on cost-model estimates")
+    screen_accuracy_margin: float = bounded(0.005, min=0.0, max=1.0, doc="accuracy margin on a screened model's top-1")
+    # Known-good pipelines queued before the sampler's own trials: each a table of sampled parameters
+    # (the rest are sampled), e.g. {use_distill = false, use_channels = false, quant_type = "static"}.
+    portfolio: tuple[dict[str, str | int | float | bool], ...] = ()
     # A worker that misses heartbeats for 4x this long is presumed dead; its trial is failed and retried.
     heartbeat_seconds: int = bounded(30, min=1, max=3600)
 

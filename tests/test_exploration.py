@@ -43,7 +43,7 @@ def test_a_configuration_held_by_a_complete_running_or_queued_trial_is_a_duplica
     assert (counts.complete, counts.stopped, counts.failed, counts.skipped) == (1, 0, 1, 1)
     summary = search_summary(study, [WorkerSummary(0, (0, 3), 1.0, 7)])
     assert "1 complete, 0 stopped early, 1 failed, 1 sample(s) skipped" in summary
-    assert summary.endswith("this run's 1 worker(s): 1 complete, 0 stopped early, 0 failed, 1 sample(s) skipped without compute")
+    assert "this run's 1 worker(s): 1 complete, 0 stopped early, 0 failed, 1 sample(s) skipped without compute\n" in summary
     # Other parameters, the same pipeline (an order between absent stages): a duplicate too.
     _add(study, TrialState.COMPLETE, 0.5, pipeline_key="same stages")
     assert duplicate_of(study, 9, {"x": 0.6}, "same stages") == 4

@@ -189,7 +189,7 @@ def test_report_from_a_synthetic_study(tmp_path: Path) -> None:
     markdown = _check_files(out)
     # knee among the feasible front points (trials 0 and 1): trial 0 is closest to the ideal point.
     assert "**trial 0**" in markdown
-    assert "8 recorded: 3 complete, 4 pruned, 1 failed" in markdown
+    assert "8 recorded: 3 complete (3 measured, 0 screened), 4 pruned, 1 failed" in markdown
     assert "the search's completed single-stage trials" in markdown  # no techniques.csv: the fallback is named
     # Validation selects, so it is labelled the selection score; every accuracy carries its 95% (Wilson) interval.
     assert (f"| validation top-1 (the selection score) | {fmt_acc_ci(0.8, wilson(120, 150))} | "
@@ -232,7 +232,7 @@ def test_report_from_a_synthetic_study(tmp_path: Path) -> None:
     # --trial reports on another trial, and a pruned one is refused with a fix
     assert main(["report", "--study", str(path), "--out", str(out), "--trial", "2"]) == 0
     assert "**trial 2**" in (out / "report.md").read_text()
-    with pytest.raises(UserError, match="not complete"):
+    with pytest.raises(UserError, match="not measured"):
         write_report(load_study(path), out, trial=3)
 
 
@@ -355,7 +355,7 @@ def test_per_class_advice_only_for_a_class_resolvably_worse(tmp_path: Path) -> N
 def test_report_refuses_missing_or_empty_studies(tmp_path: Path, capsys) -> None:
     path = _synthetic_study(tmp_path / "empty", complete=False)
     assert main(["report", "--study", str(path), "--out", str(tmp_path / "out")]) == 2
-    assert "no completed trials" in capsys.readouterr().err
+    assert "no measured trials" in capsys.readouterr().err
     baseline = tmp_path / "empty" / "runs" / "synthetic" / "baseline"
     measurements = (baseline / "metrics.json").read_text()
     shutil.rmtree(baseline)
@@ -430,7 +430,9 @@ def test_smoke_report_numbers_are_the_stored_ones(smoke_report: tuple[Path, Path
     assert ("**It misses" in markdown) == (not card["targets"]["meets_targets"] or "missed" in verdicts.values())
     assert f"| parameters | {fmt_int(metrics['size']['state_dict']['parameters'])} (" in markdown
     counts = {state: sum(1 for t in trials if t.state is state) for state in optuna.trial.TrialState}
-    assert (f"{len(trials)} recorded: {counts[optuna.trial.TrialState.COMPLETE]} complete, "
+    measured = sum(1 for t in trials if TrialRecord.of(t).is_measured)
+    complete = counts[optuna.trial.TrialState.COMPLETE]
+    assert (f"{len(trials)} recorded: {complete} complete ({measured} measured, {complete - measured} screened), "
             f"{counts[optuna.trial.TrialState.PRUNED]} pruned, {counts[optuna.trial.TrialState.FAIL]} failed") in markdown
     # every stage of the chosen pipeline appears with its measured accuracy
     for stage in chosen.user_attrs["stages"]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -80,9 +80,9 @@ def load_inputs(study: StudyConfig, storage: str | None, trial_number: int | Non
     optuna_study = open_study(study, storage, create=False)
     profile = BaselineProfile.of_study(optuna_study, study.run_dir / "baseline" / FILE_NAME)
     trials = optuna_study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state is TrialState.COMPLETE and t.values]
+    complete = [t for t in trials if TrialRecord.of(t).is_measured]  # screened trials' estimates are no result
     if not complete:
-        raise UserError(f"The study {study.name!r} has no completed trials ({len(trials)} trial(s) in total), "
+        raise UserError(f"The study {study.name!r} has no measured trials ({len(trials)} trial(s) in total), "
                         "so there is nothing to report on.", "run `udacisense search --study ...` until trials complete.")
     exported, card_dir = _exported_card(optuna_study, study, trials)
     retimed = StudyRecord.of(optuna_study).retimed_front
@@ -94,9 +94,10 @@ def load_inputs(study: StudyConfig, storage: str | None, trial_number: int | Non
         if not match:
             raise UserError(f"The study has no trial {trial_number} (it has {len(trials)}).",
                             "pick a number from `udacisense front`.")
-        if match[0].state is not TrialState.COMPLETE:
-            raise UserError(f"Trial {trial_number} is {match[0].state.name.lower()}, not complete; it has no measurements.",
-                            "pick a completed trial from `udacisense front`.")
+        if not TrialRecord.of(match[0]).is_measured:
+            state = "screened on estimates" if TrialRecord.of(match[0]).has_values else match[0].state.name.lower()
+            raise UserError(f"Trial {trial_number} is {state}, not measured; it has no measurements.",
+                            "pick a measured trial from `udacisense front`.")
         chosen, note = match[0], f"trial {trial_number}, chosen with `--trial`"
     else:
         chosen, note = _default_choice(study, trials, front, exported)
@@ -181,10 +182,10 @@ def state_counts(trials: Sequence[TrialRecord]) -> dict[str, int]:
 
 
 def hypervolume_history(trials: Sequence[TrialRecord]) -> list[tuple[int, float]]:
-    """(trial number, hypervolume of all trials completed up to it) for every completed trial."""
+    """(trial number, hypervolume of all trials measured up to it) for every measured trial."""
     history, points = [], []
     for trial in sorted(trials, key=lambda t: t.number):
-        if trial.has_values:
+        if trial.is_measured:
             points.append(list(trial.values))
             history.append((trial.number, hypervolume(points)))
     return history
@@ -311,6 +312,7 @@ class PhaseTotal:
     seconds: float  # summed over every finished trial that recorded phases
     trials: int  # trials in which the phase ran
     training: bool
+    by_outcome: Mapping[str, float]  # its seconds in measured, screened and stopped trials (``trial_outcome``)
 
     def share(self, total: float) -> float:
         return self.seconds / total if total else 0.0
@@ -323,6 +325,7 @@ def phase_totals(trials: Sequence[TrialRecord]) -> list[PhaseTotal]:
     passes only where the stage itself measured them; the per-stage `validation` phase is separate.
     """
     seconds: dict[str, float] = {}
+    by_outcome: dict[str, dict[str, float]] = {}
     present: Counter[str] = Counter()
     for trial in trials:
         if not trial.state.is_finished():
@@ -331,9 +334,23 @@ def phase_totals(trials: Sequence[TrialRecord]) -> list[PhaseTotal]:
             # Stage phases are named `stage <index> <kind>`: the kind is what is comparable across trials.
             key = f"stage: {name.split(' ', 2)[2]}" if name.startswith("stage ") and name.count(" ") >= 2 else name
             seconds[key] = seconds.get(key, 0.0) + float(value)
+            outcome = by_outcome.setdefault(key, {})
+            outcome[trial_outcome(trial)] = outcome.get(trial_outcome(trial), 0.0) + float(value)
             present[key] += 1
-    return [PhaseTotal(name, value, present[name], name.startswith("stage: ") and name[7:] in TRAINING_KINDS)
+    return [PhaseTotal(name, value, present[name], name.startswith("stage: ") and name[7:] in TRAINING_KINDS,
+                       dict(by_outcome[name]))
             for name, value in sorted(seconds.items(), key=lambda item: -item[1])]
+
+
+OUTCOMES = ("measured", "screened", "stopped")
+
+
+def trial_outcome(trial: TrialRecord) -> str:
+    """A finished trial's fidelity: ``measured`` (lowered and measured), ``screened`` (completed on estimates),
+    or ``stopped`` (pruned or failed: no values)."""
+    if trial.has_values:
+        return "measured" if trial.is_measured else "screened"
+    return "stopped"
 
 
 @dataclass(frozen=True)
@@ -591,7 +608,7 @@ class OperatorFit:
 def operator_trials(trials: Sequence[TrialRecord]) -> list[tuple[int, TrialRecord]]:
     """(operators, trial) of the completed trials whose program's operators were counted (``.pte`` trials since
     the counts are stored)."""
-    return [(count, t) for t in trials if t.has_values and (count := t.operator_count) is not None]
+    return [(count, t) for t in trials if t.is_measured and (count := t.operator_count) is not None]
 
 
 def operator_latency_fit(trials: Sequence[TrialRecord]) -> OperatorFit | None:

@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from optuna.trial import TrialState
 
 from udacisense.common.files import sha256_of
@@ -17,6 +18,7 @@ from udacisense.search.front import TIMINGS
 from udacisense.search.hypervolume import HV_REFERENCE
 from udacisense.search.records import StopReason, TrialRecord
 from udacisense.search.report.facts import (
+    OUTCOMES,
     STOP_CATEGORIES,
     UNRECORDED,
     ChosenFacts,
@@ -36,6 +38,7 @@ from udacisense.search.report.facts import (
     reduction_per_point,
     state_counts,
     technique_rows,
+    trial_outcome,
 )
 from udacisense.search.report.figures import FIGURES
 from udacisense.search.report.format import (
@@ -57,6 +60,7 @@ from udacisense.search.report.format import (
     fmt_verdict_mark,
     md_table,
 )
+from udacisense.search.screening import ACCURATE_WITHIN, ScreeningSummary, model_errors
 from udacisense.spaces.families import FAMILY_OF_KIND
 
 
@@ -259,7 +263,8 @@ def section_search(inputs: Inputs, history: Sequence[tuple[int, float]], savings
         ["sampler", sampler],
         ["early stopping", f"on, margin {config.patience_margin:g} below the accuracy floor" if config.early_stopping else "off"],
         ["stage families in the space", ", ".join(inputs.study.space.stages)],
-        ["trials", f"{len(inputs.trials)} recorded: {counts['complete']} complete, {counts['pruned']} pruned, "
+        ["trials", f"{len(inputs.trials)} recorded: {counts['complete']} complete "
+                   f"({len(inputs.complete)} measured, {counts['complete'] - len(inputs.complete)} screened), {counts['pruned']} pruned, "
                    f"{counts['fail']} failed" + (f", {counts['running']} running" if counts["running"] else "")
                    + (f", {counts['waiting']} waiting" if counts["waiting"] else "")
                    + (f"; {rejected} of the pruned were impossible orders rejected before compute, which do not count "
@@ -296,17 +301,18 @@ def section_search(inputs: Inputs, history: Sequence[tuple[int, float]], savings
               f"{fmt_seconds(savings.median_complete)} per trial); the {savings.pruned_count} pruned trial(s) spent "
               f"{fmt_seconds(savings.spent)}.", ""]
     lines += _early_stopping_lines(inputs, savings)
+    lines += _screening_lines(inputs)
     lines += _phase_lines(phases)
     lines += ["### Hypervolume", ""]
     final = history[-1][1] if history else 0.0
     ideal = abs(HV_REFERENCE[0] - (-1.0)) * HV_REFERENCE[1] * HV_REFERENCE[2]
-    lines += [f"Hypervolume of the completed trials in the space (−accuracy, latency ratio, size ratio) against the "
+    lines += [f"Hypervolume of the measured trials in the space (−accuracy, latency ratio, size ratio) against the "
               f"reference point {HV_REFERENCE}: **{final:.4f}** after trial {history[-1][0]} "
               f"({100 * final / ideal:.1f}% of the box between the reference and a perfect, free model)."
               if history else "No completed trial: no hypervolume.", ""]
     lines += [f"![Hypervolume over trials]({FIGURES['hypervolume']})", ""]
     lines += ["### Pareto front", ""]
-    lines += [f"{len(inputs.front)} non-dominated trial(s) among {len(inputs.complete)} completed; "
+    lines += [f"{len(inputs.front)} non-dominated trial(s) among {len(inputs.complete)} measured; "
               f"{int(inputs.front['meets_all'].sum())} meet all targets on the figures a pick compares (validation "
               "accuracy at or above the floor, latency and size ratios within their targets). The chosen trial is "
               "marked ◀. Accuracies carry their 95% interval; the test drop is the baseline's test top-1 minus the "
@@ -354,6 +360,34 @@ def _operator_lines(inputs: Inputs) -> list[str]:
     return lines + ["", f"![Latency ratio against operator count]({FIGURES['operators']})", ""]
 
 
+def _screening_lines(inputs: Inputs) -> list[str]:
+    """Candidates by fidelity and stop reason, the memo's hit rate and the cost model's error."""
+    lines = ["### Screening: which candidates were lowered", ""]
+    summary = ScreeningSummary.of(inputs.trials)
+    config = inputs.study.search
+    lines += [("Screening is on: a trained candidate whose optimistic point (its PyTorch model's validation top-1 plus "
+               "the largest model-to-artifact gap seen and "
+               f"{config.screen_accuracy_margin:g}; its structure's measured latency and bytes, or the cost model's less "
+               f"{config.screen_latency_margin:.0%} or its observed error) is dominated by a measured trial is recorded on "
+               "its estimates and not lowered. Screened trials never reach the front, the export or the figures above "
+               "as measurements." if config.screening else "Screening is off: every trained candidate was lowered and measured."),
+              "", f"{summary.describe()}.", ""]
+    rows: Counter[tuple[str, str]] = Counter()
+    for trial in inputs.trials:
+        if trial.state.is_finished():
+            reason = trial.stop_reason.value if trial.stop_reason is not None else trial.state.name.lower()
+            rows[(trial_outcome(trial), "completed" if trial.has_values else reason)] += 1
+    order = {o: i for i, o in enumerate(OUTCOMES)}
+    lines += md_table(["fidelity", "how it ended", "trials"],
+                      [[o, how, n] for (o, how), n in sorted(rows.items(), key=lambda item: (order[item[0][0]], -item[1]))])
+    errors = model_errors(inputs.trials)
+    if errors:
+        lines += ["", f"The cost model's latency estimates, made before each lowering of a structure it had not seen: "
+                  f"{sum(e <= ACCURATE_WITHIN for e in errors)} of {len(errors)} within ±{ACCURATE_WITHIN:.0%} of the "
+                  f"measured ratio (median error {100 * float(np.median(errors)):.1f}%, largest {100 * max(errors):.1f}%)."]
+    return lines + [""]
+
+
 def _phase_lines(phases: Sequence[PhaseTotal]) -> list[str]:
     lines = ["### Where the trials' time went", ""]
     total = sum(p.seconds for p in phases)
@@ -364,9 +398,14 @@ def _phase_lines(phases: Sequence[PhaseTotal]) -> list[str]:
     lines += [f"Over the finished trials, training stages took **{100 * training / total:.0f}%** of the "
               f"{fmt_seconds(total)} of trial compute; everything else {100 * (total - training) / total:.0f}% "
               f"(lowering to the runtime alone {100 * lowering / total:.0f}%).", ""]
-    lines += md_table(["phase", "seconds", "share", "trials", "training"], [
-        [p.name, f"{p.seconds:.0f}", f"{100 * p.share(total):.1f}%", p.trials, "yes" if p.training else ""]
+    lines += ["Each phase's seconds are split by the trials' fidelity: measured (lowered, run and timed), screened "
+              "(completed on estimates, never lowered) and stopped (pruned or failed).", ""]
+    lines += md_table(["phase", "seconds", "share", "trials", "training", *(f"{o} s" for o in OUTCOMES)], [
+        [p.name, f"{p.seconds:.0f}", f"{100 * p.share(total):.1f}%", p.trials, "yes" if p.training else "",
+         *(f"{p.by_outcome.get(o, 0.0):.0f}" for o in OUTCOMES)]
         for p in phases])
+    outcome_totals = {o: sum(p.by_outcome.get(o, 0.0) for p in phases) for o in OUTCOMES}
+    lines += ["", "In all: " + ", ".join(f"{o} trials {fmt_seconds(s)}" for o, s in outcome_totals.items()) + ".", ""]
     return lines + [f"![Seconds per phase]({FIGURES['phases']})", ""]
 
 

@@ -1,0 +1,64 @@
+"""Known-good pipelines a study starts with (``search.portfolio``), and screened trials queued again to be measured."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import optuna
+
+from udacisense.common.errors import UserError
+from udacisense.search.records import Attr, queued_attrs, records
+from udacisense.search.screening import ScreeningRule, promotions
+from udacisense.spaces.families import STUDENT_WIDTH
+from udacisense.spaces.sampling import sample_pipeline
+from udacisense.spaces.space import SpaceConfig
+
+Entry = Mapping[str, str | int | float | bool]
+
+
+def check_portfolio(space: SpaceConfig, entries: Sequence[Entry]) -> None:
+    """Refuse an entry that sets a parameter the space would not sample with the entry's other choices,
+    or a value outside its range: the queued trial would silently run something else."""
+    for index, params in enumerate(entries):
+        probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        probe.enqueue_trial(dict(params))
+        trial = probe.ask()
+        try:
+            sample_pipeline(trial, space)
+        except ValueError as error:  # Optuna refuses a fixed categorical outside its choices
+            raise UserError(f"`search.portfolio[{index}]`: {error}", "give values the study's [space] allows.") from None
+        for name, value in params.items():
+            where = f"`search.portfolio[{index}].{name}`"
+            if name not in trial.params:
+                raise UserError(f"{where} is set, but the space samples no parameter {name!r} in that pipeline "
+                                f"(it samples: {', '.join(sorted(trial.params))}).",
+                                "remove it, or set the parameters that make the space sample it.")
+            distribution = trial.distributions[name]
+            if trial.params[name] != value or not distribution._contains(distribution.to_internal_repr(value)):
+                raise UserError(f"{where} is {value!r}, which the space cannot sample ({distribution}).",
+                                "give a value the study's [space] allows.")
+
+
+def enqueue_portfolio(study: optuna.Study, entries: Sequence[Entry], ready: Callable[[Entry], bool]) -> list[int]:
+    """Queue every entry not queued in this study yet whose ``ready`` holds (a student it needs is trained);
+    returns the indices queued now."""
+    queued = {r.portfolio_entry for r in records(study.get_trials(deepcopy=False))}
+    now = [index for index, params in enumerate(entries) if index not in queued and ready(params)]
+    for index in now:
+        study.enqueue_trial(dict(entries[index]), user_attrs=queued_attrs({Attr.PORTFOLIO_ENTRY: index}))
+    return now
+
+
+def needs_no_student(params: Entry) -> bool:
+    return not params.get(STUDENT_WIDTH)
+
+
+def enqueue_promotions(study: optuna.Study, rule: ScreeningRule) -> list[int]:
+    """Queue again, with its parameters and seed, every screened trial the measured front and cost model no
+    longer rule out (queued or run promotions count as done); the rerun is lowered and measured. Returns the
+    promoted trials' numbers."""
+    due = promotions(records(study.get_trials(deepcopy=False)), rule)
+    for record in due:
+        study.enqueue_trial(dict(record.trial.params), user_attrs=queued_attrs(
+            {Attr.SEED: record.seed, Attr.PROMOTED_FROM: record.number}), skip_if_exists=False)
+    return [r.number for r in due]

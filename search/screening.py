@@ -1,0 +1,244 @@
+"""Screening: judge a trained candidate on what its structure is known or modelled to cost, and lower only what could matter.
+
+Lowering a ``.pte`` and measuring it (artifact accuracy, parity, latency) is a third of a trial's
+compute here. A dense program's bytes and single-thread latency are fixed by its structure
+(``evaluators.structure``), so before lowering a candidate the search looks it up:
+
+- **memo**: a structure lowered before in this study has its bytes exactly and its latency as measured
+  (the best of its measurements: another lowering would only draw the timing noise again);
+- **cost model**: an unseen structure's latency and size ratios by non-negative least squares on the
+  study's measured trials of its runtime and form (operators, weight elements, stored weight bytes);
+- **accuracy**: its PyTorch model's validation top-1 (for int8, the converted model's simulation) plus the
+  largest gap from model to artifact seen so far: the objective is measured on the same images.
+
+A candidate whose optimistic point (the highest accuracy it could measure, the lowest latency and size)
+is dominated by a measured front point cannot join the front: it is recorded as screened (fidelity
+``estimated``) with its estimated objectives, so the sampler still learns from it, and it is never
+picked, exported or reported as a measurement. Every other candidate is lowered and measured. A
+screened trial that the current front and model no longer rule out is promoted: run again, lowered
+and measured (``promotions``).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+from scipy.optimize import nnls
+
+from udacisense.evaluators.structure import Structure
+from udacisense.search.front import dominates
+from udacisense.search.records import Fidelity, TrialRecord
+from udacisense.search.study import SearchConfig
+
+Source = Literal["memo", "model"]
+# Below this many measured trials of a runtime and form, the cost model has too little to fit: lower everything.
+MIN_MEASURED = 3
+# The share of the cost model's estimates a search reports as accurate: within +-10% of the measurement.
+ACCURATE_WITHIN = 0.10
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A candidate's objectives before it is lowered, each with its optimistic bound."""
+
+    val_top1: float
+    val_top1_high: float
+    latency_ratio: float
+    latency_ratio_low: float
+    size_ratio: float
+    size_ratio_low: float
+    source: Source  # memo: a structure measured before; model: the cost model
+
+    @property
+    def values(self) -> tuple[float, float, float]:
+        """The estimated objectives in ``OBJECTIVE_NAMES`` order: what a screened trial reports to the sampler."""
+        return self.val_top1, self.latency_ratio, self.size_ratio
+
+    @property
+    def optimistic(self) -> tuple[float, float, float]:
+        return self.val_top1_high, self.latency_ratio_low, self.size_ratio_low
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _group(record: TrialRecord) -> tuple[str, bool]:
+    # Float and int8 programs of one runtime cost differently per operator.
+    return record.runtime, record.backend is not None
+
+
+def measured_points(history: Sequence[TrialRecord], runtime: str, quantized: bool) -> list[TrialRecord]:
+    """The study's measured trials of one runtime and form that stored their structure."""
+    return [r for r in history if r.is_measured and r.structure is not None and _group(r) == (runtime, quantized)]
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Latency and size ratios as non-negative combinations of a structure's counts, fit on measured trials."""
+
+    latency_weights: tuple[float, ...]
+    size_weights: tuple[float, ...]
+    points: int
+
+    @staticmethod
+    def _features(structure: Structure, kind: Literal["latency", "size"]) -> list[float]:
+        # Per-operator dispatch dominates latency at 32x32, then the MACs (weights at a fixed input size);
+        # size is the stored weights plus per-operator metadata. Scaled to similar magnitudes for the solver.
+        if kind == "latency":
+            return [structure.operators / 100, structure.weight_elements / 1e6, 1.0]
+        return [structure.weight_bytes / 1e6, structure.operators / 100, 1.0]
+
+    @classmethod
+    def fit(cls, measured: Sequence[TrialRecord]) -> CostModel | None:
+        """Fit on ``measured`` (one runtime and form); None with fewer than ``MIN_MEASURED`` distinct structures."""
+        points = [(r.structure, r.latency_ratio, r.size_ratio) for r in measured if r.structure is not None]
+        if len({s.key for s, _, _ in points}) < MIN_MEASURED:
+            return None
+
+        def solve(kind: Literal["latency", "size"], target: list[float]) -> tuple[float, ...]:
+            weights, _ = nnls(np.array([cls._features(s, kind) for s, _, _ in points]), np.array(target))
+            return tuple(float(w) for w in weights)
+
+        return cls(solve("latency", [lat for _, lat, _ in points]), solve("size", [size for _, _, size in points]), len(points))
+
+    def latency_ratio(self, structure: Structure) -> float:
+        return float(np.dot(self.latency_weights, self._features(structure, "latency")))
+
+    def size_ratio(self, structure: Structure) -> float:
+        return float(np.dot(self.size_weights, self._features(structure, "size")))
+
+
+@dataclass(frozen=True)
+class Memo:
+    """A structure measured before in this study: exact size, every latency measured."""
+
+    size_ratio: float
+    latency_ratios: tuple[float, ...]
+
+
+def memo(history: Sequence[TrialRecord]) -> dict[str, Memo]:
+    """Every structure lowered and measured so far in the study, by key."""
+    found: dict[str, list[TrialRecord]] = {}
+    for record in history:
+        if record.is_measured and record.structure is not None:
+            found.setdefault(record.structure.key, []).append(record)
+    return {key: Memo(same[0].size_ratio, tuple(r.latency_ratio for r in same)) for key, same in found.items()}
+
+
+def model_errors(history: Sequence[TrialRecord]) -> list[float]:
+    """|measured / estimated - 1| of the latency ratio of every lowered trial the cost model had estimated beforehand."""
+    return [abs(r.latency_ratio / float(r.estimate["latency_ratio"]) - 1) for r in history
+            if r.is_measured and r.estimate.get("source") == "model" and r.estimate.get("latency_ratio")]
+
+
+def _accuracy_gap(measured: Sequence[TrialRecord]) -> tuple[float, float]:
+    """The mean and the largest artifact-minus-model validation top-1 of measured trials (0, 0 without any)."""
+    gaps = [r.val_accuracy - model for r in measured if (model := r.model_val_top1) is not None]
+    return (statistics.mean(gaps), max(gaps)) if gaps else (0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class ScreeningRule:
+    """How optimistic the screen is: the cost model's relative margin (at least its observed error) and an
+    accuracy margin on top of the largest model-to-artifact gap seen."""
+
+    latency_margin: float
+    accuracy_margin: float
+
+    @classmethod
+    def of(cls, search: SearchConfig) -> ScreeningRule:
+        return cls(search.screen_latency_margin, search.screen_accuracy_margin)
+
+
+def estimate(structure: Structure, model_val_top1: float, runtime: str, quantized: bool,
+             history: Sequence[TrialRecord], rule: ScreeningRule) -> Estimate | None:
+    """The candidate's objectives before lowering, or None when neither the memo nor a fitted model knows its cost."""
+    measured = measured_points(history, runtime, quantized)
+    mean_gap, largest_gap = _accuracy_gap(measured)
+    accuracy = (model_val_top1 + mean_gap, model_val_top1 + max(mean_gap, largest_gap) + rule.accuracy_margin)
+    known = memo(measured).get(structure.key)
+    if known is not None:
+        best = min(known.latency_ratios)
+        return Estimate(*accuracy, statistics.median(known.latency_ratios), best, known.size_ratio, known.size_ratio, "memo")
+    model = CostModel.fit(measured)
+    if model is None:
+        return None
+    errors = model_errors(history)
+    margin = max([rule.latency_margin, *([float(np.quantile(errors, 0.9))] if errors else [])])
+    latency, size = model.latency_ratio(structure), model.size_ratio(structure)
+    return Estimate(*accuracy, latency, latency * (1 - margin), size, size * (1 - margin), "model")
+
+
+def measured_front(history: Sequence[TrialRecord]) -> list[tuple[float, ...]]:
+    """Objective values of the measured, parity-passing trials (dominated ones included: they dominate nothing more)."""
+    return [r.values for r in history if r.is_measured and r.parity_ok]
+
+
+def could_matter(candidate: Estimate, front: Sequence[Sequence[float]]) -> bool:
+    """Whether the candidate's optimistic point is not dominated by any measured point."""
+    return not any(dominates(point, candidate.optimistic) for point in front)
+
+
+def promotions(history: Sequence[TrialRecord], rule: ScreeningRule) -> list[TrialRecord]:
+    """Screened trials that the current front and cost model no longer rule out, not yet promoted."""
+    promoted = {r.promoted_from for r in history} - {None}
+    front = measured_front(history)
+    due = []
+    for record in history:
+        if not record.has_values or record.fidelity is not Fidelity.ESTIMATED or record.number in promoted:
+            continue
+        structure, model_val = record.structure, record.model_val_top1
+        if structure is None or model_val is None:
+            continue
+        again = estimate(structure, model_val, *_group(record), history, rule)
+        if again is None or could_matter(again, front):
+            due.append(record)
+    return due
+
+
+@dataclass(frozen=True)
+class ScreeningSummary:
+    """How the search spent its lowerings: candidates by fidelity, memo hits, the cost model's accuracy."""
+
+    measured: int
+    screened: int
+    promoted: int
+    with_structure: int  # candidates that reached the screen (a structure was keyed)
+    memo_hits: int  # of those, structures known before the candidate was judged
+    model_checked: int  # lowered candidates the cost model had estimated beforehand
+    model_within: int  # of those, measured within +-ACCURATE_WITHIN of the estimate
+
+    @classmethod
+    def of(cls, history: Sequence[TrialRecord]) -> ScreeningSummary:
+        keyed = [r for r in history if r.structure is not None and r.estimate]
+        errors = model_errors(history)
+        return cls(
+            measured=sum(1 for r in history if r.is_measured),
+            screened=sum(1 for r in history if r.has_values and r.fidelity is Fidelity.ESTIMATED),
+            promoted=sum(1 for r in history if r.promoted_from is not None and r.is_measured),
+            with_structure=sum(1 for r in history if r.structure is not None),
+            memo_hits=sum(1 for r in keyed if r.estimate.get("source") == "memo"),
+            model_checked=len(errors), model_within=sum(1 for e in errors if e <= ACCURATE_WITHIN))
+
+    @property
+    def memo_hit_rate(self) -> float | None:
+        return self.memo_hits / self.with_structure if self.with_structure else None
+
+    @property
+    def model_within_share(self) -> float | None:
+        return self.model_within / self.model_checked if self.model_checked else None
+
+    def describe(self) -> str:
+        hit = "n/a" if self.memo_hit_rate is None else f"{self.memo_hit_rate:.0%}"
+        share = ("no lowered trial had a cost-model estimate" if self.model_within_share is None else
+                 f"{self.model_within_share:.0%} of {self.model_checked} cost-model estimates within "
+                 f"±{ACCURATE_WITHIN:.0%} of the measured latency")
+        return (f"{self.measured} candidate(s) lowered and measured, {self.screened} screened on estimates "
+                f"({self.promoted} promoted and measured); memo hits {self.memo_hits}/{self.with_structure} ({hit}); {share}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "memo_hit_rate": self.memo_hit_rate, "model_within_share": self.model_within_share}

@@ -1,0 +1,219 @@
+"""Screening: the structure key, the memo, the cost model, and what a screened or promoted trial may reach."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import torchvision
+
+from tests.test_report import _synthetic_study
+from udacisense.common.errors import UserError
+from udacisense.compression.graph import lower
+from udacisense.compression.quantization import _ptq_pt2e
+from udacisense.compression.stage import CompressedModel, ModelForm
+from udacisense.evaluators.structure import Structure, structure_of
+from udacisense.search.front import front_tables, pareto_trials
+from udacisense.search.hypervolume import hypervolume_of_first
+from udacisense.search.portfolio import check_portfolio, enqueue_portfolio, enqueue_promotions, needs_no_student
+from udacisense.search.records import Attr, Fidelity, TrialRecord, queued_attrs, records
+from udacisense.search.runner import run_search
+from udacisense.search.screening import (
+    CostModel,
+    ScreeningRule,
+    ScreeningSummary,
+    could_matter,
+    estimate,
+    measured_front,
+    promotions,
+)
+from udacisense.search.storage import open_study
+from udacisense.search.study import load_study
+
+RULE = ScreeningRule(latency_margin=0.1, accuracy_margin=0.0)
+
+
+def _int8_graph(seed: int, width: float = 0.25) -> torch.fx.GraphModule:
+    torch.manual_seed(seed)
+    model = torchvision.models.mobilenet_v3_small(num_classes=4, width_mult=width).eval()
+    return _ptq_pt2e(model, [torch.randn(4, 3, 32, 32) * (1 + seed)], [], 8)
+
+
+def test_models_of_one_structure_share_a_key_and_lower_to_the_same_bytes() -> None:
+    """The memo's premise: weights change neither the key nor the .pte's bytes; the architecture changes the key."""
+    first, second = _int8_graph(0), _int8_graph(1)
+    keys = [structure_of(g, "executorch", "xnnpack") for g in (first, second)]
+    assert keys[0] == keys[1]
+    artifacts = [lower(CompressedModel(copy.deepcopy(g), ModelForm.QUANTIZED, "xnnpack"), "executorch").artifact
+                 for g in (first, second)]
+    assert artifacts[0] != artifacts[1] and len(artifacts[0]) == len(artifacts[1])  # other weights, same bytes
+    wider = structure_of(_int8_graph(0, width=0.5), "executorch", "xnnpack")
+    assert wider.key != keys[0].key and wider.weight_elements > keys[0].weight_elements
+    assert structure_of(first, "torchscript", "xnnpack").key != keys[0].key  # the runtime is part of the key
+    float_model = torchvision.models.mobilenet_v3_small(num_classes=4, width_mult=0.25)
+    assert structure_of(float_model).operators < keys[0].operators  # int8 adds quantize/dequantize operators
+
+
+def _measured(study: optuna.Study, structure: Structure, values: tuple[float, float, float], model_val: float,
+              *, fidelity: Fidelity = Fidelity.MEASURED, estimate_doc: dict | None = None) -> int:
+    attrs = {Attr.STRUCTURE: structure.as_dict(), Attr.FIDELITY: fidelity.value, Attr.RUNTIME: "executorch",
+             Attr.BACKEND: "xnnpack", Attr.STAGES: [{"kind": "ptq", "metrics": {"val_top1": model_val}}],
+             Attr.ARTIFACT_BYTES: int(values[2] * 1_000_000), Attr.ESTIMATE: estimate_doc, Attr.SEED: 5}
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, values=list(values), params={},
+                                              distributions={}, user_attrs=queued_attrs(attrs)))
+    return len(study.trials) - 1
+
+
+def _structure(key: str, operators: int, weights: int) -> Structure:
+    return Structure(key, operators, weights, weights * 1.0)
+
+
+def _study() -> optuna.Study:
+    return optuna.create_study(directions=["maximize", "minimize", "minimize"])
+
+
+def test_the_memo_returns_a_measured_structure_s_bytes_exactly_and_its_best_latency() -> None:
+    study = _study()
+    known = _structure("aaaa", 400, 500_000)
+    _measured(study, known, (0.60, 0.3213, 0.23711), model_val=0.59)
+    _measured(study, known, (0.58, 0.3101, 0.23711), model_val=0.58)
+    found = estimate(known, 0.55, "executorch", True, records(study.trials), RULE)
+    assert found is not None and found.source == "memo"
+    assert found.size_ratio == found.size_ratio_low == 0.23711  # exact: bytes are the structure's
+    assert found.latency_ratio_low == 0.3101 and found.latency_ratio == pytest.approx((0.3213 + 0.3101) / 2)
+    # accuracy: the model's top-1 plus the largest artifact-minus-model gap seen (0.01), plus the margin (0 here)
+    assert found.val_top1_high == pytest.approx(0.56) and found.val_top1 == pytest.approx(0.555)
+    # A less accurate model of a measured structure is dominated by that structure's measured trial: screened.
+    assert not could_matter(found, measured_front(records(study.trials)))
+    better = estimate(known, 0.62, "executorch", True, records(study.trials), RULE)
+    assert better is not None and could_matter(better, measured_front(records(study.trials)))
+    # Another runtime or form is another memo and model: no estimate from these trials.
+    assert estimate(known, 0.55, "torchscript", True, records(study.trials), RULE) is None
+
+
+def test_the_cost_model_needs_three_structures_and_fits_operators_and_weights() -> None:
+    study = _study()
+    truth = CostModel((0.08, 0.05, 0.01), (0.4, 0.002, 0.02), 0)  # latency and size as functions of the counts
+
+    def add(key: str, operators: int, weights: int, accuracy: float) -> Structure:
+        structure = _structure(key, operators, weights)
+        _measured(study, structure, (accuracy, truth.latency_ratio(structure), truth.size_ratio(structure)), accuracy)
+        return structure
+
+    add("a", 440, 1_200_000, 0.55)
+    add("b", 200, 400_000, 0.54)
+    unseen = _structure("z", 300, 600_000)
+    assert estimate(unseen, 0.5, "executorch", True, records(study.trials), RULE) is None  # two structures: no model
+    add("c", 240, 900_000, 0.53)
+    add("d", 436, 300_000, 0.50)
+    found = estimate(unseen, 0.5, "executorch", True, records(study.trials), RULE)
+    assert found is not None and found.source == "model"
+    assert found.latency_ratio == pytest.approx(truth.latency_ratio(unseen), rel=1e-4)
+    assert found.size_ratio == pytest.approx(truth.size_ratio(unseen), rel=1e-4)
+    assert found.latency_ratio_low == pytest.approx(found.latency_ratio * 0.9)  # the rule's margin, no error seen yet
+
+
+def test_the_summary_counts_fidelity_memo_hits_and_the_cost_model_s_error() -> None:
+    study = _study()
+    structure = _structure("a", 400, 1_000)
+    _measured(study, structure, (0.5, 0.30, 0.2), 0.5, estimate_doc={"source": "model", "latency_ratio": 0.31})  # 3% off
+    _measured(study, structure, (0.5, 0.30, 0.2), 0.5, estimate_doc={"source": "model", "latency_ratio": 0.40})  # 25% off
+    _measured(study, structure, (0.4, 0.30, 0.2), 0.4, fidelity=Fidelity.ESTIMATED,
+              estimate_doc={"source": "memo", "latency_ratio": 0.30})
+    summary = ScreeningSummary.of(records(study.trials))
+    assert (summary.measured, summary.screened, summary.with_structure, summary.memo_hits) == (2, 1, 3, 1)
+    assert (summary.model_checked, summary.model_within) == (2, 1)
+    assert "memo hits 1/3" in summary.describe() and "50% of 2 cost-model estimates" in summary.describe()
+
+
+def test_a_screened_trial_reaches_neither_the_front_nor_the_export_nor_the_report(tmp_path: Path, capsys) -> None:
+    from udacisense.search.cli import main
+    from udacisense.search.export import export_trial
+
+    path = _synthetic_study(tmp_path)
+    config = load_study(path)
+    study = open_study(config, create=False)
+    # Estimates that would dominate every measured trial, were they measurements.
+    screened = _measured(study, _structure("s", 100, 1_000), (0.99, 0.05, 0.05), 0.99, fidelity=Fidelity.ESTIMATED,
+                         estimate_doc={"source": "model", "latency_ratio": 0.05})
+    trials = study.get_trials()
+    assert TrialRecord.of(trials[screened]).has_values and not TrialRecord.of(trials[screened]).is_measured
+    assert screened not in {t.number for t in pareto_trials(trials)}
+    front, everything = front_tables(study, config.targets, 0.8)
+    assert screened not in set(front["trial"]) | set(everything["trial"]) and set(front["fidelity"]) == {"measured"}
+    assert hypervolume_of_first(trials, len(trials)) == hypervolume_of_first(trials[:screened], len(trials))
+    with pytest.raises(UserError, match="screened"):
+        # Refused before anything is copied or timed: no workspace or runner is needed to say no.
+        export_trial(None, study, screened, tmp_path / "export", None)  # type: ignore[arg-type]
+    out = tmp_path / "report"
+    assert main(["report", "--study", str(path), "--out", str(out)]) == 0
+    markdown = (out / "report.md").read_text()
+    assert f"| {screened} |" not in markdown and "(3 measured, 1 screened)" in markdown
+    assert "| screened | completed | 1 |" in markdown  # the screening section's table of fidelities
+    assert main(["report", "--study", str(path), "--out", str(out), "--trial", str(screened)]) == 2
+    assert "screened on estimates, not measured" in capsys.readouterr().err
+
+
+def test_promotions_are_the_screened_trials_the_front_no_longer_rules_out() -> None:
+    study = _study()
+    known = _structure("a", 400, 1_000)
+    _measured(study, known, (0.60, 0.30, 0.20), 0.60)
+    screened = _measured(study, known, (0.50, 0.30, 0.20), 0.50, fidelity=Fidelity.ESTIMATED)
+    assert promotions(records(study.trials), RULE) == []  # still dominated by the measured trial
+    generous = ScreeningRule(latency_margin=0.1, accuracy_margin=0.2)  # 0.5 + 0.2 beats 0.6: no longer ruled out
+    assert [r.number for r in promotions(records(study.trials), generous)] == [screened]
+    assert enqueue_promotions(study, generous) == [screened]
+    queued = TrialRecord.of(study.trials[-1])
+    assert queued.state is optuna.trial.TrialState.WAITING and queued.promoted_from == screened and queued.seed == 5
+    assert enqueue_promotions(study, generous) == []  # queued once
+
+
+def test_the_portfolio_is_checked_and_queued_once_students_last(tmp_path: Path) -> None:
+    space = load_study("studies/cifar10-offline.toml").space
+    entries = load_study("studies/cifar10-offline.toml").search.portfolio
+    check_portfolio(space, entries)
+    with pytest.raises(UserError, match="samples no parameter 'student_width'"):
+        check_portfolio(space, ({"use_distill": False, "student_width": 0.5},))
+    with pytest.raises(UserError, match="portfolio"):
+        check_portfolio(space, ({"quant_type": "float"},))
+    study = _study()
+    assert enqueue_portfolio(study, entries, ready=needs_no_student) == [0]
+    assert enqueue_portfolio(study, entries, ready=lambda _: True) == [1, 2]
+    assert enqueue_portfolio(study, entries, ready=lambda _: True) == []
+    assert [TrialRecord.of(t).portfolio_entry for t in study.trials] == [0, 1, 2]
+
+
+def test_a_search_screens_a_repeated_structure_and_measures_it_once_promoted(seeded_smoke) -> None:
+    """Real trials: two pipelines of one structure (channel pruning 0.5, int8); the first recovers for 6
+    epochs, the second hardly at all. The second is screened on the memo; with a larger accuracy margin it is
+    promoted, run again with its seed, lowered and measured."""
+    pipeline = ('use_channels = true, channel_ratio = 0.5, channel_head_ratio = 0.0, channel_importance = "l1", '
+                'quant_backend = "xnnpack", float_prefix_blocks = 0')
+    path = seeded_smoke(n_trials=2, edits={
+        "finetune_epochs = [1, 1]": "finetune_epochs = [1, 6]",
+        # Tiny int8 models at ~20% accuracy disagree with their PyTorch model often; parity is not what this tests.
+        "latency_warmup = 3": "latency_warmup = 3\nint8_min_agreement = 0.5",
+        "quant_backends = [\"xnnpack\", \"x86\"]": "quant_backends = [\"xnnpack\"]",
+        "heartbeat_seconds = 2": "heartbeat_seconds = 2\nearly_stopping = false\nscreen_accuracy_margin = 0.0\nportfolio = ["
+                                 f"{{ {pipeline}, finetune_epochs = 6, finetune_lr = 0.05 }}, "
+                                 f"{{ {pipeline}, finetune_epochs = 1, finetune_lr = 0.002 }}]"})
+    run_search(str(path), n_jobs=1, progress=False)
+    config = load_study(path)
+    trials = open_study(config, create=False).get_trials()
+    first, second = (TrialRecord.of(t) for t in trials[:2])
+    assert first.is_measured and first.structure == second.structure
+    assert second.has_values and second.fidelity is Fidelity.ESTIMATED and second.estimate["source"] == "memo"
+    assert second.size_ratio == first.size_ratio and second.artifact_path is None  # exact bytes, nothing lowered
+    assert second.number not in {t.number for t in pareto_trials(trials)}
+    run_search(str(path), n_jobs=1, progress=False,
+               overrides={"search.n_trials": 3, "search.screen_accuracy_margin": 0.5})
+    trials = open_study(config, create=False).get_trials()
+    promoted = TrialRecord.of(trials[-1])
+    assert promoted.promoted_from == second.number and promoted.seed == second.seed
+    assert promoted.is_measured and promoted.artifact_path is not None and promoted.artifact_path.is_file()
+    assert promoted.size_ratio == pytest.approx(second.size_ratio, rel=1e-9)  # the memo's bytes were exact
+    assert promoted.number in {t.number for t in pareto_trials([trials[-1]])}
+    assert promoted.number in set(front_tables(open_study(config, create=False), config.targets, 0.0)[1]["trial"])
