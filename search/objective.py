@@ -28,7 +28,7 @@ from udacisense.evaluators.intervals import pack_correct
 from udacisense.evaluators.latency import BlockedComparison, LatencyComparison, compare_latencies, time_block
 from udacisense.evaluators.parity import ParityReport, ParityRule, compare_logits, parity_rule
 from udacisense.evaluators.size import SizeReport, parameter_counts, size_report, state_dict_bytes
-from udacisense.evaluators.structure import structure_of
+from udacisense.evaluators.structure import Structure, structure_of
 from udacisense.runtime import (
     ARTIFACT_SUFFIX,
     Backend,
@@ -47,7 +47,7 @@ from udacisense.search.evidence import split_evidence
 from udacisense.search.feasibility import Footprint, footprint, infeasibility
 from udacisense.search.phases import PhaseClock
 from udacisense.search.records import Attr, Fidelity, StopReason, TrialRecord, record_stop, records, store
-from udacisense.search.screening import Estimate, ScreeningRule, could_matter, estimate, measured_front
+from udacisense.search.screening import Estimate, ScreeningRule, could_matter, estimate
 from udacisense.search.workspace import Workspace
 from udacisense.spaces.sampling import sample_pipeline
 from udacisense.training import TrainConfig
@@ -254,29 +254,30 @@ class TrialRunner:
         if records and not study.search.lower_below_floor:
             self._stop_if_below_floor(trial, model_val)
         with self.phases.phase("screening"):
-            estimate = self._estimate(trial, model, runtime, model_val)
-        if estimate is not None and self._screens(trial, estimate):
+            structure = structure_of(model.module, runtime, str(model.backend))
+            estimate = self._estimate(trial, structure, model, runtime, model_val)
+            screens = estimate is not None and self._screens(trial, estimate, structure)
+        if estimate is not None and screens:
             return self._screened(trial, estimate, started)
         return self._measure(trial, model, runtime, started)
 
-    def _estimate(self, trial: optuna.Trial, model: CompressedModel, runtime: LoweredRuntime,
+    def _estimate(self, trial: optuna.Trial, structure: Structure, model: CompressedModel, runtime: LoweredRuntime,
                   model_val: float) -> Estimate | None:
-        """Key the would-be artifact by its structure and estimate its objectives from the study's measured trials."""
-        structure = structure_of(model.module, runtime, str(model.backend))
+        """Estimate the would-be artifact's objectives from the study's measured trials (see ``search.screening``)."""
         history = records(trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
         estimated = estimate(structure, model_val, runtime, model.backend is not None, history,
                              ScreeningRule.of(self.workspace.study.search))
         store(trial, {Attr.STRUCTURE: structure.as_dict(), Attr.ESTIMATE: None if estimated is None else estimated.as_dict()})
         return estimated
 
-    def _screens(self, trial: optuna.Trial, estimated: Estimate) -> bool:
+    def _screens(self, trial: optuna.Trial, estimated: Estimate, structure: Structure) -> bool:
         """Whether to record the candidate on its estimates instead of lowering it: screening is on, it is no
         promotion (those run to be measured), and a measured trial dominates its optimistic point."""
         search = self.workspace.study.search
         if not search.screening or TrialRecord.of(trial.study.get_trials(deepcopy=False)[trial.number]).promoted_from is not None:
             return False
         history = records(trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-        return not could_matter(estimated, measured_front(history))
+        return not could_matter(estimated, structure, history)
 
     def _screened(self, trial: optuna.Trial, estimated: Estimate, started: float) -> tuple[float, float, float]:
         """Record a screened candidate: its estimated objectives and constraints (so the sampler learns from

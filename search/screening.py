@@ -7,12 +7,16 @@ compute here. A dense program's bytes and single-thread latency are fixed by its
 - **memo**: a structure lowered before in this study has its bytes exactly and its latency as measured
   (the best of its measurements: another lowering would only draw the timing noise again);
 - **cost model**: an unseen structure's latency and size ratios by non-negative least squares on the
-  study's measured trials of its runtime and form (operators, weight elements, stored weight bytes);
+  study's measured trials of its runtime and form (operators, weight elements, stored weight bytes), its
+  margin the larger of the rule's and the model's own error on structures it has not seen (leave one
+  structure out);
 - **accuracy**: its PyTorch model's validation top-1 (for int8, the converted model's simulation) plus the
-  largest gap from model to artifact seen so far: the objective is measured on the same images.
+  90th percentile of the model-to-artifact gaps seen so far: the objective is measured on the same images.
 
 A candidate whose optimistic point (the highest accuracy it could measure, the lowest latency and size)
-is dominated by a measured front point cannot join the front: it is recorded as screened (fidelity
+is dominated by a measured point cannot join the front, and neither can one of a measured structure
+whose measured trials already reach its optimistic accuracy (same bytes, and the same latency but for
+timing noise): it is recorded as screened (fidelity
 ``estimated``) with its estimated objectives, so the sampler still learns from it, and it is never
 picked, exported or reported as a measurement. Every other candidate is lowered and measured. A
 screened trial that the current front and model no longer rule out is promoted: run again, lowered
@@ -113,6 +117,30 @@ class CostModel:
 
 
 @dataclass(frozen=True)
+class HeldOutErrors:
+    """Relative errors of the cost model on each measured structure when fit without it."""
+
+    latency: tuple[float, ...]
+    size: tuple[float, ...]
+
+
+def held_out_errors(measured: Sequence[TrialRecord]) -> HeldOutErrors | None:
+    """Leave one structure out: how wrong the model is on structures it has not seen, which is what it
+    estimates. None until a model can be fit without any one of them."""
+    keys = sorted({r.structure.key for r in measured if r.structure is not None})
+    latency, size = [], []
+    for key in keys:
+        model = CostModel.fit([r for r in measured if r.structure is not None and r.structure.key != key])
+        if model is None:
+            return None
+        for record in (r for r in measured if r.structure is not None and r.structure.key == key):
+            assert record.structure is not None
+            latency.append(abs(model.latency_ratio(record.structure) / record.latency_ratio - 1))
+            size.append(abs(model.size_ratio(record.structure) / record.size_ratio - 1))
+    return HeldOutErrors(tuple(latency), tuple(size)) if keys else None
+
+
+@dataclass(frozen=True)
 class Memo:
     """A structure measured before in this study: exact size, every latency measured."""
 
@@ -136,15 +164,15 @@ def model_errors(history: Sequence[TrialRecord]) -> list[float]:
 
 
 def _accuracy_gap(measured: Sequence[TrialRecord]) -> tuple[float, float]:
-    """The mean and the largest artifact-minus-model validation top-1 of measured trials (0, 0 without any)."""
+    """The mean and the 90th percentile of artifact-minus-model validation top-1 of measured trials (0, 0 without any)."""
     gaps = [r.val_accuracy - model for r in measured if (model := r.model_val_top1) is not None]
-    return (statistics.mean(gaps), max(gaps)) if gaps else (0.0, 0.0)
+    return (statistics.mean(gaps), float(np.quantile(gaps, 0.9))) if gaps else (0.0, 0.0)
 
 
 @dataclass(frozen=True)
 class ScreeningRule:
-    """How optimistic the screen is: the cost model's relative margin (at least its observed error) and an
-    accuracy margin on top of the largest model-to-artifact gap seen."""
+    """How optimistic the screen is: the cost model's relative margin (at least its held-out error) and an
+    accuracy margin on top of the 90th percentile of the model-to-artifact gaps seen."""
 
     latency_margin: float
     accuracy_margin: float
@@ -158,35 +186,38 @@ def estimate(structure: Structure, model_val_top1: float, runtime: str, quantize
              history: Sequence[TrialRecord], rule: ScreeningRule) -> Estimate | None:
     """The candidate's objectives before lowering, or None when neither the memo nor a fitted model knows its cost."""
     measured = measured_points(history, runtime, quantized)
-    mean_gap, largest_gap = _accuracy_gap(measured)
-    accuracy = (model_val_top1 + mean_gap, model_val_top1 + max(mean_gap, largest_gap) + rule.accuracy_margin)
+    mean_gap, high_gap = _accuracy_gap(measured)
+    accuracy = (model_val_top1 + mean_gap, model_val_top1 + max(mean_gap, high_gap) + rule.accuracy_margin)
     known = memo(measured).get(structure.key)
     if known is not None:
         best = min(known.latency_ratios)
         return Estimate(*accuracy, statistics.median(known.latency_ratios), best, known.size_ratio, known.size_ratio, "memo")
-    model = CostModel.fit(measured)
-    if model is None:
+    model, errors = CostModel.fit(measured), held_out_errors(measured)
+    if model is None or errors is None:
         return None
-    errors = model_errors(history)
-    margin = max([rule.latency_margin, *([float(np.quantile(errors, 0.9))] if errors else [])])
+
+    def margin(held_out: tuple[float, ...]) -> float:
+        return min(0.95, max(rule.latency_margin, float(np.quantile(held_out, 0.9))))
+
     latency, size = model.latency_ratio(structure), model.size_ratio(structure)
-    return Estimate(*accuracy, latency, latency * (1 - margin), size, size * (1 - margin), "model")
+    return Estimate(*accuracy, latency, latency * (1 - margin(errors.latency)), size, size * (1 - margin(errors.size)), "model")
 
 
-def measured_front(history: Sequence[TrialRecord]) -> list[tuple[float, ...]]:
-    """Objective values of the measured, parity-passing trials (dominated ones included: they dominate nothing more)."""
-    return [r.values for r in history if r.is_measured and r.parity_ok]
-
-
-def could_matter(candidate: Estimate, front: Sequence[Sequence[float]]) -> bool:
-    """Whether the candidate's optimistic point is not dominated by any measured point."""
-    return not any(dominates(point, candidate.optimistic) for point in front)
+def could_matter(candidate: Estimate, structure: Structure, history: Sequence[TrialRecord]) -> bool:
+    """Whether the candidate could join the measured front: its optimistic point is dominated by no measured,
+    parity-passing trial, and for a measured structure, none of that structure's trials is as accurate as its
+    optimistic accuracy (its bytes are theirs, its latency theirs but for timing noise: only a lucky timing
+    run could lift it onto the front, which is no improvement)."""
+    rivals = [r for r in history if r.is_measured and r.parity_ok]
+    if candidate.source == "memo" and any(r.structure is not None and r.structure.key == structure.key
+                                          and r.val_accuracy >= candidate.val_top1_high for r in rivals):
+        return False
+    return not any(dominates(r.values, candidate.optimistic) for r in rivals)
 
 
 def promotions(history: Sequence[TrialRecord], rule: ScreeningRule) -> list[TrialRecord]:
     """Screened trials that the current front and cost model no longer rule out, not yet promoted."""
     promoted = {r.promoted_from for r in history} - {None}
-    front = measured_front(history)
     due = []
     for record in history:
         if not record.has_values or record.fidelity is not Fidelity.ESTIMATED or record.number in promoted:
@@ -195,7 +226,7 @@ def promotions(history: Sequence[TrialRecord], rule: ScreeningRule) -> list[Tria
         if structure is None or model_val is None:
             continue
         again = estimate(structure, model_val, *_group(record), history, rule)
-        if again is None or could_matter(again, front):
+        if again is None or could_matter(again, structure, history):
             due.append(record)
     return due
 

@@ -76,8 +76,9 @@ class SearchConfig:
     # (the float reference measured 0.27-0.47 ms across runs here) that rounds within one run miss.
     retime_blocks: int = bounded(5, min=1, max=100, doc="independent timing blocks before a pick and at export")
     # Screening (search.screening): a trained candidate whose optimistic point (its model's accuracy plus
-    # the largest model-to-artifact gap seen and this margin; its structure's measured latency, or the
-    # cost model's less this margin or its observed error) is dominated by a measured trial is not lowered.
+    # the 90th percentile of the model-to-artifact gaps seen and this margin; its structure's measured
+    # latency, or the cost model's less this margin or its held-out error) is dominated by a measured
+    # trial is not lowered.
     screening: bool = True
     screen_latency_margin: float = bounded(0.10, min=0.0, max=0.9, doc="relative margin on cost-model estimates")
     screen_accuracy_margin: float = bounded(0.005, min=0.0, max=1.0, doc="accuracy margin on a screened model's top-1")
