@@ -16,6 +16,7 @@ from udacisense.common.errors import UserError
 from udacisense.common.files import sha256_of
 from udacisense.search.cli import main
 from udacisense.search.local_postgres import create_database, drop_database, postgres_bin, postgres_server
+from udacisense.search.records import TrialRecord
 from udacisense.search.storage import open_storage, open_study
 from udacisense.search.study import load_study
 
@@ -97,8 +98,10 @@ def test_three_workers_one_killed_mid_trial_lose_nothing(postgres: str, seeded_s
         assert retries[-1].params == trials[killed_trial].params
         assert len({tuple(sorted(t.params.items())) for t in complete}) == n_trials  # none counted twice
         for trial in complete:
-            if not trial.user_attrs["parity_ok"]:  # a parity failure keeps no artifact, by design
-                assert "artifact_path" not in trial.user_attrs
+            record = TrialRecord.of(trial)
+            # A screened trial (never lowered) and a parity failure keep no artifact, by design.
+            if not record.is_measured or not record.parity_ok:
+                assert record.artifact_path is None
                 continue
             assert sha256_of(trial.user_attrs["artifact_path"]) == trial.user_attrs["artifact_sha256"]
     finally:

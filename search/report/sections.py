@@ -365,12 +365,13 @@ def _screening_lines(inputs: Inputs) -> list[str]:
     lines = ["### Screening: which candidates were lowered", ""]
     summary = ScreeningSummary.of(inputs.trials)
     config = inputs.study.search
-    lines += [("Screening is on: a trained candidate whose optimistic point (its PyTorch model's validation top-1 plus "
-               "the largest model-to-artifact gap seen and "
-               f"{config.screen_accuracy_margin:g}; its structure's measured latency and bytes, or the cost model's less "
-               f"{config.screen_latency_margin:.0%} or its observed error) is dominated by a measured trial is recorded on "
-               "its estimates and not lowered. Screened trials never reach the front, the export or the figures above "
-               "as measurements." if config.screening else "Screening is off: every trained candidate was lowered and measured."),
+    lines += [("Screening is on: a trained candidate is recorded on its estimates and not lowered when a measured trial "
+               "dominates its optimistic point (its PyTorch model's validation top-1 plus the 90th percentile of the "
+               f"model-to-artifact gaps seen and {config.screen_accuracy_margin:g}; its structure's measured latency and "
+               f"bytes, or the cost model's less {config.screen_latency_margin:.0%} or its error on structures left out "
+               "of its fit), or when a measured trial of its structure is already as accurate. Screened trials never "
+               "reach the front, the export or the figures above as measurements."
+               if config.screening else "Screening is off: every trained candidate was lowered and measured."),
               "", f"{summary.describe()}.", ""]
     rows: Counter[tuple[str, str]] = Counter()
     for trial in inputs.trials:
