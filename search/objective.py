@@ -46,7 +46,7 @@ from udacisense.search.early_stopping import AccuracyMonitor, stop_rule_for
 from udacisense.search.evidence import split_evidence
 from udacisense.search.feasibility import Footprint, footprint, infeasibility
 from udacisense.search.phases import PhaseClock
-from udacisense.search.records import Attr, Fidelity, StopReason, TrialRecord, record_stop, records, store
+from udacisense.search.records import Attr, Fidelity, StopReason, TrialRecord, record_stop, store
 from udacisense.search.screening import Estimate, ScreeningRule, could_matter, estimate
 from udacisense.search.workspace import Workspace
 from udacisense.spaces.sampling import sample_pipeline
@@ -255,29 +255,23 @@ class TrialRunner:
             self._stop_if_below_floor(trial, model_val)
         with self.phases.phase("screening"):
             structure = structure_of(model.module, runtime, str(model.backend))
-            estimate = self._estimate(trial, structure, model, runtime, model_val)
-            screens = estimate is not None and self._screens(trial, estimate, structure)
+            history = [TrialRecord.of(t) for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+            estimate = self._estimate(trial, structure, model, runtime, model_val, history)
+            # Screened only when screening is on, the trial is no promotion (those run to be measured), and
+            # it could not join the measured front.
+            screens = (estimate is not None and study.search.screening and TrialRecord.of(frozen).promoted_from is None
+                       and not could_matter(estimate, structure, history))
         if estimate is not None and screens:
             return self._screened(trial, estimate, started)
         return self._measure(trial, model, runtime, started)
 
     def _estimate(self, trial: optuna.Trial, structure: Structure, model: CompressedModel, runtime: LoweredRuntime,
-                  model_val: float) -> Estimate | None:
-        """Estimate the would-be artifact's objectives from the study's measured trials (see ``search.screening``)."""
-        history = records(trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+                  model_val: float, history: list[TrialRecord]) -> Estimate | None:
+        """Estimate the would-be artifact's objectives from the study's completed trials (see ``search.screening``)."""
         estimated = estimate(structure, model_val, runtime, model.backend is not None, history,
                              ScreeningRule.of(self.workspace.study.search))
         store(trial, {Attr.STRUCTURE: structure.as_dict(), Attr.ESTIMATE: None if estimated is None else estimated.as_dict()})
         return estimated
-
-    def _screens(self, trial: optuna.Trial, estimated: Estimate, structure: Structure) -> bool:
-        """Whether to record the candidate on its estimates instead of lowering it: screening is on, it is no
-        promotion (those run to be measured), and a measured trial dominates its optimistic point."""
-        search = self.workspace.study.search
-        if not search.screening or TrialRecord.of(trial.study.get_trials(deepcopy=False)[trial.number]).promoted_from is not None:
-            return False
-        history = records(trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-        return not could_matter(estimated, structure, history)
 
     def _screened(self, trial: optuna.Trial, estimated: Estimate, started: float) -> tuple[float, float, float]:
         """Record a screened candidate: its estimated objectives and constraints (so the sampler learns from
