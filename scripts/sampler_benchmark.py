@@ -5,9 +5,9 @@
     .venv/bin/python scripts/sampler_benchmark.py --study studies/screening-benchmark.toml \
         --minutes 6 --repeats 3 --arms study random
 
-An arm is a sampler alone (``nsga2``, ``tpe``, ``random``, ``nsga3``: screening off and no portfolio, every
-trained candidate lowered and measured) or ``study``: the study's own ``[search]`` (its sampler, screening
-and portfolio), what ``udacisense search`` runs. Each (arm, repeat) is its own study
+An arm is a sampler alone (``nsga2``, ``tpe``, ``random``, ``nsga3``: screening and halving off, no portfolio, every
+trained candidate lowered and measured) or ``study``: the study's own ``[search]`` (its sampler, screening,
+halving and portfolio), what ``udacisense search`` runs. Each (arm, repeat) is its own study
 (``<name>-<arm>-<repeat>``) on the same baseline and students (copied, not retrained). Every search process
 draws its own sampler seed (recorded in each trial's ``sampler_seed``), so no two searches share a first
 generation. The score is the hypervolume of the measured trials that reach the accuracy floor (what a user
@@ -39,7 +39,7 @@ from udacisense.search.workspace import open_workspace
 SAMPLERS = ("nsga2", "tpe", "random", "nsga3")
 ARMS = (*SAMPLERS, "study")
 # What a sampler arm changes: the sampler, and nothing else the study's search adds to it.
-PLAIN = {"search.screening": False, "search.portfolio": []}
+PLAIN = {"search.screening": False, "search.portfolio": [], "search.halving_rate": 0}
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     budget.add_argument("--minutes", type=float, help="equal wall time: minutes of every search, whatever it completes")
     parser.add_argument("--repeats", type=int, default=3, help="independent searches per arm")
     parser.add_argument("--arms", "--samplers", nargs="+", default=["nsga2", "tpe", "random"], choices=ARMS,
-                        help="samplers alone (screening off, no portfolio), or `study`: the study's own search")
+                        help="samplers alone (screening and halving off, no portfolio), or `study`: the study's own search")
     parser.add_argument("--n-jobs", type=int, help="workers per search (default: one per core)")
     parser.add_argument("--summary-only", action="store_true", help="summarise the searches as they are; run none")
     args = parser.parse_args(argv)

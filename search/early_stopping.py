@@ -24,6 +24,7 @@ from typing import Any
 
 import optuna
 
+from udacisense.search.halving import Competitor, is_rung, rank
 from udacisense.search.records import Attr, StopReason, TrialRecord, record_stop, store
 
 # Where a measurement was taken: (stage kind, stages of that kind before it in the pipeline,
@@ -128,18 +129,32 @@ def stop_rule_for(study: optuna.Study, floor: float, margin: float, num_classes:
     return StopRule(floor, margin, tuple(c for c in curves if c), chance=1.0 / num_classes)
 
 
+def competitors_at(point: Point, history: Sequence[TrialRecord]) -> list[Competitor]:
+    """Every trial with a footprint that measured its validation accuracy at ``point`` (``search.halving``)."""
+    found = []
+    for record in history:
+        footprint = record.footprint
+        accuracy = next((acc for p, acc in comparable(curve_points(record.curve)) if p == point), None)
+        if footprint is not None and accuracy is not None:
+            found.append(Competitor(record.number, accuracy, *footprint))
+    return found
+
+
 @dataclass
 class AccuracyMonitor:
     """Collects a trial's validation curve (after every fine-tune epoch and every stage) and stops it early.
 
     ``start`` marks the first stage's beginning, ``observe`` closes a stage, ``on_epoch_end`` reports
-    a fine-tune epoch of the stage running now.
+    a fine-tune epoch of the stage running now; at a rung of successive halving (``search.halving``) the
+    trial is ranked against every trial of the study that reached the same point.
     """
 
     trial: optuna.Trial
     rule: StopRule
     kinds: tuple[str, ...]  # the kind of every stage of the trial's pipeline, in order
     enabled: bool = True
+    epochs: tuple[int, ...] = ()  # the fine-tune epochs of every stage, in order; empty: no halving
+    halving_rate: int = 0  # η of successive halving; below 2: off
     curve: list[CurvePoint] = field(default_factory=list)
     stage: int = 0
     stage_started: float = field(default_factory=time.perf_counter)
@@ -168,3 +183,14 @@ class AccuracyMonitor:
 
     def on_epoch_end(self, epoch: int, accuracy: float) -> None:
         self._add(epoch, accuracy, f"fine-tune epoch {epoch + 1}")
+        if self.enabled and self.epochs and is_rung(epoch + 1, self.epochs[self.stage], self.halving_rate):
+            self._halve_unless_promising(epoch, accuracy)
+
+    def _halve_unless_promising(self, epoch: int, accuracy: float) -> None:
+        history = [TrialRecord.of(t) for t in self.trial.study.get_trials(deepcopy=False)]
+        point = point_of(self.kinds, self.stage, epoch)
+        ranking = rank(self.trial.number, competitors_at(point, history), self.halving_rate)
+        if ranking is not None and not ranking.goes_on:
+            message = (f"halved after fine-tune epoch {epoch + 1} of {self.epochs[self.stage]} of stage {self.stage + 1} "
+                       f"{self.kinds[self.stage]} (val top-1 {accuracy:.3f}): {ranking.describe(self.halving_rate)}")
+            raise record_stop(self.trial, StopReason.HALVED, message)

@@ -224,8 +224,11 @@ class TrialRunner:
             raise record_stop(trial, StopReason.OVER_BUDGET, reason)
         runtime = runtime_for(signature.backend, study.evaluation.float_runtime)
         store(trial, {Attr.RUNTIME: runtime, Attr.BACKEND: signature.backend})
+        # A promotion runs to be measured: halving it again would undo the promotion.
+        halving_rate = study.search.halving_rate if TrialRecord.of(frozen).promoted_from is None else 0
         monitor = AccuracyMonitor(trial, stop_rule_for(trial.study, self.floor, study.search.patience_margin, len(data.classes)),
-                                  tuple(s.kind for s in pipeline.stages), enabled=study.search.early_stopping)
+                                  tuple(s.kind for s in pipeline.stages), enabled=study.search.early_stopping,
+                                  epochs=tuple(fine_tune_epochs(s) for s in pipeline.stages), halving_rate=halving_rate)
         students = self.workspace.students
         context = StageContext(data=data, teacher=baseline.model, seed=seed,
                                progress=self.progress, epoch_end_hooks=(monitor.on_epoch_end,), students=students.student)
@@ -301,7 +304,7 @@ class TrialRunner:
         if self._baseline_footprint is None:
             self._baseline_footprint = footprint(type(pipeline)(()), self.workspace.baseline.model, context, example)
         candidate = footprint(pipeline, self.workspace.baseline.model, context, example)
-        store(trial, {Attr.ESTIMATED_FLOPS: candidate.flops})
+        store(trial, {Attr.ESTIMATED_FLOPS: candidate.flops, Attr.ESTIMATED_WEIGHT_BYTES: candidate.weight_bytes})
         targets = self.workspace.study.targets
         reason = infeasibility(candidate, self._baseline_footprint, 1 - targets.size_reduction, 1 - targets.latency_reduction)
         if reason:

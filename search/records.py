@@ -63,7 +63,8 @@ class Attr(enum.StrEnum):
     SECONDS = "seconds"
     PHASE_SECONDS = "phase_seconds"
     CURVE = "curve"
-    ESTIMATED_FLOPS = "estimated_flops"
+    ESTIMATED_FLOPS = "estimated_flops"  # of the trial's final model, before it trained (search.feasibility)
+    ESTIMATED_WEIGHT_BYTES = "estimated_weight_bytes"
     VAL = "val"
     TEST = "test"
     VAL_CORRECT = "val_correct"  # which validation images the artifact gets right (evaluators.intervals.pack_correct)
@@ -133,13 +134,14 @@ class StopReason(enum.StrEnum):
     BEFORE_TRAINING = "before-training"  # estimated size or FLOPs miss the targets
     DURING_TRAINING = "during-training"  # validation accuracy hopeless (the early-stopping rule)
     BELOW_FLOOR = "below-floor"  # trained, but clearly below the accuracy floor: not lowered or measured
+    HALVED = "halved"  # outranked where successive halving looked at it: its other epochs not trained (search.halving)
 
 
 # Trials that ran no compute and spend no budget.
 UNSPENT = (StopReason.REJECTED, StopReason.DUPLICATE, StopReason.OVER_BUDGET)
 # Stops that happen only with `search.early_stopping` on: the compute they cut is its saving. A
 # below-floor stop is not one of them: it happens whatever early stopping is set to.
-STOPPED_BY_EARLY_STOPPING = (StopReason.BEFORE_TRAINING, StopReason.DURING_TRAINING)
+STOPPED_BY_EARLY_STOPPING = (StopReason.BEFORE_TRAINING, StopReason.DURING_TRAINING, StopReason.HALVED)
 
 
 def store(trial: optuna.Trial, attrs: Mapping[Attr, object]) -> None:
@@ -312,6 +314,12 @@ class TrialRecord:
         """Validation accuracy as [stage index, stage kind, epoch or None, top-1, seconds into the stage]
         points (see ``early_stopping``); older studies stored [stage, epoch, top-1] or [step, top-1]."""
         return [list(point) for point in self._attr(Attr.CURVE, [])]
+
+    @property
+    def footprint(self) -> tuple[int, int] | None:
+        """(FLOPs, weight bytes) of the trial's final model, estimated before it trained; None without the estimate."""
+        flops, weight_bytes = optional_int(self._attr(Attr.ESTIMATED_FLOPS)), optional_int(self._attr(Attr.ESTIMATED_WEIGHT_BYTES))
+        return None if flops is None or weight_bytes is None else (flops, weight_bytes)
 
     @property
     def stage_epochs(self) -> list[tuple[str, int]]:

@@ -111,14 +111,16 @@ class WorkerSummary:
 
 @dataclass(frozen=True)
 class TrialCounts:
-    """Trials by outcome: completed ones lowered and measured (``complete``) or ``screened`` on estimates;
-    samples that ran nothing (duplicates, impossible orders, surplus) are ``skipped``."""
+    """Trials by outcome: completed ones lowered and measured (``complete``) or ``screened`` on estimates,
+    ``stopped`` ones (by reason in ``stopped_by``); samples that ran nothing (duplicates, impossible orders,
+    surplus) are ``skipped``. Every trial but those and the failed ones judged a candidate."""
 
     complete: int
     stopped: int
     failed: int
     skipped: int
     screened: int = 0
+    stopped_by: tuple[tuple[str, int], ...] = ()  # (stop reason, trials), most frequent first
 
     @classmethod
     def of(cls, trials: list[optuna.trial.FrozenTrial]) -> TrialCounts:
@@ -126,13 +128,22 @@ class TrialCounts:
             if record.stop_reason in UNSPENT:
                 return "skipped"
             return "screened" if record.has_values and not record.is_measured else record.state.name
-        counts = Counter(outcome(r) for r in records(trials))
-        return cls(counts["COMPLETE"], counts["PRUNED"], counts["FAIL"], counts["skipped"], counts["screened"])
+        trial_records = records(trials)
+        counts = Counter(outcome(r) for r in trial_records)
+        reasons = Counter(str(r.stop_reason or "unrecorded") for r in trial_records if outcome(r) == "PRUNED")
+        return cls(counts["COMPLETE"], counts["PRUNED"], counts["FAIL"], counts["skipped"], counts["screened"],
+                   tuple(reasons.most_common()))
+
+    @property
+    def judged(self) -> int:
+        return self.complete + self.screened + self.stopped
 
     def describe(self) -> str:
         skipped = f", {self.skipped} sample(s) skipped without compute" if self.skipped else ""
         screened = f", {self.screened} screened on estimates (not lowered)" if self.screened else ""
-        return f"{self.complete} complete{screened}, {self.stopped} stopped early, {self.failed} failed{skipped}"
+        why = f" ({', '.join(f'{count} {reason}' for reason, count in self.stopped_by)})" if self.stopped_by else ""
+        return (f"{self.judged} candidate(s) judged: {self.complete} complete{screened}, {self.stopped} stopped "
+                f"early{why}; {self.failed} failed{skipped}")
 
 
 def search_summary(study: optuna.Study, summaries: list[WorkerSummary]) -> str:

@@ -66,6 +66,9 @@ class SearchConfig:
     # PyTorch model ends this far below the accuracy floor is infeasible whatever its artifact, so
     # it stops there unless `lower_below_floor` is set (then every trial is lowered and measured).
     lower_below_floor: bool = False
+    # Successive halving over fine-tune epochs (search.halving): a stage is looked at after 1, η, η², ...
+    # epochs, and only the top 1/η of the trials that reached that point train on. 0 or 1: off.
+    halving_rate: int = bounded(3, min=0, max=100, doc="η of successive halving over fine-tune epochs; 0 or 1: off")
     below_floor_margin: float = bounded(0.02, min=0.0, max=1.0, doc="accuracy below the floor that stops a trial before lowering")
     default_pick: Literal["knee", "smallest", "fastest", "most-accurate"] = "knee"
     latency_runs: int = bounded(60, min=3, max=10000, doc="runs per trial latency measurement")

@@ -42,8 +42,8 @@ def test_a_configuration_held_by_a_complete_running_or_queued_trial_is_a_duplica
     counts = TrialCounts.of(study.get_trials())
     assert (counts.complete, counts.stopped, counts.failed, counts.skipped) == (1, 0, 1, 1)
     summary = search_summary(study, [WorkerSummary(0, (0, 3), 1.0, 7)])
-    assert "1 complete, 0 stopped early, 1 failed, 1 sample(s) skipped" in summary
-    assert "this run's 1 worker(s): 1 complete, 0 stopped early, 0 failed, 1 sample(s) skipped without compute\n" in summary
+    assert "1 candidate(s) judged: 1 complete, 0 stopped early; 1 failed, 1 sample(s) skipped" in summary
+    assert "this run's 1 worker(s): 1 candidate(s) judged: 1 complete, 0 stopped early; 0 failed, 1 sample(s) skipped without compute\n" in summary
     # Other parameters, the same pipeline (an order between absent stages): a duplicate too.
     _add(study, TrialState.COMPLETE, 0.5, pipeline_key="same stages")
     assert duplicate_of(study, 9, {"x": 0.6}, "same stages") == 4
@@ -127,7 +127,7 @@ def test_two_concurrent_searches_and_a_resume_never_repeat_a_configuration(seede
     path.write_text(path.read_text().replace("n_trials = 3", "n_trials = 5"))  # the same study, a larger budget
     resumed = subprocess.run(search, cwd=REPO, capture_output=True, text=True, timeout=1500)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "study 'smoke': 5 complete" in resumed.stdout
+    assert "study 'smoke': 5 candidate(s) judged" in resumed.stdout
 
     trials = open_study(load_study(path), create=False).get_trials()
     complete = [t for t in trials if t.state is TrialState.COMPLETE]

@@ -197,8 +197,9 @@ def test_report_from_a_synthetic_study(tmp_path: Path) -> None:
     # Only the stops early stopping caused saved anything, costed by the training they had left: 2 x 5 s
     # + 2 x 8 s for the one stopped during training, 3 x 8 s for the one stopped before; the below-floor
     # stop (which happens with early stopping off too) and the rejected order count for nothing.
-    assert ("Early stopping stopped 2 trial(s): 1 before training (estimated to miss the size or latency target) and "
-            "1 during training (accuracy hopeless). Estimated compute saved: **50 s**, the 7 fine-tune epoch(s)") in markdown
+    assert ("Early stopping stopped 2 trial(s): 1 before training (estimated to miss the size or latency target), "
+            "1 during training (accuracy hopeless) and 0 halved (outranked where successive halving looked, 1/3 going on; "
+            "see `search/halving.py`). Estimated compute saved: **50 s**, the 7 fine-tune epoch(s)") in markdown
     assert "| stopped early during training (accuracy hopeless) | 1 | 6 s | 4 | 26 s |" in markdown
     assert "| stopped before training (estimated to miss the size or latency target) | 1 | 0 s | 3 | 24 s |" in markdown
     assert "Not savings of early stopping: 1 trial(s) stopped after training" in markdown

@@ -166,6 +166,7 @@ STOP_CATEGORIES = {
     StopReason.BEFORE_TRAINING: "stopped before training (estimated to miss the size or latency target)",
     StopReason.DURING_TRAINING: "stopped early during training (accuracy hopeless)",
     StopReason.BELOW_FLOOR: "stopped after training, before lowering (clearly below the accuracy floor)",
+    StopReason.HALVED: "halved (outranked at a rung of successive halving; its other epochs not trained)",
 }
 UNRECORDED = "pruned without a recorded reason"
 

@@ -567,14 +567,18 @@ def _early_stopping_lines(inputs: Inputs, savings: EarlyStoppingSavings) -> list
         lines += ["Early stopping stopped no trial: it saved nothing.", ""]
     else:
         before, during = savings.costs_of(StopReason.BEFORE_TRAINING), savings.costs_of(StopReason.DURING_TRAINING)
+        halved = savings.costs_of(StopReason.HALVED)
         text = (f"Early stopping stopped {savings.stopped} trial(s): {len(before)} before training (estimated to miss the "
-                f"size or latency target) and {len(during)} during training (accuracy hopeless). Estimated compute saved: "
+                f"size or latency target), {len(during)} during training (accuracy hopeless) and {len(halved)} halved "
+                f"(outranked where successive halving looked, 1/{inputs.study.search.halving_rate} going on; see "
+                "`search/halving.py`). Estimated compute saved: "
                 f"**{fmt_seconds(savings.saved)}**, the {savings.epochs_left} fine-tune epoch(s) those trials had left, "
                 "each at the seconds per epoch the trial measured itself in the stage it was stopped in, else the median "
                 "of the completed trials' stages of the same kind. Lowering and timing are not counted: a trial stopped "
                 "as hopeless would most likely have stopped below the floor before them.")
-        if before:
-            text += " A trial stopped before training might have been lowered: for those the figure is a lower bound."
+        if before or halved:
+            text += (" A trial stopped before training or halved might have been lowered and measured: for those the "
+                     "figure is a lower bound.")
         if savings.uncosted_epochs:
             text += (f" {savings.uncosted_epochs} of those epochs belong to stage kinds no completed trial trained: "
                      "not costed.")
@@ -586,7 +590,8 @@ def _early_stopping_lines(inputs: Inputs, savings: EarlyStoppingSavings) -> list
                                "estimated saving"], [
                 [STOP_CATEGORIES[reason], len(costs), fmt_seconds(sum(c.spent for c in costs)),
                  sum(c.epochs_left for c in costs), fmt_seconds(sum(c.seconds for c in costs))]
-                for reason, costs in ((StopReason.BEFORE_TRAINING, before), (StopReason.DURING_TRAINING, during)) if costs])
+                for reason, costs in ((StopReason.BEFORE_TRAINING, before), (StopReason.DURING_TRAINING, during),
+                                      (StopReason.HALVED, halved)) if costs])
     if inputs.study.search.early_stopping or savings.false_stops is not None:
         lines += [false_stops_line(savings), ""]
     below = savings.pruned.get(StopReason.BELOW_FLOOR, [])
