@@ -159,13 +159,17 @@ class AccuracyMonitor:
     stage: int = 0
     stage_started: float = field(default_factory=time.perf_counter)
 
+    @property
+    def seconds_in_stage(self) -> float:
+        return time.perf_counter() - self.stage_started
+
     def start(self) -> None:
         # What runs between sampling and the first stage (the feasibility estimate, a student's
         # distillation) is no stage's time.
         self.stage_started = time.perf_counter()
 
     def _add(self, epoch: int | None, accuracy: float, where: str) -> None:
-        point = CurvePoint(self.stage, self.kinds[self.stage], epoch, accuracy, time.perf_counter() - self.stage_started)
+        point = CurvePoint(self.stage, self.kinds[self.stage], epoch, accuracy, self.seconds_in_stage)
         first_of_stage = not any(p.stage == point.stage for p in self.curve)
         self.curve.append(point)
         store(self.trial, {Attr.CURVE: [p.as_list() for p in self.curve]})

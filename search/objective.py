@@ -251,8 +251,15 @@ class TrialRunner:
             monitor.observe(cast(float, record.metrics["val_top1"]), record.description)
 
         monitor.start()
-        model, _ = pipeline.run(CompressedModel(copy.deepcopy(baseline.model)), context,
-                                meter=self._stage_meter, observers=(observe,))
+        try:
+            model, _ = pipeline.run(CompressedModel(copy.deepcopy(baseline.model)), context,
+                                    meter=self._stage_meter, observers=(observe,))
+        except optuna.TrialPruned:
+            # A stage stopped midway (early stopping, halving) trained until then: its time is that stage's.
+            # (A stop at a stage's closing measurement comes after `observe` counted the stage.)
+            if monitor.stage == len(records):
+                self.phases.add(f"stage {len(records) + 1} {pipeline.stages[len(records)].kind}", monitor.seconds_in_stage)
+            raise
         model_val = cast(float, records[-1].metrics["val_top1"]) if records else self.workspace.profile.val_top1
         if records and not study.search.lower_below_floor:
             self._stop_if_below_floor(trial, model_val)

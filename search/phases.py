@@ -27,6 +27,6 @@ class PhaseClock:
             self.add(name, time.perf_counter() - start)
 
     def summary(self) -> dict[str, float]:
-        """Every phase so far, and ``other``: what no phase covers (sampling, storage, a stage stopped midway)."""
+        """Every phase so far, and ``other``: what no phase covers (sampling, storage)."""
         other = time.perf_counter() - self.started - sum(self.seconds.values())
         return {name: round(seconds, 3) for name, seconds in {**self.seconds, "other": max(0.0, other)}.items()}

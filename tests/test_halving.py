@@ -68,6 +68,8 @@ def test_a_search_halves_the_outranked_trial_at_its_rung_and_the_others_train_on
     assert [p[2] for p in wrecked.curve] == [0]  # stopped at the rung, its second epoch never trained
     assert wrecked.curve[0][3] < min(gentle.curve[0][3], gentler.curve[0][3])
     assert "halved after fine-tune epoch 1 of 2" in wrecked.trial.user_attrs["pruned_reason"]
+    # Its epoch of training is its distillation stage's time, not time no phase covers.
+    assert wrecked.phase_seconds["stage 1 distill"] >= wrecked.curve[0][4] > wrecked.phase_seconds["other"]
     counts = TrialCounts.of(study.get_trials())
     assert counts.judged == 3 and counts.stopped_by == (("halved", 1),)
     markdown = write_report(config, tmp_path / "report").markdown.read_text()
