@@ -21,7 +21,7 @@ import torch
 from udacisense.common.errors import UserError
 from udacisense.common.files import atomic_path, write_json, write_text
 from udacisense.search.evidence import SplitEvidence, resolvable_difference, verdict
-from udacisense.search.records import TrialRecord, as_losses
+from udacisense.search.records import TrialRecord, as_losses, dominates_in_losses
 from udacisense.search.study import TargetsConfig
 
 Policy = Literal["knee", "smallest", "fastest", "most-accurate"]
@@ -30,8 +30,7 @@ POLICIES: tuple[str, ...] = ("knee", "smallest", "fastest", "most-accurate")
 
 def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
     """``a`` is no worse than ``b`` in every objective and better in one (directions from ``records.OBJECTIVES``)."""
-    loss_a, loss_b = as_losses(list(a)), as_losses(list(b))
-    return all(x <= y for x, y in zip(loss_a, loss_b, strict=True)) and loss_a != loss_b
+    return dominates_in_losses(as_losses(list(a)), as_losses(list(b)))
 
 
 def pareto_trials(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:

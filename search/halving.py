@@ -25,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from udacisense.search.records import dominates_in_losses
+
 
 @dataclass(frozen=True)
 class Competitor:
@@ -35,10 +37,12 @@ class Competitor:
     flops: int  # of its final model, estimated before it trained
     weight_bytes: int
 
+    @property
+    def losses(self) -> tuple[float, float, float]:
+        return -self.accuracy, self.flops, self.weight_bytes
+
     def dominates(self, other: Competitor) -> bool:
-        mine = (-self.accuracy, self.flops, self.weight_bytes)
-        theirs = (-other.accuracy, other.flops, other.weight_bytes)
-        return all(a <= b for a, b in zip(mine, theirs, strict=True)) and mine != theirs
+        return dominates_in_losses(self.losses, other.losses)
 
 
 def is_rung(epochs_done: int, stage_epochs: int, rate: int) -> bool:

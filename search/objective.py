@@ -186,11 +186,12 @@ class TrialRunner:
         started = time.perf_counter()
         self.current_trial, self.failure, self.phases = trial.number, None, PhaseClock()
         frozen = trial.study.get_trials(deepcopy=False)[trial.number]
-        seed = trial_seed(self.workspace.study.seed, TrialRecord.of(frozen))
+        queued = TrialRecord.of(frozen)  # what it was queued with: a seed, the screened trial it promotes
+        seed = trial_seed(self.workspace.study.seed, queued)
         store(trial, {Attr.RETRY_OF: frozen.system_attrs.get("failed_trial"), Attr.SEED: seed,
                       Attr.WORKER: f"{socket.gethostname()}:{os.getpid()}", Attr.SAMPLER_SEED: self.sampler_seed})
         try:
-            return self._run(trial, seed)
+            return self._run(trial, seed, queued.promoted_from)
         except optuna.TrialPruned:
             store(trial, {Attr.SECONDS: time.perf_counter() - started})
             raise
@@ -202,9 +203,9 @@ class TrialRunner:
         finally:
             store(trial, {Attr.PHASE_SECONDS: self.phases.summary()})
 
-    def _run(self, trial: optuna.Trial, seed: int) -> tuple[float, float, float]:
+    def _run(self, trial: optuna.Trial, seed: int, promoted_from: int | None) -> tuple[float, float, float]:
+        """``promoted_from``: the screened trial this one runs again, to be lowered and measured; None if none."""
         study, data, baseline = self.workspace.study, self.workspace.data, self.workspace.baseline
-        frozen = trial.study.get_trials(deepcopy=False)[trial.number]
         started = time.perf_counter()
         try:
             pipeline = sample_pipeline(trial, study.space)
@@ -215,7 +216,7 @@ class TrialRunner:
         except IncompatiblePipelineError as error:
             raise record_stop(trial, StopReason.REJECTED, f"rejected before compute: {error.problem}") from None
         original = duplicate_of(trial.study, trial.number, trial.params, pipeline_key,
-                                exempt=TrialRecord.of(frozen).promoted_from)
+                                exempt=promoted_from)
         if original is not None:
             raise record_stop(trial, StopReason.DUPLICATE, f"duplicate of trial {original}: not run again")
         if self.budget is not None and is_surplus(trial.study, trial.number, self.budget):
@@ -224,8 +225,8 @@ class TrialRunner:
             raise record_stop(trial, StopReason.OVER_BUDGET, reason)
         runtime = runtime_for(signature.backend, study.evaluation.float_runtime)
         store(trial, {Attr.RUNTIME: runtime, Attr.BACKEND: signature.backend})
-        # A promotion runs to be measured: halving it again would undo the promotion.
-        halving_rate = study.search.halving_rate if TrialRecord.of(frozen).promoted_from is None else 0
+        # Halving a promotion again would undo it.
+        halving_rate = study.search.halving_rate if promoted_from is None else 0
         monitor = AccuracyMonitor(trial, stop_rule_for(trial.study, self.floor, study.search.patience_margin, len(data.classes)),
                                   tuple(s.kind for s in pipeline.stages), enabled=study.search.early_stopping,
                                   epochs=tuple(fine_tune_epochs(s) for s in pipeline.stages), halving_rate=halving_rate)
@@ -267,9 +268,8 @@ class TrialRunner:
             structure = structure_of(model.module, runtime, str(model.backend))
             history = [TrialRecord.of(t) for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
             estimate = self._estimate(trial, structure, model, runtime, model_val, history)
-            # Screened only when screening is on, the trial is no promotion (those run to be measured), and
-            # it could not join the measured front.
-            screens = (estimate is not None and study.search.screening and TrialRecord.of(frozen).promoted_from is None
+            # Screened only when screening is on, the trial is no promotion, and it could not join the measured front.
+            screens = (estimate is not None and study.search.screening and promoted_from is None
                        and not could_matter(estimate, structure, history))
         if estimate is not None and screens:
             return self._screened(trial, estimate, started)

@@ -9,7 +9,7 @@ still read, and the dashboard shows the same readable attributes.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -45,6 +45,11 @@ HV_REFERENCE: tuple[float, ...] = tuple(o.hv_reference for o in OBJECTIVES)
 def as_losses(values: tuple[float, ...] | list[float]) -> list[float]:
     """Objective values in minimisation form (maximised objectives negated), for dominance and hypervolume."""
     return [-v if o.direction == "maximize" else v for o, v in zip(OBJECTIVES, values, strict=True)]
+
+
+def dominates_in_losses(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Points in minimisation form: ``a`` is no worse than ``b`` in every coordinate and better in one."""
+    return all(x <= y for x, y in zip(a, b, strict=True)) and list(a) != list(b)
 
 
 class Attr(enum.StrEnum):

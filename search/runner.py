@@ -128,9 +128,9 @@ class TrialCounts:
             if record.stop_reason in UNSPENT:
                 return "skipped"
             return "screened" if record.has_values and not record.is_measured else record.state.name
-        trial_records = records(trials)
-        counts = Counter(outcome(r) for r in trial_records)
-        reasons = Counter(str(r.stop_reason or "unrecorded") for r in trial_records if outcome(r) == "PRUNED")
+        outcomes = [(record, outcome(record)) for record in records(trials)]
+        counts = Counter(ended for _, ended in outcomes)
+        reasons = Counter(str(r.stop_reason or "unrecorded") for r, ended in outcomes if ended == "PRUNED")
         return cls(counts["COMPLETE"], counts["PRUNED"], counts["FAIL"], counts["skipped"], counts["screened"],
                    tuple(reasons.most_common()))
 
