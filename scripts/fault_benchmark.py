@@ -27,10 +27,10 @@ from pathlib import Path
 import optuna
 
 from udacisense.common.files import sha256_of
-from udacisense.search.local_postgres import create_database, postgres_bin, postgres_server
-from udacisense.search.records import TrialRecord, records
-from udacisense.search.storage import open_study
-from udacisense.search.study import load_study
+from udacisense.search.study.config import load_study
+from udacisense.search.study.local_postgres import create_database, postgres_bin, postgres_server
+from udacisense.search.study.storage import open_study
+from udacisense.search.study.trial_record import TrialRecord, records
 
 TrialState = optuna.trial.TrialState
 SIGNALS = (signal.SIGKILL, signal.SIGINT)

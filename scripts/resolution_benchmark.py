@@ -26,7 +26,7 @@ from udacisense.evaluators.flops import count_flops, macs_from_flops
 from udacisense.evaluators.latency import compare_latency
 from udacisense.models.mobilenet import build_model
 from udacisense.runtime import executorch_bytes, load_runner, request_executorch_threads, torchscript_bytes
-from udacisense.search.study import StudyConfig, load_study
+from udacisense.search.study.config import StudyConfig, load_study
 
 
 def measure(study: StudyConfig, resolutions: list[int], runs: int) -> pd.DataFrame:

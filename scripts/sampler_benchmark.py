@@ -28,13 +28,13 @@ import optuna
 
 from udacisense.common.errors import UserError
 from udacisense.common.logs import quiet_libraries
-from udacisense.search.budget import finished_in_budget
-from udacisense.search.hypervolume import hypervolume_of_first
-from udacisense.search.records import records
-from udacisense.search.runner import run_search, train_students
-from udacisense.search.storage import open_study
-from udacisense.search.study import load_study
-from udacisense.search.workspace import open_workspace
+from udacisense.search.results.hypervolume import hypervolume_of_first
+from udacisense.search.study.budget import finished_in_budget
+from udacisense.search.study.config import load_study
+from udacisense.search.study.storage import open_study
+from udacisense.search.study.trial_record import records
+from udacisense.search.study.workspace import open_workspace
+from udacisense.search.workers.runner import run_search, train_students
 
 SAMPLERS = ("nsga2", "tpe", "random", "nsga3")
 ARMS = (*SAMPLERS, "study")

@@ -20,15 +20,16 @@ import sys
 import optuna
 
 from udacisense.common.logs import quiet_libraries
-from udacisense.search.budget import finished_in_budget, is_rejected
 from udacisense.search.cli import main as cli_main
-from udacisense.search.false_stops import measure_false_stops
-from udacisense.search.hypervolume import hypervolume
-from udacisense.search.records import StudyRecord, records
-from udacisense.search.report.facts import early_stopping_savings, state_counts
-from udacisense.search.runner import run_search
-from udacisense.search.storage import open_study
-from udacisense.search.study import load_study
+from udacisense.search.report.trial_facts import early_stopping_savings, state_counts
+from udacisense.search.results.hypervolume import hypervolume
+from udacisense.search.study.budget import finished_in_budget, is_rejected
+from udacisense.search.study.config import load_study
+from udacisense.search.study.records import StudyRecord
+from udacisense.search.study.storage import open_study
+from udacisense.search.study.trial_record import records
+from udacisense.search.workers.false_stops import measure_false_stops
+from udacisense.search.workers.runner import run_search
 
 
 def prefix_reuse(trials: list[optuna.trial.FrozenTrial]) -> dict:

@@ -53,10 +53,10 @@ from udacisense.evaluators.latency import BlockedComparison, compare_latencies_i
 from udacisense.models.mobilenet import build_model
 from udacisense.models.students import StudentArchitecture, build_student
 from udacisense.runtime import Backend, Delegation, LoweredRuntime, load_runner, request_executorch_threads
-from udacisense.search.objective import TrialRunner
-from udacisense.search.storage import artifact_store
-from udacisense.search.study import StudyConfig, load_study
-from udacisense.search.workspace import first_test_image, open_workspace
+from udacisense.search.study.config import StudyConfig, load_study
+from udacisense.search.study.storage import artifact_store
+from udacisense.search.study.workspace import first_test_image, open_workspace
+from udacisense.search.trial.objective import TrialRunner
 from udacisense.training import TrainConfig
 
 BASELINE = "MobileNetV3-Small"  # the random-weight table's name for the study's network
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if pipeline:
                 model, _ = Pipeline(pipeline).run(model, context)
-            candidate = runner.evaluate(model, runtime)
+            candidate = runner.yardstick.evaluate(model, runtime)
             timed = blocked_latency(candidate.artifact, runtime, model.backend, reference, workspace.example_input,
                                     study, blocks)
         except Exception as error:  # one broken technique must not lose the others' measurements

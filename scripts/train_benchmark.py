@@ -40,7 +40,7 @@ from udacisense.common.logs import quiet_libraries
 from udacisense.datasources.loaders import BatchLoader, DataBundle, load_data
 from udacisense.evaluators.accuracy import evaluate_accuracy
 from udacisense.models.mobilenet import build_model
-from udacisense.search.study import StudyConfig, load_study
+from udacisense.search.study.config import StudyConfig, load_study
 from udacisense.training import Distillation, TrainConfig, fit
 
 

@@ -18,11 +18,11 @@ import pandas as pd
 
 from udacisense.common.files import write_text
 from udacisense.common.logs import quiet_libraries
-from udacisense.search.report.facts import state_counts
-from udacisense.search.runner import run_search
-from udacisense.search.storage import open_study
-from udacisense.search.study import load_study
-from udacisense.search.workspace import open_workspace
+from udacisense.search.report.trial_facts import state_counts
+from udacisense.search.study.config import load_study
+from udacisense.search.study.storage import open_study
+from udacisense.search.study.workspace import open_workspace
+from udacisense.search.workers.runner import run_search
 
 
 def measure(study_path: str, workers: int, n_trials: int) -> dict:

@@ -18,7 +18,7 @@ from udacisense.common.logs import quiet_libraries, quiet_native_logs
 quiet_native_logs()  # before anything imports torch: its C++ log level is read once, at import
 
 from udacisense.common.errors import UserError, os_problem  # noqa: E402
-from udacisense.search.study import StudyConfig, load_study  # noqa: E402
+from udacisense.search.study.config import StudyConfig, load_study  # noqa: E402
 
 if TYPE_CHECKING:
     import optuna
@@ -29,8 +29,8 @@ def _study(args: argparse.Namespace) -> StudyConfig:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from udacisense.search.baseline_profile import FILE_NAME
-    from udacisense.search.workspace import open_workspace
+    from udacisense.search.study.baseline_profile import FILE_NAME
+    from udacisense.search.study.workspace import open_workspace
 
     workspace = open_workspace(_study(args), progress=not args.quiet)
     profile = workspace.profile
@@ -59,8 +59,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from udacisense.search.runner import run_search, search_summary
-    from udacisense.search.storage import open_study
+    from udacisense.search.study.storage import open_study
+    from udacisense.search.workers.runner import run_search, search_summary
 
     summaries = run_search(args.study, n_jobs=args.n_jobs, storage=args.storage, progress=not args.quiet)
     study = _study(args)
@@ -79,8 +79,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from udacisense.search.runner import run_worker, search_summary
-    from udacisense.search.storage import open_study
+    from udacisense.search.study.storage import open_study
+    from udacisense.search.workers.runner import run_worker, search_summary
 
     # Students live on this machine's disk: a worker distils those it lacks (one at a time per machine).
     summary = run_worker(args.study, worker=args.worker_index, storage=args.storage, progress=not args.quiet,
@@ -92,8 +92,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _open(args: argparse.Namespace):
-    from udacisense.search.storage import open_study
-    from udacisense.search.workspace import open_workspace
+    from udacisense.search.study.storage import open_study
+    from udacisense.search.study.workspace import open_workspace
 
     study = _study(args)
     # The storage first: a study that was never searched is reported before any data or baseline work.
@@ -124,7 +124,7 @@ def front_text(front, width: int) -> str:
     """The front as a plain table that fits ``width`` columns: accuracies with their 95% intervals, the
     paired test drop against the baseline, absolute milliseconds beside every ratio (all to one reference)
     with its interval across timing blocks where re-timed, and a verdict mark per target."""
-    from udacisense.search.evidence import VERDICT_MARKS
+    from udacisense.evaluators.evidence import VERDICT_MARKS
 
     header = ["trial", "target", "val %", "test %", "drop [95%]", "ms", "ref ms", "ratio [95%]", "size", "a/l/s"]
     rows = []
@@ -157,7 +157,7 @@ FRONT_LEGEND = (
 
 
 def cmd_front(args: argparse.Namespace) -> int:
-    from udacisense.search.storage import open_study
+    from udacisense.search.study.storage import open_study
 
     study = _study(args)
     # The storage alone: the front and the baseline's measurements are stored in it, so no data or baseline is needed.
@@ -169,9 +169,10 @@ def show_front(study: StudyConfig, optuna_study: optuna.Study, out_dir: Path | N
     """Print the stored front (and write its files into ``out_dir``, when given): reads the storage only."""
     import shutil
 
-    from udacisense.search.baseline_profile import FILE_NAME, BaselineProfile
-    from udacisense.search.front import front_tables, with_latest_timings, write_front
-    from udacisense.search.records import StudyRecord, TrialRecord
+    from udacisense.search.results.front import front_tables, with_latest_timings, write_front
+    from udacisense.search.study.baseline_profile import FILE_NAME, BaselineProfile
+    from udacisense.search.study.records import StudyRecord
+    from udacisense.search.study.trial_record import TrialRecord
 
     if not any(TrialRecord.of(t).is_measured for t in optuna_study.get_trials(deepcopy=False)):
         print("the study has no measured trials yet (completed, lowered and measured)")
@@ -194,18 +195,17 @@ def show_front(study: StudyConfig, optuna_study: optuna.Study, out_dir: Path | N
 def cmd_export(args: argparse.Namespace) -> int:
     import shutil
 
-    from udacisense.search.export import delegation_line, export_trial, keep_retimed_front, retime_front
-    from udacisense.search.front import front_tables, missed_targets, pick
-    from udacisense.search.objective import TrialRunner
-    from udacisense.search.storage import artifact_store
+    from udacisense.search.results.export import delegation_line, export_trial, keep_retimed_front, retime_front
+    from udacisense.search.results.front import front_tables, missed_targets, pick
+    from udacisense.search.trial.measuring import Yardstick
 
     study, workspace, optuna_study = _open(args)
-    runner = TrialRunner(workspace, artifact_store(study))
+    yardstick = Yardstick(workspace)
     number, paragraph, picked_by = args.trial, None, None
     if number is None:
         baseline_val = workspace.profile.val_top1
         front, everything = front_tables(optuna_study, study.targets, baseline_val)
-        front = retime_front(front, optuna_study, runner)
+        front = retime_front(front, optuna_study, yardstick)
         paths = keep_retimed_front(optuna_study, front, everything, workspace, study.run_dir / "front")
         print(f"front re-timed with {study.search.retime_factor}x the runs in {study.search.retime_blocks} independent "
               f"blocks before picking `{args.pick}` "
@@ -223,7 +223,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         picked_by = (f"the `{args.pick}` policy on the Pareto front re-timed with {study.search.retime_factor}x the "
                      f"runs in {study.search.retime_blocks} independent blocks")
         paragraph = missed_targets(exportable, number, study.targets, baseline_val)
-    result = export_trial(workspace, optuna_study, number, Path(args.out), runner, picked_by)
+    result = export_trial(workspace, optuna_study, number, Path(args.out), yardstick, picked_by)
     latency = result.latency
     print(f"exported trial {number}: {result.artifact} ({result.artifact.stat().st_size / 1e6:.2f} MB)")
     print(f"  parity on the test split: top-1 agreement {result.parity.top1_agreement:.4f}, "
@@ -253,7 +253,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from udacisense.search.export import verify_artifact
+    from udacisense.search.results.export import verify_artifact
 
     # The export folder and the images only: no study, workspace or cache, nothing written.
     artifact = Path(args.artifact).absolute()
@@ -275,7 +275,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna_dashboard
 
-    from udacisense.search.storage import existing_artifact_store, open_storage
+    from udacisense.search.study.storage import existing_artifact_store, open_storage
 
     study = _study(args)
     storage = open_storage(args.storage or study.storage_url, create=False)
@@ -390,7 +390,7 @@ def foreseen_problem(error: Exception, args: argparse.Namespace) -> UserError | 
     import optuna
     import sqlalchemy
 
-    from udacisense.search.storage import storage_problem
+    from udacisense.search.study.storage import storage_problem
 
     if (problem := os_problem(error)) is not None:
         return problem

@@ -23,7 +23,7 @@ from udacisense.datasources.loaders import Split
 from udacisense.models.lean import describe_lean, lean_network, shape_keeping_blocks, squeeze_excite_blocks, squeeze_excite_costs
 from udacisense.models.mobilenet import ResizeInput
 from udacisense.runtime import LoweredProgram, executorch_program, load_runner
-from udacisense.search.study import parse_study
+from udacisense.search.study.config import parse_study
 from udacisense.spaces.distributions import Choice, IntRange
 from udacisense.spaces.sampling import orders, sample_pipeline
 from udacisense.spaces.space import SpaceConfig

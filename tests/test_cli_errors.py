@@ -18,8 +18,8 @@ from tests.conftest import REPO, SHARED_ARCHIVE
 from udacisense.common.errors import UserError, trial_problem
 from udacisense.search import cli
 from udacisense.search.cli import main
-from udacisense.search.storage import open_study, storage_problem
-from udacisense.search.study import load_study
+from udacisense.search.study.config import load_study
+from udacisense.search.study.storage import open_study, storage_problem
 
 
 def write_study(root: Path, extra: str = "") -> Path:

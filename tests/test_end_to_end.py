@@ -15,10 +15,10 @@ import optuna
 import pytest
 
 from tests.conftest import REPO, SHARED_ARCHIVE
-from udacisense.search.budget import counted_trials, is_rejected
 from udacisense.search.cli import main
-from udacisense.search.records import OBJECTIVE_NAMES
-from udacisense.search.study import load_study
+from udacisense.search.study.budget import counted_trials, is_rejected
+from udacisense.search.study.config import load_study
+from udacisense.search.study.records import OBJECTIVE_NAMES
 
 pytestmark = pytest.mark.skipif(not SHARED_ARCHIVE.is_file(), reason="needs ../shared/data/cifar10-jpeg.tar.gz")
 

@@ -10,12 +10,12 @@ import optuna
 import pytest
 
 from tests.conftest import REPO, TORCHSCRIPT_ARTIFACTS, cli_command, study_with_a_running_legal_trial
-from udacisense.search.budget import budget_left, duplicate_of
-from udacisense.search.objective import TrialRunner
-from udacisense.search.runner import TrialCounts, WorkerSummary, make_sampler, process_seed, search_summary
-from udacisense.search.storage import open_study
-from udacisense.search.study import SearchConfig, load_study
-from udacisense.search.workspace import Workspace
+from udacisense.search.study.budget import budget_left, duplicate_of
+from udacisense.search.study.config import SearchConfig, load_study
+from udacisense.search.study.storage import open_study
+from udacisense.search.study.workspace import Workspace
+from udacisense.search.trial.objective import TrialRunner
+from udacisense.search.workers.runner import TrialCounts, WorkerSummary, make_sampler, process_seed, search_summary
 from udacisense.spaces.sampling import sample_pipeline
 from udacisense.spaces.space import SpaceConfig
 
@@ -101,7 +101,7 @@ def _first_samples(search: SearchConfig, space: SpaceConfig, seed: int, count: i
 
 
 def test_every_process_and_every_start_draws_its_own_seed_and_samples_its_own_configurations() -> None:
-    code = "from udacisense.search.runner import process_seed; print(process_seed(0))"
+    code = "from udacisense.search.workers.runner import process_seed; print(process_seed(0))"
     other = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     here, again = process_seed(0), process_seed(0)
     assert len({other, here, again}) == 3

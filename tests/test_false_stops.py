@@ -11,14 +11,15 @@ import pytest
 
 from tests.conftest import REPO, study_with_a_running_legal_trial
 from tests.test_report import _synthetic_study
-from udacisense.search.budget import budget_left
-from udacisense.search.false_stops import measure_false_stops
-from udacisense.search.objective import TrialRunner, trial_seed
-from udacisense.search.records import Attr, StopReason, StudyRecord, TrialRecord, queued_attrs, record_stop, store
-from udacisense.search.runner import requeue
-from udacisense.search.storage import open_study
-from udacisense.search.study import load_study
-from udacisense.search.workspace import Workspace
+from udacisense.search.study.budget import budget_left
+from udacisense.search.study.config import load_study
+from udacisense.search.study.records import Attr, StopReason, StudyRecord, queued_attrs, record_stop, store
+from udacisense.search.study.storage import open_study
+from udacisense.search.study.trial_record import TrialRecord
+from udacisense.search.study.workspace import Workspace
+from udacisense.search.trial.objective import TrialRunner, trial_seed
+from udacisense.search.workers.false_stops import measure_false_stops
+from udacisense.search.workers.runner import requeue
 
 TrialState = optuna.trial.TrialState
 X = optuna.distributions.FloatDistribution(0, 10)

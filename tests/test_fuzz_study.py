@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from udacisense.common.errors import UserError
-from udacisense.search.study import load_study, parse_study
+from udacisense.search.study.config import load_study, parse_study
 
 BASE = tomllib.loads((Path(__file__).resolve().parents[1] / "studies" / "smoke.toml").read_text())
 TABLES = ["data", "model", "baseline", "evaluation", "targets", "search", "space"]

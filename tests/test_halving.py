@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import optuna
 
-from udacisense.search.halving import Competitor, is_rung, layers, rank
-from udacisense.search.records import StopReason, TrialRecord
 from udacisense.search.report import write_report
-from udacisense.search.runner import TrialCounts, run_search
-from udacisense.search.storage import open_study
-from udacisense.search.study import load_study
+from udacisense.search.study.config import load_study
+from udacisense.search.study.records import StopReason
+from udacisense.search.study.storage import open_study
+from udacisense.search.study.trial_record import TrialRecord
+from udacisense.search.trial.halving import Competitor, is_rung, layers, rank
+from udacisense.search.workers.runner import TrialCounts, run_search
 
 WIDE, NARROW = (1_000_000, 400_000), (250_000, 100_000)  # (FLOPs, weight bytes) of two footprints
 

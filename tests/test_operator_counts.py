@@ -13,11 +13,12 @@ import torch
 from torch import nn
 
 from udacisense.runtime import Delegation, LoweredProgram, executorch_program
-from udacisense.search.export import delegation_line
-from udacisense.search.records import Attr, TrialRecord
-from udacisense.search.report.facts import operator_latency_fit
 from udacisense.search.report.figures import plot_operators
-from udacisense.search.report.sections import _operator_lines
+from udacisense.search.report.search_sections import _operator_lines
+from udacisense.search.report.trial_facts import operator_latency_fit
+from udacisense.search.results.export import delegation_line
+from udacisense.search.study.records import Attr
+from udacisense.search.study.trial_record import TrialRecord
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

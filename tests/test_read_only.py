@@ -16,13 +16,13 @@ from PIL import Image
 
 from tests.conftest import REPO, SHARED_ARCHIVE
 from udacisense.search.cli import main
-from udacisense.search.export import artifact_problem, retime_front
-from udacisense.search.front import pareto_trials, trials_table
-from udacisense.search.objective import TrialRunner
-from udacisense.search.records import StudyAttr, TrialRecord
-from udacisense.search.storage import artifact_store
-from udacisense.search.study import load_study
-from udacisense.search.workspace import open_workspace
+from udacisense.search.results.export import artifact_problem, retime_front
+from udacisense.search.results.front import pareto_trials, trials_table
+from udacisense.search.study.config import load_study
+from udacisense.search.study.records import StudyAttr
+from udacisense.search.study.trial_record import TrialRecord
+from udacisense.search.study.workspace import open_workspace
+from udacisense.search.trial.measuring import Yardstick
 
 needs_archive = pytest.mark.skipif(not SHARED_ARCHIVE.is_file(), reason="needs ../shared/data/cifar10-jpeg.tar.gz")
 
@@ -194,7 +194,7 @@ def test_retiming_says_which_rows_it_could_not_retime_and_why(smoke_study: Path,
         study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, values=kept.values,
                                                   user_attrs={**kept.user_attrs, **changes}, params={}, distributions={}))
     table = trials_table(study.trials, config.targets, workspace.profile.val_top1).sort_values("trial")
-    retimed = retime_front(table, study, TrialRunner(workspace, artifact_store(config)))
+    retimed = retime_front(table, study, Yardstick(workspace))
     notes = dict(zip(variants, retimed.sort_values("trial")["retime_note"]))
     assert list(retimed.sort_values("trial")["retimed"]) == [True, False, False, False]
     assert notes["kept"] == "" and "artifact file missing" in notes["missing"] and "gone.pte" in notes["missing"]

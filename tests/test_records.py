@@ -17,8 +17,9 @@ from udacisense.evaluators.latency import LatencyReport
 from udacisense.evaluators.parity import ParityReport
 from udacisense.evaluators.profile import profile_float_model
 from udacisense.evaluators.size import parameter_counts, state_dict_bytes
-from udacisense.search.baseline_profile import BaselineProfile
-from udacisense.search.records import DIRECTIONS, Attr, StopReason, TrialRecord, record_stop, store
+from udacisense.search.study.baseline_profile import BaselineProfile
+from udacisense.search.study.records import DIRECTIONS, Attr, StopReason, record_stop, store
+from udacisense.search.study.trial_record import TrialRecord
 
 
 def _latency(median_ms: float, runtime: str) -> dict[str, object]:

@@ -14,24 +14,9 @@ import pytest
 import torch
 
 from udacisense.common.errors import UserError
+from udacisense.evaluators.evidence import split_evidence, verdict
 from udacisense.evaluators.intervals import pack_correct, wilson
-from udacisense.search.baseline_profile import BaselineProfile
 from udacisense.search.cli import main
-from udacisense.search.evidence import split_evidence, verdict
-from udacisense.search.front import pareto_trials, trials_table
-from udacisense.search.hypervolume import HV_REFERENCE, _hypervolume_slices, hypervolume
-from udacisense.search.records import (
-    DIRECTIONS,
-    OBJECTIVE_NAMES,
-    Attr,
-    FalseStops,
-    FalseStopTrial,
-    StudyAttr,
-    StudyRecord,
-    TrialRecord,
-    queued_attrs,
-    store_study,
-)
 from udacisense.search.report import FIGURES, write_report
 from udacisense.search.report.format import (
     fmt_acc,
@@ -43,7 +28,22 @@ from udacisense.search.report.format import (
     fmt_ratio_ci,
     fmt_verdict,
 )
-from udacisense.search.study import load_study
+from udacisense.search.results.front import pareto_trials, trials_table
+from udacisense.search.results.hypervolume import HV_REFERENCE, _hypervolume_slices, hypervolume
+from udacisense.search.study.baseline_profile import BaselineProfile
+from udacisense.search.study.config import load_study
+from udacisense.search.study.records import (
+    DIRECTIONS,
+    OBJECTIVE_NAMES,
+    Attr,
+    FalseStops,
+    FalseStopTrial,
+    StudyAttr,
+    StudyRecord,
+    queued_attrs,
+    store_study,
+)
+from udacisense.search.study.trial_record import TrialRecord
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -199,7 +199,7 @@ def test_report_from_a_synthetic_study(tmp_path: Path) -> None:
     # stop (which happens with early stopping off too) and the rejected order count for nothing.
     assert ("Early stopping stopped 2 trial(s): 1 before training (estimated to miss the size or latency target), "
             "1 during training (accuracy hopeless) and 0 halved (outranked where successive halving looked, 1/3 going on; "
-            "see `search/halving.py`). Estimated compute saved: **50 s**, the 7 fine-tune epoch(s)") in markdown
+            "see `search/trial/halving.py`). Estimated compute saved: **50 s**, the 7 fine-tune epoch(s)") in markdown
     assert "| stopped early during training (accuracy hopeless) | 1 | 6 s | 4 | 26 s |" in markdown
     assert "| stopped before training (estimated to miss the size or latency target) | 1 | 0 s | 3 | 24 s |" in markdown
     assert "Not savings of early stopping: 1 trial(s) stopped after training" in markdown

@@ -16,12 +16,14 @@ from udacisense.compression.graph import lower
 from udacisense.compression.quantization import _ptq_pt2e
 from udacisense.compression.stage import CompressedModel, ModelForm
 from udacisense.evaluators.structure import Structure, structure_of
-from udacisense.search.front import front_tables, pareto_trials
-from udacisense.search.hypervolume import hypervolume_of_first
-from udacisense.search.portfolio import check_portfolio, enqueue_portfolio, enqueue_promotions, needs_no_student
-from udacisense.search.records import Attr, Fidelity, TrialRecord, queued_attrs, records
-from udacisense.search.runner import run_search
-from udacisense.search.screening import (
+from udacisense.search.results.front import front_tables, pareto_trials
+from udacisense.search.results.hypervolume import hypervolume_of_first
+from udacisense.search.study.config import load_study
+from udacisense.search.study.records import Attr, Fidelity, queued_attrs
+from udacisense.search.study.storage import open_study
+from udacisense.search.study.trial_record import TrialRecord, records
+from udacisense.search.trial.portfolio import check_portfolio, enqueue_portfolio, enqueue_promotions, needs_no_student
+from udacisense.search.trial.screening import (
     CostModel,
     ScreeningRule,
     ScreeningSummary,
@@ -29,8 +31,7 @@ from udacisense.search.screening import (
     estimate,
     promotions,
 )
-from udacisense.search.storage import open_study
-from udacisense.search.study import load_study
+from udacisense.search.workers.runner import run_search
 
 RULE = ScreeningRule(latency_margin=0.1, accuracy_margin=0.0)
 
@@ -144,7 +145,7 @@ def test_the_summary_counts_fidelity_memo_hits_and_the_cost_model_s_error() -> N
 
 def test_a_screened_trial_reaches_neither_the_front_nor_the_export_nor_the_report(tmp_path: Path, capsys) -> None:
     from udacisense.search.cli import main
-    from udacisense.search.export import export_trial
+    from udacisense.search.results.export import export_trial
 
     path = _synthetic_study(tmp_path)
     config = load_study(path)

@@ -20,16 +20,17 @@ from udacisense.evaluators.intervals import pack_correct
 from udacisense.models.config import ModelConfig
 from udacisense.models.mobilenet import build_model
 from udacisense.runtime import Delegation
-from udacisense.search.budget import budget_left, is_surplus
-from udacisense.search.early_stopping import AccuracyMonitor, StopRule, point_of, stop_rule_for
-from udacisense.search.export import delegation_line
-from udacisense.search.feasibility import footprint, infeasibility
-from udacisense.search.front import pareto_trials, pick, trials_table
-from udacisense.search.hypervolume import hypervolume, hypervolume_of_first
-from udacisense.search.phases import PhaseClock
-from udacisense.search.records import StopReason, TrialRecord
-from udacisense.search.runner import WorkerPlan, plan_workers, requeue
-from udacisense.search.study import TargetsConfig, load_study
+from udacisense.search.results.export import delegation_line
+from udacisense.search.results.front import pareto_trials, pick, trials_table
+from udacisense.search.results.hypervolume import hypervolume, hypervolume_of_first
+from udacisense.search.study.budget import budget_left, is_surplus
+from udacisense.search.study.config import TargetsConfig, load_study
+from udacisense.search.study.records import StopReason
+from udacisense.search.study.trial_record import TrialRecord
+from udacisense.search.trial.early_stopping import AccuracyMonitor, StopRule, point_of, stop_rule_for
+from udacisense.search.trial.feasibility import footprint, infeasibility
+from udacisense.search.trial.phases import PhaseClock
+from udacisense.search.workers.runner import WorkerPlan, plan_workers, requeue
 from udacisense.spaces.distributions import Choice, IntRange
 from udacisense.spaces.sampling import orders, sample_pipeline
 from udacisense.spaces.space import SpaceConfig

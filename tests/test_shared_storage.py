@@ -15,10 +15,10 @@ from tests.conftest import REPO, TORCHSCRIPT_ARTIFACTS, cli_command
 from udacisense.common.errors import UserError
 from udacisense.common.files import sha256_of
 from udacisense.search.cli import main
-from udacisense.search.local_postgres import create_database, drop_database, postgres_bin, postgres_server
-from udacisense.search.records import TrialRecord
-from udacisense.search.storage import open_storage, open_study
-from udacisense.search.study import load_study
+from udacisense.search.study.config import load_study
+from udacisense.search.study.local_postgres import create_database, drop_database, postgres_bin, postgres_server
+from udacisense.search.study.storage import open_storage, open_study
+from udacisense.search.study.trial_record import TrialRecord
 
 needs_postgres = pytest.mark.skipif(postgres_bin() is None, reason="needs Debian's postgresql (scripts/test installs it)")
 

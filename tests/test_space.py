@@ -17,7 +17,7 @@ from tests.conftest import REPO
 from udacisense.common.errors import UserError
 from udacisense.common.schema import check_bounds, limits, written_form
 from udacisense.compression.pipeline import Pipeline
-from udacisense.search.study import load_study, parse_study
+from udacisense.search.study.config import load_study, parse_study
 from udacisense.spaces.distributions import Choice, FloatRange, IntRange, StageField
 from udacisense.spaces.families import FAMILIES, FAMILY_OF_KIND
 from udacisense.spaces.sampling import orders, sample_pipeline

@@ -9,9 +9,9 @@ import optuna
 import pytest
 
 from udacisense.common.errors import UserError
-from udacisense.search.records import StudyAttr, store_study
-from udacisense.search.storage import check_settings, study_settings
-from udacisense.search.study import load_study
+from udacisense.search.study.config import load_study
+from udacisense.search.study.records import StudyAttr, store_study
+from udacisense.search.study.storage import check_settings, study_settings
 from udacisense.spaces.distributions import Choice
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"

@@ -11,8 +11,8 @@ import pytest
 
 from tests.conftest import SHARED_ARCHIVE
 from udacisense.search.cli import main
-from udacisense.search.storage import open_study
-from udacisense.search.study import load_study
+from udacisense.search.study.config import load_study
+from udacisense.search.study.storage import open_study
 
 pytestmark = pytest.mark.skipif(not SHARED_ARCHIVE.is_file(), reason="needs ../shared/data/cifar10-jpeg.tar.gz")
 

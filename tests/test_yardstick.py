@@ -4,7 +4,6 @@ parity as a constraint, targets never ignored. Real tiny models, real artifacts,
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 import optuna
@@ -23,13 +22,14 @@ from udacisense.models.config import ModelConfig
 from udacisense.models.mobilenet import build_model
 from udacisense.models.students import StudentsConfig, StudentShelf
 from udacisense.runtime import executorch_bytes, executorch_threads, load_runner, request_executorch_threads
-from udacisense.search.baseline_profile import BaselineProfile
-from udacisense.search.export import export_trial, read_card, retime_front
-from udacisense.search.front import missed_targets, pareto_trials, pick, trials_table
-from udacisense.search.objective import TrialRunner
-from udacisense.search.runner import sampler_while_students_train, train_students, untrained_students
-from udacisense.search.study import TargetsConfig, parse_study
-from udacisense.search.workspace import Workspace, baseline_artifact, first_test_image
+from udacisense.search.results.export import export_trial, read_card, retime_front
+from udacisense.search.results.front import missed_targets, pareto_trials, pick, trials_table
+from udacisense.search.study.baseline_profile import BaselineProfile
+from udacisense.search.study.config import TargetsConfig, parse_study
+from udacisense.search.study.workspace import Workspace, baseline_artifact, first_test_image
+from udacisense.search.trial.early_stopping import stop_if_below_floor
+from udacisense.search.trial.objective import TrialRunner
+from udacisense.search.workers.runner import sampler_while_students_train, train_students, untrained_students
 from udacisense.spaces.distributions import Choice, IntRange
 from udacisense.spaces.sampling import sample_pipeline
 from udacisense.spaces.space import SpaceConfig
@@ -105,7 +105,7 @@ def _run_trial(study: optuna.Study, runner: TrialRunner, model: CompressedModel,
     trial.set_user_attr("runtime", runtime)
     trial.set_user_attr("backend", backend)
     trial.set_user_attr("pipeline", f"{runtime} {backend}")
-    values = runner._measure(trial, model, runtime, time.perf_counter())
+    values = runner._measure(trial, model, runtime)
     study.tell(trial, values)
     return trial.number
 
@@ -142,7 +142,7 @@ def test_knee_and_fastest_return_the_absolutely_fastest_artifact(workspace, mixe
     baseline_val = workspace.profile.val_top1
     table = trials_table(pareto_trials(trials), TargetsConfig(**LOOSE), baseline_val)
     assert pick(table, "knee", TARGETS) == pte.number
-    retimed = retime_front(table, mixed_study, _runner(workspace))
+    retimed = retime_front(table, mixed_study, _runner(workspace).yardstick)
     assert retimed["retimed"].all() and pick(retimed, "knee", TARGETS) == pte.number
     # `fastest` needs a point meeting the targets: an int8 .pte of this tiny model is about as fast as the
     # float .pte (ratio ~1, within noise), so the same artifacts are measured on a TorchScript yardstick too.
@@ -170,7 +170,7 @@ def test_a_parity_failure_keeps_no_artifact_and_is_infeasible(workspace, tmp_pat
     with pytest.raises(UserError, match="parity"):
         pick(table, "knee", TARGETS)
     with pytest.raises(UserError, match="parity"):
-        export_trial(runner.workspace, study, number, tmp_path / "export", runner)
+        export_trial(runner.workspace, study, number, tmp_path / "export", runner.yardstick)
     assert not (tmp_path / "export").exists()
 
 
@@ -182,7 +182,7 @@ def test_an_export_failing_parity_leaves_no_folder(workspace, mixed_study, tmp_p
     try:
         torch.save(torch.randn(len(workspace.data.test), 4), reference)  # logits the artifact cannot match
         with pytest.raises(UserError, match="disagrees"):
-            export_trial(workspace, mixed_study, trial.number, tmp_path / "export", runner)
+            export_trial(workspace, mixed_study, trial.number, tmp_path / "export", runner.yardstick)
     finally:
         reference.write_bytes(original)
     assert not any(tmp_path.iterdir())  # neither the folder nor its temporary twin
@@ -200,7 +200,7 @@ def test_an_export_without_a_feasible_point_says_so_and_records_it(workspace, mi
     paragraph = missed_targets(table, chosen, TargetsConfig(**tight), workspace.profile.val_top1)
     assert paragraph is not None and paragraph.startswith("No point on the Pareto front meets all targets.")
     assert "meets_targets = false" in paragraph
-    result = export_trial(runner.workspace, mixed_study, chosen, tmp_path / "export", runner)
+    result = export_trial(runner.workspace, mixed_study, chosen, tmp_path / "export", runner.yardstick)
     assert not result.meets_targets and result.constraints["latency"] > 0
     card, parity = read_card(result.artifact), result.parity  # `verify` itself: tests/test_read_only.py
     assert card["targets"]["meets_targets"] is False and card["targets"]["constraints"]["size"] > 0
@@ -214,12 +214,12 @@ def test_a_trial_clearly_below_the_floor_stops_before_lowering(workspace) -> Non
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     trial = study.ask()
     with pytest.raises(optuna.TrialPruned, match="not lowered"):
-        runner._stop_if_below_floor(trial, runner.floor - margin - 0.01)
+        stop_if_below_floor(trial, runner.floor - margin - 0.01, runner.floor, margin)
     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     stopped = study.trials[0]
     assert stopped.user_attrs["stage"] == "below-floor" and stopped.constraints["accuracy"] > margin
     # Within the margin the artifact may still reach the floor (int8 moves accuracy a little): it is measured.
-    runner._stop_if_below_floor(study.ask(), runner.floor - margin / 2)
+    stop_if_below_floor(study.ask(), runner.floor - margin / 2, runner.floor, margin)
 
 
 def test_a_trial_that_picks_a_narrower_student_starts_from_the_shelf(workspace, tmp_path) -> None:

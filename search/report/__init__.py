@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from udacisense.common.files import write_text
-from udacisense.search.records import StudyRecord
-from udacisense.search.report.facts import early_stopping_savings, hypervolume_history, load_inputs, phase_totals, stage_steps
+from udacisense.search.report.facts import load_inputs, stage_steps
 from udacisense.search.report.figures import (
     FIGURES,
     plot_hypervolume,
@@ -27,16 +26,11 @@ from udacisense.search.report.figures import (
     plot_waterfall,
 )
 from udacisense.search.report.html import markdown_to_html
-from udacisense.search.report.sections import (
-    recommendations,
-    section_baseline,
-    section_chosen,
-    section_deployment,
-    section_search,
-    section_summary,
-    section_techniques,
-)
-from udacisense.search.study import StudyConfig
+from udacisense.search.report.search_sections import recommendations, section_search
+from udacisense.search.report.sections import section_baseline, section_chosen, section_deployment, section_summary, section_techniques
+from udacisense.search.report.trial_facts import early_stopping_savings, hypervolume_history, phase_totals
+from udacisense.search.study.config import StudyConfig
+from udacisense.search.study.records import StudyRecord
 
 __all__ = ["FIGURES", "ReportResult", "write_report"]
 

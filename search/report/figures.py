@@ -15,18 +15,11 @@ from udacisense.common.files import atomic_path
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from udacisense.search.front import TIMINGS
-from udacisense.search.hypervolume import HV_REFERENCE
-from udacisense.search.records import TrialRecord
-from udacisense.search.report.facts import (
-    Inputs,
-    PhaseTotal,
-    chosen_facts,
-    class_comparison,
-    family,
-    operator_latency_fit,
-    operator_trials,
-)
+from udacisense.search.report.facts import Inputs, chosen_facts, class_comparison
+from udacisense.search.report.trial_facts import PhaseTotal, family, operator_latency_fit, operator_trials
+from udacisense.search.results.front import TIMINGS
+from udacisense.search.results.hypervolume import HV_REFERENCE
+from udacisense.search.study.trial_record import TrialRecord
 
 FIGURES = {
     "pareto": "pareto_projections.png",

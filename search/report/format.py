@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 
 def fmt_acc(value: float) -> str:
@@ -104,3 +105,28 @@ def md_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[st
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
     return lines + [""]
 
+
+def or_nan(value: float | None) -> float:
+    """A measurement a trial may lack, as NaN for formatting."""
+    return float("nan") if value is None else value
+
+
+def or_na(value: object) -> object:
+    return "n/a" if value is None else value
+
+
+def or_blank(value: object) -> object:
+    return "" if value is None else value
+
+
+def fmt_bytes_exact(value: float | None) -> str:
+    return "n/a" if value is None else f"{fmt_bytes(value)} ({fmt_int(value)} B)"
+
+
+def stored_interval(value: Any) -> list[float] | None:
+    """A stored interval (a [low, high] list), or None where a row has none."""
+    return value if isinstance(value, list) else None
+
+
+def fmt_ms_or_na(value: float | None) -> str:
+    return "n/a" if value is None else fmt_ms(value)

@@ -25,14 +25,15 @@ from udacisense.common.files import atomic_dir, sha256_of, write_json
 from udacisense.datasources import cifar100, imagefolder
 from udacisense.datasources.loaders import BatchLoader, DataBundle, Split
 from udacisense.evaluators.accuracy import accuracy_from_logits, predict_logits
+from udacisense.evaluators.evidence import verdict
 from udacisense.evaluators.latency import BlockedComparison
 from udacisense.evaluators.parity import ParityReport, ParityRule, compare_logits
 from udacisense.runtime import ARTIFACT_SUFFIX, Backend, LoweredRuntime, deployment_label, executorch_threads, load_runner
-from udacisense.search.evidence import verdict
-from udacisense.search.front import mark_targets, public_rows, write_front
-from udacisense.search.objective import TrialRunner
-from udacisense.search.records import StudyAttr, TrialRecord, store_study
-from udacisense.search.workspace import Workspace
+from udacisense.search.results.front import mark_targets, public_rows, write_front
+from udacisense.search.study.records import StudyAttr, store_study
+from udacisense.search.study.trial_record import TrialRecord
+from udacisense.search.study.workspace import Workspace
+from udacisense.search.trial.measuring import Yardstick, target_constraints
 
 CARD_NAME = "model_card.json"
 REFERENCE_NAME = "reference_logits.pt"
@@ -70,8 +71,8 @@ def check_parity(artifact: Path, runtime: LoweredRuntime, backend: Backend | Non
     return parity, accuracy_from_logits(logits, labels, num_classes).top1
 
 
-def _trial_rule(record: TrialRecord, runner: TrialRunner) -> ParityRule:
-    return runner.parity_rule(quantized=record.backend is not None)
+def _trial_rule(record: TrialRecord, yardstick: Yardstick) -> ParityRule:
+    return yardstick.parity_rule(quantized=record.backend is not None)
 
 
 def artifact_problem(record: TrialRecord) -> str | None:
@@ -86,9 +87,9 @@ def artifact_problem(record: TrialRecord) -> str | None:
     return None
 
 
-def retime_front(front: pd.DataFrame, study: optuna.Study, runner: TrialRunner) -> pd.DataFrame:
+def retime_front(front: pd.DataFrame, study: optuna.Study, yardstick: Yardstick) -> pd.DataFrame:
     """The front with every exportable candidate timed again against the reference in independent blocks
-    (``TrialRunner.time_in_blocks``): picks rest on these figures and their interval across blocks, not on
+    (``Yardstick.time_in_blocks``): picks rest on these figures and their interval across blocks, not on
     one short trial measurement.
 
     ``retimed`` says which rows were; ``retime_note`` says why each other row was not (it keeps the
@@ -105,13 +106,13 @@ def retime_front(front: pd.DataFrame, study: optuna.Study, runner: TrialRunner) 
             continue
         artifacts[cast(int, index)] = (cast(Path, record.artifact_path).read_bytes(), cast(LoweredRuntime, record.runtime),
                                        record.backend)
-    for index, timing in runner.time_in_blocks(artifacts).items():
+    for index, timing in yardstick.time_in_blocks(artifacts).items():
         # p10/p90 were deciles of rounds within one run: the interval across blocks replaces them.
         retimed.loc[index, ["latency_ms", "reference_latency_ms", "latency_ratio", "latency_ratio_p10", "latency_ratio_p90",
                             "latency_blocks", "retimed"]] = [timing.candidate_ms, timing.reference_ms, timing.ratio.ratio,
                                                              None, None, timing.ratio.blocks, True]
         retimed.at[index, "latency_ratio_ci95"] = None if timing.ratio.interval is None else list(timing.ratio.interval)
-    workspace = runner.workspace
+    workspace = yardstick.workspace
     return mark_targets(retimed, workspace.study.targets, workspace.profile.val_top1)
 
 
@@ -126,7 +127,7 @@ def keep_retimed_front(study: optuna.Study, front: pd.DataFrame, everything: pd.
 
 
 def export_trial(workspace: Workspace, study: optuna.Study, trial_number: int, out_dir: Path,
-                 runner: TrialRunner, picked_by: str | None = None) -> ExportResult:
+                 yardstick: Yardstick, picked_by: str | None = None) -> ExportResult:
     """Copy, re-check and re-time one trial's artifact into ``out_dir`` with its model card.
 
     ``picked_by`` says how the trial was chosen (a pick policy on the re-timed front); ``None`` means
@@ -154,7 +155,7 @@ def export_trial(workspace: Workspace, study: optuna.Study, trial_number: int, o
                         "re-run the search for that configuration; never ship an artifact that fails its checksum.")
     source = cast(Path, record.artifact_path)
     runtime, backend = cast(LoweredRuntime, record.runtime), record.backend
-    rule = _trial_rule(record, runner)
+    rule = _trial_rule(record, yardstick)
     with atomic_dir(out_dir) as folder:
         artifact = folder / f"model{ARTIFACT_SUFFIX[runtime]}"
         shutil.copyfile(source, artifact)
@@ -162,8 +163,8 @@ def export_trial(workspace: Workspace, study: optuna.Study, trial_number: int, o
         shutil.copyfile(source.parent / REFERENCE_NAME, reference)
         parity, test_top1 = check_parity(artifact, runtime, backend, reference, rule, workspace.data.loader("test"),
                                          len(workspace.data.classes))
-        latency = runner.time_in_blocks({record.number: (artifact.read_bytes(), runtime, backend)})[record.number]
-        card, constraints = _card(workspace, record, artifact, reference, parity, rule, test_top1, latency, runner,
+        latency = yardstick.time_in_blocks({record.number: (artifact.read_bytes(), runtime, backend)})[record.number]
+        card, constraints = _card(workspace, record, artifact, reference, parity, rule, test_top1, latency, yardstick,
                                   picked_by)
         write_json(folder / CARD_NAME, card)
     # With the study too: `report` reads the export's figures from the storage on any machine.
@@ -182,18 +183,14 @@ def delegation_line(delegation: dict) -> str:
 
 
 def _card(workspace: Workspace, record: TrialRecord, artifact: Path, reference: Path, parity: ParityReport,
-          rule: ParityRule, test_top1: float, latency: BlockedComparison, runner: TrialRunner,
+          rule: ParityRule, test_top1: float, latency: BlockedComparison, yardstick: Yardstick,
           picked_by: str | None) -> tuple[dict, dict[str, float]]:
     data, profile, study = workspace.data, workspace.profile, workspace.study
     runtime, backend = record.runtime, record.backend
     targets, reference_runtime = study.targets, study.evaluation.reference_runtime
     max_latency, max_size = 1 - targets.latency_reduction, 1 - targets.size_reduction
-    constraints = {
-        "accuracy": runner.floor - record.val_accuracy,
-        "size": record.size_ratio - max_size,
-        "latency": latency.ratio.ratio - max_latency,
-        "parity": rule.shortfall(parity),
-    }
+    constraints = target_constraints(targets, yardstick.floor, record.val_accuracy, latency.ratio.ratio, record.size_ratio,
+                                     rule.shortfall(parity))
     test = record.evidence("test")
     verdicts = {
         "accuracy": None if test is None else verdict(test.drop, test.drop_ci95, targets.max_accuracy_drop),
@@ -224,7 +221,7 @@ def _card(workspace: Workspace, record: TrialRecord, artifact: Path, reference: 
         "targets": {
             "meets_targets": all(value <= 0 for value in constraints.values()),
             "constraints": constraints,  # <= 0 meets the target
-            "accuracy_floor": runner.floor, "max_size_ratio": max_size, "max_latency_ratio": max_latency,
+            "accuracy_floor": yardstick.floor, "max_size_ratio": max_size, "max_latency_ratio": max_latency,
             "max_accuracy_drop": targets.max_accuracy_drop,
             # Per target: "met" (the whole 95% interval inside the allowance), "point estimate only", or "missed";
             # accuracy on the paired test drop (test images never select), latency across timing blocks.

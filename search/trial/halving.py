@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from udacisense.search.records import dominates_in_losses
+from udacisense.search.study.records import dominates_in_losses
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 import optuna
 
-from udacisense.search.budget import finished_in_budget
-from udacisense.search.records import HV_REFERENCE, OBJECTIVES, TrialRecord, as_losses
+from udacisense.search.study.budget import finished_in_budget
+from udacisense.search.study.records import HV_REFERENCE, OBJECTIVES, as_losses
+from udacisense.search.study.trial_record import TrialRecord
 
 
 def _hypervolume_slices(points: np.ndarray, reference: np.ndarray) -> float:

@@ -20,14 +20,15 @@ from tqdm.auto import tqdm
 from udacisense.common.errors import UserError, trial_problem
 from udacisense.common.logs import quiet_libraries
 from udacisense.models.students import StudentArchitecture
-from udacisense.search.budget import budget_left, is_wasted_sample
-from udacisense.search.objective import TrialRunner
-from udacisense.search.portfolio import check_portfolio, enqueue_portfolio, enqueue_promotions, needs_no_student
-from udacisense.search.records import UNSPENT, Attr, TrialRecord, queued_attrs, records
-from udacisense.search.screening import ScreeningRule, ScreeningSummary
-from udacisense.search.storage import artifact_store, open_study
-from udacisense.search.study import SearchConfig, StudyConfig, load_study
-from udacisense.search.workspace import Workspace, open_workspace
+from udacisense.search.study.budget import budget_left, is_wasted_sample
+from udacisense.search.study.config import SearchConfig, StudyConfig, load_study
+from udacisense.search.study.records import UNSPENT, Attr, queued_attrs
+from udacisense.search.study.storage import artifact_store, open_study
+from udacisense.search.study.trial_record import TrialRecord, records
+from udacisense.search.study.workspace import Workspace, open_workspace
+from udacisense.search.trial.objective import TrialRunner
+from udacisense.search.trial.portfolio import check_portfolio, enqueue_portfolio, enqueue_promotions, needs_no_student
+from udacisense.search.trial.screening import ScreeningRule, ScreeningSummary
 from udacisense.spaces.families import STUDENT_WIDTH
 
 TrialState = optuna.trial.TrialState

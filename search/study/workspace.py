@@ -15,8 +15,8 @@ from udacisense.evaluators.profile import profile_float_model
 from udacisense.models.baseline import Baseline, ensure_baseline
 from udacisense.models.students import StudentShelf
 from udacisense.runtime import ARTIFACT_SUFFIX, LoweredRuntime, artifact_bytes, request_executorch_threads
-from udacisense.search.baseline_profile import FILE_NAME, BaselineProfile
-from udacisense.search.study import StudyConfig
+from udacisense.search.study.baseline_profile import FILE_NAME, BaselineProfile
+from udacisense.search.study.config import StudyConfig
 
 
 @dataclass(frozen=True)

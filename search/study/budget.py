@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import optuna
 
-from udacisense.search.records import UNSPENT, Attr, StopReason, TrialRecord
+from udacisense.search.study.records import UNSPENT, Attr, StopReason, record_stop
+from udacisense.search.study.trial_record import TrialRecord
 
 TrialState = optuna.trial.TrialState
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL, TrialState.WAITING)
@@ -76,3 +77,14 @@ def is_surplus(study: optuna.Study, number: int, n_trials: int) -> bool:
     ``n_trials`` counted trials by number are the budget's, and every worker agrees on the rest.
     """
     return len([t for t in counted_trials(study.get_trials(deepcopy=False)) if t.number < number]) >= n_trials
+
+
+def stop_if_not_needed(trial: optuna.Trial, pipeline_key: str, promoted_from: int | None, budget: int | None) -> None:
+    """Stop a sample that must run no compute: a duplicate of a configuration the study holds (a promotion
+    duplicates its screened original by design), or one beyond the trial budget."""
+    original = duplicate_of(trial.study, trial.number, trial.params, pipeline_key, exempt=promoted_from)
+    if original is not None:
+        raise record_stop(trial, StopReason.DUPLICATE, f"duplicate of trial {original}: not run again")
+    if budget is not None and is_surplus(trial.study, trial.number, budget):
+        # Another worker took the last trial of the budget at the same moment: run nothing.
+        raise record_stop(trial, StopReason.OVER_BUDGET, f"over budget: {budget} trials were already taken by other workers")

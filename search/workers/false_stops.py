@@ -17,22 +17,13 @@ from typing import Any
 
 import optuna
 
-from udacisense.search.baseline_profile import FILE_NAME, BaselineProfile
-from udacisense.search.objective import trial_seed
-from udacisense.search.records import (
-    Attr,
-    FalseStops,
-    FalseStopTrial,
-    StopReason,
-    StudyAttr,
-    TrialRecord,
-    queued_attrs,
-    records,
-    store_study,
-)
-from udacisense.search.runner import run_search
-from udacisense.search.storage import open_study
-from udacisense.search.study import StudyConfig, load_study
+from udacisense.search.study.baseline_profile import FILE_NAME, BaselineProfile
+from udacisense.search.study.config import StudyConfig, load_study
+from udacisense.search.study.records import Attr, FalseStops, FalseStopTrial, StopReason, StudyAttr, queued_attrs, store_study
+from udacisense.search.study.storage import open_study
+from udacisense.search.study.trial_record import TrialRecord, records
+from udacisense.search.trial.objective import trial_seed
+from udacisense.search.workers.runner import run_search
 
 # Runs the sibling study's queued replays: (study file, overrides that make it the sibling) -> anything.
 RunReplays = Callable[[str, Mapping[str, Any]], object]

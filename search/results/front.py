@@ -20,17 +20,13 @@ import torch
 
 from udacisense.common.errors import UserError
 from udacisense.common.files import atomic_path, write_json, write_text
-from udacisense.search.evidence import SplitEvidence, resolvable_difference, verdict
-from udacisense.search.records import TrialRecord, as_losses, dominates_in_losses
-from udacisense.search.study import TargetsConfig
+from udacisense.evaluators.evidence import SplitEvidence, resolvable_difference, verdict
+from udacisense.search.study.config import TargetsConfig
+from udacisense.search.study.records import dominates
+from udacisense.search.study.trial_record import TrialRecord
 
 Policy = Literal["knee", "smallest", "fastest", "most-accurate"]
 POLICIES: tuple[str, ...] = ("knee", "smallest", "fastest", "most-accurate")
-
-
-def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
-    """``a`` is no worse than ``b`` in every objective and better in one (directions from ``records.OBJECTIVES``)."""
-    return dominates_in_losses(as_losses(list(a)), as_losses(list(b)))
 
 
 def pareto_trials(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import optuna
 import torch
 from torch import nn
 
@@ -17,6 +18,7 @@ from udacisense.compression.pipeline import Pipeline
 from udacisense.compression.quantization import DynamicQuantConfig, QATConfig, StaticQuantConfig
 from udacisense.compression.stage import CompressedModel, StageContext, apply_stage
 from udacisense.evaluators.flops import count_flops
+from udacisense.search.study.records import Attr, StopReason, record_stop, store
 from udacisense.spaces.families import FAMILIES
 from udacisense.training import TrainConfig
 
@@ -72,3 +74,12 @@ def infeasibility(candidate: Footprint, baseline: Footprint, max_size_ratio: flo
     if not candidate.quantized and flops_ratio > max_latency_ratio * slack:
         return f"FLOPs ratio {flops_ratio:.2f} of a float model misses the latency target {max_latency_ratio:.2f}"
     return None
+
+
+def stop_if_infeasible(trial: optuna.Trial, candidate: Footprint, baseline: Footprint, max_size_ratio: float,
+                       max_latency_ratio: float) -> None:
+    """Store the candidate's footprint (halving ranks on it) and stop it before training when it cannot meet a target."""
+    store(trial, {Attr.ESTIMATED_FLOPS: candidate.flops, Attr.ESTIMATED_WEIGHT_BYTES: candidate.weight_bytes})
+    reason = infeasibility(candidate, baseline, max_size_ratio, max_latency_ratio)
+    if reason:
+        raise record_stop(trial, StopReason.BEFORE_TRAINING, f"stopped before training: {reason}")

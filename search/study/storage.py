@@ -15,8 +15,8 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from udacisense.common.errors import UserError
 from udacisense.common.schema import written_form
 from udacisense.evaluators.exclusive import exclusive
-from udacisense.search.records import DIRECTIONS, OBJECTIVE_NAMES, StudyAttr, StudyRecord, store_study
-from udacisense.search.study import StudyConfig
+from udacisense.search.study.config import StudyConfig
+from udacisense.search.study.records import DIRECTIONS, OBJECTIVE_NAMES, StudyAttr, StudyRecord, store_study
 
 # Paths and download switches move with a checkout without changing what a trial measures.
 _UNCOMPARED = frozenset({"data.root", "data.archive", "data.download", "model.weights_file"})

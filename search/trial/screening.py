@@ -31,12 +31,14 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
+import optuna
+from optuna.trial import TrialState
 from scipy.optimize import nnls
 
 from udacisense.evaluators.structure import Structure
-from udacisense.search.front import dominates
-from udacisense.search.records import Fidelity, TrialRecord
-from udacisense.search.study import SearchConfig
+from udacisense.search.study.config import SearchConfig
+from udacisense.search.study.records import Attr, Fidelity, dominates, store
+from udacisense.search.study.trial_record import TrialRecord, records
 
 Source = Literal["memo", "model"]
 # Below this many measured trials of a runtime and form, the cost model has too little to fit: lower everything.
@@ -213,6 +215,28 @@ def could_matter(candidate: Estimate, structure: Structure, history: Sequence[Tr
                                           and r.val_accuracy >= candidate.val_top1_high for r in rivals):
         return False
     return not any(dominates(r.values, candidate.optimistic) for r in rivals)
+
+
+def screen(trial: optuna.Trial, structure: Structure, model_val_top1: float, runtime: str, quantized: bool,
+           search: SearchConfig, promoted_from: int | None) -> Estimate | None:
+    """Estimate the would-be artifact's objectives from the study's completed trials and store them beside its
+    structure; return the estimate when the candidate is screened (recorded on estimates, never lowered): screening
+    is on, it is no promotion, and it could not join the measured front."""
+    history = records(trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    estimated = estimate(structure, model_val_top1, runtime, quantized, history, ScreeningRule.of(search))
+    store(trial, {Attr.STRUCTURE: structure.as_dict(), Attr.ESTIMATE: None if estimated is None else estimated.as_dict()})
+    if estimated is None or not search.screening or promoted_from is not None or could_matter(estimated, structure, history):
+        return None
+    return estimated
+
+
+def record_screened(trial: optuna.Trial, estimated: Estimate, constraints: dict[str, float]) -> tuple[float, float, float]:
+    """A screened candidate keeps its estimated objectives and constraints (so the sampler learns from it),
+    fidelity "estimated", no artifact and no target verdict."""
+    for key, value in constraints.items():
+        trial.set_constraint(key, value)
+    store(trial, {Attr.FIDELITY: Fidelity.ESTIMATED.value, Attr.CONSTRAINTS: constraints})
+    return estimated.values
 
 
 def promotions(history: Sequence[TrialRecord], rule: ScreeningRule) -> list[TrialRecord]:

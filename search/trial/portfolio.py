@@ -7,8 +7,9 @@ from collections.abc import Callable, Mapping, Sequence
 import optuna
 
 from udacisense.common.errors import UserError
-from udacisense.search.records import Attr, queued_attrs, records
-from udacisense.search.screening import ScreeningRule, promotions
+from udacisense.search.study.records import Attr, queued_attrs
+from udacisense.search.study.trial_record import records
+from udacisense.search.trial.screening import ScreeningRule, promotions
 from udacisense.spaces.families import STUDENT_WIDTH
 from udacisense.spaces.sampling import sample_pipeline
 from udacisense.spaces.space import SpaceConfig

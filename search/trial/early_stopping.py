@@ -24,8 +24,9 @@ from typing import Any
 
 import optuna
 
-from udacisense.search.halving import Competitor, is_rung, rank
-from udacisense.search.records import Attr, StopReason, TrialRecord, record_stop, store
+from udacisense.search.study.records import Attr, StopReason, record_stop, store
+from udacisense.search.study.trial_record import TrialRecord
+from udacisense.search.trial.halving import Competitor, is_rung, rank
 
 # Where a measurement was taken: (stage kind, stages of that kind before it in the pipeline,
 # fine-tune epoch within the stage or None at its end).
@@ -198,3 +199,14 @@ class AccuracyMonitor:
             message = (f"halved after fine-tune epoch {epoch + 1} of {self.epochs[self.stage]} of stage {self.stage + 1} "
                        f"{self.kinds[self.stage]} (val top-1 {accuracy:.3f}): {ranking.describe(self.halving_rate)}")
             raise record_stop(self.trial, StopReason.HALVED, message)
+
+
+def stop_if_below_floor(trial: optuna.Trial, val_top1: float, floor: float, margin: float) -> None:
+    """Stop a trained model more than ``margin`` below the accuracy floor. The artifact's accuracy follows its
+    PyTorch model's within the parity rule (a point or so for int8), so such a model cannot ship: lowering it
+    only costs time."""
+    if val_top1 < floor - margin:
+        trial.set_constraint("accuracy", floor - val_top1)
+        raise record_stop(trial, StopReason.BELOW_FLOOR,
+                          f"val top-1 {val_top1:.3f} after the last stage is more than {margin:.2f} below the "
+                          f"accuracy floor {floor:.3f}: infeasible whatever its size, so not lowered")

@@ -21,7 +21,7 @@ import torch
 from udacisense.common.errors import UserError
 from udacisense.common.files import write_json
 from udacisense.evaluators.intervals import unpack_correct
-from udacisense.search.records import StudyAttr, StudyRecord, optional_int, store_study
+from udacisense.search.study.records import StudyAttr, StudyRecord, optional_int, store_study
 
 FILE_NAME = "metrics.json"
 
