@@ -19,8 +19,10 @@ from udacisense.models.lean import Activation, describe_lean, lean_network, sque
 from udacisense.training import TrainConfig
 
 SqueezeExciteMode = Literal["keep", "remove", "least-costly"]
-# MobileNetV3-Small's counts: squeeze-excite blocks, and blocks whose removal keeps every shape (6 at
-# width 0.75 and up; 7 below, where rounding to multiples of 8 gives block 7's 40 -> 48 channels one width).
+# Limits valid for both MobileNetV3s. Squeeze-excite blocks: the most either has (Small 9, Large 8); a
+# model with fewer keeps them all. Blocks whose removal keeps every shape: Small's count, the fewer (6
+# at width 0.75 and up; 7 below, where rounding to multiples of 8 gives block 7's 40 -> 48 channels one
+# width; Large has 10), beyond which `lean_network` refuses a Small.
 SQUEEZE_EXCITE_BLOCKS = 9
 SHAPE_KEEPING_BLOCKS = 7
 

@@ -1,8 +1,8 @@
 """Knowledge distillation: a student learns from the teacher's softened outputs as well as the labels.
 
 The student is either the current model (recovering accuracy lost by earlier stages) or a narrower
-MobileNetV3-Small that replaces it: one already distilled over the full schedule when the context
-has a shelf of students (the search), else a fresh one.
+network of the teacher's architecture that replaces it: one already distilled over the full schedule
+when the context has a shelf of students (the search), else a fresh one.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from udacisense.common.errors import UserError
 from udacisense.common.schema import bounded, check_bounds
 from udacisense.compression.finetune import finetune
 from udacisense.compression.stage import CompressedModel, ModelForm, Signature, StageContext, register_stage, require_form
+from udacisense.models.mobilenet import arch_of
 from udacisense.models.students import StudentArchitecture, build_student, with_input_of
 from udacisense.training import Distillation, TrainConfig
 
@@ -57,8 +58,9 @@ def distill(model: CompressedModel, config: DistillationConfig, context: StageCo
     if config.student_width and context.students is not None:
         student = with_input_of(model.module, context.students(config.student_width, config.student_architecture))
     elif config.student_width:
+        # The current model may have lost blocks to earlier surgery; the teacher (the baseline) has not.
         student = build_student(model.module, config.student_width, context.num_classes, context.seed,
-                                config.student_architecture)
+                                config.student_architecture, arch=arch_of(context.teacher))
     else:
         student = copy.deepcopy(model.module)
     finetune(student, config.finetune, context, description=config.describe(),

@@ -101,8 +101,8 @@ class StructuredPruningConfig:
 
     ratio: float = field(metadata={"min": 0.0, "max": MAX_CHANNEL_RATIO})
     importance: Literal["l1", "l2"] = "l2"
-    # The classifier's hidden Linear holds 39% of MobileNetV3-Small's weights at 32x32 yet costs little
-    # compute, so it takes its own ratio (None: the same as the feature channels).
+    # The classifier's hidden Linear (MobileNetV3-Small's 576->1024, Large's 960->1280) holds 39% of Small's
+    # weights at 32x32 yet costs little compute, so it takes its own ratio (None: the same as the feature channels).
     head_ratio: float | None = field(default=None, metadata={"min": 0.0, "max": MAX_CHANNEL_RATIO})
     # Global ranking lets unimportant layers lose more than others; local keeps every layer at ``ratio``.
     global_pruning: bool = False
@@ -235,7 +235,7 @@ def _classifier(module: nn.Module) -> nn.Linear | None:
 
 
 def _hidden_linears(module: nn.Module) -> list[nn.Linear]:
-    """The Linear layers before the classifier (MobileNetV3's 576→1024 head)."""
+    """The Linear layers before the classifier (a MobileNetV3's hidden head layer, whatever its size)."""
     return [layer for layer in module.modules() if isinstance(layer, nn.Linear)][:-1]
 
 

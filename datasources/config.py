@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
 
 from udacisense.common.errors import UserError
 from udacisense.common.schema import bounded
+
+SplitName = Literal["train", "val", "test"]
+# Fields added after baseline keys first hashed this config: left out of the key while at their defaults.
+ADDED_LATER = frozenset({"splits", "test_fraction", "resize", "skip_unreadable"})
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,21 @@ class DataConfig:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     augment: bool = True
+    # The split folders under `root` (imagefolder): train/ (and val/, test/); () for one folder per class at `root`.
+    # A split without its folder is carved from the training images: val as `val_fraction`/`val_per_class` say,
+    # test as `test_fraction` of each class (the files whose names hash lowest: the same files on every run).
+    splits: tuple[SplitName, ...] = ("train", "test")
+    test_fraction: float = bounded(0.2, min=0.01, max=0.5, doc="share of each class's images held out for testing "
+                                   "when `splits` has no test folder")
+    resize: bool = False  # images of another size than `image_size` are resized to it (bilinear); false: refused
+    skip_unreadable: bool = False  # unreadable images are left out (and counted); false: refused
+
+    def key_fields(self) -> dict[str, Any]:
+        """The settings as keys of trained weights hash them: fields added since keys were first made are left out
+        while they hold their defaults, so adding them retrained no one's baseline."""
+        defaults = {field.name: field.default for field in fields(self)}
+        return {name: value for name, value in asdict(self).items()
+                if name not in ADDED_LATER or value != defaults[name]}
 
     def __post_init__(self) -> None:
         if (self.mean or self.std) and (len(self.mean) != 3 or len(self.std) != 3):
@@ -42,7 +61,11 @@ class DataConfig:
             )
         if any(s <= 0 for s in self.std):
             raise UserError("`data.std` holds a value <= 0.", "use positive standard deviations.")
-        if self.val_per_class and not self.train_per_class:
+        if self.splits and "train" not in self.splits or len(set(self.splits)) != len(self.splits):
+            raise UserError(f"`data.splits` is {list(self.splits)}: it must name each split folder once, train/ among them.",
+                            "list the folders under `data.root` (e.g. [\"train\", \"test\"]), or [] when `data.root` "
+                            "holds one folder per class.")
+        if self.val_per_class and not self.train_per_class and "val" not in self.splits:
             raise UserError(
                 f"`data.val_per_class` is {self.val_per_class} but `data.train_per_class` is 0: every file is trained on, "
                 "so none is left to validate on.",

@@ -1,15 +1,19 @@
-"""Any ``root/{train,test}/<class>/*`` tree of images: how users bring their own photos."""
+"""Any tree of images: ``root/{train,val,test}/<class>/*`` or one folder per class (``root/<class>/*``), how users
+bring their own photos. Splits without a folder are carved from the training images, the same files every run."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from udacisense.common.errors import UserError
 
@@ -56,44 +60,143 @@ def ensure_root(root: Path, archive: str) -> Path:
     return root
 
 
-def list_split(root: Path, split: str, per_class: int, *, after: int = 0) -> tuple[list[str], list[tuple[Path, int]]]:
-    """Class names (sorted) and (file, label) pairs: per class, the ``per_class`` files (0: all) that follow
-    the first ``after`` in name order."""
-    split_dir = root / split
-    if not split_dir.is_dir():
-        raise UserError(f"{split_dir} does not exist.", f"put the {split} images in {split_dir}/<class>/.")
-    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+def carve_count(count: int, fraction: float) -> int:
+    """How many of a class's ``count`` images a split of ``fraction`` takes: at least one, so every class is in it."""
+    return max(1, round(count * fraction))
+
+
+def class_files(folder: Path) -> dict[str, list[Path]]:
+    """Class name -> image files (name order) of a folder of class folders, classes in name order."""
+    if not folder.is_dir():
+        raise UserError(f"{folder} does not exist.", f"put the images in {folder}/<class>/.")
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
-        raise UserError(f"{split_dir} holds {len(classes)} class folder(s).", "a classifier needs at least 2 class folders.")
-    items: list[tuple[Path, int]] = []
-    for label, name in enumerate(classes):
-        files = sorted(p for p in (split_dir / name).iterdir() if p.is_file() and not p.name.startswith("."))
-        if not files:
-            raise UserError(f"The class folder {split_dir / name} is empty.", "add images to it or remove the folder.")
-        strays = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+        raise UserError(f"{folder} holds {len(classes)} class folder(s).", "a classifier needs at least 2 class folders.")
+    files: dict[str, list[Path]] = {}
+    for name in classes:
+        found = sorted(p for p in (folder / name).iterdir() if p.is_file() and not p.name.startswith("."))
+        if not found:
+            raise UserError(f"The class folder {folder / name} is empty.", "add images to it or remove the folder.")
+        strays = [p for p in found if p.suffix.lower() not in IMAGE_SUFFIXES]
         if strays:
             raise UserError(
-                f"{strays[0]} is not an image file ({len(strays)} such file(s) under {split_dir / name}).",
+                f"{strays[0]} is not an image file ({len(strays)} such file(s) under {folder / name}).",
                 f"remove non-image files; accepted suffixes: {', '.join(sorted(IMAGE_SUFFIXES))}.",
             )
-        items.extend((p, label) for p in files[after:after + per_class if per_class else None])
-    return classes, items
+        files[name] = found
+    return files
+
+
+def held_out(files: list[Path], fraction: float) -> tuple[list[Path], list[Path]]:
+    """One class's files split into (kept, held out): ``carve_count`` of them, those whose names hash lowest.
+
+    The choice depends on the file names alone, not on listing order or the machine: every run holds out the
+    same files, and adding an image moves at most one other.
+    """
+    ranked = sorted(files, key=lambda path: hashlib.sha256(path.name.encode()).hexdigest())
+    held = set(ranked[:carve_count(len(files), fraction)])
+    return [p for p in files if p not in held], [p for p in files if p in held]
+
+
+def split_files(root: Path, split: str, splits: Sequence[str], test_fraction: float) -> dict[str, list[Path]]:
+    """Class name -> files of one split: its own folder when ``splits`` lists it; else the training files (the
+    class folders at ``root`` when ``splits`` is empty), less the test files held out of them (``held_out``)
+    when there is no test folder, or just those for the test split."""
+    own = split in splits
+    files = class_files(root / split if own else root / "train" if splits else root)
+    if "test" in splits or (own and split != "train"):
+        return files
+    parts = {name: held_out(paths, test_fraction) for name, paths in files.items()}
+    return {name: held if split == "test" else kept for name, (kept, held) in parts.items()}
+
+
+def list_split(root: Path, split: str, per_class: int, *, after: int = 0, splits: Sequence[str] = ("train", "test"),
+               test_fraction: float = 0.2) -> tuple[list[str], list[tuple[Path, int]]]:
+    """Class names (sorted) and (file, label) pairs of one split (see ``split_files``): per class, the ``per_class``
+    files (0: all) that follow the first ``after`` in name order."""
+    files = split_files(root, split, splits, test_fraction)
+    items = [(path, label) for label, paths in enumerate(files.values())
+             for path in paths[after:after + per_class if per_class else None]]
+    return list(files), items
+
+
+def check_class_counts(classes: Sequence[str], counts: Mapping[str, Sequence[int]], totals: Sequence[int], fix: str) -> None:
+    """Raise naming the classes that a split (split name -> images per class) holds no image of; ``totals``:
+    each class's images in all, for the message."""
+    for split, per_class in counts.items():
+        empty = [f"{name!r} ({total} images in all)" for name, count, total in zip(classes, per_class, totals) if count == 0]
+        if empty:
+            raise UserError(f"{len(empty)} class(es) have no {split} image once the splits are made: {', '.join(empty[:5])}. "
+                            "Each split needs at least one image of every class.", fix)
+
+
+# PIL raises SyntaxError and ValueError for some damaged files (broken PNG chunks), besides OSError.
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """The image at ``path``, fully decoded and in RGB; raises one of ``UNREADABLE`` when it cannot be read.
+
+    Grayscale, palette and RGBA images are converted as torchvision's ImageFolder loader converts them
+    (``convert("RGB")``, alpha dropped), so pixels match those a notebook trained the user's model on.
+    """
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def unreadable_error(unreadable: Sequence[tuple[Path, str]], total: int) -> UserError:
+    """The error for ``unreadable`` (file, reason) pairs among ``total`` images: each of the first five named."""
+    listed = "; ".join(f"{path} ({reason})" for path, reason in unreadable[:5])
+    more = f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
+    return UserError(f"Cannot read the image{'s' if len(unreadable) > 1 else ''} ({len(unreadable)} of {total}): {listed}{more}.",
+                     "replace or remove those files, or set `data.skip_unreadable = true` to leave them out.")
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """Decoded images (uint8 N×3×H×W) and their labels, with what reading them changed or left out."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    items: list[tuple[Path, int]]  # the (file, label) pairs read, in the images' order
+    resized: int  # images of another size, resized
+    unreadable: tuple[Path, ...]  # files left out (``skip_unreadable``)
+
+
+def read_images(items: list[tuple[Path, int]], image_size: int, *, resize: bool = False, skip_unreadable: bool = False,
+                size_fix: str = "") -> Decoded:
+    """Decode ``items`` to ``image_size``×``image_size``: images of another size are resized when ``resize``, else
+    refused (``size_fix`` is the advice); unreadable files are left out when ``skip_unreadable``, else refused,
+    every one named."""
+    images = np.empty((len(items), image_size, image_size, 3), dtype=np.uint8)
+    kept: list[tuple[Path, int]] = []
+    unreadable: list[tuple[Path, str]] = []
+    resized = 0
+    for path, label in items:
+        try:
+            rgb = open_rgb(path)
+        except UNREADABLE as error:
+            unreadable.append((path, str(error) or type(error).__name__))
+            continue
+        if rgb.size != (image_size, image_size):
+            if not resize:
+                raise UserError(
+                    f"{path} is {rgb.size[0]}x{rgb.size[1]} pixels, but {image_size}x{image_size} images are expected.",
+                    size_fix or f"resize the images to {image_size}x{image_size}, set `data.image_size` to their size, "
+                    "or set `data.resize = true` to resize the others.")
+            rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            resized += 1
+        images[len(kept)] = np.asarray(rgb)
+        kept.append((path, label))
+    if unreadable and not skip_unreadable:
+        raise unreadable_error(unreadable, len(items))
+    labels = torch.tensor([label for _, label in kept], dtype=torch.long)
+    pixels = torch.from_numpy(images[:len(kept)]).permute(0, 3, 1, 2).contiguous()
+    return Decoded(pixels, labels, kept, resized, tuple(path for path, _ in unreadable))
 
 
 def decode(items: list[tuple[Path, int]], image_size: int, size_fix: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-    """The images as uint8 N×3×H×W and their labels; ``size_fix`` is the advice for an image of another size."""
-    images = np.empty((len(items), image_size, image_size, 3), dtype=np.uint8)
-    for index, (path, _) in enumerate(items):
-        try:
-            with Image.open(path) as image:
-                rgb = image.convert("RGB")
-        except (UnidentifiedImageError, OSError) as error:
-            raise UserError(f"Cannot read the image {path}: {error}.", "replace or remove that file.") from None
-        if rgb.size != (image_size, image_size):
-            raise UserError(
-                f"{path} is {rgb.size[0]}x{rgb.size[1]} pixels, but {image_size}x{image_size} images are expected.",
-                size_fix or f"resize the images to {image_size}x{image_size}, or set `data.image_size` to their size.",
-            )
-        images[index] = np.asarray(rgb)
-    labels = torch.tensor([label for _, label in items], dtype=torch.long)
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels
+    """The images as uint8 N×3×H×W and their labels, every one read and of ``image_size``; ``size_fix`` is the
+    advice for an image of another size."""
+    decoded = read_images(items, image_size, size_fix=size_fix)
+    return decoded.images, decoded.labels

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,9 @@ import torch
 from udacisense.common.errors import UserError
 from udacisense.common.files import save_torch
 from udacisense.datasources import cifar100, imagefolder
-from udacisense.datasources.config import DataConfig
+from udacisense.datasources.config import ADDED_LATER, DataConfig
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,8 @@ class DataBundle:
 
 def _selection(config: DataConfig, split: str) -> tuple[str, int, int]:
     """The original split that ``split`` is read from, how many images per class, and after how many."""
+    if split == "val" and "val" in config.splits and config.source == "imagefolder":
+        return "val", config.val_per_class, 0
     if split == "val":  # held-out files: the ones that follow the training files, never trained on
         return "train", config.val_per_class, config.train_per_class
     return split, config.train_per_class if split == "train" else config.test_per_class, 0
@@ -123,9 +128,17 @@ def _read_source(config: DataConfig, split: str) -> tuple[tuple[str, ...], Split
         images, labels, indices = cifar100.load_household(root, source_split, config.download, per_class, after=after)
         return cifar100.HOUSEHOLD_CLASSES, Split(images, labels, tuple(indices))
     root = imagefolder.ensure_root(root, config.archive)
-    classes, items = imagefolder.list_split(root, source_split, per_class, after=after)
-    images, labels = imagefolder.decode(items, config.image_size)
-    return tuple(classes), Split(images, labels, tuple(path.relative_to(root).as_posix() for path, _ in items))
+    # The val split reads its own folder, or the training files after those trained on.
+    wanted = "val" if source_split == "val" else split
+    classes, items = imagefolder.list_split(root, wanted, per_class, after=after, splits=config.splits,
+                                            test_fraction=config.test_fraction)
+    decoded = imagefolder.read_images(items, config.image_size, resize=config.resize, skip_unreadable=config.skip_unreadable)
+    if decoded.resized or decoded.unreadable:
+        _log.warning("%s split of %s: %d images resized to %dx%d, %d unreadable left out%s", split, root, decoded.resized,
+                     config.image_size, config.image_size, len(decoded.unreadable),
+                     f" (first: {decoded.unreadable[0]})" if decoded.unreadable else "")
+    return tuple(classes), Split(decoded.images, decoded.labels,
+                                 tuple(path.relative_to(root).as_posix() for path, _ in decoded.items))
 
 
 def check_available(config: DataConfig) -> None:
@@ -141,9 +154,11 @@ def _fingerprint(config: DataConfig, split: str) -> str:
     root = Path(config.root).resolve()
     # val_per_class decides only the held-out split: the train and test keys stay what they were before it existed.
     held_out = [config.val_per_class] if split == "val" else []
+    # Likewise the settings added later count only when set: the keys of earlier studies stay what they were.
+    added = [[name, value] for name, value in config.key_fields().items() if name in ADDED_LATER]
     hasher = hashlib.sha256(json.dumps([config.source, str(root), split, config.train_per_class,
-                                        config.test_per_class, config.image_size, *held_out]).encode())
-    base = root / (cifar100.FOLDER_NAME if config.source == "cifar100-household" else _selection(config, split)[0])
+                                        config.test_per_class, config.image_size, *held_out, *added]).encode())
+    base = root / (cifar100.FOLDER_NAME if config.source == "cifar100-household" else _source_folder(config, split))
     if base.is_dir():
         for path in sorted(base.rglob("*")):
             if path.is_file():
@@ -152,6 +167,12 @@ def _fingerprint(config: DataConfig, split: str) -> str:
     else:
         return ""
     return hasher.hexdigest()[:20]
+
+
+def _source_folder(config: DataConfig, split: str) -> str:
+    """The folder under an imagefolder root whose files a split is read from ("": the class folders at the root)."""
+    source = _selection(config, split)[0]
+    return source if source in config.splits else "train" if config.splits else ""
 
 
 def _cached_split(config: DataConfig, split: str, cache_dir: Path | None) -> tuple[tuple[str, ...], Split]:
@@ -179,7 +200,7 @@ def stratified_split(data: Split, fraction: float, seed: int) -> tuple[Split, Sp
     for label in data.labels.unique():
         members = (data.labels == label).nonzero().flatten()
         members = members[torch.randperm(len(members), generator=generator)]
-        val_index.append(members[: max(1, round(len(members) * fraction))])
+        val_index.append(members[: imagefolder.carve_count(len(members), fraction)])
     val_mask = torch.zeros(len(data), dtype=torch.bool)
     val_mask[torch.cat(val_index)] = True
     return (Split(data.images[~val_mask], data.labels[~val_mask]),
@@ -225,9 +246,19 @@ def _check_held_out(val: Split, classes: tuple[str, ...], config: DataConfig) ->
         )
 
 
+def _check_every_class(classes: tuple[str, ...], splits: dict[str, Split]) -> None:
+    """Every split holds every class: a class carved out of existence would be trained or measured on nothing."""
+    counts = {name: torch.bincount(split.labels, minlength=len(classes)).tolist() for name, split in splits.items()}
+    imagefolder.check_class_counts(
+        classes, counts, [sum(per_split) for per_split in zip(*counts.values())],
+        "add images to those classes, remove their folders, or lower `data.val_fraction` / `data.test_fraction` "
+        "(a carved split takes at least one image of each class).")
+
+
 def load_data(config: DataConfig, seed: int, cache_dir: Path | None = None) -> DataBundle:
-    """Load train/val/test for a study: val is carved from train, or with ``val_per_class`` read from the
-    training files after those trained on; test is the original test split."""
+    """Load train/val/test for a study: val is read from its own folder, or carved from train, or with
+    ``val_per_class`` read from the training files after those trained on; test is the original test split, or
+    held out of the training files (``data.splits`` without test)."""
     classes, train_full = _cached_split(config, "train", cache_dir)
     test_classes, test = _cached_split(config, "test", cache_dir)
     if test_classes != classes:
@@ -240,11 +271,18 @@ def load_data(config: DataConfig, seed: int, cache_dir: Path | None = None) -> D
             f"The images are {train_full.images.shape[-1]} pixels wide but `data.image_size` is {config.image_size}.",
             f"set `data.image_size = {train_full.images.shape[-1]}`.",
         )
-    if config.val_per_class:
+    if _selection(config, "val")[0] == "val":  # a val/ folder of its own
+        train = train_full
+        val_classes, val = _cached_split(config, "val", cache_dir)
+        if val_classes != classes:
+            raise UserError(f"The train and val splits have different classes ({list(classes)} vs {list(val_classes)}).",
+                            "give both splits the same class folders.")
+    elif config.val_per_class:
         train = train_full
         _, val = _cached_split(config, "val", cache_dir)  # the same class folders as train: read from them
         _check_held_out(val, classes, config)
     else:
         train, val = stratified_split(train_full, config.val_fraction, seed)
+    _check_every_class(classes, {"training": train, "validation": val, "test": test})
     mean, std = (config.mean, config.std) if config.mean else channel_stats(train)
     return DataBundle(classes, train, val, test, tuple(mean), tuple(std), config, seed)

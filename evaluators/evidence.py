@@ -2,19 +2,21 @@
 images, and for each target whether it is met with confidence, on the point estimate only, or missed.
 
 Validation accuracy selects (the objective, early stopping, the pick), so the selected trial's
-validation score is biased upwards; test accuracy is never used to select, so the verdicts and the
-headline of a chosen model rest on it.
+validation score is biased upwards; test accuracy never ranks candidates, so the verdicts and the
+headline of a chosen model rest on it. Its one use in a pick is to say whether a validation gap
+between front rows is real (``resolved_shortfalls``): the most accurate row's lead on the images it
+was chosen on is biased upwards too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
-from udacisense.evaluators.intervals import Interval, paired_by_class, paired_comparison, wilson
+from udacisense.evaluators.intervals import Interval, holm, paired_by_class, paired_comparison, wilson
 
 Verdict = Literal["met", "point estimate only", "missed"]
 VERDICT_MARKS: dict[str, str] = {"met": "+", "point estimate only": "~", "missed": "-"}
@@ -69,8 +71,18 @@ def split_evidence(candidate_correct: torch.Tensor, baseline_correct: torch.Tens
 
 def resolvable_difference(better_correct: torch.Tensor, worse_correct: torch.Tensor) -> bool:
     """Whether ``better`` is more accurate than ``worse`` beyond the noise of these images (paired 95% interval
-    excludes zero): an accuracy difference the measurement cannot resolve is worth no latency or size."""
+    excludes zero): an accuracy difference the measurement cannot resolve is worth no latency or size. One
+    comparison only: for several against one, see ``resolved_shortfalls``."""
     return paired_comparison(better_correct, worse_correct).interval[0] > 0
+
+
+def resolved_shortfalls(best_correct: torch.Tensor, others: Sequence[torch.Tensor], alpha: float = 0.05) -> list[bool]:
+    """Which of ``others`` are less accurate than ``best`` beyond noise, all judged together: the chance that
+    noise alone makes any one of them look resolved stays at ``alpha`` (Holm over their exact McNemar tests).
+    Each gap tested alone at 95% would, with six to ten rows, call some noise gap resolved in most fronts."""
+    comparisons = [paired_comparison(best_correct, other) for other in others]
+    rejected = holm([c.p_value for c in comparisons], alpha)
+    return [rejects and c.difference > 0 for rejects, c in zip(rejected, comparisons, strict=True)]
 
 
 @dataclass(frozen=True)

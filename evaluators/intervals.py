@@ -69,9 +69,26 @@ def mcnemar_exact(b10: int, b01: int) -> float:
     discordant = b10 + b01
     if discordant == 0:
         return 1.0
-    tail = sum(math.comb(discordant, k) for k in range(min(b10, b01) + 1))
+    # C(n, k) from C(n, k - 1): one product per term, where math.comb would redo k of them (seconds at 10,000 images).
+    term = tail = 1
+    for k in range(1, min(b10, b01) + 1):
+        term = term * (discordant - k + 1) // k
+        tail += term
     # Integer arithmetic up to the one division: 2**discordant overflows a float from about 1,024 discordant images.
     return min(1.0, 2 * tail / 2**discordant)
+
+
+def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[bool]:
+    """Which hypotheses Holm's step-down procedure rejects: the chance that it rejects any true one, over the
+    whole family, stays at most ``alpha`` (Bonferroni's guarantee, with more power). The k-th smallest p-value
+    (from 0) is compared with ``alpha / (m - k)``, and the first that fails stops the rejections."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    rejected = [False] * len(p_values)
+    for rank, index in enumerate(order):
+        if p_values[index] > alpha / (len(p_values) - rank):
+            break
+        rejected[index] = True
+    return rejected
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,13 @@
 """Narrower students distilled from the baseline over its full schedule: trained once per width and
 architecture, then reused.
 
-A fresh MobileNetV3-Small of width 0.5 learns nothing useful in a trial's few fine-tune epochs; distilled
+A student has the baseline's architecture (MobileNetV3-Small or -Large) at another width. A fresh
+MobileNetV3-Small of width 0.5 learns nothing useful in a trial's few fine-tune epochs; distilled
 for the baseline's whole schedule it can match the baseline at a quarter of its weights. Training that
 costs as much as the baseline, so each width is trained once per baseline (by whichever worker asks
 first, the others wait for it) and every trial that picks the width starts from a copy.
 
-A student is ``standard`` (torchvision's MobileNetV3-Small of that width) or ``lean``: without its
+A student is ``standard`` (torchvision's network of that width) or ``lean``: without its
 squeeze-excite blocks and with ReLU for the hard activations. At 32x32 an XNNPACK program pays per
 operator, not per multiply-add, and the lean network runs half the operators (ReLU fuses into the
 convolution): random-weight width-0.5 int8 programs measured 0.40 of the float baseline's latency
@@ -24,15 +25,15 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torchvision
 from torch import nn
 
 from udacisense.common.files import save_torch
 from udacisense.common.schema import bounded
 from udacisense.datasources.loaders import DataBundle
 from udacisense.evaluators.exclusive import exclusive
+from udacisense.models.config import Arch
 from udacisense.models.lean import lean_network
-from udacisense.models.mobilenet import ResizeInput
+from udacisense.models.mobilenet import BUILDERS, ResizeInput, arch_of
 from udacisense.training import Distillation, TrainConfig, fit
 
 
@@ -62,13 +63,15 @@ def input_resize(module: nn.Module) -> ResizeInput | None:
 
 
 def build_student(current: nn.Module, width: float, num_classes: int, seed: int,
-                  architecture: StudentArchitecture = "standard") -> nn.Module:
-    """A fresh MobileNetV3-Small of ``width`` (``lean``: without squeeze-excite, ReLU activations) that takes the
-    same input as ``current`` and normalises like it."""
+                  architecture: StudentArchitecture = "standard", *, arch: Arch | None = None) -> nn.Module:
+    """A fresh MobileNetV3 of ``arch`` and ``width`` (``lean``: without squeeze-excite, ReLU activations) that takes
+    the same input as ``current`` and normalises like it; ``arch`` None: the architecture of ``current``, which must
+    then be an unmodified MobileNetV3 (the baseline)."""
+    arch = arch or arch_of(current)
     # Seeded without touching the global generator, so the student does not depend on what ran before.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        student: nn.Module = torchvision.models.mobilenet_v3_small(num_classes=num_classes, width_mult=width)
+        student: nn.Module = BUILDERS[arch](num_classes=num_classes, width_mult=width)
     if architecture == "lean":
         student = lean_network(student, squeeze_excite=False, activation="relu")
     # The study sets the baseline's BatchNorm momentum for short CPU schedules (torchvision's 0.01
@@ -108,7 +111,7 @@ class StudentShelf:
 
     @property
     def schedule(self) -> TrainConfig:
-        return replace(self.baseline_schedule, epochs=self.recipe.epochs or self.baseline_schedule.epochs)
+        return replace(self.baseline_schedule.training_only(), epochs=self.recipe.epochs or self.baseline_schedule.epochs)
 
     def key(self, width: float, architecture: StudentArchitecture = "standard") -> str:
         """Everything that changes a student's weights; a different key means training it again."""

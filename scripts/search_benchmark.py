@@ -5,22 +5,26 @@
 (Samplers are compared by scripts/sampler_benchmark.py.)
 
 Prints the Pareto front, wall time, trials complete/pruned/failed, the training time early stopping
-saved (the epochs the trials it stopped had left; see ``report.facts.remaining_training``), (with
---false-stops N) how many of up to N trials stopped by the early-stopping rule reached the accuracy
-floor when re-run to the end with the same parameters and seed (``search.false_stops``; the count is
-stored on the study for the report), and how often a trial's leading stages repeated an earlier
-trial's exactly (what a cache of stage results could have reused).
+saved (the epochs the trials it stopped had left; see ``report.trial_facts.remaining_training``), (with
+--false-stops N) how many of a random sample of N trials early stopping stopped (halved, during or
+before training) reached the accuracy floor when replayed to the end with the same parameters and seed,
+screening off (``search.workers.false_stops``; the count is stored on the study for the report), and
+how often a trial's leading stages repeated an earlier trial's exactly (what a cache of stage results
+could have reused). The hypervolume and the target count are over measured trials only: a screened
+trial's values are estimates.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 import optuna
 
 from udacisense.common.logs import quiet_libraries
 from udacisense.search.cli import main as cli_main
+from udacisense.search.report.search_sections import false_stops_line
 from udacisense.search.report.trial_facts import early_stopping_savings, state_counts
 from udacisense.search.results.hypervolume import hypervolume
 from udacisense.search.study.budget import finished_in_budget, is_rejected
@@ -57,12 +61,12 @@ def summarise(study_path: str, overrides: dict) -> dict:
     study = open_study(config, create=False)
     trials = study.get_trials()
     finished = finished_in_budget(trials)
-    complete = [r for r in records(trials) if r.has_values]
+    measured = [r for r in records(trials) if r.is_measured]
     return {
         "study": config.name, "sampler": config.search.sampler, "trials": state_counts(records(trials)),
         "rejected_orders": sum(1 for t in trials if is_rejected(t)),
-        "meets_all_targets": sum(1 for r in complete if r.meets_targets),
-        "hypervolume": hypervolume([r.values for r in complete]) if complete else 0.0,
+        "meets_all_targets": sum(1 for r in measured if r.meets_targets),
+        "hypervolume": hypervolume([r.values for r in measured]) if measured else 0.0,
         "early_stopping": early_stopping_savings(records(trials), StudyRecord.of(study).false_stops),
         "prefix_reuse": prefix_reuse(trials),
         "wall_seconds": (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds()
@@ -83,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-jobs", type=int, default=1)
     parser.add_argument("--summary-only", action="store_true", help="summarise the studies as they are; run no trials")
     parser.add_argument("--false-stops", type=int, default=0, metavar="N",
-                        help="run N trials stopped by the early-stopping rule to completion and count false stops")
+                        help="replay a random sample of N trials early stopping stopped to the end, screening off, "
+                             "and count false stops")
     args = parser.parse_args(argv)
     quiet_libraries()
     overrides = {"search.n_trials": args.n_trials} if args.n_trials else {}
@@ -91,22 +96,20 @@ def main(argv: list[str] | None = None) -> int:
     cli_main(["front", "--study", args.study] if not overrides else ["check", "--study", args.study])
     print(f"\n{result['study']} ({result['sampler']}): {result['trials']}; first start to last finish "
           f"{result['wall_seconds'] / 60:.1f} min")
-    print(f"  rejected orders (no compute): {result['rejected_orders']}; meeting all targets: {result['meets_all_targets']}")
-    print(f"  hypervolume {result['hypervolume']:.4f}")
+    print(f"  rejected orders (no compute): {result['rejected_orders']}; measured and meeting all targets: "
+          f"{result['meets_all_targets']}")
+    print(f"  hypervolume of the measured trials {result['hypervolume']:.4f}")
     savings = result["early_stopping"]
     print(f"  early stopping stopped {savings.stopped} trial(s) (before or during training); the "
           f"{savings.epochs_left} fine-tune epoch(s) they had left cost an estimated {savings.saved:.0f} s "
-          f"({savings.uncosted_epochs} epoch(s) of stage kinds no completed trial trained not costed); "
+          f"({savings.uncosted_epochs} epoch(s) of stage kinds without a measured time between epoch ends not costed); "
           f"below-floor stops, which happen whatever early stopping is set to, not counted")
     reuse = result["prefix_reuse"]
     print(f"  leading stages equal to an earlier trial's: {reuse['hits']} of {reuse['trials']} trials; a stage cache "
           f"would have saved {reuse['reusable_seconds']:.0f} s of {reuse['stage_seconds']:.0f} s in stages")
     if args.false_stops:
         measured = measure_false_stops(args.study, args.false_stops, overrides=overrides, n_jobs=args.n_jobs)
-        replays = ", ".join(f"{t.original} -> {t.final_val:.3f}" for t in measured.trials)
-        print(f"\nfalse stops: {measured.false_stops} of {measured.measured} trial(s) stopped by the early-stopping "
-              f"rule reached the accuracy floor when re-run to the end with the same parameters and seed "
-              f"(trial -> final val top-1: {replays or 'none'}); stored on the study for the report")
+        print(f"\n{false_stops_line(dataclasses.replace(savings, false_stops=measured))} (stored on the study for the report)")
     return 0
 
 

@@ -3,7 +3,8 @@
     .venv/bin/python scripts/techniques.py --study studies/cifar10-offline.toml [--epochs 2] [--only ptq ...]
 
 Prints a table of accuracy, artifact size, gzip size and latency of each technique's artifact in
-its target runtime, and writes it to runs/<study>/techniques/techniques.{csv,json}. One yardstick,
+its target runtime, writes it to runs/<study>/techniques/techniques.{csv,json} and stores it with
+the study (study attribute ``techniques``: what ``udacisense report`` reads). One yardstick,
 the search's: ``size_ratio``, ``gzip_ratio`` and ``latency_ratio`` (with its p10/p90) are to the
 float baseline lowered to the study's ``evaluation.reference_runtime``, its latency timed in the
 same rounds in this process; ``latency_ratio_same_runtime`` is to the float baseline in the
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from functools import partial
@@ -54,7 +56,8 @@ from udacisense.models.mobilenet import build_model
 from udacisense.models.students import StudentArchitecture, build_student
 from udacisense.runtime import Backend, Delegation, LoweredRuntime, load_runner, request_executorch_threads
 from udacisense.search.study.config import StudyConfig, load_study
-from udacisense.search.study.storage import artifact_store
+from udacisense.search.study.records import StudyAttr, store_study
+from udacisense.search.study.storage import artifact_store, open_study
 from udacisense.search.study.workspace import first_test_image, open_workspace
 from udacisense.search.trial.objective import TrialRunner
 from udacisense.training import TrainConfig
@@ -225,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {path}")
             return 0
         workspace = open_workspace(study)
+        optuna_study = open_study(study)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -251,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         measured = {(row["technique"], row["runtime"]) for row in rows}
         kept = [row for row in earlier if (row["technique"], row["runtime"]) not in measured]
         return pd.DataFrame(kept + rows)
+
+    def save(result: pd.DataFrame) -> None:
+        write_text(csv_path, result.to_csv(index=False))
+        # What `udacisense report` reads: stored with the study, so a report from a copy of its database shows it too.
+        store_study(optuna_study, {StudyAttr.TECHNIQUES: json.loads(result.to_json(orient="records"))})
 
     for pipeline, runtime in techniques(args.epochs, args.lr, recovery_epochs):
         name = describe(pipeline)
@@ -289,9 +298,9 @@ def main(argv: list[str] | None = None) -> int:
               f"latency x{candidate.latency_ratio:.2f} [{candidate.latency.ratio_p10:.2f}-{candidate.latency.ratio_p90:.2f}], "
               f"in {blocks} blocks x{timed.ratio.ratio:.2f} {_interval(timed)}", flush=True)
         # Written after every row: an interrupted benchmark keeps what it measured.
-        write_text(csv_path, table().to_csv(index=False))
+        save(table())
     result = table()
-    write_text(csv_path, result.to_csv(index=False))
+    save(result)
     write_json(out / "techniques.json", result.to_dict(orient="records"))
     with pd.option_context("display.width", 200):
         print(result.round(3).to_string(index=False))

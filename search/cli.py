@@ -11,7 +11,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from udacisense.common.logs import quiet_libraries, quiet_native_logs
 
@@ -34,7 +34,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
     workspace = open_workspace(_study(args), progress=not args.quiet)
     profile = workspace.profile
-    verb = "reused" if workspace.baseline.reused else f"trained in {profile.train_seconds:.0f} s"
+    verb = ("your model, loaded" if workspace.baseline.source == "loaded" else
+            "reused" if workspace.baseline.reused else f"trained in {profile.train_seconds:.0f} s")
     print(f"baseline {verb}: {workspace.baseline.directory / 'model.pt'}")
     print(f"  accuracy   val top-1 {profile.val_top1:.4f}   test top-1 {profile.test_top1:.4f}   "
           f"test top-5 {profile.test_top5:.4f}")
@@ -42,6 +43,18 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     print("  latency    " + "   ".join(f"{name} {latency.median_ms:.2f} ms" for name, latency in profile.latencies.items()))
     print(f"  compute    {profile.macs / 1e6:.1f} MMACs, peak memory {profile.peak_memory_bytes / 1e6:.2f} MB")
     print(f"  metrics    {workspace.baseline.directory / FILE_NAME}")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from udacisense.search.study.init_study import init_study
+
+    data = Path(args.data)
+    name = args.name or data.resolve().name
+    report = init_study(Path(args.model), data, Path("studies") / f"{name}.toml", name, force=args.force,
+                        skip_unreadable=args.skip_unreadable, timeout_minutes=args.minutes)
+    print(report.describe())
+    print(f"next: udacisense search --study {report.path}")
     return 0
 
 
@@ -59,6 +72,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from udacisense.search.results.convergence import convergence
     from udacisense.search.study.storage import open_study
     from udacisense.search.workers.runner import run_search, search_summary
 
@@ -66,6 +80,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     study = _study(args)
     optuna_study = open_study(study, args.storage, create=False)
     print(f"search done: {search_summary(optuna_study, summaries)}")
+    front_state = convergence(optuna_study.get_trials(deepcopy=False))
+    print(f"front: {'no trial measured yet' if front_state is None else front_state.describe()}")
     show_front(study, optuna_study, study.run_dir / "front")
     if args.no_export:
         return 0
@@ -101,71 +117,17 @@ def _open(args: argparse.Namespace):
     return study, open_workspace(study, progress=False), optuna_study
 
 
-def _number(value: Any, digits: int) -> str:  # a stored JSON value: a number, a string or null
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return "n/a"
-    return "n/a" if number != number else f"{number:.{digits}f}"
-
-
-def _pm(value: Any, interval: Any) -> str:
-    """An accuracy and the half-width of its 95% interval, in points: "54.2±3.1"."""
-    if not isinstance(interval, list) or _number(value, 3) == "n/a":
-        return _number(value, 3)
-    return f"{100 * float(value):.1f}±{100 * (interval[1] - interval[0]) / 2:.1f}"
-
-
-def _range(interval: Any, scale: float, digits: int) -> str:
-    return f"[{scale * interval[0]:.{digits}f},{scale * interval[1]:.{digits}f}]" if isinstance(interval, list) else "n/a"
-
-
-def front_text(front, width: int) -> str:
-    """The front as a plain table that fits ``width`` columns: accuracies with their 95% intervals, the
-    paired test drop against the baseline, absolute milliseconds beside every ratio (all to one reference)
-    with its interval across timing blocks where re-timed, and a verdict mark per target."""
-    from udacisense.evaluators.evidence import VERDICT_MARKS
-
-    header = ["trial", "target", "val %", "test %", "drop [95%]", "ms", "ref ms", "ratio [95%]", "size", "a/l/s"]
-    rows = []
-    for _, r in front.iterrows():
-        ratio = _number(r["latency_ratio"], 2)
-        ratio += f" {_range(r['latency_ratio_ci95'], 1, 2)}" if isinstance(r["latency_ratio_ci95"], list) else " (1 run)"
-        marks = "".join(VERDICT_MARKS.get(str(r[f"verdict_{target}"]), "?") for target in ("accuracy", "latency", "size"))
-        rows.append([str(r["trial"]), r["target"], _pm(r["val_top1"], r["val_top1_ci95"]),
-                     _pm(r["test_top1"], r["test_top1_ci95"]), _range(r["test_drop_ci95"], 100, 1),
-                     _number(r["latency_ms"], 3), _number(r["reference_latency_ms"], 3), ratio,
-                     _number(r["size_ratio"], 2), marks + ("" if r["parity_ok"] else " parity!")])
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    used = sum(widths) + 2 * len(widths)
-    room = max(12, width - used)
-    lines = []
-    for row, pipeline in zip([header, *rows], ["pipeline", *front["pipeline"].astype(str)]):
-        cells = [cell.rjust(w) if i not in (1, 9) else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
-        text = pipeline if len(pipeline) <= room else pipeline[: room - 1] + "…"
-        lines.append("  ".join(cells) + "  " + text)
-    return "\n".join(lines)
-
-
-FRONT_LEGEND = (
-    "val/test %: top-1 ± the half-width of its 95% (Wilson) interval; validation selects, test judges. drop: baseline "
-    "minus candidate test top-1 in points, 95% interval paired on the same images. ms: median per image at batch 1; "
-    "ratio: to the float baseline in {reference} (ref ms), timed in alternating rounds, [95% interval across "
-    "independent timing blocks] once re-timed. a/l/s: accuracy, latency, size target: + met with confidence (the "
-    "whole interval inside the allowance), ~ met on the point estimate only, - missed. TS x86 server: an x86/fbgemm "
-    "int8 TorchScript file, not a phone artifact.")
-
-
 def cmd_front(args: argparse.Namespace) -> int:
     from udacisense.search.study.storage import open_study
 
     study = _study(args)
     # The storage alone: the front and the baseline's measurements are stored in it, so no data or baseline is needed.
-    show_front(study, open_study(study, args.storage, create=False), Path(args.out) if args.out else None)
+    show_front(study, open_study(study, args.storage, read_only=True), Path(args.out) if args.out else None)
     return 0
 
 
 def show_front(study: StudyConfig, optuna_study: optuna.Study, out_dir: Path | None) -> None:
+    from udacisense.search.results.front_text import FRONT_LEGEND, front_text
     """Print the stored front (and write its files into ``out_dir``, when given): reads the storage only."""
     import shutil
 
@@ -196,7 +158,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     import shutil
 
     from udacisense.search.results.export import delegation_line, export_trial, keep_retimed_front, retime_front
-    from udacisense.search.results.front import front_tables, missed_targets, pick
+    from udacisense.search.results.front import front_tables, knee, missed_targets, pick
+    from udacisense.search.results.front_text import front_text
     from udacisense.search.trial.measuring import Yardstick
 
     study, workspace, optuna_study = _open(args)
@@ -219,13 +182,17 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise UserError("No artifact on the Pareto front could be re-timed, so none can be exported (reasons above).",
                             "re-run the search where its artifacts are kept (runs/<name>/trials), or export a trial "
                             "with `--trial N` after restoring its artifact.")
-        number = pick(exportable, args.pick, study.targets)
+        choice = knee(exportable, study.targets) if args.pick == "knee" else None
+        number = pick(exportable, args.pick, study.targets) if choice is None else choice.trial
         picked_by = (f"the `{args.pick}` policy on the Pareto front re-timed with {study.search.retime_factor}x the "
-                     f"runs in {study.search.retime_blocks} independent blocks")
+                     f"runs in {study.search.retime_blocks} independent blocks"
+                     + ("" if choice is None or choice.note is None else f"; {choice.note}"))
         paragraph = missed_targets(exportable, number, study.targets, baseline_val)
     result = export_trial(workspace, optuna_study, number, Path(args.out), yardstick, picked_by)
     latency = result.latency
     print(f"exported trial {number}: {result.artifact} ({result.artifact.stat().st_size / 1e6:.2f} MB)")
+    if picked_by is not None:
+        print(f"  picked by {picked_by}")
     print(f"  parity on the test split: top-1 agreement {result.parity.top1_agreement:.4f}, "
           f"max |diff| {result.parity.max_abs_diff:.5f} ({result.parity.samples} images)")
     interval = latency.ratio.interval
@@ -278,7 +245,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from udacisense.search.study.storage import existing_artifact_store, open_storage
 
     study = _study(args)
-    storage = open_storage(args.storage or study.storage_url, create=False)
+    # Read-only: the dashboard's own writes (notes, deleting a study, upgrading the schema) are refused.
+    storage = open_storage(args.storage or study.storage_url, read_only=True)
     check_can_listen(args.host, args.port)
     print(f"optuna-dashboard for {study.name!r} on http://{args.host}:{args.port}/ (Ctrl-C stops it)")
     try:
@@ -363,6 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--port", type=int, default=8080)
     check = add("check", cmd_check, "validate a study file without running anything")
     check.add_argument("--json", action="store_true", help="print the validated study with all defaults")
+    init = commands.add_parser("init", help="write a study file for your trained model and image folder")
+    init.add_argument("--model", required=True, help="your trained MobileNetV3 checkpoint (a state_dict, plain or wrapped)")
+    init.add_argument("--data", required=True, help="your images: train/ (val/, test/) of class folders, or class folders")
+    init.add_argument("--name", help="study name, written to studies/NAME.toml (default: the image folder's name)")
+    init.add_argument("--minutes", type=float, default=30.0, help="the search's time limit (default 30)")
+    init.add_argument("--force", action="store_true", help="replace an existing study file")
+    init.add_argument("--skip-unreadable", action="store_true", help="leave out unreadable images instead of refusing")
+    init.set_defaults(handler=cmd_init)
     verify = commands.add_parser("verify", help="check an exported artifact against its model card and re-run parity")
     verify.add_argument("artifact", help="path of model.pte or model.pt written by `udacisense export`")
     verify.add_argument("--data", help="the data root holding the test images the model card lists: for an imagefolder "
@@ -380,7 +356,7 @@ def _storage_url(args: argparse.Namespace) -> str | None:
     if getattr(args, "storage", None):
         return args.storage
     try:
-        return load_study(args.study).storage_url if args.study else None
+        return load_study(args.study).storage_url if getattr(args, "study", None) else None
     except UserError:
         return None
 

@@ -7,9 +7,10 @@ import optuna
 
 from udacisense.search.report import write_report
 from udacisense.search.study.config import load_study
-from udacisense.search.study.records import StopReason
+from udacisense.search.study.records import Attr, StopReason, store
 from udacisense.search.study.storage import open_study
 from udacisense.search.study.trial_record import TrialRecord
+from udacisense.search.trial.early_stopping import AccuracyMonitor, StopRule, competitors_at
 from udacisense.search.trial.halving import Competitor, is_rung, layers, rank
 from udacisense.search.workers.runner import TrialCounts, run_search
 
@@ -75,3 +76,30 @@ def test_a_search_halves_the_outranked_trial_at_its_rung_and_the_others_train_on
     assert counts.judged == 3 and counts.stopped_by == (("halved", 1),)
     markdown = write_report(config, tmp_path / "report").markdown.read_text()
     assert "| halved (outranked at a rung of successive halving; its other epochs not trained) | 1 |" in markdown
+
+
+def _at_first_epoch(study: optuna.Study, planned: int, accuracy: float, footprint: tuple[int, int]) -> None:
+    """A finished trial of one distillation stage planned for ``planned`` epochs, at ``accuracy`` after its first."""
+    study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.PRUNED, user_attrs={
+            "stage_epochs": [["distill", planned]], "curve": [[0, "distill", 0, accuracy, 3.0]],
+            "estimated_flops": footprint[0], "estimated_weight_bytes": footprint[1]}))
+
+
+def test_a_rung_ranks_only_trials_of_the_same_planned_epochs() -> None:
+    """With ``finetune_epochs = [1, 4]`` a 1-epoch stage is annealed after its epoch, a 4-epoch one still hot:
+    the 4-epoch trial at its epoch 1 meets only the other 4-epoch trial there, and goes on ahead of it."""
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    for accuracy in (0.62, 0.61):
+        _at_first_epoch(study, 1, accuracy, WIDE)  # annealed: far ahead of any hot model after one epoch
+    _at_first_epoch(study, 4, 0.38, WIDE)
+    trial = study.ask()
+    store(trial, {Attr.STAGE_EPOCHS: [["distill", 4]], Attr.ESTIMATED_FLOPS: WIDE[0],
+                  Attr.ESTIMATED_WEIGHT_BYTES: WIDE[1]})
+    monitor = AccuracyMonitor(trial, StopRule(floor=0.3, margin=0.1), ("distill",), epochs=(4,), halving_rate=2)
+    monitor.on_epoch_end(0, 0.40)  # a rung; ranked against all four it would be in the bottom half and halved
+    assert TrialRecord.of(study.get_trials()[trial.number]).stop_reason is None
+    # The 1-epoch trials meet each other; the stored curves read their points' schedules from `stage_epochs`.
+    history = [TrialRecord.of(t) for t in study.get_trials()]
+    assert sorted(c.number for c in competitors_at(("distill", 0, 1, 0), history)) == [0, 1]
+    assert sorted(c.number for c in competitors_at(("distill", 0, 4, 0), history)) == [2, trial.number]

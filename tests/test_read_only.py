@@ -1,12 +1,15 @@
 """Read-only commands only read: `front`, `report`, `verify` and `check` need neither the study's data nor its
 baseline, train and extract nothing, and create nothing outside their declared outputs (folders listed before
-and after). `export` writes the re-timed front it picks on and says which rows it could not re-time."""
+and after); the study's database stays byte-identical, and one that holds no study is refused, not given
+Optuna's tables. `export` writes the re-timed front it picks on and says which rows it could not re-time."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
+import socket
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +17,12 @@ import optuna
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, SHARED_ARCHIVE
+from tests.conftest import REPO, SHARED_ARCHIVE, smoke_study_file
 from udacisense.search.cli import main
 from udacisense.search.results.export import artifact_problem, retime_front
 from udacisense.search.results.front import pareto_trials, trials_table
 from udacisense.search.study.config import load_study
-from udacisense.search.study.records import StudyAttr
+from udacisense.search.study.records import StudyAttr, store_study
 from udacisense.search.study.trial_record import TrialRecord
 from udacisense.search.study.workspace import open_workspace
 from udacisense.search.trial.measuring import Yardstick
@@ -225,3 +228,114 @@ def test_check_says_when_the_data_can_be_found_nowhere(tmp_path: Path, capsys) -
     (tmp_path / "nowhere" / "cifar10").mkdir(parents=True)
     assert main(["check", "--study", str(path)]) == 0
     assert listing(tmp_path) == before | {str(household), str(tmp_path / "nowhere"), str(root)}
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def serve_one_request(storage, host: str, port: int, artifact_store=None) -> None:
+    """Stands in for ``optuna_dashboard.run_server``: the dashboard's app on ``storage`` answers the study list
+    (what its start page asks first), then a write through the same storage is tried."""
+    import io
+    import wsgiref.util
+
+    import optuna_dashboard
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/api/studies", "wsgi.input": io.BytesIO()}
+    wsgiref.util.setup_testing_defaults(environ)
+    statuses: list[str] = []
+    body = b"".join(optuna_dashboard.wsgi(storage, artifact_store=artifact_store)(
+        environ, lambda status, headers, exc_info=None: statuses.append(status)))
+    assert statuses == ["200 OK"] and b"smoke" in body
+    study_id = storage.get_all_studies()[0]._study_id
+    # A note or a deleted study from the dashboard's page: SQLite refuses it ("attempt to write a readonly database").
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        storage.set_study_user_attr(study_id, "note", "written by the dashboard")
+
+
+@needs_archive
+def test_front_report_verify_and_dashboard_leave_a_copied_database_byte_identical(smoke_study: Path, tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    import optuna_dashboard
+
+    config = load_study(smoke_study)
+    clone = fresh_clone(smoke_study, tmp_path / "clone")
+    monkeypatch.chdir(clone)
+    database = clone / "copy.db"
+    before = sha256_file(database)
+    artifact = config.run_dir / "export" / json.loads((config.run_dir / "export" / "model_card.json").read_text())["artifact"]
+    monkeypatch.setattr(optuna_dashboard, "run_server", serve_one_request)
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    for argv in (["front", "--study", "smoke.toml"], ["front", "--study", "smoke.toml", "--out", str(tmp_path / "front")],
+                 ["report", "--study", "smoke.toml", "--out", str(tmp_path / "report")],
+                 ["verify", str(artifact), "--data", str(REPO / config.data.root)],
+                 ["dashboard", "--study", "smoke.toml", "--port", str(port)]):
+        assert main(argv) == 0, argv
+        assert sha256_file(database) == before, argv
+
+
+@pytest.mark.parametrize("command", [["front"], ["report", "--out", "OUT"], ["dashboard"]])
+def test_read_only_commands_refuse_a_database_without_a_study_and_leave_it_as_it_was(command: list[str], tmp_path: Path,
+                                                                                   capsys, monkeypatch) -> None:
+    import optuna_dashboard
+
+    def started(*args, **kwargs) -> None:  # a dashboard that started would serve until stopped
+        raise AssertionError("the dashboard started on a database without a study")
+
+    monkeypatch.setattr(optuna_dashboard, "run_server", started)
+    study = tmp_path / "s.toml"
+    study.write_text(f'runs_dir = "{tmp_path / "runs"}"\n' + (REPO / "studies" / "smoke.toml").read_text())
+    argv = [a.replace("OUT", str(tmp_path / "out")) for a in command]
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    assert main([*argv, "--study", str(study), "--storage", f"sqlite:///{empty}"]) == 2
+    err = capsys.readouterr().err
+    assert f"The database {empty} holds no Optuna study" in err and "fix:" in err and "Traceback" not in err
+    assert empty.stat().st_size == 0
+    # Optuna's tables without a study in them: refused too, and not one byte written.
+    tables = tmp_path / "tables.db"
+    optuna.storages.RDBStorage(f"sqlite:///{tables}").engine.dispose()
+    before = sha256_file(tables)
+    assert main([*argv, "--study", str(study), "--storage", f"sqlite:///{tables}"]) == 2
+    assert "holds no Optuna study" in capsys.readouterr().err and sha256_file(tables) == before
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
+
+
+def section(markdown: str, heading: str) -> str:
+    return markdown.split(heading, 1)[1].split("\n## ", 1)[0]
+
+
+@needs_archive
+def test_a_report_from_a_copied_database_elsewhere_says_what_the_original_says(smoke_study: Path, tmp_path: Path,
+                                                                             monkeypatch) -> None:
+    """The original: the searched study's folder (its database, export and baseline) with a stored techniques
+    benchmark and an older techniques.csv beside it; the copy: its database alone in another folder."""
+    searched = load_study(smoke_study)
+    (tmp_path / "original").mkdir()
+    original = smoke_study_file(tmp_path / "original")
+    run_dir = load_study(original).run_dir
+    for folder in ("export", "baseline"):
+        shutil.copytree(searched.run_dir / folder, run_dir / folder)
+    with sqlite3.connect(searched.run_dir / "study.db") as source, sqlite3.connect(run_dir / "study.db") as target:
+        source.backup(target)  # a consistent copy even while another test writes
+    columns = ("technique", "runtime", "val_top1", "test_top1", "bytes", "size_ratio", "latency_ms", "latency_ratio")
+    stored = [dict(zip(columns, row)) for row in (("baseline", "executorch", 0.5, 0.5, 1000, 1.0, 2.0, 1.0),
+                                                  ("ptq(stored)", "executorch", 0.45, 0.44, 260, 0.26, 0.8, 0.4))]
+    store_study(optuna.load_study(study_name=searched.name, storage=f"sqlite:///{run_dir / 'study.db'}"),
+                {StudyAttr.TECHNIQUES: stored})
+    (run_dir / "techniques").mkdir()
+    (run_dir / "techniques" / "techniques.csv").write_text(
+        ",".join(columns) + "\nbaseline,executorch,0.5,0.5,1000,1.0,2.0,1.0\nptq(local),executorch,0.3,0.3,260,0.26,0.8,0.4\n")
+    assert main(["report", "--study", str(original), "--out", str(tmp_path / "original-report")]) == 0
+    copy = tmp_path / "elsewhere"
+    copy.mkdir()
+    shutil.copyfile(run_dir / "study.db", copy / "copy.db")
+    (copy / "smoke.toml").write_text('storage = "sqlite:///copy.db"\n' + (REPO / "studies" / "smoke.toml").read_text())
+    monkeypatch.chdir(copy)
+    assert main(["report", "--study", "smoke.toml", "--out", str(tmp_path / "copy-report")]) == 0
+    mine, theirs = ((tmp_path / name / "report.md").read_text(encoding="utf-8") for name in ("original-report", "copy-report"))
+    for heading in ("## Executive summary", "## Each technique alone"):
+        assert section(mine, heading) == section(theirs, heading), heading
+    assert "ptq(stored)" in section(mine, "## Each technique alone") and "ptq(local)" not in mine

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import time
 
 import joblib
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO
+from tests.test_report import _synthetic_study
 from udacisense.common.errors import IncompatiblePipelineError, UserError
 from udacisense.compression.pipeline import Pipeline
 from udacisense.compression.pruning import StructuredPruningConfig, UnstructuredPruningConfig
@@ -20,12 +22,14 @@ from udacisense.evaluators.intervals import pack_correct
 from udacisense.models.config import ModelConfig
 from udacisense.models.mobilenet import build_model
 from udacisense.runtime import Delegation
+from udacisense.search.report.trial_facts import epoch_seconds_by_kind, remaining_training
 from udacisense.search.results.export import delegation_line
 from udacisense.search.results.front import pareto_trials, pick, trials_table
 from udacisense.search.results.hypervolume import hypervolume, hypervolume_of_first
 from udacisense.search.study.budget import budget_left, is_surplus
 from udacisense.search.study.config import TargetsConfig, load_study
-from udacisense.search.study.records import StopReason
+from udacisense.search.study.records import Attr, StopReason, store
+from udacisense.search.study.storage import open_study
 from udacisense.search.study.trial_record import TrialRecord
 from udacisense.search.trial.early_stopping import AccuracyMonitor, StopRule, point_of, stop_rule_for
 from udacisense.search.trial.feasibility import footprint, infeasibility
@@ -146,25 +150,30 @@ def test_sensitive_units_kept_float_are_a_parameter_only_when_the_space_searches
 def test_stop_rule_needs_history_at_the_same_stage_kind_and_epoch() -> None:
     rule = StopRule(floor=0.6, margin=0.2, chance=0.1)
     # Without history nothing is stopped, however low: a lack of evidence is no evidence.
-    assert not rule.should_stop(("channels", 0, 0), 0.12, first_of_stage=True)
-    assert not rule.should_stop(("distill", 0, 2), 0.05)
+    assert not rule.should_stop(("channels", 0, 2, 0), 0.12, first_of_stage=True)
+    assert not rule.should_stop(("distill", 0, 3, 2), 0.05)
     recovered = StopRule(floor=0.6, margin=0.2, chance=0.1, recovered=(
-        ((("channels", 0, 0), 0.3), (("channels", 0, 1), 0.31), (("channels", 0, None), 0.32), (("distill", 0, 0), 0.65)),))
-    assert not recovered.should_stop(("channels", 0, 1), 0.31)  # a completed trial was this low here and still made the floor
-    assert recovered.should_stop(("channels", 0, 1), 0.2)
-    assert not recovered.should_stop(("channels", 0, 1), 0.45)  # within the margin of the floor
-    assert not recovered.should_stop(("channels", 0, 0), 0.2, first_of_stage=True)  # right after a cut: only a collapse counts
-    assert recovered.should_stop(("channels", 0, 0), 0.12, first_of_stage=True)
-    # Epoch 1 of distillation is not epoch 1 of channel pruning, nor is a second channel pruning the first.
-    assert not recovered.should_stop(("distill", 0, 1), 0.05)
-    assert not recovered.should_stop(("channels", 1, 1), 0.05)
-    assert point_of(("channels", "distill", "channels"), 2, None) == ("channels", 1, None)
+        ((("channels", 0, 2, 0), 0.3), (("channels", 0, 2, 1), 0.31), (("channels", 0, 2, None), 0.32),
+         (("distill", 0, 2, 0), 0.65)),))
+    assert not recovered.should_stop(("channels", 0, 2, 1), 0.31)  # a completed trial was this low here and still made the floor
+    assert recovered.should_stop(("channels", 0, 2, 1), 0.2)
+    assert not recovered.should_stop(("channels", 0, 2, 1), 0.45)  # within the margin of the floor
+    assert not recovered.should_stop(("channels", 0, 2, 0), 0.2, first_of_stage=True)  # right after a cut: only a collapse counts
+    assert recovered.should_stop(("channels", 0, 2, 0), 0.12, first_of_stage=True)
+    # Epoch 1 of distillation is not epoch 1 of channel pruning, nor is a second channel pruning the first,
+    # nor epoch 1 of a channel pruning planned for 4 epochs (its learning rate is still high there).
+    assert not recovered.should_stop(("distill", 0, 2, 1), 0.05)
+    assert not recovered.should_stop(("channels", 1, 2, 1), 0.05)
+    assert not recovered.should_stop(("channels", 0, 4, 1), 0.05)
+    assert point_of(("channels", "distill", "channels"), (2, 3, 4), 2, None) == ("channels", 1, 4, None)
 
 
 def _completed(study: optuna.Study, kinds: tuple[str, ...], curve: list[tuple[int | None, float]], val: float) -> None:
-    """A trial of ``kinds`` whose monitor saw ``curve`` ((epoch or None at a stage's end), accuracy), then completed."""
+    """A trial of ``kinds`` (2 epochs each) whose monitor saw ``curve`` ((epoch or None at a stage's end), accuracy),
+    then completed."""
     trial = study.ask()
-    monitor = AccuracyMonitor(trial, StopRule(floor=0.6, margin=0.1), kinds)
+    store(trial, {Attr.STAGE_EPOCHS: [[kind, 2] for kind in kinds]})
+    monitor = AccuracyMonitor(trial, StopRule(floor=0.6, margin=0.1), kinds, (2,) * len(kinds))
     for epoch, accuracy in curve:
         if epoch is None:
             monitor.observe(accuracy, "stage done")
@@ -181,12 +190,12 @@ def test_trials_whose_stages_come_in_another_order_are_compared_stage_kind_by_ki
     study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, values=[0.9, 0.5, 0.5],
                                               user_attrs={"curve": [[0, 1, 0.9], [1, 1, 0.9]]}))
     rule = stop_rule_for(study, floor=0.6, margin=0.1, num_classes=10)
-    assert rule.lowest_recovered_at(("channels", 0, 1)) == 0.5 and rule.lowest_recovered_at(("distill", 0, 1)) == 0.72
+    assert rule.lowest_recovered_at(("channels", 0, 2, 1)) == 0.5 and rule.lowest_recovered_at(("distill", 0, 2, 1)) == 0.72
 
     def after_one_channels_epoch(accuracy: float) -> bool:
         """Whether a channels-then-distill trial at ``accuracy`` after its second channels epoch is stopped."""
         trial = study.ask()
-        monitor = AccuracyMonitor(trial, rule, ("channels", "distill"))
+        monitor = AccuracyMonitor(trial, rule, ("channels", "distill"), (2, 2))
         monitor.on_epoch_end(0, 0.3)  # right after the cut: no collapse, kept
         try:
             monitor.on_epoch_end(1, accuracy)
@@ -204,9 +213,9 @@ def test_trials_whose_stages_come_in_another_order_are_compared_stage_kind_by_ki
 
 def test_monitor_records_stage_kind_epoch_and_seconds_and_marks_rule_stops() -> None:
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
-    history = StopRule(floor=0.6, margin=0.2, chance=0.1, recovered=(((("prune", 0, 1), 0.5),),))
+    history = StopRule(floor=0.6, margin=0.2, chance=0.1, recovered=(((("prune", 0, 2, 1), 0.5),),))
     trial = study.ask()
-    monitor = AccuracyMonitor(trial, history, ("distill", "prune"))
+    monitor = AccuracyMonitor(trial, history, ("distill", "prune"), (1, 2))
     monitor.start()
     monitor.on_epoch_end(0, 0.3)  # stage 0, epoch 0 (no history there: kept)
     time.sleep(0.05)
@@ -223,6 +232,41 @@ def test_monitor_records_stage_kind_epoch_and_seconds_and_marks_rule_stops() -> 
     assert seconds[2] < seconds[1] and seconds[2] <= seconds[3]  # ... and start again with the next one
     record = TrialRecord.of(frozen)
     assert record.stop_reason is StopReason.DURING_TRAINING and "stage 2 prune" in record.stop_message
+
+
+def test_only_measured_trials_that_reached_the_floor_are_evidence_of_recovery() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    plan = [["channels", 1]]
+    for values, first_epoch, attrs in (
+            ([0.9, 0.5, 0.5], 0.1, {"fidelity": "estimated", "stage_epochs": plan}),  # screened: an estimate
+            ([0.7, 0.5, 0.5], 0.2, {"stage_epochs": plan}),
+            ([0.8, 0.5, 0.5], 0.3, {})):  # stored before plans: readable, at a point of no known schedule
+        study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, values=values, user_attrs={
+            **attrs, "curve": [[0, "channels", 0, first_epoch, 9.0]]}))
+    rule = stop_rule_for(study, floor=0.6, margin=0.1, num_classes=10)
+    assert rule.recovered == (((("channels", 0, 1, 0), 0.2),), ((("channels", 0, None, 0), 0.3),))
+
+
+def test_savings_cost_an_epoch_by_the_time_between_epoch_ends_not_by_the_stages_set_up() -> None:
+    def record(state: TrialState, plan: list, curve: list) -> TrialRecord:
+        return TrialRecord.of(optuna.trial.create_trial(
+            state=state, values=[0.7, 0.5, 0.5] if state is TrialState.COMPLETE else None,
+            user_attrs={"stage": None if state is TrialState.COMPLETE else "during-training", "stage_epochs": plan,
+                        "curve": curve}))
+
+    # A completed distillation: 37 s of set-up, then epochs of 3 s.
+    rates = epoch_seconds_by_kind([record(TrialState.COMPLETE, [["distill", 3]], [
+        [0, "distill", 0, 0.6, 40.0], [0, "distill", 1, 0.65, 43.0], [0, "distill", 2, 0.7, 46.0],
+        [0, "distill", None, 0.7, 47.0]])])
+    assert rates == {"distill": pytest.approx(3.0)}
+    # The channel-pruning cut took 28 s and its epochs 2 s: stopped after 2 of 5, then 2 distillation epochs.
+    plan = [["channels", 5], ["distill", 2]]
+    cost = remaining_training(record(TrialState.PRUNED, plan, [[0, "channels", 0, 0.3, 30.0], [0, "channels", 1, 0.31, 32.0]]),
+                              rates)
+    assert (cost.epochs_left, cost.seconds, cost.uncosted_epochs) == (5, pytest.approx(3 * 2.0 + 2 * 3.0), 0)
+    # One epoch end measures no epoch, and no completed trial measured channel pruning's: uncosted.
+    cost = remaining_training(record(TrialState.PRUNED, plan, [[0, "channels", 0, 0.3, 30.0]]), rates)
+    assert (cost.epochs_left, cost.seconds, cost.uncosted_epochs) == (6, pytest.approx(2 * 3.0), 4)
 
 
 def _trial(study: optuna.Study, state: TrialState, values=None, **attrs) -> None:
@@ -403,6 +447,21 @@ def test_sampler_scores_count_only_the_first_trials_that_reach_the_floor() -> No
     assert hypervolume_of_first(trials, 2, floor=0.7) == pytest.approx(hypervolume([(0.8, 0.5, 0.3)]))
     assert hypervolume_of_first(trials, 3, floor=0.7) == pytest.approx(hypervolume([(0.8, 0.5, 0.3), (0.9, 0.2, 0.2)]))
     assert hypervolume_of_first(trials, 2) > hypervolume_of_first(trials, 2, floor=0.7)
+
+
+def test_the_search_benchmark_counts_measured_trials_only(tmp_path) -> None:
+    spec = importlib.util.spec_from_file_location("search_benchmark", REPO / "scripts" / "search_benchmark.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    path = _synthetic_study(tmp_path)
+    study = open_study(load_study(path), create=False)
+    measured = [TrialRecord.of(t).values for t in study.get_trials() if TrialRecord.of(t).is_measured]
+    # Screened: estimated better than every measured trial, and to meet every target; neither is a measurement.
+    study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, values=[0.95, 0.1, 0.1],
+                                              user_attrs={"fidelity": "estimated", "meets_targets": True}))
+    summary = benchmark.summarise(str(path), {})
+    assert summary["hypervolume"] == pytest.approx(hypervolume(measured))
+    assert summary["meets_all_targets"] == 0
 
 
 def test_delegation_line_names_what_runs_on_portable_kernels() -> None:

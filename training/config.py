@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 from udacisense.common.schema import bounded, check_bounds
@@ -22,3 +22,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_bounds(self, "finetune")
+
+    def training_only(self) -> TrainConfig:
+        """These training settings alone, as a plain TrainConfig: a subclass's own fields (the baseline's
+        ``checkpoint``) dropped, so keys that hash a schedule stay what they were before such fields existed."""
+        return TrainConfig(**{field.name: getattr(self, field.name) for field in fields(TrainConfig)})

@@ -1,11 +1,13 @@
 """The technical report: Markdown and HTML with figures, written only from stored measurements.
 
 Inputs are what the other commands already stored: the Optuna study (objective values and user
-attributes of every trial; the baseline's measurements and the latest export's model card as study
-attributes, or for older studies ``runs/<study>/baseline/metrics.json`` and
-``runs/<study>/export/model_card.json``) and the optional techniques benchmark
-(``runs/<study>/techniques/techniques.csv``). It writes only into its output folder. No number in
-the report is typed in: every figure is read from those or computed from them.
+attributes of every trial; the baseline's measurements, the latest export's model card and the
+optional techniques benchmark of ``scripts/techniques.py`` as study attributes). Only a study
+stored before the baseline's measurements or the card were falls back to
+``runs/<study>/baseline/metrics.json`` and ``runs/<study>/export/model_card.json``; so a report
+made from a copy of a current study's database says what the original says. It opens the storage
+read-only and writes only into its output folder. No number in the report is typed in: every
+figure is read from those or computed from them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from udacisense.search.report.html import markdown_to_html
 from udacisense.search.report.search_sections import recommendations, section_search
 from udacisense.search.report.sections import section_baseline, section_chosen, section_deployment, section_summary, section_techniques
 from udacisense.search.report.trial_facts import early_stopping_savings, hypervolume_history, phase_totals
+from udacisense.search.results.convergence import convergence
 from udacisense.search.study.config import StudyConfig
 from udacisense.search.study.records import StudyRecord
 
@@ -64,7 +67,7 @@ def write_report(study: StudyConfig, out_dir: Path, *, storage: str | None = Non
     technique_lines, rows = section_techniques(inputs)
     lines = [f"# {title}", "",
              f"Generated {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')} by `udacisense report` from the "
-             f"study storage `{inputs.storage_label}` (trials, baseline measurements, model card). Every number "
+             f"study storage `{inputs.storage_label}` (trials, baseline measurements, model card, techniques benchmark). Every number "
              "below is a stored measurement or is computed from them.", ""]
     lines += section_summary(inputs)
     lines += section_baseline(inputs)
@@ -72,7 +75,7 @@ def write_report(study: StudyConfig, out_dir: Path, *, storage: str | None = Non
     lines += section_search(inputs, history, savings, phases)
     lines += section_chosen(inputs, steps)
     lines += section_deployment(inputs)
-    lines += recommendations(inputs, rows, history, savings)
+    lines += recommendations(inputs, rows, convergence([t.trial for t in inputs.trials]), savings)
     markdown = "\n".join(lines)
     md_path = write_text(out_dir / "report.md", markdown)
     html_path = write_text(out_dir / "report.html", markdown_to_html(markdown, out_dir, title))

@@ -17,10 +17,10 @@ from udacisense.common.errors import UserError
 from udacisense.evaluators.evidence import ClassDifference, SplitEvidence, resolved_class_drops
 from udacisense.evaluators.intervals import Interval, wilson
 from udacisense.search.results.export import CARD_NAME
-from udacisense.search.results.front import TIMINGS, pareto_trials, pick, trials_table, with_latest_timings
+from udacisense.search.results.front import TIMINGS, knee, pareto_trials, pick, trials_table, with_latest_timings
 from udacisense.search.study.baseline_profile import FILE_NAME, BaselineProfile
 from udacisense.search.study.config import StudyConfig
-from udacisense.search.study.records import StudyRecord
+from udacisense.search.study.records import StudyAttr, StudyRecord
 from udacisense.search.study.trial_record import TrialRecord, records
 
 
@@ -36,8 +36,7 @@ class Inputs:
     everything: pd.DataFrame
     chosen: TrialRecord
     choice_note: str
-    techniques: pd.DataFrame | None
-    techniques_path: Path
+    techniques: pd.DataFrame | None  # the techniques benchmark stored with the study; None when it never ran
     card: dict[str, Any] | None
     # The export folder holding the card's artifact on this machine; None when only the storage has the card.
     card_dir: Path | None
@@ -71,10 +70,7 @@ def load_inputs(study: StudyConfig, storage: str | None, trial_number: int | Non
     from udacisense.search.study.storage import open_study
 
     url = storage or study.storage_url
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        raise UserError(f"The study {study.name!r} has no storage yet ({url.removeprefix('sqlite:///')} does not exist).",
-                        "run `udacisense search --study ...` first, or pass `--storage` with the shared storage URL.")
-    optuna_study = open_study(study, storage, create=False)
+    optuna_study = open_study(study, storage, read_only=True)
     profile = BaselineProfile.of_study(optuna_study, study.run_dir / "baseline" / FILE_NAME)
     trials = optuna_study.get_trials(deepcopy=False)
     complete = [t for t in trials if TrialRecord.of(t).is_measured]  # screened trials' estimates are no result
@@ -98,16 +94,13 @@ def load_inputs(study: StudyConfig, storage: str | None, trial_number: int | Non
         chosen, note = match[0], f"trial {trial_number}, chosen with `--trial`"
     else:
         chosen, note = _default_choice(study, trials, front, exported)
-    techniques_path = study.run_dir / "techniques" / "techniques.csv"
-    techniques = None
-    if techniques_path.is_file():
-        try:
-            techniques = pd.read_csv(techniques_path)
-        except (OSError, ValueError, pd.errors.ParserError):
-            techniques = None
+    # From the storage only, never runs/<name>/techniques/techniques.csv: a report made from a copy of the
+    # database says what the original says.
+    stored_techniques = StudyRecord.of(optuna_study).techniques
+    techniques = None if stored_techniques is None else pd.DataFrame(stored_techniques)
     card = exported if exported is not None and exported.get("trial") == chosen.number else None
     return Inputs(study, _storage_label(url), profile, optuna_study, records(trials), records(complete),
-                  front, everything, TrialRecord.of(chosen), note, techniques, techniques_path, card, card_dir)
+                  front, everything, TrialRecord.of(chosen), note, techniques, card, card_dir)
 
 
 def _exported_card(optuna_study: optuna.Study, study: StudyConfig,
@@ -147,6 +140,10 @@ def _default_choice(study: StudyConfig, trials: Sequence[FrozenTrial], front: pd
         number = pick(front, "knee", study.targets)
         note = (f"the `knee` policy, because the study's default policy `{policy}` needs a front point "
                 "that meets all targets and there is none")
+        policy = "knee"
+    uncorrected = knee(front, study.targets).note if policy == "knee" else None
+    if uncorrected is not None:
+        note += f"; {uncorrected}"
     return next(t for t in trials if t.number == number), note
 
 
@@ -180,8 +177,9 @@ def technique_rows(inputs: Inputs) -> tuple[list[TechniqueRow], str]:
                              as_float(r.get("latency_ms")), float(r["latency_ratio"]),
                              baselines.get(str(r["runtime"]), inputs.baseline_val))
                 for _, r in table.iterrows() if r["technique"] != "baseline"]
-        return rows, (f"the techniques benchmark `{inputs.techniques_path}` (scripts/techniques.py: every technique "
-                      "applied alone to the baseline, accuracy lost measured against the baseline row in the same runtime)")
+        return rows, (f"the techniques benchmark stored with the study (study attribute `{StudyAttr.TECHNIQUES.value}`, "
+                      "written by scripts/techniques.py: every technique applied alone to the baseline, accuracy lost "
+                      "measured against the baseline row in the same runtime)")
     rows = []
     for trial in inputs.complete:
         stages = trial.stages
@@ -190,8 +188,8 @@ def technique_rows(inputs: Inputs) -> tuple[list[TechniqueRow], str]:
         rows.append(TechniqueRow(str(stages[0].get("description", stages[0].get("kind"))), trial.runtime,
                                  trial.val_accuracy, trial.test_top1, as_float(trial.artifact_bytes), trial.size_ratio,
                                  trial.latency_ms, trial.latency_ratio, inputs.baseline_val, trial.number))
-    source = ("the search's completed single-stage trials (no techniques benchmark at "
-              f"`{inputs.techniques_path}`; run `scripts/techniques.py --study ...` for every technique on equal terms)")
+    source = ("the search's completed single-stage trials (no techniques benchmark stored with the study; run "
+              "`scripts/techniques.py --study ...` for every technique on equal terms: it stores its table with the study)")
     return rows, source
 
 

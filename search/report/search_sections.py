@@ -45,18 +45,21 @@ from udacisense.search.report.trial_facts import (
     UNRECORDED,
     EarlyStoppingSavings,
     PhaseTotal,
+    early_stopping_verdict,
+    false_stop_rate_bound,
     operator_latency_fit,
     operator_trials,
     prune_category,
     state_counts,
     trial_outcome,
 )
+from udacisense.search.results.convergence import Convergence
 from udacisense.search.results.front import TIMINGS
 from udacisense.search.results.hypervolume import HV_REFERENCE
 from udacisense.search.study.budget import is_rejected
-from udacisense.search.study.records import StopReason
+from udacisense.search.study.records import STOP_WORDS, FalseStops, StopReason
 from udacisense.search.study.trial_record import TrialRecord
-from udacisense.search.trial.screening import ACCURATE_WITHIN, ScreeningSummary, model_errors
+from udacisense.search.trial.screening import ACCURATE_WITHIN, BOUNDED_FROM, ScreeningSummary, model_errors
 from udacisense.spaces.families import FAMILY_OF_KIND
 
 
@@ -180,8 +183,9 @@ def _screening_lines(inputs: Inputs) -> list[str]:
     summary = ScreeningSummary.of(inputs.trials)
     config = inputs.study.search
     lines += [("Screening is on: a trained candidate is recorded on its estimates and not lowered when a measured trial "
-               "dominates its optimistic point (its PyTorch model's validation top-1 plus the 90th percentile of the "
-               f"model-to-artifact gaps seen and {config.screen_accuracy_margin:g}; its structure's measured latency and "
+               "dominates its optimistic point (its PyTorch model's validation top-1 plus a 90% bound of its "
+               f"model-to-artifact gap, wider while fewer than {BOUNDED_FROM} gaps are seen, and "
+               f"{config.screen_accuracy_margin:g}; its structure's measured latency and "
                f"bytes, or the cost model's less {config.screen_latency_margin:.0%} or its error on structures left out "
                "of its fit), or when a measured trial of its structure is already as accurate. Screened trials never "
                "reach the front, the export or the figures above as measurements."
@@ -224,27 +228,34 @@ def _phase_lines(phases: Sequence[PhaseTotal]) -> list[str]:
     return lines + [f"![Seconds per phase]({FIGURES['phases']})", ""]
 
 
-# At most one stop in ten cut a trial that would have reached the floor: the time saved is then
-# worth the few front candidates lost.
-LOW_FALSE_STOP_RATE = 0.1
+REPLAY_MORE = "too few replays to say early stopping is safe; replay more with `--false-stops N`"
+
+
+def false_stop_rate(measured: FalseStops) -> str:
+    """How many replays reached the floor, and the false-stop rate they cannot rule out."""
+    return (f"**{measured.false_stops} of {measured.measured}** replays reached the floor: false-stop rate ≤ "
+            f"{false_stop_rate_bound(measured):.0%} (95% upper bound)")
 
 
 def false_stops_line(savings: EarlyStoppingSavings) -> str:
     measured = savings.false_stops
-    if measured is None and not savings.costs_of(StopReason.DURING_TRAINING):
-        return "False stops: nothing to measure (no trial was stopped during training)."
-    how = ("`.venv/bin/python scripts/search_benchmark.py --study ... --summary-only --false-stops N` re-runs up to N "
-           "trials stopped during training to the end, with their parameters and seed and early stopping off")
+    if measured is None and not savings.costs:
+        return "False stops: nothing to measure (early stopping stopped no trial)."
+    how = ("`.venv/bin/python scripts/search_benchmark.py --study ... --summary-only --false-stops N` replays a random "
+           "sample of N trials early stopping stopped (halved, during or before training) to the end, with their "
+           "parameters and seed, and early stopping, halving and screening off")
     if measured is None:
         return f"False stops: not measured (run it: {how})."
     if not measured.measured:
-        return (f"False stops: not measured: no re-run of a trial stopped during training finished when it was tried "
-                f"(none was stopped then, or the re-runs failed; {how}).")
-    reruns = ", ".join(f"{t.original} → {fmt_acc(t.final_val)}" for t in measured.trials)
-    return (f"False stops: **{measured.false_stops} of {measured.measured}** (measured by re-running {measured.measured} "
-            "trial(s) stopped during training to the end, with the same parameters and seed and early stopping off: "
-            f"a re-run that reaches the floor {fmt_acc(measured.trials[0].floor)} was a false stop; trial → its "
-            f"re-run's final val top-1: {reruns}).")
+        return f"False stops: not measured: no replay finished when it was tried (the replays failed; {how})."
+    kinds = Counter(t.reason for t in measured.trials)
+    replays = ", ".join(f"{t.original} → {fmt_acc(t.final_val)}" for t in measured.trials)
+    verdict = f" — {REPLAY_MORE}" if early_stopping_verdict(measured) == "undecided" else ""
+    return (f"False stops: {false_stop_rate(measured)}{verdict}. The replays: a random sample of {measured.measured} of "
+            f"the {savings.stopped} trial(s) early stopping stopped ({', '.join(f'{n} {STOP_WORDS[r]}' for r, n in kinds.items())}), each "
+            "run to the end with its parameters and seed, and early stopping, halving and screening off; one that "
+            f"reaches the floor {fmt_acc(measured.trials[0].floor)} was a false stop (trial → its replay's final val "
+            f"top-1: {replays}).")
 
 
 def _early_stopping_lines(inputs: Inputs, savings: EarlyStoppingSavings) -> list[str]:
@@ -262,15 +273,16 @@ def _early_stopping_lines(inputs: Inputs, savings: EarlyStoppingSavings) -> list
                 f"(outranked where successive halving looked, 1/{inputs.study.search.halving_rate} going on; see "
                 "`search/trial/halving.py`). Estimated compute saved: "
                 f"**{fmt_seconds(savings.saved)}**, the {savings.epochs_left} fine-tune epoch(s) those trials had left, "
-                "each at the seconds per epoch the trial measured itself in the stage it was stopped in, else the median "
-                "of the completed trials' stages of the same kind. Lowering and timing are not counted: a trial stopped "
+                "each at the time between epoch ends the trial measured itself in the stage it was stopped in (never the "
+                "stage's set-up, such as a pruning cut), else the median of the completed trials' stages of the same "
+                "kind. Lowering and timing are not counted: a trial stopped "
                 "as hopeless would most likely have stopped below the floor before them.")
         if before or halved:
             text += (" A trial stopped before training or halved might have been lowered and measured: for those the "
                      "figure is a lower bound.")
         if savings.uncosted_epochs:
-            text += (f" {savings.uncosted_epochs} of those epochs belong to stage kinds no completed trial trained: "
-                     "not costed.")
+            text += (f" {savings.uncosted_epochs} of those epochs belong to stage kinds no completed trial trained two "
+                     "epochs of (no time between epoch ends): not costed.")
         if savings.unplanned:
             text += f" {savings.unplanned} stopped trial(s) stored no stage plan (an older version): not costed."
         lines += [text, ""]
@@ -307,9 +319,11 @@ def _early_stopping_advice(inputs: Inputs, savings: EarlyStoppingSavings) -> str
         return (f"{saved}; how often it stops a trial that would have reached the floor was not measured, so whether "
                 "it cost front points is unknown: measure it with `scripts/search_benchmark.py --study ... "
                 "--summary-only --false-stops N` before relying on it.")
-    rate = f"{measured.false_stops} of {measured.measured} stopped trial(s) re-run to the end reached the floor"
-    if measured.false_stops / measured.measured <= LOW_FALSE_STOP_RATE:
+    rate, verdict = false_stop_rate(measured), early_stopping_verdict(measured)
+    if verdict == "safe":
         return f"{saved}, and {rate}: keep `search.early_stopping` on."
+    if verdict == "undecided":
+        return f"{saved}, but {rate}: {REPLAY_MORE} (`scripts/search_benchmark.py`) before relying on it."
     return (f"{saved}, but {rate}: it stops trials that would have shipped; raise `search.patience_margin` (now "
             f"{inputs.study.search.patience_margin:g}) or turn `search.early_stopping` off.")
 
@@ -336,7 +350,7 @@ def _class_advice(inputs: Inputs) -> list[str]:
             f"{'it' if len(comparison.worse) == 1 else 'them'})."]
 
 
-def recommendations(inputs: Inputs, rows: Sequence[TechniqueRow], history: Sequence[tuple[int, float]],
+def recommendations(inputs: Inputs, rows: Sequence[TechniqueRow], front_state: Convergence | None,
                     savings: EarlyStoppingSavings) -> list[str]:
     lines = ["## Recommendations (computed from the measurements above)", ""]
     items = []
@@ -381,16 +395,13 @@ def recommendations(inputs: Inputs, rows: Sequence[TechniqueRow], history: Seque
             items.append(f"Largest {what} reduction per accuracy point lost, technique alone: `{best.name}` ({best.runtime}) — "
                          f"{what} ratio {fmt_ratio(ratio)} ({change}) "
                          f"for {fmt_points(-best.lost)} validation accuracy ({efficiency_text(best, column)}).")
-    if len(history) >= 4:
-        quarter = history[-max(1, len(history) // 4) - 1][1]
-        final = history[-1][1]
-        growth = (final - quarter) / final if final > 0 else 0.0
-        if growth > 0:
-            items.append(f"The hypervolume still grew by {100 * growth:.1f}% over the last quarter of completed trials: "
-                         "a larger `search.n_trials` budget is likely to improve the front.")
-        else:
-            items.append("The hypervolume did not grow over the last quarter of completed trials: the front has "
-                         "settled for this space; widen `[space]` rather than adding trials.")
+    if front_state is not None:
+        state = front_state.describe()
+        items.append(state[0].upper() + state[1:] + (
+            ": the front has settled for this space; widen `[space]` rather than giving the search more time."
+            if front_state.converged else
+            ": a longer search (`search.timeout_minutes`, or `search.n_trials` where the trial budget ran out first) "
+            "is likely to improve the front."))
     rejected = sum(1 for t in inputs.trials if is_rejected(t.trial))
     if rejected:
         items.append(f"{rejected} of {len(inputs.trials)} sampled pipelines ({100 * rejected / len(inputs.trials):.0f}%) "

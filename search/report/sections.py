@@ -153,7 +153,9 @@ def section_baseline(inputs: Inputs) -> list[str]:
                          + (f", resized in-model to {model.input_resolution} px" if model.input_resolution else "")],
         ["input", " × ".join(str(d) for d in profile.input_shape)],
         ["classes", f"{len(profile.classes)}: {', '.join(profile.classes)}"],
-        ["training", f"{or_na(train.epochs)} epochs on {or_na(train.samples)} images "
+        ["training", f"your model, loaded from its checkpoint (not trained here); validated on {or_na(train.val_samples)} "
+                     f"images, tested on {or_na(train.test_samples)}" if profile.loaded else
+                     f"{or_na(train.epochs)} epochs on {or_na(train.samples)} images "
                      f"({or_na(train.val_samples)} validation, {or_na(train.test_samples)} test), "
                      f"{fmt_seconds(profile.train_seconds)}"],
         ["parameters", f"{fmt_int(profile.parameters)} ({fmt_int(profile.nonzero_parameters)} non-zero)"],

@@ -7,10 +7,12 @@ import statistics
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from optuna.trial import TrialState
 
+from udacisense.evaluators.intervals import wilson
 from udacisense.search.results.hypervolume import hypervolume
 from udacisense.search.study.records import STOPPED_BY_EARLY_STOPPING, FalseStops, StopReason
 from udacisense.search.study.trial_record import TrialRecord
@@ -68,11 +70,12 @@ class StopCost:
     planned: bool  # it stored its sampled stages' epochs (trials of older versions did not: not costed)
     epochs_left: int  # fine-tune epochs of its pipeline that it did not run
     seconds: float  # the costed estimate of those epochs
-    uncosted_epochs: int  # epochs of stage kinds without a measured seconds-per-epoch: not in ``seconds``
+    uncosted_epochs: int  # epochs of stage kinds without a measured time between epoch ends: not in ``seconds``
 
 
 def epoch_seconds_by_kind(trials: Sequence[TrialRecord]) -> dict[str, float]:
-    """Median seconds per fine-tune epoch of each stage kind, over the completed trials' stages that trained."""
+    """Median seconds per fine-tune epoch of each stage kind (the time between epoch ends), over the completed
+    trials' stages that trained two epochs or more."""
     per_kind: dict[str, list[float]] = {}
     for trial in trials:
         if trial.has_values:
@@ -88,9 +91,10 @@ def remaining_training(trial: TrialRecord, seconds_per_epoch: dict[str, float]) 
     - epochs: per stage of its sampled pipeline (``stage_epochs``), the fine-tune epochs it did not
       finish (none for a stage its curve closed; planned minus finished for the stage it stopped in;
       all for the stages after);
-    - seconds per epoch: the trial's own, where its curve measured epochs of that stage, else the median
-      over completed trials' stages of the same kind (``epoch_seconds_by_kind``); a kind no completed
-      trial trained leaves its epochs uncosted (counted in ``uncosted_epochs``);
+    - seconds per epoch: the time between epoch ends (``StageProgress.seconds_per_epoch``, never the
+      stage's set-up such as a pruning cut): the trial's own, where its curve has two epoch ends of that
+      stage, else the median over completed trials' stages of the same kind (``epoch_seconds_by_kind``);
+      a kind no completed trial measured leaves its epochs uncosted (counted in ``uncosted_epochs``);
     - left out: lowering, artifact accuracy, parity and latency, which a trial stopped as hopeless would
       most likely never have reached (it would have stopped below the floor), and the stages' own
       validation passes beyond those in each epoch.
@@ -167,6 +171,24 @@ def early_stopping_savings(trials: Sequence[TrialRecord], false_stops: FalseStop
     rates = epoch_seconds_by_kind(trials)
     costs = tuple(remaining_training(t, rates) for reason in STOPPED_BY_EARLY_STOPPING for t in pruned.get(reason, []))
     return EarlyStoppingSavings(sum(complete), statistics.median(complete) if complete else 0.0, pruned, costs, false_stops)
+
+
+# Early stopping is safe when its replays rule out, at 95%, that more than one stop in five cut a trial
+# that would have reached the floor: the time saved is then worth the few front candidates lost.
+SAFE_FALSE_STOP_RATE = 0.2
+
+
+def false_stop_rate_bound(false_stops: FalseStops) -> float:
+    """The 95% (Wilson) upper bound of early stopping's false-stop rate: the rate its replays cannot rule out."""
+    return wilson(false_stops.false_stops, false_stops.measured)[1]
+
+
+def early_stopping_verdict(false_stops: FalseStops) -> Literal["safe", "harmful", "undecided"]:
+    """``safe``: the rate's upper bound is at most ``SAFE_FALSE_STOP_RATE``; ``harmful``: more replays than
+    that share reached the floor; else too few replays to say."""
+    if false_stop_rate_bound(false_stops) <= SAFE_FALSE_STOP_RATE:
+        return "safe"
+    return "harmful" if false_stops.false_stops > SAFE_FALSE_STOP_RATE * false_stops.measured else "undecided"
 
 
 # Stage kinds whose phase is (mostly) gradient steps; the others calibrate, convert or rewrite.

@@ -7,6 +7,7 @@ yardstick), so ratios of TorchScript and ExecuTorch trials compare directly.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +21,7 @@ import torch
 
 from udacisense.common.errors import UserError
 from udacisense.common.files import atomic_path, write_json, write_text
-from udacisense.evaluators.evidence import SplitEvidence, resolvable_difference, verdict
+from udacisense.evaluators.evidence import SplitEvidence, resolvable_difference, resolved_shortfalls, verdict
 from udacisense.search.study.config import TargetsConfig
 from udacisense.search.study.records import dominates
 from udacisense.search.study.trial_record import TrialRecord
@@ -42,8 +43,8 @@ COLUMNS = ["trial", "pipeline", "runtime", "target", "deployment", "val_top1", "
            "latency_ms", "reference_latency_ms", "reference_runtime", "latency_ratio", "latency_ratio_p10",
            "latency_ratio_p90", "latency_ratio_ci95", "latency_blocks", "latency_ratio_same_runtime",
            "size_bytes", "size_ratio", "parity_ok", "fidelity"]
-# Kept on the table for the knee's tie rule (which validation images each candidate gets right), never written out.
-INTERNAL_COLUMNS = ["val_correct"]
+# Kept on the table for the knee's tie rule (which images of each split each candidate gets right), never written out.
+INTERNAL_COLUMNS = ["val_correct", "test_correct"]
 
 
 def _interval(evidence: SplitEvidence | None, which: str) -> list[float] | None:
@@ -86,6 +87,7 @@ def trials_table(trials: Sequence[optuna.trial.FrozenTrial], targets: TargetsCon
             "parity_ok": r.parity_ok,
             "fidelity": r.fidelity.value,  # always "measured" on the front: screened trials never reach it
             "val_correct": r.correct("val"),
+            "test_correct": r.correct("test"),
         })
     table = mark_targets(pd.DataFrame(rows, columns=COLUMNS + INTERNAL_COLUMNS), targets, baseline_val)
     return table.sort_values("val_top1", ascending=False).reset_index(drop=True)
@@ -149,27 +151,18 @@ def with_latest_timings(table: pd.DataFrame, card: dict[str, Any] | None, retime
     return mark_targets(table, targets, baseline_val)
 
 
-def pick(front: pd.DataFrame, policy: Policy, targets: TargetsConfig) -> int:
-    """The trial number a policy chooses. ``knee``: nearest the ideal point (the pool's best accuracy,
-    zero latency, zero size), each objective measured in its target's allowance, among points meeting
-    all targets when there are any, else among those passing parity (say so: see ``missed_targets``);
-    the others require meeting the targets. A parity failure is never picked."""
+def _check_not_empty(front: pd.DataFrame) -> None:
     if front.empty:
         raise UserError("The study has no completed trials yet.", "run `udacisense search` first.")
-    feasible = front[front["meets_all"]]
+
+
+def pick(front: pd.DataFrame, policy: Policy, targets: TargetsConfig) -> int:
+    """The trial number a policy chooses: ``knee`` (see ``knee``) or the best of one objective among the
+    points meeting all targets. A parity failure is never picked."""
     if policy == "knee":
-        pool = feasible if not feasible.empty else front[front["parity_ok"]]
-        if pool.empty:
-            raise UserError("Every trial on the front fails its parity check: none of their artifacts computes "
-                            "what its PyTorch model computes.", "report the pipelines as a bug, or run more trials.")
-        # Ratios are already on the baseline's scale; min-max scaling within the pool would instead let
-        # one outlier (a x4 slower TorchScript model) make every other latency look alike.
-        distance = pd.DataFrame({
-            "acc": _accuracy_shortfall(pool) / max(targets.max_accuracy_drop, 1e-3),
-            "lat": pool["latency_ratio"] / max(1 - targets.latency_reduction, 1e-3),
-            "size": pool["size_ratio"] / max(1 - targets.size_reduction, 1e-3),
-        })
-        return int(pool.loc[(distance**2).sum(axis=1).idxmin(), "trial"])
+        return knee(front, targets).trial
+    _check_not_empty(front)
+    feasible = front[front["meets_all"]]
     if feasible.empty:
         raise UserError(f"No trial on the front meets all targets, so `{policy}` has nothing to choose from.",
                         "use `--pick knee`, pass `--trial N`, relax `[targets]`, or run more trials.")
@@ -178,20 +171,76 @@ def pick(front: pd.DataFrame, policy: Policy, targets: TargetsConfig) -> int:
     return int(feasible.sort_values(column, ascending=ascending).iloc[0]["trial"])
 
 
-def _accuracy_shortfall(pool: pd.DataFrame) -> pd.Series:
+@dataclass(frozen=True)
+class KneeChoice:
+    """The knee's trial, and the one it picked before its accuracy gaps were judged together on held-out images."""
+
+    trial: int
+    uncorrected: int  # each gap tested alone at 95%, on the validation images the most accurate row was chosen on
+    comparisons: int  # accuracy gaps judged together (Holm)
+    split: str  # the images they were judged on: "test" where every row stores them, else "val"
+
+    @property
+    def note(self) -> str | None:
+        """What the knee would have picked without the correction, when that is another trial."""
+        if self.uncorrected == self.trial:
+            return None
+        return (f"without correcting for its {self.comparisons} accuracy comparisons (each gap tested alone at 95% on "
+                f"the validation images the most accurate row was chosen on) the knee would have picked trial "
+                f"{self.uncorrected}")
+
+
+def knee(front: pd.DataFrame, targets: TargetsConfig) -> KneeChoice:
+    """The point nearest the ideal (the pool's best accuracy, zero latency, zero size), each objective measured
+    in its target's allowance, among points meeting all targets when there are any, else among those passing
+    parity (say so: see ``missed_targets``). An accuracy gap counts only where it is resolved (see
+    ``_accuracy_shortfall``)."""
+    _check_not_empty(front)
+    feasible = front[front["meets_all"]]
+    pool = feasible if not feasible.empty else front[front["parity_ok"]]
+    if pool.empty:
+        raise UserError("Every trial on the front fails its parity check: none of their artifacts computes "
+                        "what its PyTorch model computes.", "report the pipelines as a bug, or run more trials.")
+    column = _held_out_column(pool)
+    return KneeChoice(_nearest_ideal(pool, _accuracy_shortfall(pool, column, corrected=True), targets),
+                      _nearest_ideal(pool, _accuracy_shortfall(pool, "val_correct", corrected=False), targets),
+                      int((pool["val_top1"] < pool["val_top1"].max()).sum()), column.removesuffix("_correct"))
+
+
+def _nearest_ideal(pool: pd.DataFrame, shortfall: pd.Series, targets: TargetsConfig) -> int:
+    # Ratios are already on the baseline's scale; min-max scaling within the pool would instead let
+    # one outlier (a x4 slower TorchScript model) make every other latency look alike.
+    distance = pd.DataFrame({
+        "acc": shortfall / max(targets.max_accuracy_drop, 1e-3),
+        "lat": pool["latency_ratio"] / max(1 - targets.latency_reduction, 1e-3),
+        "size": pool["size_ratio"] / max(1 - targets.size_reduction, 1e-3),
+    })
+    return int(pool.loc[(distance**2).sum(axis=1).idxmin(), "trial"])
+
+
+def _held_out_column(pool: pd.DataFrame) -> str:
+    # The most accurate row was chosen on the validation images, so its lead there is biased upwards (the
+    # winner's curse); the test images, never used to rank, judge whether a gap is real where every row has them.
+    stored = "test_correct" in pool and all(isinstance(correct, torch.Tensor) for correct in pool["test_correct"])
+    return "test_correct" if stored else "val_correct"
+
+
+def _accuracy_shortfall(pool: pd.DataFrame, column: str, corrected: bool) -> pd.Series:
     """How far each row's validation accuracy is below the pool's best, counted only where the paired
-    comparison on the same images resolves it: a measurable latency or size gain is never traded for an
-    accuracy difference within the noise (rows without stored per-image results count as measured)."""
+    comparison on the images of ``column`` resolves it: a measurable latency or size gain is never traded for
+    an accuracy difference within the noise (rows without stored per-image results count as measured).
+    ``corrected``: the gaps are judged together, holding the chance that any noise gap counts to 5%
+    (``resolved_shortfalls``); else each alone at 95% (``resolvable_difference``), as the knee did before."""
     best = pool.loc[pool["val_top1"].idxmax()]
-    best_correct = best["val_correct"]
-
-    def shortfall(row: pd.Series) -> float:
-        gap = float(best["val_top1"] - row["val_top1"])
-        if isinstance(best_correct, torch.Tensor) and isinstance(row["val_correct"], torch.Tensor) and gap > 0:
-            return gap if resolvable_difference(best_correct, row["val_correct"]) else 0.0
-        return gap
-
-    return pool.apply(shortfall, axis=1)
+    gaps = best["val_top1"] - pool["val_top1"]
+    if not isinstance(best[column], torch.Tensor):
+        return gaps
+    tested = [i for i in pool.index if gaps[i] > 0 and isinstance(pool.at[i, column], torch.Tensor)]
+    others = [pool.at[i, column] for i in tested]
+    resolved = (resolved_shortfalls(best[column], others) if corrected
+                else [resolvable_difference(best[column], other) for other in others])
+    unresolved = [i for i, real in zip(tested, resolved, strict=True) if not real]
+    return gaps.where(~gaps.index.isin(unresolved), 0.0)
 
 
 def missed_targets(front: pd.DataFrame, chosen: int, targets: TargetsConfig, baseline_val: float) -> str | None:

@@ -227,6 +227,11 @@ class BaselineProfile:
         return float(self.document.get("train_seconds", 0.0))
 
     @property
+    def loaded(self) -> bool:
+        """The baseline is the user's own trained model (``[baseline] checkpoint``), loaded, not trained here."""
+        return self.document.get("source") == "loaded"
+
+    @property
     def training(self) -> BaselineTraining:
         train = self.document.get("train", {})
         return BaselineTraining(*(optional_int(train.get(key)) for key in ("epochs", "samples", "val_samples", "test_samples")))

@@ -11,11 +11,10 @@ from typing import Any, Literal
 from udacisense.common.errors import UserError
 from udacisense.common.schema import bounded, parse_dataclass
 from udacisense.datasources.config import DataConfig
-from udacisense.models.config import ModelConfig
+from udacisense.models.config import BaselineConfig, ModelConfig
 from udacisense.models.students import StudentsConfig
 from udacisense.runtime.backends import LoweredRuntime, Runtime
 from udacisense.spaces.space import SpaceConfig
-from udacisense.training import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -100,7 +99,7 @@ class StudyConfig:
     storage: str = ""
     runs_dir: str = "runs"
     model: ModelConfig = field(default_factory=ModelConfig)
-    baseline: TrainConfig = field(default_factory=TrainConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
     students: StudentsConfig = field(default_factory=StudentsConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     targets: TargetsConfig = field(default_factory=TargetsConfig)

@@ -109,6 +109,8 @@ class Attr(enum.StrEnum):
     FIDELITY = "fidelity"  # a Fidelity
     PROMOTED_FROM = "promoted_from"  # the screened trial this one runs again to lower and measure it
     PORTFOLIO_ENTRY = "portfolio_entry"  # the index in search.portfolio of the known-good pipeline it was queued as
+    # How it ended, in the product's words (TrialRecord.outcome): the dashboard shows user attributes, not our stop reasons.
+    OUTCOME = "outcome"
 
 
 class StudyAttr(enum.StrEnum):
@@ -120,6 +122,7 @@ class StudyAttr(enum.StrEnum):
     EXPORTED_CARD = "exported_card"  # the model card of the latest `udacisense export`
     RETIMED_FRONT = "retimed_front"  # the front as re-timed before the latest pick
     FALSE_STOPS = "false_stops"  # the stopped trials continued to the end, to measure false stops
+    TECHNIQUES = "techniques"  # the rows of scripts/techniques.py: every technique alone on the baseline
 
 
 class Fidelity(enum.StrEnum):
@@ -138,6 +141,18 @@ class StopReason(enum.StrEnum):
     BELOW_FLOOR = "below-floor"  # trained, but clearly below the accuracy floor: not lowered or measured
     HALVED = "halved"  # outranked where successive halving looked at it: its other epochs not trained (search.halving)
 
+
+# How a stopped trial ended, as log lines and the dashboard say it: Optuna calls every one of them "pruned",
+# which reads like a pruning stage of the pipeline.
+STOP_WORDS = {
+    StopReason.REJECTED: "rejected, an impossible stage order",
+    StopReason.DUPLICATE: "duplicate, not run again",
+    StopReason.OVER_BUDGET: "over budget, not run",
+    StopReason.BEFORE_TRAINING: "stopped before training",
+    StopReason.DURING_TRAINING: "stopped during training",
+    StopReason.BELOW_FLOOR: "below the accuracy floor, not lowered",
+    StopReason.HALVED: "halved",
+}
 
 # Trials that ran no compute and spend no budget.
 UNSPENT = (StopReason.REJECTED, StopReason.DUPLICATE, StopReason.OVER_BUDGET)
@@ -181,18 +196,22 @@ def optional_int(value: object) -> int | None:
 
 @dataclass(frozen=True)
 class FalseStopTrial:
-    """A trial the early-stopping rule stopped, run again to the end: same parameters, same seed, early stopping off."""
+    """A trial early stopping stopped, run again to the end: same parameters, same seed, early stopping,
+    halving and screening off."""
 
     original: int  # the stopped trial
     rerun: int  # its replay, in the sibling study the replays ran in
     final_val: float  # validation top-1 the replay ended with (its model's where it stopped below the floor)
     floor: float  # the accuracy floor of the original study
     reached: bool  # it reached the floor: the stop was a false one
+    # How the original stopped; documents of older versions replayed stops during training only.
+    reason: StopReason = StopReason.DURING_TRAINING
 
 
 @dataclass(frozen=True)
 class FalseStops:
-    """How many stopped trials would have reached the floor, as ``search.false_stops`` measured it."""
+    """How many of a random sample of stopped trials would have reached the floor, as ``search.false_stops``
+    measured it."""
 
     trials: tuple[FalseStopTrial, ...]
 
@@ -210,7 +229,8 @@ class FalseStops:
     @classmethod
     def from_dict(cls, document: Mapping[str, Any]) -> FalseStops:
         return cls(tuple(FalseStopTrial(int(t["original"]), int(t["rerun"]), float(t["final_val"]), float(t["floor"]),
-                                        bool(t["reached"])) for t in document.get("trials", [])))
+                                        bool(t["reached"]), StopReason(t.get("reason", StopReason.DURING_TRAINING)))
+                         for t in document.get("trials", [])))
 
 
 @dataclass(frozen=True)
@@ -253,3 +273,9 @@ class StudyRecord:
         """The stopped trials re-run to the end (``search.false_stops``); None when never measured."""
         document = self._document(StudyAttr.FALSE_STOPS)
         return None if document is None else FalseStops.from_dict(document)
+
+    @property
+    def techniques(self) -> list[dict[str, Any]] | None:
+        """The techniques benchmark's rows (``scripts/techniques.py``); None when it never ran on this study."""
+        rows = self.attrs.get(StudyAttr.TECHNIQUES.value)
+        return [dict(row) for row in rows if isinstance(row, Mapping)] if isinstance(rows, list) else None

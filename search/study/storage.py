@@ -7,6 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import optuna
 import sqlalchemy
@@ -82,18 +83,47 @@ def _lost_schema_race(error: Exception) -> bool:
     return isinstance(error, sqlalchemy.exc.IntegrityError) or "already exists" in str(error)
 
 
-def open_storage(url: str, heartbeat_seconds: int = 30, *, create: bool = True) -> RDBStorage:
+def read_only_connection(url: str, engine_kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The URL and engine arguments of a connection that cannot write: SQLite opened read-only, PostgreSQL
+    sessions whose transactions are read-only. Other databases are left as they are."""
+    parsed = sqlalchemy.engine.make_url(url)
+    path = sqlite_path(url)
+    if path is not None:
+        parsed = parsed.set(database=f"file:{quote(str(path.absolute()))}", query={"mode": "ro", "uri": "true"})
+        return parsed.render_as_string(hide_password=False), engine_kwargs
+    if parsed.get_backend_name() == "postgresql":
+        connect_args = {**engine_kwargs.get("connect_args", {}), "options": "-c default_transaction_read_only=on"}
+        return url, {**engine_kwargs, "connect_args": connect_args}
+    return url, engine_kwargs
+
+
+def holds_a_study(url: str, engine_kwargs: dict[str, Any]) -> bool:
+    """Whether the database has Optuna's tables and a study in them, found by reading only."""
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        with engine.connect() as connection:
+            if "studies" not in sqlalchemy.inspect(connection).get_table_names():
+                return False
+            return bool(connection.execute(sqlalchemy.text("SELECT COUNT(*) FROM studies")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def open_storage(url: str, heartbeat_seconds: int = 30, *, create: bool = True, read_only: bool = False) -> RDBStorage:
     """An RDB storage with heartbeats: a trial whose worker died is failed and retried by another worker.
 
-    With ``create=False`` (read-only commands) a SQLite file that does not exist is an error rather
-    than a new empty database and folder.
+    With ``create=False`` (commands on an existing study) a SQLite file that does not exist is an error
+    rather than a new empty database and folder. With ``read_only`` (``front``, ``report``,
+    ``dashboard``) nothing is written either: Optuna would create its tables and version row in any
+    database it opens, so the connection cannot write and a database without a study is refused.
     """
+    create = create and not read_only
     try:
         path = sqlite_path(url)
     except sqlalchemy.exc.ArgumentError:
         raise UserError(f"The storage URL {url.split('@')[-1]!r} is not a database URL.",
                         "pass `--storage` as e.g. sqlite:///runs/x/study.db or postgresql://user:pw@host/db.") from None
-    engine_kwargs: dict[str, object] = {"pool_pre_ping": True}
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if path is not None:
         if not create and not path.is_file():
             raise UserError(f"There is no study database at {path}.",
@@ -101,13 +131,19 @@ def open_storage(url: str, heartbeat_seconds: int = 30, *, create: bool = True) 
         path.parent.mkdir(parents=True, exist_ok=True)
         # Several local processes share one file: wait for the lock instead of failing.
         engine_kwargs = {"connect_args": {"timeout": 120}}
+    connect_url, engine_kwargs = read_only_connection(url, engine_kwargs) if read_only else (url, engine_kwargs)
 
     def connect() -> RDBStorage:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds,
-                          grace_period=heartbeat_seconds * 4,
+        return RDBStorage(connect_url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds,
+                          grace_period=heartbeat_seconds * 4, skip_table_creation=read_only,
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2, inherit_intermediate_values=True))
 
     try:
+        if read_only and not holds_a_study(connect_url, engine_kwargs):
+            where = path or url.split("@")[-1]
+            raise UserError(f"The database {where} holds no Optuna study: it was not written by `udacisense search`.",
+                            "pass the storage of a searched study with `--storage`, or run `udacisense search --study "
+                            "...` first (it creates the study there).")
         for _ in range(SCHEMA_ATTEMPTS - 1):
             try:
                 return connect()
@@ -117,6 +153,8 @@ def open_storage(url: str, heartbeat_seconds: int = 30, *, create: bool = True) 
                 if not _lost_schema_race(error):
                     raise
         return connect()
+    except UserError:
+        raise
     except ImportError as error:
         raise UserError(f"The storage {url.split('@')[-1]} needs a database driver that is not installed: {error}.",
                         "install it, e.g. `pip install 'psycopg[binary]'` for postgresql:// URLs.") from None
@@ -199,10 +237,12 @@ def check_settings(study: StudyConfig, optuna_study: optuna.Study, *, record: bo
 
 
 def open_study(study: StudyConfig, url: str | None = None, sampler: optuna.samplers.BaseSampler | None = None,
-               *, create: bool = True) -> optuna.Study:
+               *, create: bool = True, read_only: bool = False) -> optuna.Study:
+    """The study of ``study`` in its storage (``url`` overrides it): created unless ``create`` is False;
+    ``read_only`` (an existing study too) for commands that must write nothing (see ``open_storage``)."""
     url = url or study.storage_url
-    if not create:
-        storage = open_storage(url, study.search.heartbeat_seconds, create=False)
+    if read_only or not create:
+        storage = open_storage(url, study.search.heartbeat_seconds, create=False, read_only=read_only)
         try:
             optuna_study = optuna.load_study(study_name=study.name, storage=storage, sampler=sampler)
         except KeyError:

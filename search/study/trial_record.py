@@ -15,7 +15,15 @@ from udacisense.evaluators.evidence import SplitEvidence
 from udacisense.evaluators.intervals import unpack_correct
 from udacisense.evaluators.structure import Structure
 from udacisense.runtime.backends import Backend, deployment_label
-from udacisense.search.study.records import OBJECTIVE_NAMES, Attr, Fidelity, StopReason, optional_float, optional_int
+from udacisense.search.study.records import (
+    OBJECTIVE_NAMES,
+    STOP_WORDS,
+    Attr,
+    Fidelity,
+    StopReason,
+    optional_float,
+    optional_int,
+)
 
 
 @dataclass(frozen=True)
@@ -278,6 +286,34 @@ class TrialRecord:
     @property
     def stop_message(self) -> str:
         return str(self._attr(Attr.STOP_MESSAGE, ""))
+
+    @property
+    def outcome(self) -> str:
+        """How the trial ended, in the product's words (its log line, its ``outcome`` attribute on the dashboard):
+        measured, screened, how it stopped, failed, or interrupted (it recorded no end: its worker was stopped)."""
+        reason = self.stop_reason
+        if reason is not None:
+            where = self._where_training_stopped() if reason in (StopReason.HALVED, StopReason.DURING_TRAINING) else ""
+            return STOP_WORDS[reason] + where
+        if self.error is not None:
+            return "failed"
+        if Attr.FIDELITY.value in self.trial.user_attrs or self.has_values:
+            return "measured" if self.fidelity is Fidelity.MEASURED else "screened on estimates, not lowered"
+        return "interrupted"
+
+    def _where_training_stopped(self) -> str:
+        """" at epoch 2 of 4" (of which stage, in a pipeline of several) from the curve's last point; "" for a
+        curve of an older study, which names no stage kind."""
+        points = [point for point in self.curve if len(point) == 5]
+        if not points:
+            return ""
+        stage, kind, epoch = int(points[-1][0]), str(points[-1][1]), points[-1][2]
+        if epoch is None:
+            return f" after stage {stage + 1} ({kind})"
+        planned = [epochs for _, epochs in self.stage_epochs]
+        of_planned = f" of {planned[stage]}" if stage < len(planned) else ""
+        of_stage = f" of stage {stage + 1} ({kind})" if len(planned) > 1 else ""
+        return f" at epoch {int(epoch) + 1}{of_planned}{of_stage}"
 
     @property
     def error(self) -> str | None:

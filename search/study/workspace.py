@@ -82,6 +82,7 @@ def open_workspace(study: StudyConfig, *, progress: bool = True) -> Workspace:
             "study": study.name,
             "baseline_key": baseline.key,
             "train_seconds": baseline.train_seconds,
+            "source": baseline.source,  # "loaded": the user's own trained model, never retrained
             "train": {"epochs": study.baseline.epochs, "samples": len(data.train), "val_samples": len(data.val),
                       "test_samples": len(data.test)},
             **profile_float_model(baseline.model, data, runtimes=evaluation.runtimes,

@@ -3,16 +3,21 @@
 Optuna's ``trial.report``/``should_prune`` do not support multi-objective studies, so the
 intermediate validation accuracies are kept as the trial's ``curve`` user attribute (a pruned
 trial keeps them), and a trial is stopped only on evidence: it is well below the floor, and every
-completed trial that reached the floor was clearly higher at the same point. Points are compared
+measured trial that reached the floor was clearly higher at the same point. Points are compared
 only where they mean the same thing: the same stage kind, the same occurrence of that kind in the
-pipeline (the first channel pruning, the second, ...) and the same fine-tune epoch within it
-(``epoch`` None: the measurement that closes the stage). Never by stage index: families absent from
-a pipeline drop out of its order, so index 0 is distillation in one trial and channel pruning in
-another. Without such history nothing is stopped.
+pipeline (the first channel pruning, the second, ...), the same planned fine-tune epochs of that
+stage and the same fine-tune epoch within it (``epoch`` None: the measurement that closes the
+stage). Never by stage index: families absent from a pipeline drop out of its order, so index 0 is
+distillation in one trial and channel pruning in another. Never across schedules: the learning rate
+(and a gradual-pruning ramp) stretches over the stage's planned epochs, so after epoch 1 a 1-epoch
+stage is annealed while a 4-epoch one still trains near its peak rate. Without such history nothing
+is stopped.
 
 A stored curve entry is ``[stage index, stage kind, epoch or None, val top-1, seconds into the
-stage]``; the seconds let the report cost the epochs a stopped trial had left. Entries of older
-studies (``[stage, epoch, top-1]``, ``[step, top-1]``) carry no kind: they are no evidence.
+stage]``; the stage's planned epochs are its trial's ``stage_epochs`` at that index (a trial stored
+before plans were has none: its points match no current one). The seconds at consecutive epoch ends
+let the report cost the epochs a stopped trial had left. Entries of older studies (``[stage, epoch,
+top-1]``, ``[step, top-1]``) carry no kind: they are no evidence.
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ from udacisense.search.study.records import Attr, StopReason, record_stop, store
 from udacisense.search.study.trial_record import TrialRecord
 from udacisense.search.trial.halving import Competitor, is_rung, rank
 
-# Where a measurement was taken: (stage kind, stages of that kind before it in the pipeline,
-# fine-tune epoch within the stage or None at its end).
-Point = tuple[str, int, int | None]
+# Where a measurement was taken: (stage kind, stages of that kind before it in the pipeline, the
+# stage's planned fine-tune epochs (None: not stored), fine-tune epoch within the stage or None at its end).
+Point = tuple[str, int, int | None, int | None]
 
 
 @dataclass(frozen=True)
@@ -53,18 +58,26 @@ def curve_points(curve: Sequence[Sequence[Any]]) -> tuple[CurvePoint, ...]:
                  for stage, kind, epoch, acc, seconds in (p for p in curve if len(p) == 5))
 
 
-def point_of(kinds: Sequence[str], stage: int, epoch: int | None) -> Point:
-    """The comparable place of a measurement at stage index ``stage`` of a pipeline of ``kinds``."""
+def point_of(kinds: Sequence[str], planned: Sequence[int], stage: int, epoch: int | None) -> Point:
+    """The comparable place of a measurement at stage index ``stage`` of a pipeline of ``kinds`` whose
+    stages plan ``planned`` fine-tune epochs."""
     kind = kinds[stage]
-    return kind, list(kinds[:stage]).count(kind), epoch
+    return kind, list(kinds[:stage]).count(kind), planned[stage], epoch
 
 
-def comparable(points: Sequence[CurvePoint]) -> tuple[tuple[Point, float], ...]:
+def comparable(points: Sequence[CurvePoint], planned: Sequence[int]) -> tuple[tuple[Point, float], ...]:
     """A stored curve as (point, accuracy) pairs; every stage before a measured one closed with a
-    measurement, so the curve itself says which kinds came before."""
+    measurement, so the curve itself says which kinds came before. ``planned``: the fine-tune epochs of
+    every stage of the trial's pipeline; a stage beyond it has none."""
     kinds = {p.stage: p.kind for p in points}
-    return tuple(((p.kind, sum(1 for s, k in kinds.items() if s < p.stage and k == p.kind), p.epoch), p.accuracy)
+    return tuple(((p.kind, sum(1 for s, k in kinds.items() if s < p.stage and k == p.kind),
+                   planned[p.stage] if p.stage < len(planned) else None, p.epoch), p.accuracy)
                  for p in points)
+
+
+def trial_curve(record: TrialRecord) -> tuple[tuple[Point, float], ...]:
+    """A stored trial's curve as (point, accuracy) pairs, its stages' planned epochs from its ``stage_epochs``."""
+    return comparable(curve_points(record.curve), [epochs for _, epochs in record.stage_epochs])
 
 
 @dataclass(frozen=True)
@@ -73,15 +86,24 @@ class StageProgress:
 
     stage: int
     kind: str
-    epochs: int  # fine-tune epochs finished
-    seconds: float  # into the stage when the last of them finished
+    epoch_ends: tuple[tuple[int, float], ...]  # (epoch, seconds into the stage at its end) of each finished epoch
     closed: bool  # the stage ran to its end (its closing measurement was taken)
 
     @property
+    def epochs(self) -> int:
+        """Fine-tune epochs finished."""
+        return self.epoch_ends[-1][0] + 1 if self.epoch_ends else 0
+
+    @property
     def seconds_per_epoch(self) -> float | None:
-        # Includes what the stage did before its first epoch (a pruning cut, QAT preparation) and
-        # each epoch's validation pass: the cost of an epoch of that stage as the search runs it.
-        return self.seconds / self.epochs if self.epochs else None
+        """The measured time between epoch ends: an epoch's training and its validation pass. Seconds
+        into the stage over epochs done would also hold what the stage did before its first epoch (a
+        pruning cut, QAT preparation) and charge a share of it to every epoch left. None before two
+        epoch ends."""
+        if len(self.epoch_ends) < 2:
+            return None
+        (first, start), (last, end) = self.epoch_ends[0], self.epoch_ends[-1]
+        return (end - start) / (last - first)
 
 
 def stage_progress(points: Sequence[CurvePoint]) -> list[StageProgress]:
@@ -91,10 +113,8 @@ def stage_progress(points: Sequence[CurvePoint]) -> list[StageProgress]:
         by_stage.setdefault(point.stage, []).append(point)
     progress = []
     for stage, measured in sorted(by_stage.items()):
-        epochs = [p for p in measured if p.epoch is not None]
-        last = max(epochs, key=lambda p: p.epoch or 0) if epochs else None
-        progress.append(StageProgress(stage, measured[0].kind, 0 if last is None else (last.epoch or 0) + 1,
-                                      0.0 if last is None else last.seconds, any(p.epoch is None for p in measured)))
+        ends = tuple(sorted((p.epoch, p.seconds) for p in measured if p.epoch is not None))
+        progress.append(StageProgress(stage, measured[0].kind, ends, any(p.epoch is None for p in measured)))
     return progress
 
 
@@ -102,7 +122,7 @@ def stage_progress(points: Sequence[CurvePoint]) -> list[StageProgress]:
 class StopRule:
     floor: float  # the accuracy the targets allow: baseline val top-1 minus the allowed drop
     margin: float  # how far below the floor a trial may sit before its recovery becomes implausible
-    # (point, accuracy) curves of completed trials that ended at or above the floor.
+    # (point, accuracy) curves of measured trials that ended at or above the floor.
     recovered: tuple[tuple[tuple[Point, float], ...], ...] = ()
     chance: float = 0.1  # 1 / number of classes
 
@@ -125,8 +145,9 @@ def stop_rule_for(study: optuna.Study, floor: float, margin: float, num_classes:
     curves = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         record = TrialRecord.of(trial)
-        if record.has_values and record.val_accuracy >= floor:
-            curves.append(comparable(curve_points(record.curve)))
+        # Only a measured accuracy says a trial recovered: a screened trial's is an estimate.
+        if record.is_measured and record.val_accuracy >= floor:
+            curves.append(trial_curve(record))
     return StopRule(floor, margin, tuple(c for c in curves if c), chance=1.0 / num_classes)
 
 
@@ -135,7 +156,7 @@ def competitors_at(point: Point, history: Sequence[TrialRecord]) -> list[Competi
     found = []
     for record in history:
         footprint = record.footprint
-        accuracy = next((acc for p, acc in comparable(curve_points(record.curve)) if p == point), None)
+        accuracy = next((acc for p, acc in trial_curve(record) if p == point), None)
         if footprint is not None and accuracy is not None:
             found.append(Competitor(record.number, accuracy, *footprint))
     return found
@@ -153,8 +174,8 @@ class AccuracyMonitor:
     trial: optuna.Trial
     rule: StopRule
     kinds: tuple[str, ...]  # the kind of every stage of the trial's pipeline, in order
+    epochs: tuple[int, ...]  # the planned fine-tune epochs of every stage, in order
     enabled: bool = True
-    epochs: tuple[int, ...] = ()  # the fine-tune epochs of every stage, in order; empty: no halving
     halving_rate: int = 0  # η of successive halving; below 2: off
     curve: list[CurvePoint] = field(default_factory=list)
     stage: int = 0
@@ -174,10 +195,10 @@ class AccuracyMonitor:
         first_of_stage = not any(p.stage == point.stage for p in self.curve)
         self.curve.append(point)
         store(self.trial, {Attr.CURVE: [p.as_list() for p in self.curve]})
-        if self.enabled and self.rule.should_stop(point_of(self.kinds, self.stage, epoch), accuracy,
+        if self.enabled and self.rule.should_stop(point_of(self.kinds, self.epochs, self.stage, epoch), accuracy,
                                                   first_of_stage=first_of_stage):
             message = (f"val top-1 {accuracy:.3f} at stage {self.stage + 1} {point.kind} ({where}) is hopeless: floor "
-                       f"{self.rule.floor:.3f}, margin {self.rule.margin:.2f}, and every completed trial that "
+                       f"{self.rule.floor:.3f}, margin {self.rule.margin:.2f}, and every measured trial that "
                        f"reached the floor was higher there")
             raise record_stop(self.trial, StopReason.DURING_TRAINING, message)
 
@@ -188,12 +209,12 @@ class AccuracyMonitor:
 
     def on_epoch_end(self, epoch: int, accuracy: float) -> None:
         self._add(epoch, accuracy, f"fine-tune epoch {epoch + 1}")
-        if self.enabled and self.epochs and is_rung(epoch + 1, self.epochs[self.stage], self.halving_rate):
+        if self.enabled and is_rung(epoch + 1, self.epochs[self.stage], self.halving_rate):
             self._halve_unless_promising(epoch, accuracy)
 
     def _halve_unless_promising(self, epoch: int, accuracy: float) -> None:
         history = [TrialRecord.of(t) for t in self.trial.study.get_trials(deepcopy=False)]
-        point = point_of(self.kinds, self.stage, epoch)
+        point = point_of(self.kinds, self.epochs, self.stage, epoch)
         ranking = rank(self.trial.number, competitors_at(point, history), self.halving_rate)
         if ranking is not None and not ranking.goes_on:
             message = (f"halved after fine-tune epoch {epoch + 1} of {self.epochs[self.stage]} of stage {self.stage + 1} "

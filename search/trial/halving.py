@@ -4,7 +4,10 @@ for the promising.
 A stage that fine-tunes for E epochs is looked at after 1, η, η², ... of them while epochs remain
 (its *rungs*). At a rung the trial goes on only if it ranks in the top 1/η of every trial of the study
 that reached the same point (``early_stopping.Point``: stage kind, its occurrence in the pipeline,
-the epoch), running, stopped or complete; otherwise it stops there (``StopReason.HALVED``). This is
+the stage's planned epochs, the epoch), running, stopped or complete; otherwise it stops there
+(``StopReason.HALVED``). Only trials of the same planned epochs meet at a rung: the learning-rate
+schedule stretches over them, so a 1-epoch stage is annealed after its first epoch while a 4-epoch
+one still trains hot, and ranking the two would stop longer fine-tunes for being unfinished. This is
 asynchronous successive halving (ASHA, Li et al. 2020) in its stopping form, as Optuna's
 ``SuccessiveHalvingPruner``, which multi-objective studies cannot use (``Trial.report`` raises).
 

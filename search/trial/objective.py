@@ -90,7 +90,9 @@ class TrialRunner:
                           Attr.TRACEBACK: traceback.format_exc()[-4000:]})
             raise
         finally:
-            store(trial, {Attr.PHASE_SECONDS: self.phases.summary()})
+            # Read back from what it stored (its stop reason, error or fidelity), so the words match its log line.
+            ended = TrialRecord.of(trial.study.get_trials(deepcopy=False)[trial.number])
+            store(trial, {Attr.PHASE_SECONDS: self.phases.summary(), Attr.OUTCOME: ended.outcome})
 
     def _run(self, trial: optuna.Trial, seed: int, promoted_from: int | None) -> tuple[float, float, float]:
         """``promoted_from``: the screened trial this one runs again, to be lowered and measured; None if none."""

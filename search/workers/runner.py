@@ -228,7 +228,8 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
 
 def requeue(study: optuna.Study, number: int) -> None:
     """Queue a failed trial again, traceable to the original exactly as Optuna's heartbeat retries are,
-    with the seed it trained with (and, for a replay, the trial it replays), as those carry them too."""
+    with the seed it trained with (and the trial it replays or promotes, the portfolio entry it was), as
+    those carry them too."""
     trial = study.get_trials(deepcopy=False)[number]
     if trial.state is not TrialState.FAIL:
         return
@@ -237,7 +238,9 @@ def requeue(study: optuna.Study, number: int) -> None:
     study.add_trial(optuna.trial.create_trial(
         state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
         system_attrs={"failed_trial": history[0], "retry_history": history},
-        user_attrs=queued_attrs({Attr.SEED: record.seed, Attr.STOPPED_TRIAL: record.stopped_trial}),
+        # What it was queued as: a promotion run as a plain sample would stop as a duplicate of its screened original.
+        user_attrs=queued_attrs({Attr.SEED: record.seed, Attr.STOPPED_TRIAL: record.stopped_trial,
+                                 Attr.PROMOTED_FROM: record.promoted_from, Attr.PORTFOLIO_ENTRY: record.portfolio_entry}),
     ))
 
 
@@ -255,7 +258,7 @@ def describe_trial(trial: optuna.trial.FrozenTrial) -> str:
                 f"x{record.latency_ratio:.2f} of the float {record.reference_runtime or 'baseline'} "
                 f"size x{record.size_ratio:.2f}{parity}")
     reason = record.stop_message or record.error or ""
-    return f"#{trial.number} {trial.state.name.lower()} {pipeline}: {reason}"
+    return f"#{trial.number} {pipeline}: {record.outcome}" + (f" — {reason}" if reason else "")
 
 
 @dataclass(frozen=True)
