@@ -64,6 +64,9 @@ class InitReport:
             f"validation: top-1 {self.val_top1:.3f} against chance {self.chance:.3f} ({self.normalisation})",
             f"wrote {self.path}",
         ]
+        if "val" in folder.carved:
+            lines.insert(-1, "note:       validation is carved from train/: if the model trained on every file there, its "
+                             "validation score is optimistic (a val/ folder of images it never saw avoids that)")
         return "\n".join(lines)
 
 
