@@ -10,7 +10,7 @@ from udacisense.common.schema import bounded
 
 SplitName = Literal["train", "val", "test"]
 # Fields added after baseline keys first hashed this config: left out of the key while at their defaults.
-ADDED_LATER = frozenset({"splits", "test_fraction", "resize", "skip_unreadable"})
+ADDED_LATER = frozenset({"splits", "test_fraction", "resize", "skip_unreadable", "val_source"})
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,9 @@ class DataConfig:
     splits: tuple[SplitName, ...] = ("train", "test")
     test_fraction: float = bounded(0.2, min=0.01, max=0.5, doc="share of each class's images held out for testing "
                                    "when `splits` has no test folder")
+    # Where validation is carved from when there is no val/ folder: the training images, or the test split's (the
+    # rest stay for testing): a model trained on every training file, as a user's is, has memorised those.
+    val_source: Literal["train", "test"] = "train"
     resize: bool = False  # images of another size than `image_size` are resized to it (bilinear); false: refused
     skip_unreadable: bool = False  # unreadable images are left out (and counted); false: refused
 

@@ -29,7 +29,7 @@ class Split:
     labels: torch.Tensor  # int64, N
     # Where each image was read, so that a model card can say which images it was checked on: a path
     # relative to the data root (imagefolder) or the index in the original split (CIFAR-100). Kept on
-    # a source's whole splits only (the test split); empty for carved or sampled splits and in-memory images.
+    # a source's splits and the parts carved from them; empty for sampled splits and in-memory images.
     sources: tuple[str | int, ...] = ()
 
     def __len__(self) -> int:
@@ -203,8 +203,12 @@ def stratified_split(data: Split, fraction: float, seed: int) -> tuple[Split, Sp
         val_index.append(members[: imagefolder.carve_count(len(members), fraction)])
     val_mask = torch.zeros(len(data), dtype=torch.bool)
     val_mask[torch.cat(val_index)] = True
-    return (Split(data.images[~val_mask], data.labels[~val_mask]),
-            Split(data.images[val_mask], data.labels[val_mask]))
+
+    def part(mask: torch.Tensor) -> Split:
+        # Sources survive carving: a test split with its validation carved out still lists the files it holds.
+        return Split(data.images[mask], data.labels[mask], tuple(s for s, kept in zip(data.sources, mask.tolist()) if kept))
+
+    return part(~val_mask), part(val_mask)
 
 
 def stratified_sample(data: Split, count: int, seed: int) -> Split:
@@ -281,6 +285,9 @@ def load_data(config: DataConfig, seed: int, cache_dir: Path | None = None) -> D
         train = train_full
         _, val = _cached_split(config, "val", cache_dir)  # the same class folders as train: read from them
         _check_held_out(val, classes, config)
+    elif config.val_source == "test":
+        train = train_full
+        test, val = stratified_split(test, config.val_fraction, seed)
     else:
         train, val = stratified_split(train_full, config.val_fraction, seed)
     _check_every_class(classes, {"training": train, "validation": val, "test": test})

@@ -50,7 +50,9 @@ class InitReport:
     def describe(self) -> str:
         folder, info = self.folder, self.checkpoint
         splits = ", ".join(f"{s}/" for s in folder.splits) or "one folder per class"
-        carved = f"; {' and '.join(folder.carved)} carved from it (the same files every run)" if folder.carved else ""
+        source = {"val": "test/" if "test" in folder.splits else "the training images", "test": "the training images"}
+        carved = ("; " + ", ".join(f"{split} carved from {source[split]}" for split in folder.carved)
+                  + " (the same files every run)") if folder.carved else ""
         lines = [
             f"model:      {info.name}, {info.num_classes} classes"
             + ("" if info.classes else " (the checkpoint stores no class names: the folder's name order is assumed)"),
@@ -64,9 +66,10 @@ class InitReport:
             f"validation: top-1 {self.val_top1:.3f} against chance {self.chance:.3f} ({self.normalisation})",
             f"wrote {self.path}",
         ]
-        if "val" in folder.carved:
-            lines.insert(-1, "note:       validation is carved from train/: if the model trained on every file there, its "
-                             "validation score is optimistic (a val/ folder of images it never saw avoids that)")
+        if "val" in folder.carved and "test" not in folder.splits:
+            lines.insert(-1, "note:       validation is carved from the training images: if the model trained on every one "
+                             "of them, its validation score is optimistic (a val/ or test/ folder of images it never saw "
+                             "avoids that)")
         return "\n".join(lines)
 
 
@@ -75,11 +78,17 @@ def _paired_resolution(images: int) -> str:
     return f"a paired drop known to about ±{100 * half_width:.1f} points"
 
 
-def _val_fraction(folder: FolderReport) -> float:
-    """The share of each class's training images to validate on: ``VALIDATION_IMAGES`` in all where the folder
-    holds enough, never more than a third of what the model could learn from."""
+def _validation(folder: FolderReport) -> dict[str, Any]:
+    """Where validation comes from when the folder has no val/: the test images where there are test images (the
+    user's model was trained on every training file, so it has memorised those), ``VALIDATION_IMAGES`` of them at
+    most half, the rest for test; else a share of the training images, never more than a third of them."""
+    if "val" in folder.splits:
+        return {}
+    if "test" in folder.splits:
+        pool = sum(folder.counts["test"])
+        return {"val_source": "test", "val_fraction": min(0.5, max(0.05, VALIDATION_IMAGES / pool))}
     pool = sum(folder.counts["training"]) + sum(folder.counts["validation"])
-    return min(1 / 3, max(0.05, VALIDATION_IMAGES / pool)) if pool else 0.1
+    return {"val_fraction": min(1 / 3, max(0.05, VALIDATION_IMAGES / pool))}
 
 
 def _score(info: CheckpointInfo, model_config: ModelConfig, bundle: DataBundle) -> float:
@@ -154,8 +163,7 @@ def init_study(model: Path, data: Path, out: Path, name: str, *, force: bool = F
     info = inspect_checkpoint(model)
     folder = inspect_folder(data, skip_unreadable=skip_unreadable)
     check_classes(info, folder.classes, str(data))
-    folder = inspect_folder(data, skip_unreadable=skip_unreadable, val_fraction=_val_fraction(folder))
-    data_table = folder.data_table()
+    data_table = {**folder.data_table(), **_validation(folder)}
     model_config = ModelConfig(arch=info.arch, width_mult=info.width_mult)
     bundle = load_data(DataConfig(**data_table), 0, Path(runs_dir) / "cache")
     mean, std, top1, label = _best_normalisation(info, model_config, bundle)
