@@ -27,8 +27,8 @@ from pathlib import Path
 import optuna
 
 from udacisense.common.files import sha256_of
+from udacisense.common.local_postgres import create_database, postgres_bin, postgres_server
 from udacisense.search.study.config import load_study
-from udacisense.search.study.local_postgres import create_database, postgres_bin, postgres_server
 from udacisense.search.study.storage import open_study
 from udacisense.search.study.trial_record import TrialRecord, records
 

@@ -14,9 +14,9 @@ import pytest
 from tests.conftest import REPO, TORCHSCRIPT_ARTIFACTS, cli_command
 from udacisense.common.errors import UserError
 from udacisense.common.files import sha256_of
+from udacisense.common.local_postgres import create_database, drop_database, postgres_bin, postgres_server
 from udacisense.search.cli import main
 from udacisense.search.study.config import load_study
-from udacisense.search.study.local_postgres import create_database, drop_database, postgres_bin, postgres_server
 from udacisense.search.study.storage import open_storage, open_study
 from udacisense.search.study.trial_record import TrialRecord
 
