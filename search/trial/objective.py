@@ -78,21 +78,18 @@ class TrialRunner:
         store(trial, {Attr.RETRY_OF: frozen.system_attrs.get("failed_trial"), Attr.SEED: seed,
                       Attr.WORKER: f"{socket.gethostname()}:{os.getpid()}", Attr.SAMPLER_SEED: self.sampler_seed})
         try:
-            values = self._run(trial, seed, queued.promoted_from)
-            store(trial, {Attr.SECONDS: time.perf_counter() - started})
-            return values
+            return self._run(trial, seed, queued.promoted_from)
         except optuna.TrialPruned:
-            store(trial, {Attr.SECONDS: time.perf_counter() - started})
             raise
         except Exception as error:
             self.failure = error
-            store(trial, {Attr.SECONDS: time.perf_counter() - started, Attr.ERROR: f"{type(error).__name__}: {error}",
-                          Attr.TRACEBACK: traceback.format_exc()[-4000:]})
+            store(trial, {Attr.ERROR: f"{type(error).__name__}: {error}", Attr.TRACEBACK: traceback.format_exc()[-4000:]})
             raise
         finally:
+            store(trial, {Attr.SECONDS: time.perf_counter() - started, Attr.PHASE_SECONDS: self.phases.summary()})
             # Read back from what it stored (its stop reason, error or fidelity), so the words match its log line.
             ended = TrialRecord.of(trial.study.get_trials(deepcopy=False)[trial.number])
-            store(trial, {Attr.PHASE_SECONDS: self.phases.summary(), Attr.OUTCOME: ended.outcome})
+            store(trial, {Attr.OUTCOME: ended.outcome})
 
     def _run(self, trial: optuna.Trial, seed: int, promoted_from: int | None) -> tuple[float, float, float]:
         """``promoted_from``: the screened trial this one runs again, to be lowered and measured; None if none."""
