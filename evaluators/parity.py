@@ -9,6 +9,7 @@ import torch
 
 from udacisense.common.errors import UserError
 from udacisense.evaluators.accuracy import predict_logits
+from udacisense.evaluators.intervals import wilson
 
 
 @dataclass(frozen=True)
@@ -20,9 +21,6 @@ class ParityReport:
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
-    def passes(self, min_agreement: float) -> bool:
-        return self.top1_agreement >= min_agreement
-
 
 @dataclass(frozen=True)
 class ParityRule:
@@ -32,18 +30,25 @@ class ParityRule:
     max_abs_diff: float | None  # None: int8 kernels round differently, so only the top-1 is compared
 
     def shortfall(self, report: ParityReport) -> float:
-        """How far ``report`` misses the rule: <= 0 passes (an Optuna constraint value)."""
-        missing = self.min_agreement - report.top1_agreement
+        """How far ``report`` misses the rule: <= 0 passes (an Optuna constraint value).
+
+        Float artifacts must agree on every image. An int8 one misses only when its agreement's 95% upper
+        bound (Wilson) is below the minimum: int8 kernels round apart from the PyTorch model's simulation of
+        them and flip the odd image near a decision boundary, so 17 of 18 images (94%) is no evidence of
+        an artifact below 95%, while on 10,000 images the bound is within half a point of the rate.
+        """
         if self.max_abs_diff is None:
-            return missing
-        return max(missing, report.max_abs_diff - self.max_abs_diff)
+            agreed = round(report.top1_agreement * report.samples)
+            return self.min_agreement - wilson(agreed, report.samples)[1]
+        return max(self.min_agreement - report.top1_agreement, report.max_abs_diff - self.max_abs_diff)
 
     def passes(self, report: ParityReport) -> bool:
         return self.shortfall(report) <= 0
 
     def describe(self) -> str:
         tolerance = "" if self.max_abs_diff is None else f", max |logit difference| <= {self.max_abs_diff:g}"
-        return f"top-1 agreement >= {self.min_agreement:g}{tolerance}"
+        bound = " (its 95% upper bound)" if self.max_abs_diff is None else ""
+        return f"top-1 agreement{bound} >= {self.min_agreement:g}{tolerance}"
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -104,6 +104,24 @@ def test_train_loader_augments_and_eval_loader_does_not(tmp_path: Path) -> None:
     assert not torch.allclose(train_a.sort(0).values, plain.sort(0).values)
 
 
+
+def test_training_batches_are_full_and_reshuffled_so_every_image_still_trains(tmp_path: Path) -> None:
+    write_imagefolder(tmp_path / "p", {"a": 10, "b": 9})
+    bundle = load_data(DataConfig(source="imagefolder", root=str(tmp_path / "p"), batch_size=4, augment=False), seed=0)
+    n = len(bundle.train)
+    assert n % 4 and n // 4 == 4  # four full batches of 4 and a few images left over
+    train = bundle.loader("train", train=True)
+    epochs = [[labels for _, labels in train] for _ in range(8)]
+    assert len(train) == 4 and all(len(epoch) == 4 and all(len(b) == 4 for b in epoch) for epoch in epochs)
+    # Each epoch leaves out different images: over a few epochs all of them trained.
+    trained = torch.cat([images for _ in range(8) for images, _ in train])
+    plain = train.normalise(bundle.train.images)
+    assert all(any(torch.equal(row, image) for row in trained) for image in plain)
+    # Evaluation keeps every image, and a split smaller than one batch still trains.
+    assert sum(len(labels) for _, labels in bundle.loader("train")) == n
+    small = load_data(DataConfig(source="imagefolder", root=str(tmp_path / "p"), batch_size=64), seed=0)
+    assert sum(len(labels) for _, labels in small.loader("train", train=True)) == n
+
 @pytest.mark.parametrize(
     ("setup", "message"),
     [

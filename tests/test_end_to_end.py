@@ -15,6 +15,7 @@ import optuna
 import pytest
 
 from tests.conftest import REPO, SHARED_ARCHIVE
+from udacisense.evaluators.parity import ParityReport, ParityRule
 from udacisense.search.cli import main
 from udacisense.search.study.budget import counted_trials, is_rejected
 from udacisense.search.study.config import load_study
@@ -49,7 +50,7 @@ def test_search_runs_the_budget_and_records_every_trial(smoke_study: Path) -> No
         else:
             if attrs["parity_ok"]:
                 assert Path(attrs["artifact_path"]).is_file() and attrs["artifact_id"]
-                assert attrs["parity"]["top1_agreement"] >= attrs["parity_rule"]["min_agreement"]
+                assert ParityRule(**attrs["parity_rule"]).passes(ParityReport(**attrs["parity"]))
             else:  # an artifact that does not compute what its model computes is neither kept nor feasible
                 assert "artifact_path" not in attrs and trial.constraints["parity"] > 0
             # One yardstick: the float .pte, timed in the same rounds, on one thread in every runtime.
