@@ -34,7 +34,8 @@ from udacisense.search.study.config import load_study
 from udacisense.search.study.storage import open_study
 from udacisense.search.study.trial_record import records
 from udacisense.search.study.workspace import open_workspace
-from udacisense.search.workers.runner import run_search, train_students
+from udacisense.search.workers.runner import run_search
+from udacisense.search.workers.students import train_students
 
 SAMPLERS = ("nsga2", "tpe", "random", "nsga3")
 ARMS = (*SAMPLERS, "study")

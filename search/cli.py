@@ -10,6 +10,7 @@ import socket
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,14 +73,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from udacisense.search.results.convergence import convergence
+    from udacisense.search.results.convergence import convergence, plateau_stop
     from udacisense.search.study.storage import open_study
     from udacisense.search.workers.runner import run_search, search_summary
 
-    summaries = run_search(args.study, n_jobs=args.n_jobs, storage=args.storage, progress=not args.quiet)
     study = _study(args)
+    summaries = run_search(args.study, n_jobs=args.n_jobs, storage=args.storage, progress=not args.quiet,
+                           stop_rule=partial(plateau_stop, study.search.plateau_minutes))
     optuna_study = open_study(study, args.storage, create=False)
     print(f"search done: {search_summary(optuna_study, summaries)}")
+    print(_how_it_ended(summaries, study.search.timeout_minutes))
     front_state = convergence(optuna_study.get_trials(deepcopy=False))
     print(f"front: {'no trial measured yet' if front_state is None else front_state.describe()}")
     show_front(study, optuna_study, study.run_dir / "front")
@@ -94,13 +97,23 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 0
 
 
+def _how_it_ended(summaries: list, timeout_minutes: float) -> str:
+    """The search's last word on why it ended: the front's plateau, or its time limit or trial budget."""
+    stopped = next((s.stopped for s in summaries if s.stopped), None)
+    if stopped is not None:
+        return f"search ended early: {stopped}"
+    limit = f"its time limit ({timeout_minutes:g} min) or " if timeout_minutes else ""
+    return f"search ended at {limit}its trial budget, before its front reached a plateau"
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
+    from udacisense.search.results.convergence import plateau_stop
     from udacisense.search.study.storage import open_study
     from udacisense.search.workers.runner import run_worker, search_summary
 
     # Students live on this machine's disk: a worker distils those it lacks (one at a time per machine).
     summary = run_worker(args.study, worker=args.worker_index, storage=args.storage, progress=not args.quiet,
-                         distil_students=True)
+                         distil_students=True, stop_rule=partial(plateau_stop, _study(args).search.plateau_minutes))
     study = open_study(_study(args), args.storage, create=False)
     print(f"worker {summary.worker} done in {summary.seconds:.0f} s (sampler seed {summary.sampler_seed}): "
           f"{search_summary(study, [summary])}")

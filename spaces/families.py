@@ -63,7 +63,8 @@ def _budget(finetune: TrainConfig | None, family: str) -> TrainConfig:
 
 
 def _distill(trial: optuna.Trial, space: SpaceConfig, finetune: TrainConfig | None) -> StageConfig:
-    # Suggested in the order stored studies were sampled in, so a seeded search keeps its trials.
+    # Suggested in the order the seeded trials of tests/fixtures/sampled_seed0.json were; the width was
+    # asked first (``sampling._first_live``), and Optuna gives the same value again.
     alpha = space.distill_alpha.suggest(trial, "distill_alpha")
     temperature = space.distill_temperature.suggest(trial, "distill_temperature")
     width = space.student_widths.suggest(trial, STUDENT_WIDTH)

@@ -7,7 +7,7 @@ import itertools
 import optuna
 
 from udacisense.compression.pipeline import Pipeline
-from udacisense.spaces.families import FAMILIES
+from udacisense.spaces.families import FAMILIES, STUDENT_WIDTH
 from udacisense.spaces.space import FamilyName, SpaceConfig
 from udacisense.training import TrainConfig
 
@@ -47,15 +47,36 @@ def _finetune(trial: optuna.Trial, space: SpaceConfig) -> TrainConfig:
     )
 
 
+def _present(trial: optuna.Trial, space: SpaceConfig, family: FamilyName) -> bool:
+    return (family in space.required or not FAMILIES[family].optional
+            or trial.suggest_categorical(f"use_{family}", [True, False]))
+
+
+def _first_live(trial: optuna.Trial, space: SpaceConfig, order: list[FamilyName]) -> int:
+    """Where the work that reaches the artifact starts in ``order``: at a distillation into a narrower student, else 0.
+
+    The student is a new network (``compression.distillation``) that keeps nothing the stages before
+    it did, so those would cost a trial their fine-tuning and teach the search noise. Decided before
+    any other family is switched on, so those are not even asked (``_distill`` asks the width again:
+    Optuna gives the same value).
+    """
+    if "distill" not in order or not _present(trial, space, "distill"):
+        return 0
+    return order.index("distill") if space.student_widths.suggest(trial, STUDENT_WIDTH) else 0
+
+
 def sample_pipeline(trial: optuna.Trial, space: SpaceConfig) -> Pipeline:
     """Sample which stage families appear, their order, and each present stage's hyperparameters.
 
     The permuted families come first, the others follow them (see ``_order``), so the pipeline
-    always passes ``Pipeline.check``.
+    always passes ``Pipeline.check``; none comes before a distillation into a narrower student
+    (see ``_first_live``) unless the space requires it.
     """
     order = _order(trial, space)
-    present = [f for f in order if f in space.required or not FAMILIES[f].optional
-               or trial.suggest_categorical(f"use_{f}", [True, False])]
+    live = _first_live(trial, space, order)
+    # A required family stays even where a student discards its work: the study file insists on it,
+    # and the rule stays simple.
+    present = [f for i, f in enumerate(order) if (i >= live or f in space.required) and _present(trial, space, f)]
     # Every present family is asked, none skipped once one trains, so a trial suggests its
     # parameters in one order whatever they turn out to be.
     trains = [FAMILIES[f].trains(trial, space) for f in present]

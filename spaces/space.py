@@ -41,7 +41,9 @@ def _sampled(default: FloatRange | IntRange | Choice[Any], *feeds: StageField) -
 class SpaceConfig:
     # Stage families that may appear. The order of the permuted ones (distill, prune, channels,
     # resolution, architecture) is sampled; fuse and then quantize always follow them (see `spaces.families`).
-    stages: tuple[FamilyName, ...] = ("distill", "prune", "channels", "quantize")
+    # Every family that can make a MobileNetV3 cheaper on a phone; the search's probes drop those that cannot here
+    # (search.workers.probes). Resolution (a smaller input) and fuse (folded into every lowering) are opt-in.
+    stages: tuple[FamilyName, ...] = ("distill", "prune", "channels", "architecture", "quantize")
     # Families that every pipeline includes (the rest are switched on or off per trial).
     required: tuple[FamilyName, ...] = ()
     prune_methods: Choice[Literal["oneshot", "gradual"]] = _sampled(Choice(("oneshot", "gradual")))
@@ -58,7 +60,7 @@ class SpaceConfig:
     student_widths: Choice[float] = _sampled(Choice((0.0, 0.5, 0.75)), StageField(DistillationConfig, "student_width"))
     # A narrower student's architecture: "lean" drops squeeze-excite and uses ReLU (half the operators at
     # 32x32, see models.students). A single choice is not suggested, so stored studies keep their parameters.
-    student_architectures: Choice[StudentArchitecture] = _sampled(Choice(("standard",)),
+    student_architectures: Choice[StudentArchitecture] = _sampled(Choice(("standard", "lean")),
                                                                   StageField(DistillationConfig, "student_architecture"))
     # The `architecture` family (searched only where `stages` lists it): squeeze-excite blocks kept,
     # removed, or kept in the `architecture_se_keep` whose removal costs most; hard activations or
@@ -75,7 +77,7 @@ class SpaceConfig:
     # the default [0, 0] searches none and suggests nothing, so stored studies keep their parameters.
     float_sensitive_units: IntRange = _sampled(IntRange(0, 0), StageField(StaticQuantConfig, "float_sensitive_units"))
     # Linear weight bits of xnnpack quantization; [8, 4] also searches int4 Linear layers.
-    linear_weight_bits: Choice[LinearWeightBits] = _sampled(Choice((8,)), StageField(StaticQuantConfig, "linear_weight_bits"))
+    linear_weight_bits: Choice[LinearWeightBits] = _sampled(Choice((8, 4)), StageField(StaticQuantConfig, "linear_weight_bits"))
     qat_start_epoch: IntRange = _sampled(IntRange(0, 1), StageField(QATConfig, "start_epoch"))
     bn_freeze_epoch: IntRange = _sampled(IntRange(1, 3), StageField(QATConfig, "freeze_bn_epoch"))
     finetune_epochs: IntRange = _sampled(IntRange(1, 4), StageField(TrainConfig, "epochs"))

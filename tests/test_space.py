@@ -16,6 +16,7 @@ from optuna.distributions import distribution_to_json
 from tests.conftest import REPO
 from udacisense.common.errors import UserError
 from udacisense.common.schema import check_bounds, limits, written_form
+from udacisense.compression.distillation import DistillationConfig
 from udacisense.compression.pipeline import Pipeline
 from udacisense.search.study.config import load_study, parse_study
 from udacisense.spaces.distributions import Choice, FloatRange, IntRange, StageField
@@ -170,7 +171,9 @@ def _spaces_recorded() -> dict[str, SpaceConfig]:
 @pytest.mark.parametrize("name", list(SAMPLED_BEFORE))
 def test_a_fixed_seed_samples_the_same_parameters_and_distributions_as_before_the_typed_space(name: str) -> None:
     # Recorded from the sampler before the space was typed: stored studies keep their parameters'
-    # names and distributions, and a seeded search its trials (same suggest calls, same order).
+    # names and distributions, and a seeded search its trials (same suggest calls, same order). The
+    # parameters and pipelines were recorded again when stages before a narrower student stopped
+    # being sampled (`use_distill` and `student_width` are asked first since); the distributions did not change.
     expected = SAMPLED_BEFORE[name]
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), directions=["maximize", "minimize"])
     params, pipelines, distributions = [], [], {}
@@ -183,3 +186,50 @@ def test_a_fixed_seed_samples_the_same_parameters_and_distributions_as_before_th
     assert params == expected["params"]
     assert distributions == expected["distributions"]
     assert pipelines == expected["pipelines"]
+
+
+def _own_params(name: str) -> set[str]:
+    """The parameters only family ``name`` suggests (the fine-tune budget is the trial's, shared)."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen: set[str] = {f"use_{name}"}
+    for _ in range(40):
+        trial = study.ask()
+        sample_pipeline(trial, _space_with_only(name))
+        seen |= set(trial.params)
+    return seen - {"finetune_epochs", "finetune_lr"}
+
+
+def test_no_stage_is_sampled_before_a_distillation_into_a_narrower_student() -> None:
+    space = SpaceConfig(stages=("distill", "prune", "channels", "architecture", "quantize"), student_widths=Choice((0.0, 0.5)))
+    own = {name: _own_params(name) for name in ("prune", "channels", "architecture")}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=7))
+    swaps = kept_before_width_0 = 0
+    for _ in range(200):
+        trial = study.ask()
+        pipeline = sample_pipeline(trial, space)
+        pipeline.check()
+        families = [FAMILY_OF_KIND[stage.kind] for stage in pipeline.stages]
+        if "distill" not in families:
+            continue
+        distill = pipeline.stages[families.index("distill")]
+        assert isinstance(distill, DistillationConfig)
+        if distill.student_width == 0:
+            kept_before_width_0 += families.index("distill") > 0
+            continue
+        swaps += 1
+        assert families[0] == "distill", pipeline.describe()
+        order = str(trial.params["order"]).split(">")
+        for name in order[:order.index("distill")]:
+            assert not own[name] & set(trial.params), (name, trial.params)
+        for name in order[order.index("distill") + 1:]:
+            assert f"use_{name}" in trial.params  # the ones after it are still searched
+    assert swaps > 20 and kept_before_width_0 > 5
+
+
+def test_a_required_family_stays_before_a_distillation_into_a_narrower_student() -> None:
+    space = SpaceConfig(stages=("prune", "channels", "distill"), required=("prune",))
+    kinds = [s.kind for s in sample_pipeline(optuna.trial.FixedTrial({
+        "order": "prune>channels>distill", "use_distill": True, "student_width": 0.5, "finetune_epochs": 1,
+        "finetune_lr": 0.01, "prune_method": "oneshot", "prune_amount": 0.5, "prune_scope": "global",
+        "distill_alpha": 0.5, "distill_temperature": 4.0, "student_architecture": "standard"}), space).stages]
+    assert kinds == ["prune", "distill"]

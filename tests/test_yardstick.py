@@ -29,7 +29,8 @@ from udacisense.search.study.config import TargetsConfig, parse_study
 from udacisense.search.study.workspace import Workspace, baseline_artifact, first_test_image
 from udacisense.search.trial.early_stopping import stop_if_below_floor
 from udacisense.search.trial.objective import TrialRunner
-from udacisense.search.workers.runner import sampler_while_students_train, train_students, untrained_students
+from udacisense.search.workers.runner import sampler_while_students_train
+from udacisense.search.workers.students import train_students, undecided_students
 from udacisense.spaces.distributions import Choice, IntRange
 from udacisense.spaces.sampling import sample_pipeline
 from udacisense.spaces.space import SpaceConfig
@@ -225,7 +226,7 @@ def test_a_trial_clearly_below_the_floor_stops_before_lowering(workspace) -> Non
 def test_a_trial_that_picks_a_narrower_student_starts_from_the_shelf(workspace, tmp_path) -> None:
     runner = _runner(workspace, tmp_path, size_reduction=0.0, latency_reduction=0.0, max_accuracy_drop=1.0)
     space = SpaceConfig(stages=("distill",), required=("distill",), student_widths=Choice((0.1,)),
-                        quant_types=Choice(("none",)), finetune_epochs=IntRange(1, 1))
+                        student_architectures=Choice(("standard",)), quant_types=Choice(("none",)), finetune_epochs=IntRange(1, 1))
     study_config = dataclasses.replace(runner.workspace.study, space=space)
     shelf = dataclasses.replace(workspace.students, directory=tmp_path / "students", _loaded={})
     runner.workspace = dataclasses.replace(runner.workspace, study=study_config, students=shelf)
@@ -242,7 +243,7 @@ def test_a_trial_that_picks_a_narrower_student_starts_from_the_shelf(workspace, 
 
 def test_while_the_first_worker_distils_a_student_the_others_sample_trials_that_need_none(workspace, tmp_path) -> None:
     space = SpaceConfig(stages=("distill",), required=("distill",), student_widths=Choice((0.0, 0.1)),
-                        quant_types=Choice(("none",)), finetune_epochs=IntRange(1, 1))
+                        student_architectures=Choice(("standard",)), quant_types=Choice(("none",)), finetune_epochs=IntRange(1, 1))
     shelf = dataclasses.replace(workspace.students, directory=tmp_path / "students", recipe=StudentsConfig(epochs=1),
                                 _loaded={})
     other_worker = dataclasses.replace(workspace, study=dataclasses.replace(workspace.study, space=space), students=shelf)
@@ -255,11 +256,12 @@ def test_while_the_first_worker_distils_a_student_the_others_sample_trials_that_
             sample_pipeline(trial, space)
         return {trial.params["student_width"] for trial in trials}
 
-    assert untrained_students(other_worker) == [(0.1, "standard")]
-    assert widths(sampler_while_students_train(base, other_worker)) == {0.0}
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    assert undecided_students(study, other_worker, None) == [(0.1, "standard")]
+    assert widths(sampler_while_students_train(base, study, other_worker, None)) == {0.0}
     # The first worker's shelf (same folder) distils it; the others see it on disk and sample it again.
     first_worker = dataclasses.replace(other_worker, students=dataclasses.replace(shelf, _loaded={}))
     train_students(first_worker)
-    assert shelf.trained(0.1) and untrained_students(other_worker) == []
-    assert sampler_while_students_train(base, other_worker) is base
+    assert shelf.trained(0.1) and undecided_students(study, other_worker, None) == []
+    assert sampler_while_students_train(base, study, other_worker, None) is base
     assert widths(base) == {0.0, 0.1}

@@ -59,9 +59,11 @@ def to_memory_format(network: nn.Module, memory_format: torch.memory_format) -> 
 
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
     total = max(1, config.epochs * steps_per_epoch)
-    if config.schedule == "onecycle":
+    # OneCycleLR's warm-up ends at step pct_start * total - 1: with 4 steps or fewer (a smoke run's epoch of full
+    # batches) it has no step and divides by zero, so such a run anneals from the top instead.
+    if config.schedule == "onecycle" and total > 4:
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=0.25)
-    if config.schedule == "cosine":
+    if config.schedule in ("cosine", "onecycle"):
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 

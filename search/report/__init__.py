@@ -28,6 +28,7 @@ from udacisense.search.report.figures import (
     plot_waterfall,
 )
 from udacisense.search.report.html import markdown_to_html
+from udacisense.search.report.learned import section_learned
 from udacisense.search.report.search_sections import recommendations, section_search
 from udacisense.search.report.sections import section_baseline, section_chosen, section_deployment, section_summary, section_techniques
 from udacisense.search.report.trial_facts import early_stopping_savings, hypervolume_history, phase_totals
@@ -73,6 +74,7 @@ def write_report(study: StudyConfig, out_dir: Path, *, storage: str | None = Non
     lines += section_baseline(inputs)
     lines += technique_lines
     lines += section_search(inputs, history, savings, phases)
+    lines += section_learned(inputs)
     lines += section_chosen(inputs, steps)
     lines += section_deployment(inputs)
     lines += recommendations(inputs, rows, convergence([t.trial for t in inputs.trials]), savings)

@@ -77,3 +77,15 @@ def convergence(trials: Sequence[optuna.trial.FrozenTrial]) -> Convergence | Non
     grown_by_half = max((volume for minute, volume in steps if minute <= half), default=0.0)
     settled_at = next(minute for minute, volume in steps if final - volume <= noise)
     return Convergence(minutes.total_seconds() / 60, final, noise, final - grown_by_half, settled_at)
+
+
+def plateau_stop(plateau_minutes: float, study: optuna.Study) -> str | None:
+    """Why a search may end now: its measured front converged and has grown no more than its noise for
+    ``plateau_minutes``; None while it may still improve (or with ``plateau_minutes`` 0: never)."""
+    if plateau_minutes <= 0:
+        return None
+    state = convergence(study.get_trials(deepcopy=False))
+    if state is None or not state.converged or state.minutes - state.settled_at < plateau_minutes:
+        return None
+    return (f"ended at minute {state.minutes:.0f} of the search, {state.minutes - state.settled_at:.0f} min into a "
+            f"plateau (search.plateau_minutes = {plateau_minutes:g}): {state.describe()}")

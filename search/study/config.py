@@ -87,6 +87,13 @@ class SearchConfig:
     # Known-good pipelines queued before the sampler's own trials: each a table of sampled parameters
     # (the rest are sampled), e.g. {use_distill = false, use_channels = false, quant_type = "static"}.
     portfolio: tuple[dict[str, str | int | float | bool], ...] = ()
+    # Probes (search.workers.probes): before the first trial, lower and time one program per structural option
+    # of the space, drop the options that cannot meet the targets or are dominated on cost, rank the students
+    # and queue the cheapest target-meeting structure of each family.
+    probes: bool = True
+    # Stop once the measured front has not grown beyond its noise for this many minutes (and no student the
+    # probes ranked is still undecided); 0: run to the time limit or the trial budget.
+    plateau_minutes: float = bounded(8.0, min=0.0, doc="minutes without a front improvement beyond noise that end a search")
     # A worker that misses heartbeats for 4x this long is presumed dead; its trial is failed and retried.
     heartbeat_seconds: int = bounded(30, min=1, max=3600)
 

@@ -123,6 +123,8 @@ class StudyAttr(enum.StrEnum):
     RETIMED_FRONT = "retimed_front"  # the front as re-timed before the latest pick
     FALSE_STOPS = "false_stops"  # the stopped trials continued to the end, to measure false stops
     TECHNIQUES = "techniques"  # the rows of scripts/techniques.py: every technique alone on the baseline
+    PROBES = "probes"  # what each structural option costs, the options dropped and the students ranked (workers.probes)
+    STUDENTS = "students"  # the search's decision on each ranked student: distilled, or why not (workers.students)
 
 
 class Fidelity(enum.StrEnum):
@@ -273,6 +275,16 @@ class StudyRecord:
         """The stopped trials re-run to the end (``search.false_stops``); None when never measured."""
         document = self._document(StudyAttr.FALSE_STOPS)
         return None if document is None else FalseStops.from_dict(document)
+
+    @property
+    def probes(self) -> dict[str, Any] | None:
+        """The probe report (``workers.probes.ProbeReport.as_dict``); None before the study was probed."""
+        return self._document(StudyAttr.PROBES)
+
+    @property
+    def student_decisions(self) -> dict[str, str]:
+        """Each ranked student's decision by name (``width 0.5 lean``): ``distilled``, or why it was not."""
+        return {str(k): str(v) for k, v in (self._document(StudyAttr.STUDENTS) or {}).items()}
 
     @property
     def techniques(self) -> list[dict[str, Any]] | None:

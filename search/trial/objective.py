@@ -22,7 +22,7 @@ from udacisense.evaluators.size import parameter_counts, state_dict_bytes
 from udacisense.evaluators.structure import structure_of
 from udacisense.runtime import LoweredRuntime, runtime_for
 from udacisense.search.study.budget import stop_if_not_needed
-from udacisense.search.study.records import Attr, StopReason, record_stop, store
+from udacisense.search.study.records import Attr, StopReason, StudyRecord, record_stop, store
 from udacisense.search.study.trial_record import TrialRecord
 from udacisense.search.study.workspace import Workspace
 from udacisense.search.trial.early_stopping import AccuracyMonitor, stop_if_below_floor, stop_rule_for
@@ -118,10 +118,25 @@ class TrialRunner:
             signature = pipeline.check()
         except IncompatiblePipelineError as error:
             raise record_stop(trial, StopReason.REJECTED, f"rejected before compute: {error.problem}") from None
+        self._stop_if_student_not_distilled(trial, pipeline)
         stop_if_not_needed(trial, pipeline_key, promoted_from, self.budget)
         runtime = runtime_for(signature.backend, study.evaluation.float_runtime)
         store(trial, {Attr.RUNTIME: runtime, Attr.BACKEND: signature.backend})
         return pipeline, runtime
+
+    def _stop_if_student_not_distilled(self, trial: optuna.Trial, pipeline: Pipeline) -> None:
+        """In a probed study the first worker decides which students to distil (``workers.students``); a trial that
+        samples one it has not distilled is rejected rather than distilling it on the spot."""
+        stored = StudyRecord.of(trial.study)
+        if stored.probes is None:
+            return
+        shelf, decisions = self.workspace.students, stored.student_decisions
+        for stage in pipeline.stages:
+            if isinstance(stage, DistillationConfig) and stage.student_width:
+                name = shelf.name(stage.student_width, stage.student_architecture)
+                if not shelf.trained(stage.student_width, stage.student_architecture):
+                    why = decisions.get(name, "not distilled yet: the first worker decides the students in their probes' order")
+                    raise record_stop(trial, StopReason.REJECTED, f"rejected before compute: student {name} {why}")
 
     def _build(self, trial: optuna.Trial, pipeline: Pipeline, seed: int,
                promoted_from: int | None) -> tuple[CompressedModel, float | None]:

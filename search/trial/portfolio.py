@@ -40,6 +40,20 @@ def check_portfolio(space: SpaceConfig, entries: Sequence[Entry]) -> None:
                                 "give a value the study's [space] allows.")
 
 
+def fit_to_space(space: SpaceConfig, params: Entry) -> Entry | None:
+    """``params`` without the parameters ``space`` does not sample with them (a setting with a single choice is not
+    sampled); None when the space cannot take one of its values."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial(dict(params))
+    trial = study.ask()
+    try:
+        sample_pipeline(trial, space)
+    except ValueError:  # Optuna refuses a fixed categorical outside its choices
+        return None
+    fitted = {name: value for name, value in params.items() if name in trial.params}
+    return fitted if all(trial.params[name] == value for name, value in fitted.items()) else None
+
+
 def enqueue_portfolio(study: optuna.Study, entries: Sequence[Entry], ready: Callable[[Entry], bool]) -> list[int]:
     """Queue every entry not queued in this study yet whose ``ready`` holds (a student it needs is trained);
     returns the indices queued now."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import socket
 import time
 import warnings
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,6 @@ from tqdm.auto import tqdm
 
 from udacisense.common.errors import UserError, trial_problem
 from udacisense.common.logs import quiet_libraries
-from udacisense.models.students import StudentArchitecture
 from udacisense.search.study.budget import budget_left, is_wasted_sample
 from udacisense.search.study.config import SearchConfig, StudyConfig, load_study
 from udacisense.search.study.records import UNSPENT, Attr, queued_attrs
@@ -29,7 +29,10 @@ from udacisense.search.study.workspace import Workspace, open_workspace
 from udacisense.search.trial.objective import TrialRunner
 from udacisense.search.trial.portfolio import check_portfolio, enqueue_portfolio, enqueue_promotions, needs_no_student
 from udacisense.search.trial.screening import ScreeningRule, ScreeningSummary
-from udacisense.spaces.families import STUDENT_WIDTH
+from udacisense.search.workers.probe_decisions import ensure_probes, narrowed_study, portfolio_entries
+from udacisense.search.workers.probes import ProbeReport
+from udacisense.search.workers.students import decide_next_student, ranked_students, undecided_students
+from udacisense.spaces.families import STUDENT_ARCHITECTURE, STUDENT_WIDTH
 
 TrialState = optuna.trial.TrialState
 
@@ -47,29 +50,19 @@ def make_sampler(search: SearchConfig, seed: int) -> optuna.samplers.BaseSampler
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def untrained_students(workspace: Workspace) -> list[tuple[float, StudentArchitecture]]:
-    """The students (width, architecture) the space may pick that are not on the shelf yet."""
-    space = workspace.study.space
-    if "distill" not in space.stages:
-        return []
-    return [(width, architecture) for width in space.student_widths.options if width
-            for architecture in space.student_architectures.options if not workspace.students.trained(width, architecture)]
-
-
-def train_students(workspace: Workspace) -> None:
-    """Distil every student the space may pick that is not on the shelf yet."""
-    for width, architecture in untrained_students(workspace):
-        workspace.students.student(width, architecture)
-
-
-def sampler_while_students_train(sampler: optuna.samplers.BaseSampler, workspace: Workspace) -> optuna.samplers.BaseSampler:
-    """``sampler``, or while a student is still being distilled, ``sampler`` with distillation into the current model.
+def sampler_while_students_train(sampler: optuna.samplers.BaseSampler, study: optuna.Study, workspace: Workspace,
+                                 report: ProbeReport | None) -> optuna.samplers.BaseSampler:
+    """``sampler``, or while the first student is still being distilled, ``sampler`` with distillation into the
+    current model.
 
     Then a worker runs trials that need no student instead of waiting for one (the width-0.5
     student takes 11-17 min on one core here). Those trials are ordinary observations of width 0.
-    Without 0 among the widths the trial waits for the student, as before.
+    Without 0 among the widths the trial waits for the student, as before. Once a student is on the
+    shelf, trials sample freely: one picking a student not distilled is rejected before compute.
     """
-    if 0.0 not in workspace.study.space.student_widths.options or not untrained_students(workspace):
+    ranked = ranked_students(workspace, report)
+    if (0.0 not in workspace.study.space.student_widths.options or not undecided_students(study, workspace, report)
+            or (report is not None and any(workspace.students.trained(*s) for s in ranked))):
         return sampler
     with warnings.catch_warnings():  # experimental since Optuna 2.4, and still the way to fix a parameter
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -108,6 +101,7 @@ class WorkerSummary:
     trials: tuple[int, ...]  # the numbers of the trials this worker ran
     seconds: float
     sampler_seed: int
+    stopped: str | None = None  # why it ended before the time limit and the budget (the stop rule's reason)
 
 
 @dataclass(frozen=True)
@@ -156,15 +150,21 @@ def search_summary(study: optuna.Study, summaries: list[WorkerSummary]) -> str:
             f"screening: {ScreeningSummary.of(records(trials)).describe()}")
 
 
+# Whether a search should end before its time limit and budget: a reason to print, or None (``results.convergence``
+# supplies it from the CLI; this room cannot read the front itself).
+StopRule = Callable[[optuna.Study], str | None]
+
+
 def run_worker(study_path: str, worker: int = 0, storage: str | None = None, progress: bool = True,
                n_trials: int | None = None, overrides: Mapping[str, Any] | None = None,
-               threads: int | None = None, distil_students: bool = False) -> WorkerSummary:
+               threads: int | None = None, distil_students: bool = False, stop_rule: StopRule | None = None) -> WorkerSummary:
     """Join the study and run trials until its budget (``n_trials`` or the study's) is spent.
 
     ``overrides`` changes dotted study keys (e.g. ``{"search.sampler": "random"}``) for benchmarks.
     ``threads`` sets the torch threads this process trains with (None: torch's default, all cores).
-    ``distil_students``: first distil the students the space may pick (inside the time limit);
-    meanwhile other workers sample only trials that need none.
+    ``distil_students``: decide the students the probes ranked, one at a time between trials (``workers.students``);
+    meanwhile other workers sample only trials that need none until the first is distilled.
+    ``stop_rule``: end early when it gives a reason, once no student is left undecided.
     """
     quiet_libraries()  # joblib workers are fresh processes: the CLI's settings do not reach them
     if threads is not None:
@@ -177,32 +177,39 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
     # sampler state accounts for the other workers' and earlier runs' trials.
     study = open_study(study_config, storage, make_sampler(study_config.search, seed))
     workspace.profile.record(study)  # what `front` and `report` read on machines without this baseline
+    report = ensure_probes(study, workspace, progress=progress and worker == 0)
+    workspace = dataclasses.replace(workspace, study=narrowed_study(study_config, report))
+    entries = portfolio_entries(workspace.study, report)
     runner = TrialRunner(workspace, artifact_store(study_config), progress=False, budget=budget, sampler_seed=seed)
     deadline = time.monotonic() + study_config.search.timeout_minutes * 60 if study_config.search.timeout_minutes else None
-    started, ran = time.perf_counter(), []
-    if distil_students:
-        train_students(workspace)
-        # The portfolio's student pipelines wait for their student: queued earlier, another worker would
-        # have taken one and waited idle for this distillation.
-        enqueue_portfolio(study, study_config.search.portfolio, ready=lambda _: True)
+    started, ran, stopped = time.perf_counter(), [], None
     rule = ScreeningRule.of(study_config.search)
     sampler = study.sampler
     bar = tqdm(total=budget, initial=budget - max(0, budget_left(study, budget)), desc=f"search {study_config.name}",
                disable=not progress or worker != 0, unit="trial")
     try:
         while deadline is None or time.monotonic() < deadline:
+            if distil_students and decide_next_student(study, workspace, report, log=progress) is not None:
+                # A student's portfolio pipelines wait for it: queued earlier, another worker would have taken
+                # one and waited idle for this distillation.
+                enqueue_portfolio(study, entries, ready=lambda entry: student_ready(workspace, entry))
+                continue
             action = next_action(study, budget)
             if action == "done":
                 break
             if action == "wait":
                 time.sleep(study_config.search.heartbeat_seconds)
                 continue
+            if stop_rule is not None and not undecided_students(study, workspace, report):
+                stopped = stop_rule(study)
+                if stopped is not None:
+                    break
             if worker == 0 and study_config.search.screening:
                 for number in enqueue_promotions(study, rule):
                     if progress:
                         tqdm.write(f"[worker {worker}] trial {number} promoted: the measured front no longer rules it out; "
                                    "queued to run again, lowered and measured")
-            study.sampler = sampler_while_students_train(sampler, workspace)
+            study.sampler = sampler_while_students_train(sampler, study, workspace, report)
             study.optimize(runner, n_trials=1, catch=(Exception,), gc_after_trial=True)
             finished, runner.current_trial = runner.current_trial, None
             if finished is not None:
@@ -223,7 +230,15 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
         raise
     finally:
         bar.close()
-    return WorkerSummary(worker, tuple(ran), time.perf_counter() - started, seed)
+    return WorkerSummary(worker, tuple(ran), time.perf_counter() - started, seed, stopped)
+
+
+def student_ready(workspace: Workspace, entry: Mapping[str, Any]) -> bool:
+    """Whether a portfolio entry can run now: it needs no student, or its student is on the shelf."""
+    if needs_no_student(entry):
+        return True
+    architectures = workspace.study.space.student_architectures.options
+    return workspace.students.trained(float(entry[STUDENT_WIDTH]), entry.get(STUDENT_ARCHITECTURE, architectures[0]))
 
 
 def requeue(study: optuna.Study, number: int) -> None:
@@ -282,7 +297,7 @@ def plan_workers(study: StudyConfig, n_jobs: int | None = None) -> WorkerPlan:
 
 
 def run_search(study_path: str, n_jobs: int | None = None, storage: str | None = None, progress: bool = True,
-               overrides: Mapping[str, Any] | None = None) -> list[WorkerSummary]:
+               overrides: Mapping[str, Any] | None = None, stop_rule: StopRule | None = None) -> list[WorkerSummary]:
     """Run worker processes (not threads) on the same study, as ``plan_workers`` sizes them; returns each one's summary."""
     study_config = load_study(study_path, overrides)
     plan = plan_workers(study_config, n_jobs)
@@ -293,20 +308,25 @@ def run_search(study_path: str, n_jobs: int | None = None, storage: str | None =
     # Stored here, before the workers start, so that they find it stored rather than all write it at once.
     workspace.profile.record(study)
     check_portfolio(study_config.space, study_config.search.portfolio)
-    enqueue_portfolio(study, study_config.search.portfolio,
-                      ready=lambda entry: needs_no_student(entry) or not untrained_students(workspace))
-    # The students the space may pick are distilled by the first worker while the others run trials
-    # that need none: trained before the workers started, they kept one of 2 cores idle for 11-17
-    # min (32x32 batches are too small to split: the width-0.5 student with its teacher trained at
-    # 4.3 batches/s on 1 thread and 3.2 on 2); on demand, one worker waited for the other's.
-    distil = bool(untrained_students(workspace))
+    # Probed once here, before the workers start: they read the stored report.
+    report = ensure_probes(study, workspace, progress=progress)
+    if progress and report is not None:
+        print(report.describe(), flush=True)
+    workspace = dataclasses.replace(workspace, study=narrowed_study(study_config, report))
+    enqueue_portfolio(study, portfolio_entries(workspace.study, report),
+                      ready=lambda entry: student_ready(workspace, entry))
+    # The students are decided by the first worker while the others run trials that need none: trained
+    # before the workers started, they kept one of 2 cores idle for 11-17 min (32x32 batches are too small
+    # to split: the width-0.5 student with its teacher trained at 4.3 batches/s on 1 thread and 3.2 on 2);
+    # on demand, one worker waited for the other's.
+    distil = bool(undecided_students(study, workspace, report))
     if progress:
-        students = " (worker 0 first distils the students)" if distil else ""
+        students = " (worker 0 decides the students between its trials)" if distil else ""
         print(f"search: {plan.workers} worker process(es), {plan.threads} torch thread(s) each{students}", flush=True)
     if plan.workers == 1:
         return [run_worker(study_path, 0, storage, progress, overrides=overrides, threads=plan.threads,
-                           distil_students=distil)]
+                           distil_students=distil, stop_rule=stop_rule)]
     return list(joblib.Parallel(n_jobs=plan.workers, backend="loky")(
         joblib.delayed(run_worker)(study_path, worker, storage, progress, overrides=overrides, threads=plan.threads,
-                                   distil_students=distil and worker == 0)
+                                   distil_students=distil and worker == 0, stop_rule=stop_rule)
         for worker in range(plan.workers)))

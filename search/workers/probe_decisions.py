@@ -1,0 +1,238 @@
+"""What the probes decide (see ``workers.probes`` for what they measure): the options that leave the study's space,
+the students' order, the starting trials, and the study's one stored report that every worker reads."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import optuna
+
+from udacisense.compression.pruning import UnstructuredPruningConfig
+from udacisense.models.students import StudentArchitecture
+from udacisense.search.study.config import StudyConfig
+from udacisense.search.study.records import StudyAttr, StudyRecord, store_study
+from udacisense.search.study.workspace import Workspace
+from udacisense.search.trial.portfolio import Entry, fit_to_space
+from udacisense.search.workers.probes import (
+    BASELINE,
+    Dropped,
+    Form,
+    Measured,
+    Probe,
+    ProbeReport,
+    Structure,
+    measure_probes,
+    student_name,
+)
+from udacisense.spaces.sampling import orders
+from udacisense.spaces.space import SpaceConfig
+
+
+def run_probes(workspace: Workspace, *, progress: bool = True) -> ProbeReport:
+    """Measure the probes and decide from them."""
+    return decide(workspace.study, measure_probes(workspace, progress=progress))
+
+
+def decide(study: StudyConfig, measured: Measured) -> ProbeReport:
+    max_latency, max_size = 1 - study.targets.latency_reduction, 1 - study.targets.size_reduction
+    structures, probes = measured.structures, measured.probes
+    dropped = _dropped(study.space, structures, measured.forms, probes, max_latency, max_size)
+    students = _ranked_students(structures, probes, dropped, max_latency, max_size)
+    report = ProbeReport(probes, tuple(dropped), tuple(students), (), measured.minutes, measured.cpu)
+    return dataclasses.replace(report, portfolio=tuple(probe_portfolio(study.space, structures, report, max_latency, max_size)))
+
+
+def stored_probes(study: optuna.Study) -> ProbeReport | None:
+    stored = StudyRecord.of(study).probes
+    return None if stored is None else ProbeReport.from_dict(stored)
+
+
+def ensure_probes(study: optuna.Study, workspace: Workspace, *, progress: bool = True) -> ProbeReport | None:
+    """The study's probe report: the stored one, else measured now and stored; None for a study whose trials
+    were sampled before probes existed (narrowing its space would no longer match them)."""
+    report = stored_probes(study)
+    if report is not None or not workspace.study.search.probes:
+        return report
+    if study.get_trials(deepcopy=False):
+        return None
+    report = run_probes(workspace, progress=progress)
+    # Another process may have probed meanwhile: the first report stored is the study's.
+    already = stored_probes(study)
+    if already is not None:
+        return already
+    # The students' decisions first: the report's presence says the probing finished.
+    shelf = workspace.students
+    store_study(study, {StudyAttr.STUDENTS: {shelf.name(*d.value): f"not distilled: dropped by the probes: {d.reason}"
+                                             for d in report.dropped if d.setting == "student"}})
+    store_study(study, {StudyAttr.PROBES: report.as_dict()})
+    return report
+
+
+def _dropped(space: SpaceConfig, structures: Sequence[Structure], forms: Sequence[Form], probes: Sequence[Probe],
+             max_latency: float, max_size: float) -> list[Dropped]:
+    dropped: list[Dropped] = []
+
+    def unreachable(case: Probe) -> str:
+        return (f"its cheapest probed program ({case.structure}, {case.form}) runs at x{case.latency_ratio:.2f} of the "
+                f"float .pte's latency and x{case.size_ratio:.2f} of its bytes; no program with it can meet the targets "
+                f"(x{max_latency:.2f}, x{max_size:.2f})")
+
+    form_of = {f.name: f for f in forms}
+    options: list[tuple[str, str, Callable[[Form], bool]]] = [
+        ("quant_backends", b, partial(_on_backend, b)) for b in space.quant_backends.options]
+    options += [("quant_types", q, partial(_of_type, q)) for q in space.quant_types.options]
+    for setting, value, has in options:
+        with_it = [p for p in probes if p.form in form_of and has(form_of[p.form])]
+        if with_it and not any(p.meets(max_latency, max_size) for p in with_it):
+            dropped.append(Dropped(setting, value, unreachable(min(with_it, key=lambda p: p.cost(max_latency, max_size)))))
+    if 4 in space.linear_weight_bits.options:
+        pairs = [(p8, p4) for p4 in probes if p4.form.endswith("int4 Linear")
+                 for p8 in probes if p8.structure == p4.structure and p8.form == p4.form.removesuffix(" int4 Linear")]
+        if pairs and all(p4.size_ratio >= p8.size_ratio for p8, p4 in pairs):
+            dropped.append(Dropped("linear_weight_bits", 4, "int4 Linear weights saved no bytes over int8 on any probed "
+                                   "structure, and round more"))
+    if "prune" in space.stages:
+        pruned = next((p for p in probes if p.structure == UnstructuredPruningConfig(amount=space.prune_amount.high).describe()), None)
+        # Cheaper would be fewer bytes, or faster even at the slow end of its timing rounds.
+        if pruned is not None and pruned.size_ratio >= 0.995 and pruned.latency_ratio_p90 >= 1.0:
+            dropped.append(Dropped("stages", "prune", f"dominated by no pruning at less accuracy risk: the float program "
+                                   f"with {space.prune_amount.high:.0%} of its weights zeroed has x{pruned.size_ratio:.2f} "
+                                   f"of the bytes and x{pruned.latency_ratio:.2f} of the latency [rounds' p10-p90 "
+                                   f"{pruned.latency_ratio_p10:.2f}-{pruned.latency_ratio_p90:.2f}] (XNNPACK stores "
+                                   "weights dense)"))
+    dropped += _dominated_students(structures, probes, max_latency, max_size)
+    return dropped
+
+
+def _on_backend(backend: str, form: Form) -> bool:
+    return form.backend == backend
+
+
+def _of_type(quant_type: str, form: Form) -> bool:
+    return form.quant_type == {"qat": "static"}.get(quant_type, quant_type)  # QAT ships the static form
+
+
+def _dominated_students(structures: Sequence[Structure], probes: Sequence[Probe], max_latency: float,
+                        max_size: float) -> list[Dropped]:
+    """A student whose every program misses the targets, or that a student no narrower and no leaner matches on
+    both costs in its cheapest form."""
+    students = [s for s in structures if s.choices and s.choices[0][0] == "student"]
+    best = {s.name: min((p for p in probes if p.structure == s.name), key=lambda p: p.cost(max_latency, max_size))
+            for s in students}
+    dropped = []
+    for student in students:
+        mine = best[student.name]
+        if not any(p.meets(max_latency, max_size) for p in probes if p.structure == student.name):
+            dropped.append(Dropped("student", student.choices[0][1], f"its cheapest program ({mine.form}) runs at "
+                                   f"x{mine.latency_ratio:.2f} latency and x{mine.size_ratio:.2f} bytes: it cannot meet the targets"))
+            continue
+        safer = [other for other in students if other is not student
+                 and all(a <= b for a, b in zip(other.risk, student.risk, strict=True))
+                 and best[other.name].latency_ratio_p90 <= mine.latency_ratio_p10
+                 and best[other.name].size_ratio <= mine.size_ratio]
+        if safer:
+            other = best[safer[0].name]
+            dropped.append(Dropped("student", student.choices[0][1], f"{safer[0].name} is no riskier and as cheap "
+                                   f"(x{other.latency_ratio:.2f} latency, x{other.size_ratio:.2f} bytes against "
+                                   f"x{mine.latency_ratio:.2f}, x{mine.size_ratio:.2f})"))
+    return dropped
+
+
+def _ranked_students(structures: Sequence[Structure], probes: Sequence[Probe], dropped: Sequence[Dropped],
+                     max_latency: float, max_size: float) -> list[tuple[float, str]]:
+    gone = {d.value for d in dropped if d.setting == "student"}
+    ranked = []
+    for structure in structures:
+        if structure.choices and structure.choices[0][0] == "student" and structure.choices[0][1] not in gone:
+            cost = min(p.cost(max_latency, max_size) for p in probes if p.structure == structure.name)
+            ranked.append((cost, structure.choices[0][1]))
+    return [student for _, student in sorted(ranked)]
+
+
+def narrowed_space(space: SpaceConfig, report: ProbeReport | None) -> SpaceConfig:
+    """``space`` without the options the probes dropped (a setting keeps at least one choice, a study at least one
+    family); the students stay as the report ranks them."""
+    if report is None:
+        return space
+    changes: dict[str, Any] = {}
+    for drop in report.dropped:
+        if drop.setting == "stages":
+            stages = tuple(s for s in changes.get("stages", space.stages) if s != drop.value)
+            if stages:
+                changes["stages"] = stages
+                changes["required"] = tuple(s for s in space.required if s in stages)
+        elif drop.setting not in ("student",):
+            choice = changes.get(drop.setting, getattr(space, drop.setting))
+            kept = tuple(o for o in choice.options if o != drop.value)
+            if kept:
+                changes[drop.setting] = dataclasses.replace(choice, options=kept)
+    students = report.students
+    if "distill" in space.stages and students:
+        widths = tuple(w for w in space.student_widths.options if not w or any(w == s for s, _ in students))
+        architectures = tuple(a for a in space.student_architectures.options if any(a == s for _, s in students))
+        changes["student_widths"] = dataclasses.replace(space.student_widths, options=widths)
+        changes["student_architectures"] = dataclasses.replace(space.student_architectures, options=architectures)
+    return dataclasses.replace(space, **changes)
+
+
+def probe_portfolio(space: SpaceConfig, structures: Sequence[Structure], report: ProbeReport, max_latency: float,
+                    max_size: float) -> list[dict[str, Any]]:
+    """Starting trials: in the least risky int8 form whose baseline program is cheapest, the baseline itself, the
+    first student, and the least aggressive architecture cut, each where its probe meets every target."""
+    narrowed = narrowed_space(space, report)
+    form = _portfolio_form(narrowed, report, max_latency, max_size)
+    if form is None:
+        return []
+    quantize: dict[str, Any] = {"quant_type": "static", "quant_backend": form.backend, "linear_weight_bits": form.linear_bits,
+                "float_prefix_blocks": 0}
+    off = {f"use_{family}": False for family in narrowed.stages if family != "quantize"}
+    meets = {p.structure for p in report.probes if p.form == form.name and p.meets(max_latency, max_size)}
+    entries = []
+    if BASELINE in meets:
+        entries.append({**off, **quantize})
+    if report.students:
+        width, architecture = report.students[0]
+        # Distillation first in the order: the families after it are asked, and switched off here.
+        first = next((o for o in orders(narrowed) if o.startswith("distill")), None)
+        entries.append({**off, **({"order": first} if first and len(orders(narrowed)) > 1 else {}), "use_distill": True,
+                        "student_width": width, "student_architecture": architecture, **quantize})
+    cuts = [s for s in structures if s.choices and s.choices[0][0] == "architecture_squeeze_excite" and s.name in meets]
+    if cuts and "architecture" in narrowed.stages:
+        cut = dict(cuts[0].choices)
+        entries.append({**off, "use_architecture": True, **cut, **quantize})
+    return entries
+
+
+def _portfolio_form(space: SpaceConfig, report: ProbeReport, max_latency: float, max_size: float) -> Form | None:
+    if not ({"static", "qat"} & set(space.quant_types.options)):
+        return None
+    baseline = [p for p in report.probes if p.structure == BASELINE and p.form.startswith("static")
+                and any(p.form == Form("static", b, bits).name for b in space.quant_backends.options
+                        for bits in space.linear_weight_bits.options)]
+    if not baseline:
+        return None
+    best = min(baseline, key=lambda p: (p.form.endswith("int4 Linear"), p.cost(max_latency, max_size, slow=True)))
+    backend = best.form.split()[1]
+    return Form("static", backend, 4 if best.form.endswith("int4 Linear") else 8)
+
+
+def narrowed_study(config: StudyConfig, report: ProbeReport | None) -> StudyConfig:
+    return config if report is None else dataclasses.replace(config, space=narrowed_space(config.space, report))
+
+
+def portfolio_entries(config: StudyConfig, report: ProbeReport | None) -> list[Entry]:
+    """The study file's portfolio, then the probes' starting trials, as ``config``'s (narrowed) space samples them;
+    every worker derives the same list from the same file and stored report, so an entry's index names it."""
+    entries = [*config.search.portfolio, *(report.portfolio if report is not None else ())]
+    return [fitted for entry in entries if (fitted := fit_to_space(config.space, entry)) is not None]
+
+
+def student_probe(report: ProbeReport, width: float, architecture: StudentArchitecture) -> tuple[float, float] | None:
+    """The lowest latency ratio and the fewest bytes (ratio) the student's probed programs reach, each."""
+    mine = [p for p in report.probes if p.structure == f"student {student_name(width, architecture)}"]
+    if not mine:
+        return None
+    return min(p.latency_ratio for p in mine), min(p.size_ratio for p in mine)

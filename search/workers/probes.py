@@ -1,0 +1,289 @@
+"""Probes: what each structural option of a study's space costs on the phone's yardstick, measured before any
+trial trains, and the options that cannot matter dropped from the study's space.
+
+A dense program's bytes and single-thread latency are fixed by its structure, not by its trained weights
+(``evaluators.structure``), so one lowered program per option tells what the option can buy. The probes lower
+the baseline in every quantized form of the space, every other structure (each student, each squeeze-excite
+and activation cut, the widest channel cut, the sparsest unstructured pruning) in float and in the baseline's
+cheapest int8 form, and every form again on the cheapest structure. An option leaves the space when
+
+- its **cheapest case cannot meet the targets**: no probed program with it is within the latency and the
+  size allowances (TorchScript int8 from the x86 backend on a phone's single thread), or
+- it is **dominated on cost at no more accuracy risk**: another choice of the same setting, never riskier,
+  is as cheap on both costs (unstructured pruning: XNNPACK stores weights dense, so the pruned program is
+  the unpruned one; int4 Linear weights that save no bytes over int8).
+
+Accuracy is never judged here (nothing is trained); the search judges it. The surviving students are
+ranked by how close their cheapest program comes to zero latency and bytes in units of the allowances,
+which is the order the search distils them in (``workers.students``), and the cheapest target-meeting
+structure of each surviving family becomes a starting trial (``portfolio``).
+
+Probes are made once per study: the report is stored on the study in one write (``StudyAttr.PROBES``), so
+every worker, on any machine, reads the same decision, and a process killed while probing leaves none.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Any
+
+from torch import nn
+from tqdm.auto import tqdm
+
+from udacisense.common.env import cpu_name
+from udacisense.compression.architecture import ArchitectureConfig
+from udacisense.compression.graph import lower
+from udacisense.compression.pipeline import Pipeline
+from udacisense.compression.pruning import StructuredPruningConfig, UnstructuredPruningConfig
+from udacisense.compression.quantization import DynamicQuantConfig, StaticQuantConfig
+from udacisense.compression.stage import CompressedModel, StageConfig, StageContext
+from udacisense.models.students import StudentArchitecture, build_student
+from udacisense.runtime import load_runner, runtime_for
+from udacisense.search.study.workspace import Workspace
+from udacisense.search.trial.measuring import Yardstick
+from udacisense.spaces.space import SpaceConfig
+
+BASELINE = "baseline"
+FLOAT = "float"
+
+
+@dataclass(frozen=True)
+class Form:
+    """How a structure ships: float, or a quantization type on a backend (with its Linear weight bits)."""
+
+    quant_type: str  # "none", "dynamic" or "static" (QAT ships the static form)
+    backend: str | None = None
+    linear_bits: int = 8
+
+    @property
+    def name(self) -> str:
+        if self.quant_type == "none":
+            return FLOAT
+        bits = " int4 Linear" if self.linear_bits == 4 else ""
+        return f"{self.quant_type} {self.backend}{bits}"
+
+    def stage(self) -> StageConfig | None:
+        if self.quant_type == "none":
+            return None
+        if self.quant_type == "dynamic":
+            return DynamicQuantConfig(backend=self.backend, linear_weight_bits=self.linear_bits)  # type: ignore[arg-type]
+        return StaticQuantConfig(backend=self.backend, linear_weight_bits=self.linear_bits)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Structure:
+    """A network shape the space can reach: its name, the space settings that choose it, and its accuracy risk
+    against the other choices of those settings (lower: closer to the baseline)."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    choices: tuple[tuple[str, Any], ...] = ()  # (space setting, value) that select it
+    risk: tuple[int, ...] = ()  # compared only between structures of the same settings
+    float_only: bool = False  # a float program settles it (zeroed weights: the question is whether they cost less)
+
+
+@dataclass(frozen=True)
+class Probe:
+    structure: str
+    form: str
+    latency_ratio: float  # to the float baseline's .pte, timed in the same alternating rounds
+    latency_ratio_p10: float
+    latency_ratio_p90: float
+    size_ratio: float  # artifact bytes / the float baseline .pte's
+    seconds: float  # to build, lower and time it
+
+    def meets(self, max_latency: float, max_size: float) -> bool:
+        return self.latency_ratio <= max_latency and self.size_ratio <= max_size
+
+    def cost(self, max_latency: float, max_size: float, *, slow: bool = False) -> float:
+        """Distance from zero latency and bytes in units of the allowances: how much room it leaves for accuracy
+        (``slow``: its latency at the 90th percentile of its rounds)."""
+        latency = self.latency_ratio_p90 if slow else self.latency_ratio
+        return math.hypot(latency / max_latency, self.size_ratio / max_size)
+
+
+@dataclass(frozen=True)
+class Dropped:
+    setting: str  # a [space] setting, or "stages" for a whole family, or "student" for one (width, architecture)
+    value: Any
+    reason: str
+
+
+@dataclass(frozen=True)
+class ProbeReport:
+    probes: tuple[Probe, ...]
+    dropped: tuple[Dropped, ...]
+    students: tuple[tuple[float, str], ...]  # the surviving (width, architecture), most promising first
+    portfolio: tuple[dict[str, Any], ...]  # starting trials: the cheapest target-meeting structure of each family
+    minutes: float
+    cpu: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"probes": [asdict(p) for p in self.probes], "dropped": [asdict(d) for d in self.dropped],
+                "students": [list(s) for s in self.students], "portfolio": list(self.portfolio),
+                "minutes": self.minutes, "cpu": self.cpu}
+
+    @classmethod
+    def from_dict(cls, stored: dict[str, Any]) -> ProbeReport:
+        return cls(tuple(Probe(**p) for p in stored["probes"]),
+                   tuple(Dropped(d["setting"], _tuple(d["value"]), d["reason"]) for d in stored["dropped"]),
+                   tuple((float(w), str(a)) for w, a in stored["students"]), tuple(stored["portfolio"]),
+                   float(stored["minutes"]), str(stored["cpu"]))
+
+    def describe(self) -> str:
+        lines = [f"probes: {len(self.probes)} programs lowered and timed in {self.minutes:.1f} min ({self.cpu}), "
+                 "before any training"]
+        lines += [f"  dropped {d.setting} {_shown(d.value)}: {d.reason}" for d in self.dropped]
+        if self.students:
+            lines.append("  students, most promising first: " + ", ".join(student_name(w, a) for w, a in self.students))
+        return "\n".join(lines)
+
+
+def _tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value  # JSON stores a (width, architecture) as a list
+
+
+def _shown(value: Any) -> str:
+    return student_name(*value) if isinstance(value, tuple) else str(value)
+
+
+def student_name(width: float, architecture: str) -> str:
+    return f"width {width:g}" + (" lean" if architecture == "lean" else "")
+
+
+def _forms(space: SpaceConfig) -> list[Form]:
+    types = set(space.quant_types.options)
+    forms = [Form("none")] if "none" in types else []
+    for backend in space.quant_backends.options:
+        if "dynamic" in types:
+            forms.append(Form("dynamic", backend))
+        if types & {"static", "qat"}:
+            forms += [Form("static", backend, bits) for bits in sorted(set(space.linear_weight_bits.options))
+                      if bits == 8 or backend == "xnnpack"]
+    return forms
+
+
+def _structures(workspace: Workspace) -> list[Structure]:
+    space, baseline = workspace.study.space, workspace.baseline.model
+    classes, seed = len(workspace.data.classes), workspace.study.seed
+    structures = [Structure(BASELINE, lambda: copy.deepcopy(baseline))]
+    if "distill" in space.stages:
+        for width in (w for w in space.student_widths.options if w):
+            for architecture in space.student_architectures.options:
+                structures.append(Structure(
+                    f"student {student_name(width, architecture)}", partial(_student, baseline, width, classes, seed, architecture),
+                    (("student", (width, architecture)),), (-int(width * 100), int(architecture == "lean"))))
+    if "architecture" in space.stages:
+        for squeeze_excite in space.architecture_squeeze_excite.options:
+            for activation in space.architecture_activation.options:
+                if (squeeze_excite, activation) == ("keep", "hard") or squeeze_excite == "least-costly":
+                    continue
+                cut = ArchitectureConfig(squeeze_excite=squeeze_excite, activation=activation)
+                structures.append(Structure(cut.describe(), _cut(baseline, cut, workspace),
+                                            (("architecture_squeeze_excite", squeeze_excite),
+                                             ("architecture_activation", activation))))
+    if "prune" in space.stages:
+        sparse = UnstructuredPruningConfig(amount=space.prune_amount.high)
+        structures.append(Structure(sparse.describe(), _cut(baseline, sparse, workspace), float_only=True))
+    if "channels" in space.stages:
+        widest = StructuredPruningConfig(ratio=space.channel_ratio.high, head_ratio=space.channel_head_ratio.high)
+        structures.append(Structure(widest.describe(), _cut(baseline, widest, workspace)))
+    return structures
+
+
+def _student(baseline: nn.Module, width: float, classes: int, seed: int, architecture: StudentArchitecture) -> nn.Module:
+    return build_student(baseline, width, classes, seed, architecture).eval()
+
+
+def _cut(baseline: nn.Module, stage: StageConfig, workspace: Workspace) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        model, _ = Pipeline((stage,)).run(CompressedModel(copy.deepcopy(baseline)), _context(workspace))
+        return model.module
+    return build
+
+
+def _context(workspace: Workspace) -> StageContext:
+    return StageContext(data=workspace.data, seed=workspace.study.seed)  # int8 calibrates on train images, as in a trial
+
+
+def _probe(yardstick: Yardstick, workspace: Workspace, structure: Structure, network: nn.Module, form: Form) -> Probe:
+    started = time.perf_counter()
+    stage = form.stage()
+    model = CompressedModel(copy.deepcopy(network))
+    if stage is not None:
+        model, _ = Pipeline((stage,)).run(model, _context(workspace))
+    runtime = runtime_for(form.backend, workspace.study.evaluation.float_runtime)  # type: ignore[arg-type]
+    lowered = lower(model, runtime, example_input=workspace.example_input)
+    assert lowered.artifact is not None
+    timed = yardstick.measure_latency(load_runner(lowered.artifact, runtime, lowered.backend), runtime).reference
+    reference = workspace.study.evaluation.reference_runtime
+    return Probe(structure.name, form.name, timed.ratio, timed.ratio_p10, timed.ratio_p90,
+                 len(lowered.artifact) / yardstick.baseline_size(reference), time.perf_counter() - started)
+
+
+def _plan(workspace: Workspace) -> Iterator[tuple[Structure, Form | None]]:
+    """(structure, form) in the order they are probed; a form of None: the baseline's cheapest int8 form,
+    known only once the baseline's forms are probed."""
+    space = workspace.study.space
+    structures, forms = _structures(workspace), _forms(space)
+    for form in forms:
+        yield structures[0], form
+    for structure in structures[1:]:
+        if structure.float_only or "none" in space.quant_types.options:
+            yield structure, Form("none")
+        if not structure.float_only:
+            yield structure, None
+
+
+@dataclass(frozen=True)
+class Measured:
+    """The probes as measured, before anything is decided from them."""
+
+    structures: tuple[Structure, ...]
+    forms: tuple[Form, ...]
+    probes: tuple[Probe, ...]
+    minutes: float
+    cpu: str
+
+
+def measure_probes(workspace: Workspace, *, progress: bool = True) -> Measured:
+    """Lower and time one program per structural option of the space (see the module's docstring)."""
+    started = time.perf_counter()
+    study = workspace.study
+    max_latency, max_size = 1 - study.targets.latency_reduction, 1 - study.targets.size_reduction
+    yardstick = Yardstick(workspace)
+    structures, forms = _structures(workspace), _forms(study.space)
+    planned = list(_plan(workspace))
+    probes: list[Probe] = []
+    bar = tqdm(total=len(planned) + len(forms), desc="probes", disable=not progress, leave=False, unit="program")
+    built: dict[str, nn.Module] = {}
+
+    def probe(structure: Structure, form: Form) -> None:
+        if structure.name == BASELINE and form.quant_type == "none":
+            probes.append(Probe(BASELINE, FLOAT, 1.0, 1.0, 1.0, 1.0, 0.0))  # the yardstick itself
+        elif not any(p.structure == structure.name and p.form == form.name for p in probes):
+            network = built.setdefault(structure.name, structure.build())
+            probes.append(_probe(yardstick, workspace, structure, network, form))
+        bar.update(1)
+
+    int8 = [f for f in forms if f.quant_type != "none"]
+    for structure, form in planned:
+        if form is None:
+            if not int8:
+                continue
+            # At the slow end of its timing rounds: one lucky reading must not send every structure to a slow form.
+            baseline_int8 = [p for p in probes if p.structure == BASELINE and p.form != FLOAT]
+            form = next(f for f in int8 if f.name == min(baseline_int8, key=lambda p: p.cost(max_latency, max_size, slow=True)).form)
+        probe(structure, form)
+    # Every form again on the cheapest structure: each form's cheapest case is measured, not extrapolated.
+    cheapest = min((s for s in structures if not s.float_only),
+                   key=lambda s: min(p.cost(max_latency, max_size) for p in probes if p.structure == s.name))
+    for form in forms:
+        probe(cheapest, form)
+    bar.close()
+    return Measured(tuple(structures), tuple(forms), tuple(probes), (time.perf_counter() - started) / 60, cpu_name())

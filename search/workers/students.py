@@ -1,0 +1,112 @@
+"""Students on demand: the first worker distils the students the probes ranked, the most promising first, and
+each next one only once it could still join the measured front.
+
+A student is credited at most with its teacher's validation top-1 (the baseline's) and with its cheapest probed
+program's latency and bytes: if a measured trial (parity passed) is already at least that accurate and that
+cheap, the student cannot add a point to the front, and its 5-15 minutes of distillation go to trials instead.
+The decision on each student is stored on the study (``StudyAttr.STUDENTS``), so a trial of any worker that
+samples a student not distilled is rejected before compute rather than distilling it on the spot.
+"""
+
+from __future__ import annotations
+
+import optuna
+
+from udacisense.models.students import StudentArchitecture
+from udacisense.search.study.records import StudyAttr, StudyRecord, store_study
+from udacisense.search.study.trial_record import records
+from udacisense.search.study.workspace import Workspace
+from udacisense.search.workers.probe_decisions import student_probe
+from udacisense.search.workers.probes import ProbeReport
+from udacisense.spaces.families import STUDENT_ARCHITECTURE, STUDENT_WIDTH
+
+DISTILLED = "distilled"
+Student = tuple[float, StudentArchitecture]
+
+
+def ranked_students(workspace: Workspace, report: ProbeReport | None) -> list[Student]:
+    """The students the space may pick: in the probes' order, or (unprobed) as the space lists them."""
+    space = workspace.study.space
+    if "distill" not in space.stages:
+        return []
+    if report is not None:
+        return [(width, architecture) for width, architecture in report.students
+                if width in space.student_widths.options and architecture in space.student_architectures.options]
+    return [(width, architecture) for width in space.student_widths.options if width
+            for architecture in space.student_architectures.options]
+
+
+def undecided_students(study: optuna.Study, workspace: Workspace, report: ProbeReport | None) -> list[Student]:
+    """The ranked students neither on the shelf nor ruled out, most promising first."""
+    decisions = StudyRecord.of(study).student_decisions
+    return [(w, a) for w, a in ranked_students(workspace, report)
+            if not workspace.students.trained(w, a) and workspace.students.name(w, a) not in decisions]
+
+
+def record_decision(study: optuna.Study, name: str, decision: str) -> None:
+    """Add one student's decision to the study's (one worker decides students, so read-modify-write is safe)."""
+    store_study(study, {StudyAttr.STUDENTS: {**StudyRecord.of(study).student_decisions, name: decision}})
+
+
+def why_not(study: optuna.Study, workspace: Workspace, report: ProbeReport, student: Student) -> str | None:
+    """Why ``student`` cannot join the measured front (a measured trial as accurate and as cheap as the student
+    could be), or None when it still could."""
+    cheapest = student_probe(report, *student)
+    if cheapest is None:
+        return None
+    latency, size = cheapest
+    teacher = workspace.profile.val_top1
+    for record in records(study.get_trials(deepcopy=False)):
+        if (record.is_measured and record.parity_ok and record.val_accuracy >= teacher
+                and record.latency_ratio <= latency and record.size_ratio <= size):
+            return (f"trial {record.number} is already as accurate as the teacher ({record.val_accuracy:.3f} >= "
+                    f"{teacher:.3f}) at x{record.latency_ratio:.2f} latency and x{record.size_ratio:.2f} bytes, no more "
+                    f"than the student's cheapest probed program (x{latency:.2f}, x{size:.2f})")
+    return None
+
+
+def tried(study: optuna.Study, workspace: Workspace, student: Student) -> bool:
+    """Whether a finished trial used ``student``: what it measured is known before the next student is decided."""
+    architectures = workspace.study.space.student_architectures.options
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)):
+        width = trial.params.get(STUDENT_WIDTH)
+        architecture = trial.params.get(STUDENT_ARCHITECTURE, architectures[0])
+        if (width, architecture) == student:
+            return True
+    return False
+
+
+def decide_next_student(study: optuna.Study, workspace: Workspace, report: ProbeReport | None, *,
+                        log: bool = True) -> Student | None:
+    """Distil the most promising undecided student, or record why it cannot matter; returns the student decided,
+    None when it is not yet time (a distilled student not tried yet) or none is left.
+
+    Without probes every student the space lists is distilled, in its order, as before probes existed.
+    """
+    undecided = undecided_students(study, workspace, report)
+    if not undecided:
+        return None
+    distilled = [s for s in ranked_students(workspace, report) if workspace.students.trained(*s)]
+    if report is not None and distilled and not all(tried(study, workspace, s) for s in distilled):
+        return None  # its first measurement decides whether the next student could still matter
+    student = undecided[0]
+    name = workspace.students.name(*student)
+    reason = why_not(study, workspace, report, student) if report is not None else None
+    if reason is not None:
+        record_decision(study, name, f"not distilled: {reason}")
+        if log:
+            print(f"[students] {name} not distilled: {reason}", flush=True)
+        return student
+    if log:
+        print(f"[students] distilling {name} (ranked {ranked_students(workspace, report).index(student) + 1} by its probes)",
+              flush=True)
+    workspace.students.student(*student)
+    record_decision(study, name, DISTILLED)
+    return student
+
+
+def train_students(workspace: Workspace, report: ProbeReport | None = None) -> None:
+    """Distil every student the space may pick that is not on the shelf yet (benchmarks that compare searching,
+    not distilling, do it once before their arms)."""
+    for student in ranked_students(workspace, report):
+        workspace.students.student(*student)

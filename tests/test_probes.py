@@ -1,0 +1,91 @@
+"""Probes on the smoke study's real baseline: programs lowered and timed before any training, the options that
+cannot matter dropped with their measured reasons, one decision per study that a killed prober never half-writes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from udacisense.search.study.config import load_study
+from udacisense.search.study.records import StudyRecord
+from udacisense.search.study.storage import open_study
+from udacisense.search.study.workspace import open_workspace
+from udacisense.search.workers import probe_decisions, probes
+from udacisense.search.workers.probe_decisions import ensure_probes, narrowed_space, portfolio_entries
+from udacisense.search.workers.probes import BASELINE, FLOAT, ProbeReport
+
+PROBED = {'stages = ["channels", "quantize"]': 'stages = ["distill", "prune", "quantize"]\nstudent_widths = [0.0, 0.5]\n'
+          'student_architectures = ["standard", "lean"]',
+          'quant_types = ["static"]': 'quant_types = ["none", "static"]', "probes = false": "probes = true"}
+
+
+def _open(path: Path):
+    config = load_study(str(path))
+    return config, open_workspace(config, progress=False), open_study(config)
+
+
+@pytest.mark.slow
+def test_probes_drop_what_cannot_matter_rank_the_students_and_store_one_decision(seeded_smoke, monkeypatch) -> None:
+    config, workspace, study = _open(seeded_smoke(edits=PROBED))
+    report = ensure_probes(study, workspace, progress=False)
+    assert report is not None
+    measured = {(p.structure, p.form): p for p in report.probes}
+    limits = 1 - config.targets.latency_reduction, 1 - config.targets.size_reduction
+    assert measured[BASELINE, FLOAT].size_ratio == 1.0
+    assert {(BASELINE, "static xnnpack"), (BASELINE, "static x86")} <= set(measured)
+    # Zeroed weights are stored dense: the pruned program has the baseline's bytes, so pruning leaves the space.
+    pruned = next(p for (structure, _), p in measured.items() if structure.startswith("prune("))
+    assert pruned.size_ratio == pytest.approx(1.0, abs=1e-3)
+    assert any(d.setting == "stages" and d.value == "prune" and "dense" in d.reason for d in report.dropped)
+    # Each option dropped as unreachable has no probed program within the targets; each kept one has one.
+    for setting, has in (("quant_backends", lambda p, v: p.form.split(" ")[1:2] == [v]),):
+        for value in config.space.quant_backends.options:
+            reachable = any(p.meets(*limits) for p in report.probes if has(p, value))
+            assert reachable != any(d.setting == setting and d.value == value for d in report.dropped)
+    # Both students probed; ranked by how little of the allowances their cheapest programs use.
+    assert {s for s in measured if s[0].startswith("student")} and set(report.students) <= {(0.5, "standard"), (0.5, "lean")}
+    costs = [min(p.cost(*limits) for p in report.probes if p.structure == f"student {probes.student_name(*s)}")
+             for s in report.students]
+    assert costs == sorted(costs)
+    narrowed = narrowed_space(config.space, report)
+    assert "prune" not in narrowed.stages and set(narrowed.quant_backends.options) <= set(config.space.quant_backends.options)
+    entries = portfolio_entries(config, report)
+    assert all(not e.get("student_width") or (e["student_width"], e.get("student_architecture", "standard"))
+               == report.students[0] for e in entries)
+    # Stored once: every later reader gets the same report without probing again.
+    monkeypatch.setattr(probe_decisions, "run_probes", lambda *a, **k: pytest.fail("probed twice"))
+    assert ensure_probes(open_study(config), workspace, progress=False) == report
+    assert ProbeReport.from_dict(StudyRecord.of(study).probes) == report
+
+
+KILLED_WHILE_PROBING = """
+import os, signal, sys
+from udacisense.search.workers import probe_decisions, probes
+from udacisense.search.study.config import load_study
+from udacisense.search.study.storage import open_study
+from udacisense.search.study.workspace import open_workspace
+real, calls = probes._probe, []
+def probe_then_die(*args):
+    calls.append(1)
+    if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args)
+probes._probe = probe_then_die
+config = load_study(sys.argv[1])
+probe_decisions.ensure_probes(open_study(config), open_workspace(config, progress=False), progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_a_prober_killed_midway_leaves_nothing_decided_and_the_next_one_probes(seeded_smoke) -> None:
+    path = seeded_smoke(edits={'stages = ["channels", "quantize"]': 'stages = ["prune", "quantize"]',
+                               "probes = false": "probes = true"})
+    killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_PROBING, str(path)], capture_output=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr.decode()[-2000:]
+    config, workspace, study = _open(path)
+    assert StudyRecord.of(study).probes is None and not StudyRecord.of(study).student_decisions
+    report = ensure_probes(study, workspace, progress=False)
+    assert report is not None and ProbeReport.from_dict(StudyRecord.of(study).probes) == report
