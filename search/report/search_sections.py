@@ -57,7 +57,7 @@ from udacisense.search.results.convergence import Convergence
 from udacisense.search.results.front import TIMINGS
 from udacisense.search.results.hypervolume import HV_REFERENCE
 from udacisense.search.study.budget import is_rejected
-from udacisense.search.study.records import STOP_WORDS, FalseStops, StopReason
+from udacisense.search.study.records import STOP_WORDS, UNSPENT, FalseStops, StopReason
 from udacisense.search.study.trial_record import TrialRecord
 from udacisense.search.trial.screening import ACCURATE_WITHIN, BOUNDED_FROM, ScreeningSummary, model_errors
 from udacisense.spaces.families import FAMILY_OF_KIND
@@ -301,7 +301,7 @@ def _early_stopping_lines(inputs: Inputs, savings: EarlyStoppingSavings) -> list
                   f"accuracy floor (they spent {fmt_seconds(sum(t.seconds for t in below))}); that stop happens whatever "
                   "`search.early_stopping` is set to.", ""]
     skipped = [(STOP_CATEGORIES[reason], len(savings.pruned[reason]))
-               for reason in (StopReason.REJECTED, StopReason.DUPLICATE, StopReason.OVER_BUDGET) if savings.pruned.get(reason)]
+               for reason in UNSPENT if savings.pruned.get(reason)]
     if None in savings.pruned:
         skipped.append((UNRECORDED, len(savings.pruned[None])))
     if skipped:

@@ -27,6 +27,7 @@ def family(trial: TrialRecord) -> str:
 
 STOP_CATEGORIES = {
     StopReason.REJECTED: "rejected before compute (impossible stage order)",
+    StopReason.NO_STUDENT: "rejected before compute (a student the search did not distil)",
     StopReason.DUPLICATE: "duplicate configuration (not run again)",
     StopReason.OVER_BUDGET: "over budget (another worker took the last trial first; nothing ran)",
     StopReason.BEFORE_TRAINING: "stopped before training (estimated to miss the size or latency target)",

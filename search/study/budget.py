@@ -19,8 +19,9 @@ def is_rejected(trial: optuna.trial.FrozenTrial) -> bool:
 
 
 def is_wasted_sample(trial: optuna.trial.FrozenTrial) -> bool:
-    """A sample the search could not use: an impossible order or a configuration it already has."""
-    return TrialRecord.of(trial).stop_reason in (StopReason.REJECTED, StopReason.DUPLICATE)
+    """A sample the search could not use: an impossible order, a student it did not distil, or a configuration it
+    already has."""
+    return TrialRecord.of(trial).stop_reason in (StopReason.REJECTED, StopReason.NO_STUDENT, StopReason.DUPLICATE)
 
 
 def holds_configuration(trial: optuna.trial.FrozenTrial) -> bool:

@@ -136,6 +136,7 @@ class Fidelity(enum.StrEnum):
 
 class StopReason(enum.StrEnum):
     REJECTED = "rejected"  # an impossible stage order, before any compute
+    NO_STUDENT = "no-student"  # its student was not distilled (workers.students decided so), before any compute
     DUPLICATE = "duplicate"  # another trial already has this configuration
     OVER_BUDGET = "over-budget"  # another worker took the budget's last trial first
     BEFORE_TRAINING = "before-training"  # estimated size or FLOPs miss the targets
@@ -148,6 +149,7 @@ class StopReason(enum.StrEnum):
 # which reads like a pruning stage of the pipeline.
 STOP_WORDS = {
     StopReason.REJECTED: "rejected, an impossible stage order",
+    StopReason.NO_STUDENT: "rejected, its student was not distilled",
     StopReason.DUPLICATE: "duplicate, not run again",
     StopReason.OVER_BUDGET: "over budget, not run",
     StopReason.BEFORE_TRAINING: "stopped before training",
@@ -157,7 +159,7 @@ STOP_WORDS = {
 }
 
 # Trials that ran no compute and spend no budget.
-UNSPENT = (StopReason.REJECTED, StopReason.DUPLICATE, StopReason.OVER_BUDGET)
+UNSPENT = (StopReason.REJECTED, StopReason.NO_STUDENT, StopReason.DUPLICATE, StopReason.OVER_BUDGET)
 # Stops that happen only with `search.early_stopping` on: the compute they cut is its saving. A
 # below-floor stop is not one of them: it happens whatever early stopping is set to.
 STOPPED_BY_EARLY_STOPPING = (StopReason.BEFORE_TRAINING, StopReason.DURING_TRAINING, StopReason.HALVED)

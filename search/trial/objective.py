@@ -136,7 +136,7 @@ class TrialRunner:
                 name = shelf.name(stage.student_width, stage.student_architecture)
                 if not shelf.trained(stage.student_width, stage.student_architecture):
                     why = decisions.get(name, "not distilled yet: the first worker decides the students in their probes' order")
-                    raise record_stop(trial, StopReason.REJECTED, f"rejected before compute: student {name} {why}")
+                    raise record_stop(trial, StopReason.NO_STUDENT, f"rejected before compute: student {name} {why}")
 
     def _build(self, trial: optuna.Trial, pipeline: Pipeline, seed: int,
                promoted_from: int | None) -> tuple[CompressedModel, float | None]:
