@@ -39,8 +39,8 @@ from udacisense.search.workers.students import train_students
 
 SAMPLERS = ("nsga2", "tpe", "random", "nsga3")
 ARMS = (*SAMPLERS, "study")
-# What a sampler arm changes: the sampler, and nothing else the study's search adds to it.
-PLAIN = {"search.screening": False, "search.portfolio": [], "search.halving_rate": 0}
+# What a sampler arm changes: the sampler, and nothing else the study's search adds to it (no probes either).
+PLAIN = {"search.screening": False, "search.portfolio": [], "search.halving_rate": 0, "search.probes": False}
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,10 @@ class Arm:
 
 def arms(base_name: str, names: list[str], repeats: int, n_trials: int | None, minutes: float | None) -> list[Arm]:
     # Equal wall time: the time limit ends every search, never the trial budget.
+    # Every arm runs its whole budget: none ends on a plateau of its front.
     budget = {"search.n_trials": 100_000, "search.timeout_minutes": minutes} if minutes else (
         {"search.n_trials": n_trials} if n_trials else {})
+    budget["search.plateau_minutes"] = 0
     return [Arm(name, repeat, {**budget, "name": f"{base_name}-{name}-{repeat}",
                                **({} if name == "study" else {**PLAIN, "search.sampler": name})})
             for repeat in range(repeats) for name in names]  # interleaved: load drifts hit every arm alike

@@ -66,8 +66,10 @@ def _shrink_search(study: Path) -> None:
     """Edit the written study as a user would for a first try: one quantized trial, few timing runs."""
     tables = tomllib.loads(study.read_text())
     tables["evaluation"] = {"latency_runs": 10, "latency_warmup": 2}
-    tables["search"] = {"n_trials": 1, "latency_runs": 8, "retime_factor": 1, "retime_blocks": 1}
-    tables["space"] = {"stages": ["quantize"], "quant_types": ["static"], "quant_backends": ["xnnpack"]}
+    # Probes (tests/test_probes.py) would lower a Large program per option before this one trial.
+    tables["search"] = {"n_trials": 1, "latency_runs": 8, "retime_factor": 1, "retime_blocks": 1, "probes": False}
+    tables["space"] = {"stages": ["quantize"], "quant_types": ["static"], "quant_backends": ["xnnpack"],
+                       "linear_weight_bits": [8]}
     study.write_text(study_toml(tables))
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from udacisense.search.report.learned import section_learned
 from udacisense.search.study.config import load_study
 from udacisense.search.study.records import StudyRecord
 from udacisense.search.study.storage import open_study
@@ -59,6 +61,10 @@ def test_probes_drop_what_cannot_matter_rank_the_students_and_store_one_decision
     monkeypatch.setattr(probe_decisions, "run_probes", lambda *a, **k: pytest.fail("probed twice"))
     assert ensure_probes(open_study(config), workspace, progress=False) == report
     assert ProbeReport.from_dict(StudyRecord.of(study).probes) == report
+    # The report's section reads the same stored decision.
+    learned = "\n".join(section_learned(SimpleNamespace(optuna_study=study, trials=[], floor=0.0)))  # type: ignore[arg-type]
+    assert f"{len(report.probes)} programs" in learned and "`stages` prune" in learned
+    assert all(p.structure in learned for p in report.probes)
 
 
 KILLED_WHILE_PROBING = """

@@ -205,8 +205,8 @@ def test_promotions_are_the_screened_trials_the_front_no_longer_rules_out() -> N
 
 
 def test_the_portfolio_is_checked_and_queued_once_students_last(tmp_path: Path) -> None:
-    space = load_study("studies/cifar10-offline.toml").space
-    entries = load_study("studies/cifar10-offline.toml").search.portfolio
+    space = load_study("studies/screening-benchmark.toml").space
+    entries = load_study("studies/screening-benchmark.toml").search.portfolio
     check_portfolio(space, entries)
     with pytest.raises(UserError, match="samples no parameter 'student_width'"):
         check_portfolio(space, ({"use_distill": False, "student_width": 0.5},))
@@ -229,7 +229,7 @@ def test_a_search_screens_a_repeated_structure_and_measures_it_once_promoted(see
         "finetune_epochs = [1, 1]": "finetune_epochs = [1, 6]",
         # Tiny int8 models at ~20% accuracy disagree with their PyTorch model often; parity is not what this tests.
         "latency_warmup = 3": "latency_warmup = 3\nint8_min_agreement = 0.5",
-        "quant_backends = [\"xnnpack\", \"x86\"]": "quant_backends = [\"xnnpack\"]",
+        "quant_backends = [\"xnnpack\", \"x86\"]": "quant_backends = [\"xnnpack\"]\nlinear_weight_bits = [8]",
         "heartbeat_seconds = 2": "heartbeat_seconds = 2\nearly_stopping = false\nscreen_accuracy_margin = 0.0\nportfolio = ["
                                  f"{{ {pipeline}, finetune_epochs = 6, finetune_lr = 0.05 }}, "
                                  f"{{ {pipeline}, finetune_epochs = 1, finetune_lr = 0.002 }}]"})

@@ -134,7 +134,7 @@ def test_a_students_architecture_is_a_parameter_only_for_a_narrower_student_and_
 
 
 def test_sensitive_units_kept_float_are_a_parameter_only_when_the_space_searches_them() -> None:
-    params = {"quant_type": "static", "quant_backend": "xnnpack", "float_prefix_blocks": 0}
+    params = {"quant_type": "static", "quant_backend": "xnnpack", "float_prefix_blocks": 0, "linear_weight_bits": 8}
     fixed = SpaceConfig(stages=("quantize",))
     assert sample_pipeline(optuna.trial.FixedTrial(params), fixed).stages[0].float_sensitive_units == 0
     searched = SpaceConfig(stages=("quantize",), quant_types=Choice(("static",)), float_sensitive_units=IntRange(0, 3))

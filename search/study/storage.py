@@ -200,9 +200,16 @@ def _declared_defaults(table: Any) -> dict[str, Any]:
     return defaults
 
 
+# What a study stored before a setting existed ran under, where that is not the setting's declared default
+# (the default widened since): a study stored without the key keeps running its old value.
+BEFORE_IT_EXISTED = {"space.linear_weight_bits": [8]}
+
+
 def default_settings(study: StudyConfig) -> dict[str, Any]:
-    """``study_settings`` as every field's declared default: what a study stored before a setting existed ran under."""
-    return _comparable(study.seed, {name: _declared_defaults(getattr(study, name)) for name in _SETTING_TABLES})
+    """``study_settings`` as what a study stored before a setting existed ran under: every field's declared
+    default, or its value from before it existed (``BEFORE_IT_EXISTED``)."""
+    return {**_comparable(study.seed, {name: _declared_defaults(getattr(study, name)) for name in _SETTING_TABLES}),
+            **BEFORE_IT_EXISTED}
 
 
 def study_settings(study: StudyConfig) -> dict[str, Any]:

@@ -180,43 +180,38 @@ def narrowed_space(space: SpaceConfig, report: ProbeReport | None) -> SpaceConfi
 
 def probe_portfolio(space: SpaceConfig, structures: Sequence[Structure], report: ProbeReport, max_latency: float,
                     max_size: float) -> list[dict[str, Any]]:
-    """Starting trials: in the least risky int8 form whose baseline program is cheapest, the baseline itself, the
-    first student, and the least aggressive architecture cut, each where its probe meets every target."""
+    """Starting trials: the baseline, the first student and the least aggressive architecture cut, each in the least
+    risky static int8 form whose probed program meets every target (8-bit Linear weights before int4)."""
     narrowed = narrowed_space(space, report)
-    form = _portfolio_form(narrowed, report, max_latency, max_size)
-    if form is None:
+    if not ({"static", "qat"} & set(narrowed.quant_types.options)):
         return []
-    quantize: dict[str, Any] = {"quant_type": "static", "quant_backend": form.backend, "linear_weight_bits": form.linear_bits,
-                "float_prefix_blocks": 0}
+    allowed = {Form("static", b, bits).name: Form("static", b, bits) for b in narrowed.quant_backends.options
+               for bits in narrowed.linear_weight_bits.options}
     off = {f"use_{family}": False for family in narrowed.stages if family != "quantize"}
-    meets = {p.structure for p in report.probes if p.form == form.name and p.meets(max_latency, max_size)}
+
+    def quantized(structure: str) -> dict[str, Any] | None:
+        meeting = [p for p in report.probes if p.structure == structure and p.form in allowed and p.meets(max_latency, max_size)]
+        if not meeting:
+            return None
+        form = allowed[min(meeting, key=lambda p: (allowed[p.form].linear_bits == 4, p.cost(max_latency, max_size, slow=True))).form]
+        return {"quant_type": "static", "quant_backend": form.backend, "linear_weight_bits": form.linear_bits,
+                "float_prefix_blocks": 0}
+
     entries = []
-    if BASELINE in meets:
+    if (quantize := quantized(BASELINE)) is not None:
         entries.append({**off, **quantize})
-    if report.students:
+    if report.students and (quantize := quantized(f"student {student_name(*report.students[0])}")) is not None:
         width, architecture = report.students[0]
         # Distillation first in the order: the families after it are asked, and switched off here.
         first = next((o for o in orders(narrowed) if o.startswith("distill")), None)
         entries.append({**off, **({"order": first} if first and len(orders(narrowed)) > 1 else {}), "use_distill": True,
                         "student_width": width, "student_architecture": architecture, **quantize})
-    cuts = [s for s in structures if s.choices and s.choices[0][0] == "architecture_squeeze_excite" and s.name in meets]
+    cuts = [(s, q) for s in structures if s.choices and s.choices[0][0] == "architecture_squeeze_excite"
+            and (q := quantized(s.name)) is not None]
     if cuts and "architecture" in narrowed.stages:
-        cut = dict(cuts[0].choices)
-        entries.append({**off, "use_architecture": True, **cut, **quantize})
+        cut, quantize = cuts[0]
+        entries.append({**off, "use_architecture": True, **dict(cut.choices), **quantize})
     return entries
-
-
-def _portfolio_form(space: SpaceConfig, report: ProbeReport, max_latency: float, max_size: float) -> Form | None:
-    if not ({"static", "qat"} & set(space.quant_types.options)):
-        return None
-    baseline = [p for p in report.probes if p.structure == BASELINE and p.form.startswith("static")
-                and any(p.form == Form("static", b, bits).name for b in space.quant_backends.options
-                        for bits in space.linear_weight_bits.options)]
-    if not baseline:
-        return None
-    best = min(baseline, key=lambda p: (p.form.endswith("int4 Linear"), p.cost(max_latency, max_size, slow=True)))
-    backend = best.form.split()[1]
-    return Form("static", backend, 4 if best.form.endswith("int4 Linear") else 8)
 
 
 def narrowed_study(config: StudyConfig, report: ProbeReport | None) -> StudyConfig:
