@@ -3,8 +3,6 @@ cannot matter dropped with their measured reasons, one decision per study that a
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,7 +19,7 @@ from udacisense.search.workers.probes import BASELINE, FLOAT, ProbeReport
 
 PROBED = {'stages = ["channels", "quantize"]': 'stages = ["distill", "prune", "quantize"]\nstudent_widths = [0.0, 0.5]\n'
           'student_architectures = ["standard", "lean"]',
-          'quant_types = ["static"]': 'quant_types = ["none", "static"]', "probes = false": "probes = true"}
+          'quant_types = ["static"]': 'quant_types = ["static"]\nlinear_weight_bits = [8]', "probes = false": "probes = true"}
 
 
 def _open(path: Path):
@@ -36,8 +34,8 @@ def test_probes_drop_what_cannot_matter_rank_the_students_and_store_one_decision
     assert report is not None
     measured = {(p.structure, p.form): p for p in report.probes}
     limits = 1 - config.targets.latency_reduction, 1 - config.targets.size_reduction
-    assert measured[BASELINE, FLOAT].size_ratio == 1.0
     assert {(BASELINE, "static xnnpack"), (BASELINE, "static x86")} <= set(measured)
+    assert all(form != FLOAT for structure, form in measured if not structure.startswith("prune("))  # no float in the space
     # Zeroed weights are stored dense: the pruned program has the baseline's bytes, so pruning leaves the space.
     pruned = next(p for (structure, _), p in measured.items() if structure.startswith("prune("))
     assert pruned.size_ratio == pytest.approx(1.0, abs=1e-3)
@@ -65,33 +63,3 @@ def test_probes_drop_what_cannot_matter_rank_the_students_and_store_one_decision
     learned = "\n".join(section_learned(SimpleNamespace(optuna_study=study, trials=[], floor=0.0)))  # type: ignore[arg-type]
     assert f"{len(report.probes)} programs" in learned and "`stages` prune" in learned
     assert all(p.structure in learned for p in report.probes)
-
-
-KILLED_WHILE_PROBING = """
-import os, signal, sys
-from udacisense.search.workers import probe_decisions, probes
-from udacisense.search.study.config import load_study
-from udacisense.search.study.storage import open_study
-from udacisense.search.study.workspace import open_workspace
-real, calls = probes._probe, []
-def probe_then_die(*args):
-    calls.append(1)
-    if len(calls) == 2:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return real(*args)
-probes._probe = probe_then_die
-config = load_study(sys.argv[1])
-probe_decisions.ensure_probes(open_study(config), open_workspace(config, progress=False), progress=False)
-"""
-
-
-@pytest.mark.slow
-def test_a_prober_killed_midway_leaves_nothing_decided_and_the_next_one_probes(seeded_smoke) -> None:
-    path = seeded_smoke(edits={'stages = ["channels", "quantize"]': 'stages = ["prune", "quantize"]',
-                               "probes = false": "probes = true"})
-    killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_PROBING, str(path)], capture_output=True, timeout=600)
-    assert killed.returncode == -9, killed.stderr.decode()[-2000:]
-    config, workspace, study = _open(path)
-    assert StudyRecord.of(study).probes is None and not StudyRecord.of(study).student_decisions
-    report = ensure_probes(study, workspace, progress=False)
-    assert report is not None and ProbeReport.from_dict(StudyRecord.of(study).probes) == report
