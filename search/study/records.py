@@ -158,6 +158,9 @@ STOP_WORDS = {
     StopReason.HALVED: "halved",
 }
 
+# A student's decision (``StudyAttr.STUDENTS``) when the search distilled it; any other is why it did not.
+DISTILLED = "distilled"
+
 # Trials that ran no compute and spend no budget.
 UNSPENT = (StopReason.REJECTED, StopReason.NO_STUDENT, StopReason.DUPLICATE, StopReason.OVER_BUDGET)
 # Stops that happen only with `search.early_stopping` on: the compute they cut is its saving. A

@@ -22,7 +22,7 @@ from udacisense.evaluators.size import parameter_counts, state_dict_bytes
 from udacisense.evaluators.structure import structure_of
 from udacisense.runtime import LoweredRuntime, runtime_for
 from udacisense.search.study.budget import stop_if_not_needed
-from udacisense.search.study.records import Attr, StopReason, StudyRecord, record_stop, store
+from udacisense.search.study.records import DISTILLED, Attr, StopReason, StudyRecord, record_stop, store
 from udacisense.search.study.trial_record import TrialRecord
 from udacisense.search.study.workspace import Workspace
 from udacisense.search.trial.early_stopping import AccuracyMonitor, stop_if_below_floor, stop_rule_for
@@ -126,7 +126,8 @@ class TrialRunner:
 
     def _stop_if_student_not_distilled(self, trial: optuna.Trial, pipeline: Pipeline) -> None:
         """In a probed study the first worker decides which students to distil (``workers.students``); a trial that
-        samples one it has not distilled is rejected rather than distilling it on the spot."""
+        samples one it has not distilled is rejected rather than distilling it on the spot. One it distilled but
+        this machine lacks (a ``udacisense worker`` elsewhere) is distilled here, as the trial's own phase."""
         stored = StudyRecord.of(trial.study)
         if stored.probes is None:
             return
@@ -134,7 +135,7 @@ class TrialRunner:
         for stage in pipeline.stages:
             if isinstance(stage, DistillationConfig) and stage.student_width:
                 name = shelf.name(stage.student_width, stage.student_architecture)
-                if not shelf.trained(stage.student_width, stage.student_architecture):
+                if decisions.get(name) != DISTILLED and not shelf.trained(stage.student_width, stage.student_architecture):
                     why = decisions.get(name, "not distilled yet: the first worker decides the students in their probes' order")
                     raise record_stop(trial, StopReason.NO_STUDENT, f"rejected before compute: student {name} {why}")
 

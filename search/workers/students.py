@@ -13,14 +13,13 @@ from __future__ import annotations
 import optuna
 
 from udacisense.models.students import StudentArchitecture
-from udacisense.search.study.records import StudyAttr, StudyRecord, store_study
+from udacisense.search.study.records import DISTILLED, StudyAttr, StudyRecord, store_study
 from udacisense.search.study.trial_record import records
 from udacisense.search.study.workspace import Workspace
 from udacisense.search.workers.probe_decisions import student_probe
 from udacisense.search.workers.probes import ProbeReport
 from udacisense.spaces.families import STUDENT_ARCHITECTURE, STUDENT_WIDTH
 
-DISTILLED = "distilled"
 Student = tuple[float, StudentArchitecture]
 
 
