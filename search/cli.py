@@ -24,6 +24,8 @@ from udacisense.search.study.config import StudyConfig, load_study  # noqa: E402
 if TYPE_CHECKING:
     import optuna
 
+    from udacisense.search.workers.runner import WorkerSummary
+
 
 def _study(args: argparse.Namespace) -> StudyConfig:
     return load_study(args.study)
@@ -97,7 +99,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 0
 
 
-def _how_it_ended(summaries: list, timeout_minutes: float) -> str:
+def _how_it_ended(summaries: Sequence[WorkerSummary], timeout_minutes: float) -> str:
     """The search's last word on why it ended: the front's plateau, or its time limit or trial budget."""
     stopped = next((s.stopped for s in summaries if s.stopped), None)
     if stopped is not None:

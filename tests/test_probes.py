@@ -47,7 +47,7 @@ def test_probes_drop_what_cannot_matter_rank_the_students_and_store_one_decision
             assert reachable != any(d.setting == setting and d.value == value for d in report.dropped)
     # Both students probed; ranked by how little of the allowances their cheapest programs use.
     assert {s for s in measured if s[0].startswith("student")} and set(report.students) <= {(0.5, "standard"), (0.5, "lean")}
-    costs = [min(p.cost(*limits) for p in report.probes if p.structure == f"student {probes.student_name(*s)}")
+    costs = [min(p.cost(*limits) for p in report.probes if p.structure == probes.student_structure(*s))
              for s in report.students]
     assert costs == sorted(costs)
     narrowed = narrowed_space(config.space, report)

@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Sequence
 
 from udacisense.search.report.facts import Inputs
-from udacisense.search.study.records import StudyRecord
+from udacisense.search.study.records import StopReason, StudyRecord
 from udacisense.search.study.trial_record import TrialRecord
 from udacisense.search.workers.probes import ProbeReport
 
@@ -79,6 +79,6 @@ def _held(record: TrialRecord, floor: float) -> bool | None:
     """Whether a judged candidate kept its accuracy: measured or screened at the floor, or not (stopped below it)."""
     if record.has_values:
         return record.val_accuracy >= floor
-    if record.stop_reason in ("below-floor", "during-training", "halved"):
+    if record.stop_reason in (StopReason.BELOW_FLOOR, StopReason.DURING_TRAINING, StopReason.HALVED):
         return False
     return None

@@ -17,16 +17,23 @@ from udacisense.spaces.space import SpaceConfig
 Entry = Mapping[str, str | int | float | bool]
 
 
+def _sampled(space: SpaceConfig, params: Entry) -> optuna.Trial:
+    """A trial of a scratch study that samples ``space`` with ``params`` fixed (seeded, for the parameters it
+    leaves open); raises ValueError when Optuna refuses a fixed categorical outside its choices."""
+    scratch = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    scratch.enqueue_trial(dict(params))
+    trial = scratch.ask()
+    sample_pipeline(trial, space)
+    return trial
+
+
 def check_portfolio(space: SpaceConfig, entries: Sequence[Entry]) -> None:
     """Refuse an entry that sets a parameter the space would not sample with the entry's other choices,
     or a value outside its range: the queued trial would silently run something else."""
     for index, params in enumerate(entries):
-        probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-        probe.enqueue_trial(dict(params))
-        trial = probe.ask()
         try:
-            sample_pipeline(trial, space)
-        except ValueError as error:  # Optuna refuses a fixed categorical outside its choices
+            trial = _sampled(space, params)
+        except ValueError as error:
             raise UserError(f"`search.portfolio[{index}]`: {error}", "give values the study's [space] allows.") from None
         for name, value in params.items():
             where = f"`search.portfolio[{index}].{name}`"
@@ -43,12 +50,9 @@ def check_portfolio(space: SpaceConfig, entries: Sequence[Entry]) -> None:
 def fit_to_space(space: SpaceConfig, params: Entry) -> Entry | None:
     """``params`` without the parameters ``space`` does not sample with them (a setting with a single choice is not
     sampled); None when the space cannot take one of its values."""
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    study.enqueue_trial(dict(params))
-    trial = study.ask()
     try:
-        sample_pipeline(trial, space)
-    except ValueError:  # Optuna refuses a fixed categorical outside its choices
+        trial = _sampled(space, params)
+    except ValueError:
         return None
     fitted = {name: value for name, value in params.items() if name in trial.params}
     return fitted if all(trial.params[name] == value for name, value in fitted.items()) else None

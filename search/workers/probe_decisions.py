@@ -25,7 +25,7 @@ from udacisense.search.workers.probes import (
     ProbeReport,
     Structure,
     measure_probes,
-    student_name,
+    student_structure,
 )
 from udacisense.spaces.sampling import orders
 from udacisense.spaces.space import SpaceConfig
@@ -119,14 +119,14 @@ def _dominated_students(structures: Sequence[Structure], probes: Sequence[Probe]
                         max_size: float) -> list[Dropped]:
     """A student whose every program misses the targets, or that a student no narrower and no leaner matches on
     both costs in its cheapest form."""
-    students = [s for s in structures if s.choices and s.choices[0][0] == "student"]
+    students = [s for s in structures if s.student is not None]
     best = {s.name: min((p for p in probes if p.structure == s.name), key=lambda p: p.cost(max_latency, max_size))
             for s in students}
     dropped = []
     for student in students:
         mine = best[student.name]
         if not any(p.meets(max_latency, max_size) for p in probes if p.structure == student.name):
-            dropped.append(Dropped("student", student.choices[0][1], f"its cheapest program ({mine.form}) runs at "
+            dropped.append(Dropped("student", student.student, f"its cheapest program ({mine.form}) runs at "
                                    f"x{mine.latency_ratio:.2f} latency and x{mine.size_ratio:.2f} bytes: it cannot meet the targets"))
             continue
         safer = [other for other in students if other is not student
@@ -135,7 +135,7 @@ def _dominated_students(structures: Sequence[Structure], probes: Sequence[Probe]
                  and best[other.name].size_ratio <= mine.size_ratio]
         if safer:
             other = best[safer[0].name]
-            dropped.append(Dropped("student", student.choices[0][1], f"{safer[0].name} is no riskier and as cheap "
+            dropped.append(Dropped("student", student.student, f"{safer[0].name} is no riskier and as cheap "
                                    f"(x{other.latency_ratio:.2f} latency, x{other.size_ratio:.2f} bytes against "
                                    f"x{mine.latency_ratio:.2f}, x{mine.size_ratio:.2f})"))
     return dropped
@@ -146,9 +146,9 @@ def _ranked_students(structures: Sequence[Structure], probes: Sequence[Probe], d
     gone = {d.value for d in dropped if d.setting == "student"}
     ranked = []
     for structure in structures:
-        if structure.choices and structure.choices[0][0] == "student" and structure.choices[0][1] not in gone:
+        if structure.student is not None and structure.student not in gone:
             cost = min(p.cost(max_latency, max_size) for p in probes if p.structure == structure.name)
-            ranked.append((cost, structure.choices[0][1]))
+            ranked.append((cost, structure.student))
     return [student for _, student in sorted(ranked)]
 
 
@@ -164,7 +164,7 @@ def narrowed_space(space: SpaceConfig, report: ProbeReport | None) -> SpaceConfi
             if stages:
                 changes["stages"] = stages
                 changes["required"] = tuple(s for s in space.required if s in stages)
-        elif drop.setting not in ("student",):
+        elif drop.setting != "student":
             choice = changes.get(drop.setting, getattr(space, drop.setting))
             kept = tuple(o for o in choice.options if o != drop.value)
             if kept:
@@ -200,7 +200,7 @@ def probe_portfolio(space: SpaceConfig, structures: Sequence[Structure], report:
     entries = []
     if (quantize := quantized(BASELINE)) is not None:
         entries.append({**off, **quantize})
-    if report.students and (quantize := quantized(f"student {student_name(*report.students[0])}")) is not None:
+    if report.students and (quantize := quantized(student_structure(*report.students[0]))) is not None:
         width, architecture = report.students[0]
         # Distillation first in the order: the families after it are asked, and switched off here.
         first = next((o for o in orders(narrowed) if o.startswith("distill")), None)
@@ -227,7 +227,7 @@ def portfolio_entries(config: StudyConfig, report: ProbeReport | None) -> list[E
 
 def student_probe(report: ProbeReport, width: float, architecture: StudentArchitecture) -> tuple[float, float] | None:
     """The lowest latency ratio and the fewest bytes (ratio) the student's probed programs reach, each."""
-    mine = [p for p in report.probes if p.structure == f"student {student_name(width, architecture)}"]
+    mine = [p for p in report.probes if p.structure == student_structure(width, architecture)]
     if not mine:
         return None
     return min(p.latency_ratio for p in mine), min(p.size_ratio for p in mine)

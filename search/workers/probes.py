@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
@@ -85,6 +85,11 @@ class Structure:
     choices: tuple[tuple[str, Any], ...] = ()  # (space setting, value) that select it
     risk: tuple[int, ...] = ()  # compared only between structures of the same settings
     float_only: bool = False  # a float program settles it (zeroed weights: the question is whether they cost less)
+
+    @property
+    def student(self) -> tuple[float, str] | None:
+        """The (width, architecture) of the student it is, or None."""
+        return self.choices[0][1] if self.choices and self.choices[0][0] == "student" else None
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,11 @@ def student_name(width: float, architecture: str) -> str:
     return f"width {width:g}" + (" lean" if architecture == "lean" else "")
 
 
+def student_structure(width: float, architecture: str) -> str:
+    """The name of a student's probed structure."""
+    return f"student {student_name(width, architecture)}"
+
+
 def _forms(space: SpaceConfig) -> list[Form]:
     types = set(space.quant_types.options)
     forms = [Form("none")] if "none" in types else []
@@ -176,7 +186,7 @@ def _structures(workspace: Workspace) -> list[Structure]:
         for width in (w for w in space.student_widths.options if w):
             for architecture in space.student_architectures.options:
                 structures.append(Structure(
-                    f"student {student_name(width, architecture)}", partial(_student, baseline, width, classes, seed, architecture),
+                    student_structure(width, architecture), partial(_student, baseline, width, classes, seed, architecture),
                     (("student", (width, architecture)),), (-int(width * 100), int(architecture == "lean"))))
     if "architecture" in space.stages:
         for squeeze_excite in space.architecture_squeeze_excite.options:
@@ -226,20 +236,6 @@ def _probe(yardstick: Yardstick, workspace: Workspace, structure: Structure, net
                  len(lowered.artifact) / yardstick.baseline_size(reference), time.perf_counter() - started)
 
 
-def _plan(workspace: Workspace) -> Iterator[tuple[Structure, Form | None]]:
-    """(structure, form) in the order they are probed; a form of None: the baseline's cheapest int8 form,
-    known only once the baseline's forms are probed."""
-    space = workspace.study.space
-    structures, forms = _structures(workspace), _forms(space)
-    for form in forms:
-        yield structures[0], form
-    for structure in structures[1:]:
-        if structure.float_only or "none" in space.quant_types.options:
-            yield structure, Form("none")
-        if not structure.float_only:
-            yield structure, None
-
-
 @dataclass(frozen=True)
 class Measured:
     """The probes as measured, before anything is decided from them."""
@@ -258,9 +254,11 @@ def measure_probes(workspace: Workspace, *, progress: bool = True) -> Measured:
     max_latency, max_size = 1 - study.targets.latency_reduction, 1 - study.targets.size_reduction
     yardstick = Yardstick(workspace)
     structures, forms = _structures(workspace), _forms(study.space)
-    planned = list(_plan(workspace))
+    others = structures[1:]
+    with_float = "none" in study.space.quant_types.options
+    planned = 2 * len(forms) + sum(int(s.float_only or with_float) + int(not s.float_only) for s in others)
     probes: list[Probe] = []
-    bar = tqdm(total=len(planned) + len(forms), desc="probes", disable=not progress, leave=False, unit="program")
+    bar = tqdm(total=planned, desc="probes", disable=not progress, leave=False, unit="program")
     built: dict[str, nn.Module] = {}
 
     def probe(structure: Structure, form: Form) -> None:
@@ -271,15 +269,18 @@ def measure_probes(workspace: Workspace, *, progress: bool = True) -> Measured:
             probes.append(_probe(yardstick, workspace, structure, network, form))
         bar.update(1)
 
-    int8 = [f for f in forms if f.quant_type != "none"]
-    for structure, form in planned:
-        if form is None:
-            if not int8:
-                continue
-            # At the slow end of its timing rounds: one lucky reading must not send every structure to a slow form.
-            baseline_int8 = [p for p in probes if p.structure == BASELINE and p.form != FLOAT]
-            form = next(f for f in int8 if f.name == min(baseline_int8, key=lambda p: p.cost(max_latency, max_size, slow=True)).form)
-        probe(structure, form)
+    for form in forms:
+        probe(structures[0], form)
+    # The other structures in the baseline's cheapest int8 form, judged at the slow end of its timing rounds: one
+    # lucky reading must not send every structure to a slow form.
+    baseline_int8 = [p for p in probes if p.structure == BASELINE and p.form != FLOAT]
+    int8 = None if not baseline_int8 else next(
+        f for f in forms if f.name == min(baseline_int8, key=lambda p: p.cost(max_latency, max_size, slow=True)).form)
+    for structure in others:
+        if structure.float_only or with_float:
+            probe(structure, Form("none"))
+        if int8 is not None and not structure.float_only:
+            probe(structure, int8)
     # Every form again on the cheapest structure: each form's cheapest case is measured, not extrapolated.
     cheapest = min((s for s in structures if not s.float_only),
                    key=lambda s: min(p.cost(max_latency, max_size) for p in probes if p.structure == s.name))

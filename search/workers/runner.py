@@ -27,12 +27,12 @@ from udacisense.search.study.storage import artifact_store, open_study
 from udacisense.search.study.trial_record import TrialRecord, records
 from udacisense.search.study.workspace import Workspace, open_workspace
 from udacisense.search.trial.objective import TrialRunner
-from udacisense.search.trial.portfolio import check_portfolio, enqueue_portfolio, enqueue_promotions, needs_no_student
+from udacisense.search.trial.portfolio import check_portfolio, enqueue_portfolio, enqueue_promotions
 from udacisense.search.trial.screening import ScreeningRule, ScreeningSummary
 from udacisense.search.workers.probe_decisions import ensure_probes, narrowed_study, portfolio_entries
 from udacisense.search.workers.probes import ProbeReport
-from udacisense.search.workers.students import decide_next_student, ranked_students, undecided_students
-from udacisense.spaces.families import STUDENT_ARCHITECTURE, STUDENT_WIDTH
+from udacisense.search.workers.students import decide_next_student, ranked_students, student_ready, undecided_students
+from udacisense.spaces.families import STUDENT_WIDTH
 
 TrialState = optuna.trial.TrialState
 
@@ -231,14 +231,6 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
     finally:
         bar.close()
     return WorkerSummary(worker, tuple(ran), time.perf_counter() - started, seed, stopped)
-
-
-def student_ready(workspace: Workspace, entry: Mapping[str, Any]) -> bool:
-    """Whether a portfolio entry can run now: it needs no student, or its student is on the shelf."""
-    if needs_no_student(entry):
-        return True
-    architectures = workspace.study.space.student_architectures.options
-    return workspace.students.trained(float(entry[STUDENT_WIDTH]), entry.get(STUDENT_ARCHITECTURE, architectures[0]))
 
 
 def requeue(study: optuna.Study, number: int) -> None:

@@ -10,6 +10,9 @@ samples a student not distilled is rejected before compute rather than distillin
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import optuna
 
 from udacisense.models.students import StudentArchitecture
@@ -64,15 +67,25 @@ def why_not(study: optuna.Study, workspace: Workspace, report: ProbeReport, stud
     return None
 
 
+def student_of(workspace: Workspace, params: Mapping[str, Any]) -> Student | None:
+    """The student sampled parameters (a trial's, a portfolio entry's) pick, or None (the current model); a space
+    with one architecture does not sample it."""
+    width = params.get(STUDENT_WIDTH)
+    if not width:
+        return None
+    return float(width), params.get(STUDENT_ARCHITECTURE, workspace.study.space.student_architectures.options[0])
+
+
+def student_ready(workspace: Workspace, entry: Mapping[str, Any]) -> bool:
+    """Whether a portfolio entry can run now: it needs no student, or its student is on the shelf."""
+    student = student_of(workspace, entry)
+    return student is None or workspace.students.trained(*student)
+
+
 def tried(study: optuna.Study, workspace: Workspace, student: Student) -> bool:
     """Whether a finished trial used ``student``: what it measured is known before the next student is decided."""
-    architectures = workspace.study.space.student_architectures.options
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)):
-        width = trial.params.get(STUDENT_WIDTH)
-        architecture = trial.params.get(STUDENT_ARCHITECTURE, architectures[0])
-        if (width, architecture) == student:
-            return True
-    return False
+    finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    return any(student_of(workspace, trial.params) == student for trial in finished)
 
 
 def decide_next_student(study: optuna.Study, workspace: Workspace, report: ProbeReport | None, *,
