@@ -78,7 +78,8 @@ def test_front_files_and_export_with_parity(smoke_study: Path, tmp_path: Path) -
     assert (front_dir / "pareto_front.png").stat().st_size > 10_000
     card = json.loads((config.run_dir / "export" / "model_card.json").read_text())  # exported by `search`
     artifact = config.run_dir / "export" / card["artifact"]
-    assert card["parity"]["top1_agreement"] >= 0.95 and card["classes"] and card["input"]["normalisation"]["mean"]
+    parity = ParityReport(card["parity"]["top1_agreement"], card["parity"]["max_abs_diff"], card["parity"]["samples"])
+    assert ParityRule(**card["parity"]["rule"]).passes(parity) and card["classes"] and card["input"]["normalisation"]["mean"]
     assert isinstance(card["targets"]["meets_targets"], bool) and set(card["targets"]["constraints"]) == {
         "accuracy", "size", "latency", "parity"}
     assert card["metrics"]["executorch_threads"] == 1 and card["metrics"]["reference_runtime"] == "executorch"

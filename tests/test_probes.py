@@ -39,7 +39,7 @@ def test_probes_drop_what_cannot_matter_rank_the_students_and_store_one_decision
     # Zeroed weights are stored dense: the pruned program has the baseline's bytes, so pruning leaves the space.
     pruned = next(p for (structure, _), p in measured.items() if structure.startswith("prune("))
     assert pruned.size_ratio == pytest.approx(1.0, abs=1e-3)
-    assert any(d.setting == "stages" and d.value == "prune" and "dense" in d.reason for d in report.dropped)
+    assert any(d.setting == "stages" and d.value == "prune" and "dense" in d.reason for d in report.dropped), pruned
     # Each option dropped as unreachable has no probed program within the targets; each kept one has one.
     for setting, has in (("quant_backends", lambda p, v: p.form.split(" ")[1:2] == [v]),):
         for value in config.space.quant_backends.options:
