@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from udacisense.common.files import save_torch
-from udacisense.common.schema import bounded
+from udacisense.common.schema import bounded, check_bounds
 from udacisense.datasources.loaders import DataBundle
 from udacisense.evaluators.exclusive import exclusive
 from udacisense.models.config import Arch
@@ -50,6 +50,13 @@ class StudentsConfig:
     epochs: int = bounded(0, min=0, max=10000, doc="0: the baseline's epochs")
     alpha: float = bounded(0.7, min=0.0, max=1.0)
     temperature: float = bounded(4.0, min=0.1, max=100.0)
+    mixup: float = bounded(0.0, min=0.0, max=10.0, doc="Beta(mixup, mixup) blends of each batch for teacher and "
+                           "student alike (training.Distillation); 0: off")
+    weight_average: float = bounded(0.0, min=0.0, max=0.99999, doc="per-step decay of the moving average of the "
+                                    "weights the student keeps (training.fit); 0: its last weights")
+
+    def __post_init__(self) -> None:
+        check_bounds(self, "students")
 
 
 StudentArchitecture = Literal["standard", "lean"]
@@ -119,6 +126,9 @@ class StudentShelf:
                    "alpha": self.recipe.alpha, "temperature": self.recipe.temperature, "seed": self.seed}
         if architecture != "standard":  # standard students stored before architectures existed keep their key
             payload["architecture"] = architecture
+        # Likewise students distilled before these recipe settings existed.
+        payload |= {name: value for name, value in (("mixup", self.recipe.mixup),
+                                                    ("weight_average", self.recipe.weight_average)) if value}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def name(self, width: float, architecture: StudentArchitecture = "standard") -> str:
@@ -161,8 +171,8 @@ class StudentShelf:
         started = time.perf_counter()
         fit(student, self.data.loader("train", train=True), self.schedule, val=self.data.loader("val"),
             num_classes=len(self.data.classes), seed=self.seed, progress=self.progress,
-            description=f"student {self.name(width, architecture)}",
-            distillation=Distillation(self.teacher, self.recipe.alpha, self.recipe.temperature))
+            description=f"student {self.name(width, architecture)}", weight_average=self.recipe.weight_average,
+            distillation=Distillation(self.teacher, self.recipe.alpha, self.recipe.temperature, self.recipe.mixup))
         save_torch(self.path(width, architecture), {"key": self.key(width, architecture), "state_dict": student.state_dict(),
                                                     "width": width, "architecture": architecture,
                                                     "train_seconds": time.perf_counter() - started})

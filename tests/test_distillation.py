@@ -24,7 +24,7 @@ from udacisense.evaluators.size import parameter_counts
 from udacisense.models import students as students_module
 from udacisense.models.mobilenet import ResizeInput
 from udacisense.models.students import StudentsConfig, StudentShelf
-from udacisense.training import TrainConfig, fit
+from udacisense.training import Distillation, TrainConfig, fit
 
 ONE_STEP = TrainConfig(epochs=1, lr=0.05, max_batches_per_epoch=1)
 
@@ -178,3 +178,52 @@ def test_a_lean_student_has_no_squeeze_excite_nor_hard_activation_and_is_shelved
     student = apply_stage(CompressedModel(copy.deepcopy(teacher)), config, context).module
     assert unchanged(student, snapshot(lean)) and student is not lean
     assert "lean" in config.describe()
+
+
+class _Recording(nn.Module):
+    """A network that keeps the batches it is trained on (its inputs in train mode)."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network, self.seen = network, []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.seen.append(images.detach().clone())
+        return self.network(images)
+
+
+def test_mixup_shows_teacher_and_student_the_same_blended_batches(tiny_bundle, teacher):
+    student, watched = _Recording(_fresh(5)), _Recording(teacher)
+    loader = tiny_bundle.loader("train", train=True)
+    fit(student, loader, TrainConfig(epochs=1, lr=0.05, max_batches_per_epoch=2), num_classes=4, progress=False,
+        distillation=Distillation(watched, alpha=0.5, temperature=4.0, mixup=0.4))
+    assert len(student.seen) == len(watched.seen) == 2
+    first, _ = next(iter(tiny_bundle.loader("train", train=True)))  # the same seed: the batch before blending
+    assert torch.equal(student.seen[0], watched.seen[0])
+    # A blend of the batch with a shuffled copy of itself: the same mean image, different images.
+    assert not torch.allclose(student.seen[0], first) and torch.allclose(student.seen[0].mean(0), first.mean(0), atol=1e-4)
+
+
+def test_weight_averaging_ends_with_the_average_not_the_last_weights(tiny_bundle):
+    schedule = TrainConfig(epochs=1, lr=0.5, max_batches_per_epoch=3)
+    start, last, averaged = _fresh(7), _fresh(7), _fresh(7)
+    fit(last, tiny_bundle.loader("train", train=True), schedule, num_classes=4, progress=False)
+    fit(averaged, tiny_bundle.loader("train", train=True), schedule, num_classes=4, progress=False,
+        weight_average=0.99999)
+    assert not unchanged(last, snapshot(start))
+    # An average that barely moves from its first step keeps nearly the first step's weights: far closer to the
+    # start than the last weights are.
+    def distance(model: nn.Module) -> float:
+        return sum(float((a - b).abs().sum()) for a, b in zip(model.state_dict().values(), start.state_dict().values(), strict=True))
+
+    assert distance(averaged) < 0.5 * distance(last)
+
+
+def test_a_recipe_setting_names_another_student_and_the_default_keeps_the_old_key(tiny_bundle, teacher, tmp_path):
+    schedule = TrainConfig(epochs=6, lr=0.1)
+    shelf = StudentShelf(teacher, "teacher-a", tiny_bundle, schedule, tmp_path, seed=3)
+    keys = {StudentShelf(teacher, "teacher-a", tiny_bundle, schedule, tmp_path, recipe, seed=3).key(0.35)
+            for recipe in (StudentsConfig(mixup=0.4), StudentsConfig(weight_average=0.998), StudentsConfig(mixup=0.0))}
+    assert len(keys) == 3 and shelf.key(0.35) in keys
+    with pytest.raises(UserError):
+        StudentsConfig(weight_average=1.0)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from udacisense.datasources.loaders import BatchLoader
@@ -22,11 +23,15 @@ EpochEndHook = Callable[[int, float], None]
 
 @dataclass(frozen=True)
 class Distillation:
-    """``alpha * T^2 * KL(student_T || teacher_T) + (1 - alpha) * CE``."""
+    """``alpha * T^2 * KL(student_T || teacher_T) + (1 - alpha) * CE``, optionally on mixed batches."""
 
     teacher: nn.Module
     alpha: float
     temperature: float
+    # Each batch blended with a shuffled copy of itself (weight ~ Beta(mixup, mixup)), seen alike by teacher and
+    # student: the teacher labels images the training set lacks, so a student can match it beyond those images
+    # (Beyer et al. 2022, "consistent" distillation). 0: off.
+    mixup: float = 0.0
 
 
 @dataclass
@@ -36,8 +41,13 @@ class TrainHistory:
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-                      alpha: float, temperature: float, label_smoothing: float = 0.0) -> torch.Tensor:
+                      alpha: float, temperature: float, label_smoothing: float = 0.0,
+                      mixed_with: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
+    """``mixed_with``: the labels of the images blended in and the share of the original ones."""
     hard = F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
+    if mixed_with is not None:
+        other, share = mixed_with
+        hard = share * hard + (1 - share) * F.cross_entropy(student_logits, other, label_smoothing=label_smoothing)
     soft = F.kl_div(
         F.log_softmax(student_logits / temperature, dim=1),
         F.log_softmax(teacher_logits / temperature, dim=1),
@@ -71,8 +81,12 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_
 def fit(model: nn.Module, train: BatchLoader, config: TrainConfig, *, val: BatchLoader | None = None,
         num_classes: int = 10, distillation: Distillation | None = None,
         on_epoch_start: Sequence[EpochStartHook] = (), on_epoch_end: Sequence[EpochEndHook] = (),
-        seed: int = 0, progress: bool = True, description: str = "train") -> TrainHistory:
-    """Train ``model`` in place with SGD (Nesterov) and the configured schedule; returns the history."""
+        seed: int = 0, progress: bool = True, description: str = "train", weight_average: float = 0.0) -> TrainHistory:
+    """Train ``model`` in place with SGD (Nesterov) and the configured schedule; returns the history.
+
+    ``weight_average``: the decay per step of an exponential moving average of the weights and BatchNorm
+    statistics, which ``model`` ends with (and is validated with) instead of its last weights; 0: off.
+    """
     torch.manual_seed(seed)
     steps = len(train) if not config.max_batches_per_epoch else min(len(train), config.max_batches_per_epoch)
     decay: list[nn.Parameter] = []
@@ -96,10 +110,14 @@ def fit(model: nn.Module, train: BatchLoader, config: TrainConfig, *, val: Batch
     networks = [model] if distillation is None else [model, distillation.teacher]
     for network in networks:
         to_memory_format(network, torch.channels_last)
+    averaged = None if not weight_average else AveragedModel(
+        model, multi_avg_fn=get_ema_multi_avg_fn(weight_average), use_buffers=True)
     try:
         _train_epochs(model, train, val, config, steps, optimizer, scheduler, history, num_classes=num_classes,
                       distillation=distillation, on_epoch_start=on_epoch_start, on_epoch_end=on_epoch_end,
-                      progress=progress, description=description)
+                      progress=progress, description=description, averaged=averaged)
+        if averaged is not None:
+            model.load_state_dict(averaged.module.state_dict())
     finally:
         for network in networks:
             to_memory_format(network, torch.contiguous_format)
@@ -111,7 +129,7 @@ def _train_epochs(model: nn.Module, train: BatchLoader, val: BatchLoader | None,
                   optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
                   history: TrainHistory, *, num_classes: int, distillation: Distillation | None,
                   on_epoch_start: Sequence[EpochStartHook], on_epoch_end: Sequence[EpochEndHook],
-                  progress: bool, description: str) -> None:
+                  progress: bool, description: str, averaged: AveragedModel | None) -> None:
     bar = tqdm(total=config.epochs * steps, desc=description, disable=not progress, leave=False, unit="batch")
     for epoch in range(config.epochs):
         if on_epoch_start:
@@ -125,6 +143,11 @@ def _train_epochs(model: nn.Module, train: BatchLoader, val: BatchLoader | None,
         for step, (images, labels) in enumerate(train):
             if step >= steps:
                 break
+            mixed_with = None
+            if distillation is not None and distillation.mixup:
+                share = float(torch.distributions.Beta(distillation.mixup, distillation.mixup).sample())
+                order = torch.randperm(len(labels))
+                images, mixed_with = share * images + (1 - share) * images[order], (labels[order], share)
             images = images.contiguous(memory_format=torch.channels_last)
             logits = model(images)
             if distillation is None:
@@ -133,17 +156,19 @@ def _train_epochs(model: nn.Module, train: BatchLoader, val: BatchLoader | None,
                 with torch.no_grad():
                     teacher_logits = distillation.teacher(images)
                 loss = distillation_loss(logits, teacher_logits, labels, distillation.alpha,
-                                         distillation.temperature, config.label_smoothing)
+                                         distillation.temperature, config.label_smoothing, mixed_with)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             running += float(loss.detach()) * len(labels)
             seen += len(labels)
             bar.update(1)
         history.train_loss.append(running / max(1, seen))
         if val is not None:
-            top1 = evaluate_accuracy(model, val, num_classes).top1
+            top1 = evaluate_accuracy(model if averaged is None else averaged.module, val, num_classes).top1
             history.val_top1.append(top1)
             bar.set_postfix(loss=f"{history.train_loss[-1]:.3f}", val_top1=f"{top1:.3f}")
             for end_hook in on_epoch_end:
