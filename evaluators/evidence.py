@@ -69,13 +69,6 @@ def split_evidence(candidate_correct: torch.Tensor, baseline_correct: torch.Tens
                          p_value=paired.p_value)
 
 
-def resolvable_difference(better_correct: torch.Tensor, worse_correct: torch.Tensor) -> bool:
-    """Whether ``better`` is more accurate than ``worse`` beyond the noise of these images (paired 95% interval
-    excludes zero): an accuracy difference the measurement cannot resolve is worth no latency or size. One
-    comparison only: for several against one, see ``resolved_shortfalls``."""
-    return paired_comparison(better_correct, worse_correct).interval[0] > 0
-
-
 def resolved_shortfalls(best_correct: torch.Tensor, others: Sequence[torch.Tensor], alpha: float = 0.05) -> list[bool]:
     """Which of ``others`` are less accurate than ``best`` beyond noise, all judged together: the chance that
     noise alone makes any one of them look resolved stays at ``alpha`` (Holm over their exact McNemar tests).

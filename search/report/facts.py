@@ -141,9 +141,9 @@ def _default_choice(study: StudyConfig, trials: Sequence[FrozenTrial], front: pd
         note = (f"the `knee` policy, because the study's default policy `{policy}` needs a front point "
                 "that meets all targets and there is none")
         policy = "knee"
-    uncorrected = knee(front, study.targets).note if policy == "knee" else None
-    if uncorrected is not None:
-        note += f"; {uncorrected}"
+    on_validation = knee(front, study.targets).note if policy == "knee" else None
+    if on_validation is not None:
+        note += f"; {on_validation}"
     return next(t for t in trials if t.number == number), note
 
 

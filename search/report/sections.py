@@ -43,6 +43,7 @@ from udacisense.search.report.format import (
 from udacisense.search.report.trial_facts import (
     family,
 )
+from udacisense.search.results.front import knee
 
 
 def efficiency_text(row: TechniqueRow, column: str) -> str:
@@ -239,6 +240,7 @@ def section_chosen(inputs: Inputs, steps: Sequence[dict[str, Any]]) -> list[str]
               f"{f.timing_note}); test top-1 {test}; parity with its PyTorch model: top-1 agreement "
               f"{fmt_acc(parity.get('top1_agreement', float('nan')))} on {parity.get('samples', 'n/a')} test images.", ""]
     lines += [f"![Size and accuracy after each stage]({FIGURES['waterfall']})", ""]
+    lines += _pick_lines(inputs)
     lines += ["### Per-class accuracy, baseline vs chosen model (test split)", ""]
     comparison = class_comparison(inputs)
     if comparison.paired:
@@ -255,6 +257,38 @@ def section_chosen(inputs: Inputs, steps: Sequence[dict[str, Any]]) -> list[str]
         for c in comparison.classes])
     lines += [f"![Per-class test accuracy, baseline vs chosen]({FIGURES['per_class']})", ""]
     return lines
+
+
+def _pick_lines(inputs: Inputs) -> list[str]:
+    """What scoring the front afresh on the test images changed: the knee's pick on those confirmation scores
+    beside the one the same rule makes on the validation scores the front was selected on."""
+    front = inputs.front
+    if front.empty or inputs.chosen.number not in set(front["trial"]):
+        return []
+    choice = knee(front, inputs.study.targets)
+    if choice.split != "test":
+        return []
+
+    def described(number: int) -> str:
+        row = front[front["trial"] == number].iloc[0]
+        interval = row["test_drop_ci95"]
+        drop = "" if not isinstance(interval, list) else (
+            f", test drop {fmt_points(row['test_drop'])} (paired 95% {fmt_points_ci((interval[0], interval[1]))})")
+        return (f"trial {number} (`{row['pipeline']}`): validation {fmt_acc(row['val_top1'])}, test "
+                f"{fmt_acc(row['test_top1'])}{drop}, latency {fmt_ratio(row['latency_ratio'])}, bytes {fmt_ratio(row['size_ratio'])}")
+
+    lines = ["### How it was picked", "",
+             f"The front's {len(front)} rows were selected on the validation images, so each is the luckiest there of "
+             "the near-equal trials at its cost; the knee scores them afresh on the test images, on which none was "
+             f"selected ({choice.comparisons} accuracy gaps judged together). On those scores it picks "
+             f"{described(choice.trial)}."]
+    if choice.on_validation == choice.trial:
+        lines[-1] += " The same rule on the validation scores picks the same trial."
+    else:
+        lines[-1] += f" On the validation scores it would have picked {described(choice.on_validation)}."
+    if inputs.chosen.number != choice.trial:
+        lines[-1] += f" The model reported here is trial {inputs.chosen.number} ({inputs.choice_note})."
+    return [*lines, ""]
 
 
 def _floats(values: Any) -> str:

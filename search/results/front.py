@@ -21,7 +21,7 @@ import torch
 
 from udacisense.common.errors import UserError
 from udacisense.common.files import atomic_path, write_json, write_text
-from udacisense.evaluators.evidence import SplitEvidence, resolvable_difference, resolved_shortfalls, verdict
+from udacisense.evaluators.evidence import SplitEvidence, resolved_shortfalls, verdict
 from udacisense.search.study.config import TargetsConfig
 from udacisense.search.study.records import dominates
 from udacisense.search.study.trial_record import TrialRecord
@@ -43,7 +43,7 @@ COLUMNS = ["trial", "pipeline", "runtime", "target", "deployment", "val_top1", "
            "latency_ms", "reference_latency_ms", "reference_runtime", "latency_ratio", "latency_ratio_p10",
            "latency_ratio_p90", "latency_ratio_ci95", "latency_blocks", "latency_ratio_same_runtime",
            "size_bytes", "size_ratio", "parity_ok", "fidelity"]
-# Kept on the table for the knee's tie rule (which images of each split each candidate gets right), never written out.
+# Kept on the table for the knee (which images of each split each candidate gets right), never written out.
 INTERNAL_COLUMNS = ["val_correct", "test_correct"]
 
 
@@ -173,38 +173,54 @@ def pick(front: pd.DataFrame, policy: Policy, targets: TargetsConfig) -> int:
 
 @dataclass(frozen=True)
 class KneeChoice:
-    """The knee's trial, and the one it picked before its accuracy gaps were judged together on held-out images."""
+    """The knee's trial on confirmation scores, and the one the same rule picks on validation scores."""
 
     trial: int
-    uncorrected: int  # each gap tested alone at 95%, on the validation images the most accurate row was chosen on
+    on_validation: int  # the rule on the validation scores the front was selected on (what the knee picked before)
     comparisons: int  # accuracy gaps judged together (Holm)
-    split: str  # the images they were judged on: "test" where every row stores them, else "val"
+    split: str  # the images the pick was scored and its gaps judged on: "test" where every row stores them, else "val"
 
     @property
     def note(self) -> str | None:
-        """What the knee would have picked without the correction, when that is another trial."""
-        if self.uncorrected == self.trial:
+        """What the knee would have picked on validation scores, when that is another trial."""
+        if self.on_validation == self.trial:
             return None
-        return (f"without correcting for its {self.comparisons} accuracy comparisons (each gap tested alone at 95% on "
-                f"the validation images the most accurate row was chosen on) the knee would have picked trial "
-                f"{self.uncorrected}")
+        return (f"on the validation scores the front was selected on, the same rule would have picked trial "
+                f"{self.on_validation}")
 
 
 def knee(front: pd.DataFrame, targets: TargetsConfig) -> KneeChoice:
     """The point nearest the ideal (the pool's best accuracy, zero latency, zero size), each objective measured
     in its target's allowance, among points meeting all targets when there are any, else among those passing
-    parity (say so: see ``missed_targets``). An accuracy gap counts only where it is resolved (see
-    ``_accuracy_shortfall``)."""
+    parity (say so: see ``missed_targets``).
+
+    Accuracy is scored on confirmation images: the front was selected on validation, so its rows are the luckiest
+    there (most so among many near-equal trials); the test images, on which none was selected, score each row
+    afresh, and the rule above is fixed before they are read. An accuracy gap counts only where the paired test
+    resolves it, all gaps judged together (see ``_accuracy_shortfall``). Rows without per-image test results
+    (trials stored before them) are scored on validation, as before."""
     _check_not_empty(front)
-    feasible = front[front["meets_all"]]
+    split = "test" if _has_correct(front, "test_correct") else "val"
+    pool, on_validation = _pool(front, targets, split), _pool(front, targets, "val")
+    return KneeChoice(_nearest_ideal(pool, _accuracy_shortfall(pool, split), targets),
+                      _nearest_ideal(on_validation, _accuracy_shortfall(on_validation, "val"), targets),
+                      int((pool[f"{split}_top1"] < pool[f"{split}_top1"].max()).sum()), split)
+
+
+def _pool(front: pd.DataFrame, targets: TargetsConfig, split: str) -> pd.DataFrame:
+    """The rows the knee chooses among: those meeting every target, accuracy judged on ``split`` (the drop's point
+    estimate; a row without a paired test drop keeps its validation verdict), else those passing parity."""
+    accurate = front["meets_accuracy"]
+    if split == "test":
+        accurate = pd.Series([bool(ok) if drop is None or pd.isna(drop) else drop <= targets.max_accuracy_drop
+                              for ok, drop in zip(front["meets_accuracy"], front["test_drop"], strict=True)],
+                             index=front.index)
+    feasible = front[accurate & front["meets_latency"] & front["meets_size"] & front["parity_ok"]]
     pool = feasible if not feasible.empty else front[front["parity_ok"]]
     if pool.empty:
         raise UserError("Every trial on the front fails its parity check: none of their artifacts computes "
                         "what its PyTorch model computes.", "report the pipelines as a bug, or run more trials.")
-    column = _held_out_column(pool)
-    return KneeChoice(_nearest_ideal(pool, _accuracy_shortfall(pool, column, corrected=True), targets),
-                      _nearest_ideal(pool, _accuracy_shortfall(pool, "val_correct", corrected=False), targets),
-                      int((pool["val_top1"] < pool["val_top1"].max()).sum()), column.removesuffix("_correct"))
+    return pool
 
 
 def _nearest_ideal(pool: pd.DataFrame, shortfall: pd.Series, targets: TargetsConfig) -> int:
@@ -218,27 +234,22 @@ def _nearest_ideal(pool: pd.DataFrame, shortfall: pd.Series, targets: TargetsCon
     return int(pool.loc[(distance**2).sum(axis=1).idxmin(), "trial"])
 
 
-def _held_out_column(pool: pd.DataFrame) -> str:
-    # The most accurate row was chosen on the validation images, so its lead there is biased upwards (the
-    # winner's curse); the test images, never used to rank, judge whether a gap is real where every row has them.
-    stored = "test_correct" in pool and all(isinstance(correct, torch.Tensor) for correct in pool["test_correct"])
-    return "test_correct" if stored else "val_correct"
+def _has_correct(pool: pd.DataFrame, column: str) -> bool:
+    return column in pool and all(isinstance(correct, torch.Tensor) for correct in pool[column])
 
 
-def _accuracy_shortfall(pool: pd.DataFrame, column: str, corrected: bool) -> pd.Series:
-    """How far each row's validation accuracy is below the pool's best, counted only where the paired
-    comparison on the images of ``column`` resolves it: a measurable latency or size gain is never traded for
-    an accuracy difference within the noise (rows without stored per-image results count as measured).
-    ``corrected``: the gaps are judged together, holding the chance that any noise gap counts to 5%
-    (``resolved_shortfalls``); else each alone at 95% (``resolvable_difference``), as the knee did before."""
-    best = pool.loc[pool["val_top1"].idxmax()]
-    gaps = best["val_top1"] - pool["val_top1"]
+def _accuracy_shortfall(pool: pd.DataFrame, split: str) -> pd.Series:
+    """How far each row's ``split`` top-1 is below the pool's best there, counted only where the paired comparison
+    on the same images resolves it, the gaps judged together so that the chance that any noise gap counts stays at
+    5% (``resolved_shortfalls``): a measurable latency or size gain is never traded for an accuracy difference
+    within the noise. Rows without stored per-image results count as measured."""
+    score, column = pool[f"{split}_top1"], f"{split}_correct"
+    best = pool.loc[score.idxmax()]
+    gaps = best[f"{split}_top1"] - score
     if not isinstance(best[column], torch.Tensor):
         return gaps
     tested = [i for i in pool.index if gaps[i] > 0 and isinstance(pool.at[i, column], torch.Tensor)]
-    others = [pool.at[i, column] for i in tested]
-    resolved = (resolved_shortfalls(best[column], others) if corrected
-                else [resolvable_difference(best[column], other) for other in others])
+    resolved = resolved_shortfalls(best[column], [pool.at[i, column] for i in tested])
     unresolved = [i for i, real in zip(tested, resolved, strict=True) if not real]
     return gaps.where(~gaps.index.isin(unresolved), 0.0)
 

@@ -30,7 +30,6 @@ from udacisense.search.workers.probes import (
 from udacisense.spaces.sampling import orders
 from udacisense.spaces.space import SpaceConfig
 
-
 LOAD_SPREAD = 0.10  # how far one program load's placement can shift a sub-millisecond ratio (several % seen)
 
 

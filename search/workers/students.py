@@ -1,9 +1,11 @@
 """Students on demand: the first worker distils the students the probes ranked, the most promising first, and
 each next one only once it could still join the measured front.
 
-A student is credited at most with its teacher's validation top-1 (the baseline's) and with its cheapest probed
-program's latency and bytes: if a measured trial (parity passed) is already at least that accurate and that
-cheap, the student cannot add a point to the front, and its 5-15 minutes of distillation go to trials instead.
+A student is credited with its cheapest probed program's latency and bytes, and with the accuracy of its teacher
+or of any measured trial of a student it contains (no wider, no richer in operators), whichever is higher: a
+distilled student can beat its teacher, and a wider one is expected to do at least what a narrower one did. If a
+measured trial (parity passed) is more accurate than that and as cheap, the student cannot add a point to the front,
+and its 5-15 minutes of distillation go to trials instead.
 The decision on each student is stored on the study (``StudyAttr.STUDENTS``), so a trial of any worker that
 samples a student not distilled is rejected before compute rather than distilling it on the spot.
 """
@@ -57,14 +59,24 @@ def why_not(study: optuna.Study, workspace: Workspace, report: ProbeReport, stud
     if cheapest is None:
         return None
     latency, size = cheapest
-    teacher = workspace.profile.val_top1
-    for record in records(study.get_trials(deepcopy=False)):
-        if (record.is_measured and record.parity_ok and record.val_accuracy >= teacher
-                and record.latency_ratio <= latency and record.size_ratio <= size):
-            return (f"trial {record.number} is already as accurate as the teacher ({record.val_accuracy:.3f} >= "
-                    f"{teacher:.3f}) at x{record.latency_ratio:.2f} latency and x{record.size_ratio:.2f} bytes, no more "
+    measured = [r for r in records(study.get_trials(deepcopy=False)) if r.is_measured and r.parity_ok]
+    credit, source = workspace.profile.val_top1, "the teacher"
+    for record in measured:
+        smaller = student_of(workspace, record.trial.params)
+        if smaller is not None and contains(student, smaller) and record.val_accuracy > credit:
+            credit, source = record.val_accuracy, f"trial {record.number} of the student it contains"
+    for record in measured:
+        if record.val_accuracy > credit and record.latency_ratio <= latency and record.size_ratio <= size:
+            return (f"trial {record.number} is already more accurate than {source} ({record.val_accuracy:.3f} > "
+                    f"{credit:.3f}) at x{record.latency_ratio:.2f} latency and x{record.size_ratio:.2f} bytes, no more "
                     f"than the student's cheapest probed program (x{latency:.2f}, x{size:.2f})")
     return None
+
+
+def contains(student: Student, other: Student) -> bool:
+    """Whether ``other`` is no wider than ``student`` and has no operator ``student`` lacks (a lean student is
+    contained in a standard one of its width, not the other way round)."""
+    return other[0] <= student[0] and (other[1] == student[1] or other[1] == "lean")
 
 
 def student_of(workspace: Workspace, params: Mapping[str, Any]) -> Student | None:

@@ -1,0 +1,60 @@
+"""Which students the search still distils: one that could join the measured front, credited with what its
+teacher or a student it contains reached (students can beat their teacher), never with less."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import optuna
+
+from udacisense.search.workers.probes import Probe, ProbeReport, student_structure
+from udacisense.search.workers.students import contains, why_not
+
+TEACHER_VAL = 0.55
+LEAN_HALF, LEAN_THREE_QUARTERS = (0.5, "lean"), (0.75, "lean")
+
+
+def _report() -> ProbeReport:
+    probes = tuple(Probe(student_structure(*student), "static xnnpack", latency, latency, latency, size, 1.0)
+                   for student, latency, size in ((LEAN_HALF, 0.10, 0.05), (LEAN_THREE_QUARTERS, 0.15, 0.09)))
+    return ProbeReport(probes, (), (LEAN_HALF, LEAN_THREE_QUARTERS), (), 1.0, "test cpu")
+
+
+def _study(*trials: tuple[tuple[float, str] | None, float, float, float]) -> optuna.Study:
+    """Measured trials: (student or None, validation top-1, latency ratio, size ratio)."""
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    for student, val, latency, size in trials:
+        params = {} if student is None else {"student_width": student[0], "student_architecture": student[1]}
+        distributions = {} if student is None else {
+            "student_width": optuna.distributions.CategoricalDistribution([0.0, 0.5, 0.75]),
+            "student_architecture": optuna.distributions.CategoricalDistribution(["standard", "lean"])}
+        study.add_trial(optuna.trial.create_trial(values=[val, latency, size], params=params, distributions=distributions,
+                                                  user_attrs={"fidelity": "measured", "parity_ok": True}))
+    return study
+
+
+WORKSPACE = SimpleNamespace(profile=SimpleNamespace(val_top1=TEACHER_VAL),
+                            study=SimpleNamespace(space=SimpleNamespace(student_architectures=SimpleNamespace(options=("standard", "lean")))))
+
+
+def test_a_wider_student_is_distilled_after_a_narrower_one_beat_the_teacher() -> None:
+    # The narrower lean student beats its teacher, more cheaply than the wider one could run: the wider one is
+    # credited with at least that accuracy, so it can still add a more accurate point.
+    study = _study((LEAN_HALF, 0.58, 0.10, 0.05))
+    assert why_not(study, WORKSPACE, _report(), LEAN_THREE_QUARTERS) is None  # type: ignore[arg-type]
+
+
+def test_a_student_is_ruled_out_by_a_cheaper_trial_more_accurate_than_all_it_contains() -> None:
+    # A full-width cut (no student) more accurate than the teacher and than every trial of the students the wider
+    # one contains, at no more latency and bytes than the wider student could reach.
+    study = _study((LEAN_HALF, 0.56, 0.10, 0.05), (None, 0.60, 0.14, 0.08))
+    reason = why_not(study, WORKSPACE, _report(), LEAN_THREE_QUARTERS)  # type: ignore[arg-type]
+    assert reason is not None and reason.startswith("trial 1 is already more accurate than trial 0")
+    # As accurate as the credit is not enough: it must be more accurate.
+    assert why_not(_study((LEAN_HALF, 0.60, 0.10, 0.05), (None, 0.60, 0.14, 0.08)), WORKSPACE, _report(),  # type: ignore[arg-type]
+                   LEAN_THREE_QUARTERS) is None
+
+
+def test_containment_is_by_width_and_operators() -> None:
+    assert contains((0.75, "lean"), (0.5, "lean")) and contains((0.5, "standard"), (0.5, "lean"))
+    assert not contains((0.5, "lean"), (0.5, "standard")) and not contains((0.5, "lean"), (0.75, "lean"))
