@@ -8,7 +8,7 @@ import torch
 
 from udacisense.evaluators.evidence import split_evidence
 from udacisense.evaluators.intervals import holm, pack_correct
-from udacisense.search.results.front import knee, pick, trials_table
+from udacisense.search.results.front import front_trials, knee, pareto_trials, pick, trials_table
 from udacisense.search.study.config import TargetsConfig
 
 TARGETS = TargetsConfig()
@@ -97,3 +97,28 @@ def test_a_row_whose_test_drop_misses_the_accuracy_target_is_not_picked() -> Non
                     _trial(val, baseline.clone(), 0.45, "slower, as accurate", baseline)])
     assert table["meets_all"].all() and table.loc[table["trial"] == 0, "test_drop"].item() > TARGETS.max_accuracy_drop
     assert knee(table, TARGETS).trial == 1
+
+
+def _measured(val: torch.Tensor, latency: float, size: float, p10: float | None = None) -> optuna.trial.FrozenTrial:
+    return optuna.trial.create_trial(values=[float(val.float().mean()), latency, size], params={}, distributions={},
+                                     user_attrs={"val_correct": pack_correct(val), "latency_ratio_p10": p10 or latency})
+
+
+def test_the_front_keeps_a_lossless_costlier_model_that_cheap_students_lead_by_noise_alone() -> None:
+    generator = torch.Generator().manual_seed(2)
+    common = torch.rand(VAL_IMAGES, generator=generator) < 0.55
+    def variant(flip: float) -> torch.Tensor:  # a model agreeing with the common one except on a share of images
+        return torch.where(torch.rand(VAL_IMAGES, generator=generator) < flip,
+                           torch.rand(VAL_IMAGES, generator=generator) < 0.55, common)
+    # The luckiest of ten near-equal fine-tunes: above the common model by noise alone.
+    lucky_student = max((variant(0.2) for _ in range(10)), key=lambda c: float(c.float().mean()))
+    assert lucky_student.float().mean() > common.float().mean()
+    same_cost_worse = variant(0.2) & (torch.arange(VAL_IMAGES) % 50 != 0)
+    much_worse = common & (torch.arange(VAL_IMAGES) % 5 != 0)  # ~11 points below: resolved
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    study.add_trials([_measured(lucky_student, 0.10, 0.05, p10=0.098), _measured(same_cost_worse, 0.101, 0.05, p10=0.097),
+                      _measured(common.clone(), 0.34, 0.28), _measured(much_worse, 0.35, 0.28)])
+    assert [t.number for t in pareto_trials(study.trials)] == [0]
+    # The int8 baseline (trial 2) stays: only the resolvably cheaper student leads it, by noise. A trial of the
+    # student's own cost with a lower score and one resolvably less accurate do not.
+    assert [t.number for t in front_trials(study.trials)] == [0, 2]

@@ -3,6 +3,8 @@ cannot matter dropped with their measured reasons, one decision per study that a
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,6 +24,24 @@ PROBED = {'stages = ["channels", "quantize"]': 'stages = ["distill", "prune", "q
           'quant_types = ["static"]': 'quant_types = ["static"]\nlinear_weight_bits = [8]', "probes = false": "probes = true"}
 
 
+KILLED_WHILE_PROBING = """
+import os, signal, sys
+from udacisense.search.workers import probe_decisions, probes
+from udacisense.search.study.config import load_study
+from udacisense.search.study.storage import open_study
+from udacisense.search.study.workspace import open_workspace
+real, calls = probes._probe, []
+def probe_then_die(*args):
+    calls.append(1)
+    if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args)
+probes._probe = probe_then_die
+config = load_study(sys.argv[1])
+probe_decisions.ensure_probes(open_study(config), open_workspace(config, progress=False), progress=False)
+"""
+
+
 def _open(path: Path):
     config = load_study(str(path))
     return config, open_workspace(config, progress=False), open_study(config)
@@ -29,7 +49,12 @@ def _open(path: Path):
 
 @pytest.mark.slow
 def test_probes_drop_what_cannot_matter_rank_the_students_and_store_one_decision(seeded_smoke, monkeypatch) -> None:
-    config, workspace, study = _open(seeded_smoke(edits=PROBED))
+    path = seeded_smoke(edits=PROBED)
+    # A prober killed midway leaves nothing decided, and the next one probes.
+    killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_PROBING, str(path)], capture_output=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr.decode()[-2000:]
+    config, workspace, study = _open(path)
+    assert StudyRecord.of(study).probes is None and not StudyRecord.of(study).student_decisions
     report = ensure_probes(study, workspace, progress=False)
     assert report is not None
     measured = {(p.structure, p.form): p for p in report.probes}

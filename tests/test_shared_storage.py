@@ -108,34 +108,37 @@ def test_three_workers_one_killed_mid_trial_lose_nothing(postgres: str, seeded_s
         drop_database(postgres, "udaci_workers")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_fails_the_running_trial_cleanly_and_the_same_command_resumes(signum: int, seeded_smoke) -> None:
-    # Longer fine-tunes, so the interrupt lands in the training loop of a trial (not between trials).
+def test_a_signal_fails_the_running_trial_cleanly_and_the_same_command_resumes(seeded_smoke) -> None:
+    # Longer fine-tunes, so each interrupt lands in the training loop of a trial (not between trials).
     path = write_study(seeded_smoke, "", 2, **{"finetune_epochs = [1, 1]": 'finetune_epochs = [4, 4]\nrequired = ["channels"]'})
     config = load_study(path)
     assert main(["baseline", "--study", str(path), "--quiet"]) == 0
     study = open_study(config)
     # One worker process: the interrupted trial is found by this process's pid.
     command = cli_command("search", "--study", str(path), "--quiet", "--no-export", "--n-jobs", "1")
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    victim = None
-    deadline = time.time() + 300
-    while victim is None and time.time() < deadline:
-        victim = _running_trial_of(study, {process.pid: process}, training=True)
-        time.sleep(0.3)
-    assert victim is not None
-    process.send_signal(signum)
-    code, stderr = process.wait(timeout=120), process.stderr.read()
-    assert code == 130, stderr[-2000:]
-    # One paragraph from the tool; nothing from Optuna about the interrupted trial.
-    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
-    assert stderr[stderr.index("interrupted:"):].count("\n") == 1 and "run the same command to resume" in stderr
-    interrupted = study.get_trials()[victim[0]]
-    assert interrupted.state is optuna.trial.TrialState.FAIL  # never left RUNNING
+    victims = []
+    for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, then a scheduler's stop
+        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        victim = None
+        deadline = time.time() + 300
+        while victim is None and time.time() < deadline:
+            victim = _running_trial_of(study, {process.pid: process}, training=True)
+            time.sleep(0.3)
+        assert victim is not None
+        process.send_signal(signum)
+        code, stderr = process.wait(timeout=120), process.stderr.read()
+        assert code == 130, stderr[-2000:]
+        # One paragraph from the tool; nothing from Optuna about the interrupted trial.
+        assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+        assert stderr[stderr.index("interrupted:"):].count("\n") == 1 and "run the same command to resume" in stderr
+        assert study.get_trials()[victim[0]].state is optuna.trial.TrialState.FAIL  # never left RUNNING
+        victims.append(victim[0])
 
     assert subprocess.run(command, cwd=REPO, capture_output=True).returncode == 0
     trials = study.get_trials()
     complete = [t for t in trials if t.state is optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 2
-    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == victim[0])
-    assert retry.state is optuna.trial.TrialState.COMPLETE and retry.params == interrupted.params
+    # Each interrupted trial ran again with its parameters; the last retry finished.
+    retries = [next(t for t in trials if t.system_attrs.get("failed_trial") == number) for number in victims]
+    assert all(retry.params == trials[number].params for retry, number in zip(retries, victims, strict=True))
+    assert retries[-1].state is optuna.trial.TrialState.COMPLETE

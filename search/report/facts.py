@@ -17,7 +17,7 @@ from udacisense.common.errors import UserError
 from udacisense.evaluators.evidence import ClassDifference, SplitEvidence, resolved_class_drops
 from udacisense.evaluators.intervals import Interval, wilson
 from udacisense.search.results.export import CARD_NAME
-from udacisense.search.results.front import TIMINGS, knee, pareto_trials, pick, trials_table, with_latest_timings
+from udacisense.search.results.front import TIMINGS, front_trials, knee, pick, trials_table, with_latest_timings
 from udacisense.search.study.baseline_profile import FILE_NAME, BaselineProfile
 from udacisense.search.study.config import StudyConfig
 from udacisense.search.study.records import StudyAttr, StudyRecord
@@ -81,7 +81,7 @@ def load_inputs(study: StudyConfig, storage: str | None, trial_number: int | Non
     retimed = StudyRecord.of(optuna_study).retimed_front
     front, everything = (with_latest_timings(trials_table(members, study.targets, profile.val_top1), exported, retimed,
                                         study.targets, profile.val_top1)
-                         for members in (pareto_trials(complete), complete))
+                         for members in (front_trials(complete), complete))
     if trial_number is not None:
         match = [t for t in trials if t.number == trial_number]
         if not match:

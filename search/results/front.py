@@ -22,6 +22,7 @@ import torch
 from udacisense.common.errors import UserError
 from udacisense.common.files import atomic_path, write_json, write_text
 from udacisense.evaluators.evidence import SplitEvidence, resolved_shortfalls, verdict
+from udacisense.evaluators.intervals import paired_comparison
 from udacisense.search.study.config import TargetsConfig
 from udacisense.search.study.records import dominates
 from udacisense.search.study.trial_record import TrialRecord
@@ -36,6 +37,32 @@ def pareto_trials(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.tri
     trade-off, and it must not hide the points it "dominates"."""
     complete = [r for r in map(TrialRecord.of, trials) if r.is_measured and r.parity_ok]
     return [r.trial for r in complete if not any(dominates(o.values, r.values) for o in complete if o is not r)]
+
+
+def front_trials(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The front the product shows and picks from: the Pareto front (``pareto_trials``), and each measured trial
+    that only resolvably cheaper trials dominate, by accuracy leads the paired comparison on the validation images
+    does not resolve. Dozens of near-equal fine-tunes of one cheap student lead a costlier model that loses nothing
+    (the baseline in int8) by noise on the images they were selected on; the strict front drops that model, and
+    with it the app team's lossless choice. Among trials of indistinguishable cost the point estimates rule."""
+    complete = [r for r in map(TrialRecord.of, trials) if r.is_measured and r.parity_ok]
+    correct = {r.number: r.correct("val") for r in complete}
+
+    def lead_is_noise(better: TrialRecord, worse: TrialRecord) -> bool:
+        a, b = correct[better.number], correct[worse.number]
+        return a is not None and b is not None and a.shape == b.shape and paired_comparison(a, b).interval[0] <= 0
+
+    def kept(r: TrialRecord) -> bool:
+        return all(_resolvably_cheaper(o, r) and lead_is_noise(o, r)
+                   for o in complete if o is not r and dominates(o.values, r.values))
+
+    return [r.trial for r in complete if kept(r)]
+
+
+def _resolvably_cheaper(cheaper: TrialRecord, other: TrialRecord) -> bool:
+    """Whether ``cheaper`` has over 1% fewer bytes, or a latency below the fast end of ``other``'s timing rounds."""
+    fast_end = other.latency_ratio_p10 if other.latency_ratio_p10 is not None else other.latency_ratio
+    return cheaper.size_ratio < 0.99 * other.size_ratio or cheaper.latency_ratio < fast_end
 
 
 COLUMNS = ["trial", "pipeline", "runtime", "target", "deployment", "val_top1", "test_top1", "val_images", "test_images",
@@ -310,10 +337,10 @@ def plot_front(all_trials: pd.DataFrame, front: pd.DataFrame, targets: TargetsCo
 
 
 def front_tables(study: optuna.Study, targets: TargetsConfig, baseline_val: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The Pareto front and every measured trial (screened ones' estimates are no measurement), as stored: read
-    only, nothing measured or written."""
+    """The front (``front_trials``) and every measured trial (screened ones' estimates are no measurement), as
+    stored: read only, nothing measured or written."""
     complete = [t for t in study.get_trials(deepcopy=False) if TrialRecord.of(t).is_measured]
-    return trials_table(pareto_trials(complete), targets, baseline_val), trials_table(complete, targets, baseline_val)
+    return trials_table(front_trials(complete), targets, baseline_val), trials_table(complete, targets, baseline_val)
 
 
 def public_rows(table: pd.DataFrame) -> pd.DataFrame:
