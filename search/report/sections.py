@@ -288,6 +288,11 @@ def _pick_lines(inputs: Inputs) -> list[str]:
         lines[-1] += f" On the validation scores it would have picked {described(choice.on_validation)}."
     if inputs.chosen.number != choice.trial:
         lines[-1] += f" The model reported here is trial {inputs.chosen.number} ({inputs.choice_note})."
+    lossless = [row for _, row in front.sort_values("latency_ratio").iterrows()
+                if isinstance(row["test_drop_ci95"], list) and row["test_drop_ci95"][0] <= 0]
+    if lossless and int(lossless[0]["trial"]) != choice.trial:
+        lines += ["", f"The front's fastest row not resolvably less accurate than the baseline on the test images (its "
+                      f"paired drop interval reaches zero): {described(int(lossless[0]['trial']))}."]
     return [*lines, ""]
 
 

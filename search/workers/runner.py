@@ -31,7 +31,13 @@ from udacisense.search.trial.portfolio import check_portfolio, enqueue_portfolio
 from udacisense.search.trial.screening import ScreeningRule, ScreeningSummary
 from udacisense.search.workers.probe_decisions import ensure_probes, narrowed_study, portfolio_entries
 from udacisense.search.workers.probes import ProbeReport
-from udacisense.search.workers.students import decide_next_student, ranked_students, student_ready, undecided_students
+from udacisense.search.workers.students import (
+    decide_next_student,
+    ranked_students,
+    student_ready,
+    students_pending,
+    undecided_students,
+)
 from udacisense.spaces.families import STUDENT_WIDTH
 
 TrialState = optuna.trial.TrialState
@@ -189,7 +195,9 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
                disable=not progress or worker != 0, unit="trial")
     try:
         while deadline is None or time.monotonic() < deadline:
-            if distil_students and decide_next_student(study, workspace, report, log=progress) is not None:
+            seconds_left = None if deadline is None else deadline - time.monotonic()
+            if distil_students and decide_next_student(study, workspace, report, seconds_left=seconds_left,
+                                                       log=progress) is not None:
                 # A student's portfolio pipelines wait for it: queued earlier, another worker would have taken
                 # one and waited idle for this distillation.
                 enqueue_portfolio(study, entries, ready=lambda entry: student_ready(workspace, entry))
@@ -200,7 +208,7 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
             if action == "wait":
                 time.sleep(study_config.search.heartbeat_seconds)
                 continue
-            if stop_rule is not None and not undecided_students(study, workspace, report):
+            if stop_rule is not None and not students_pending(study, workspace, report, seconds_left):
                 stopped = stop_rule(study)
                 if stopped is not None:
                     break

@@ -100,10 +100,29 @@ def tried(study: optuna.Study, workspace: Workspace, student: Student) -> bool:
     return any(student_of(workspace, trial.params) == student for trial in finished)
 
 
+def distillation_estimate(workspace: Workspace, student: Student) -> float | None:
+    """Seconds ``student`` will take to distil: the slowest distilled student's time, scaled by width (the students
+    share the schedule); None before any is distilled."""
+    timed = [(seconds, width) for width, architecture in ranked_students(workspace, None)
+             if (seconds := workspace.students.train_seconds(width, architecture)) is not None]
+    if not timed:
+        return None
+    return max(seconds * student[0] / width for seconds, width in timed)
+
+
+def students_pending(study: optuna.Study, workspace: Workspace, report: ProbeReport | None,
+                     seconds_left: float | None) -> bool:
+    """Whether an undecided student could still be distilled in ``seconds_left`` (a search that has one to
+    distil has not converged on what it can reach)."""
+    return any(seconds_left is None or (estimate := distillation_estimate(workspace, s)) is None or estimate <= seconds_left
+               for s in undecided_students(study, workspace, report))
+
+
 def decide_next_student(study: optuna.Study, workspace: Workspace, report: ProbeReport | None, *,
-                        log: bool = True) -> Student | None:
+                        seconds_left: float | None = None, log: bool = True) -> Student | None:
     """Distil the most promising undecided student, or record why it cannot matter; returns the student decided,
-    None when it is not yet time (a distilled student not tried yet) or none is left.
+    None when it is not yet time (a distilled student not tried yet), a distillation would outlast the search's
+    ``seconds_left`` (undecided: a longer run distils it), or none is left.
 
     Without probes every student the space lists is distilled, in its order, as before probes existed.
     """
@@ -114,6 +133,9 @@ def decide_next_student(study: optuna.Study, workspace: Workspace, report: Probe
     if report is not None and distilled and not all(tried(study, workspace, s) for s in distilled):
         return None  # its first measurement decides whether the next student could still matter
     student = undecided[0]
+    estimate = distillation_estimate(workspace, student)
+    if report is not None and seconds_left is not None and estimate is not None and estimate > seconds_left:
+        return None
     name = workspace.students.name(*student)
     reason = why_not(study, workspace, report, student) if report is not None else None
     if reason is not None:
