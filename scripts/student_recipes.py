@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -99,6 +100,17 @@ def _rows(results: list[dict[str, Any]], baseline: dict[str, torch.Tensor]) -> p
     return pd.DataFrame(rows)
 
 
+def write_results(out: Path, results: list[dict[str, Any]], baseline: dict[str, torch.Tensor], width: float,
+                  architecture: str) -> pd.DataFrame:
+    """The recipes' table, written to ``out``/recipes.{csv,json} (what the report's chosen-pipeline section reads)."""
+    table = _rows(results, baseline)
+    write_text(out / "recipes.csv", table.to_csv(index=False))
+    write_json(out / "recipes.json", {"student": {"width": width, "architecture": architecture},
+                                      "baseline": {s: float(c.float().mean()) for s, c in baseline.items()},
+                                      "rows": table.to_dict(orient="records")})
+    return table
+
+
 def _points(value: float) -> str:
     return f"{100 * value:+.1f}"
 
@@ -131,12 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     baseline = {split: _correct(workspace, workspace.baseline.model, split) for split in ("val", "test")}
     results = Parallel(n_jobs=min(args.jobs, len(recipes)))(
         delayed(_distil_and_score)(config, recipe, width, args.student[1]) for recipe in recipes)
-    table = _rows(results, baseline)
+    table = write_results(config.run_dir / "student_recipes", results, baseline, width, args.student[1])
     out = config.run_dir / "student_recipes"
-    write_text(out / "recipes.csv", table.to_csv(index=False))
-    write_json(out / "recipes.json", {"student": {"width": width, "architecture": args.student[1]},
-                                      "baseline": {s: float(c.float().mean()) for s, c in baseline.items()},
-                                      "rows": table.to_dict(orient="records")})
     print(f"student width {width:g} {args.student[1]}; baseline val {baseline['val'].float().mean():.3f}, "
           f"test {baseline['test'].float().mean():.3f} ({baseline['test'].numel()} images)")
     print(f"{'recipe':<14} {'val':>6} {'test':>6}  {'test drop [95%]':<22} {f'gain over {recipes[0].name} [95%]':<26} CPU-min")

@@ -122,3 +122,4 @@ def test_the_front_keeps_a_lossless_costlier_model_that_cheap_students_lead_by_n
     # The int8 baseline (trial 2) stays: only the resolvably cheaper student leads it, by noise. A trial of the
     # student's own cost with a lower score and one resolvably less accurate do not.
     assert [t.number for t in front_trials(study.trials)] == [0, 2]
+

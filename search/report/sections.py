@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,6 +45,7 @@ from udacisense.search.report.trial_facts import (
     family,
 )
 from udacisense.search.results.front import knee
+from udacisense.spaces.families import STUDENT_WIDTH
 
 
 def efficiency_text(row: TechniqueRow, column: str) -> str:
@@ -240,7 +242,7 @@ def section_chosen(inputs: Inputs, steps: Sequence[dict[str, Any]]) -> list[str]
               f"{f.timing_note}); test top-1 {test}; parity with its PyTorch model: top-1 agreement "
               f"{fmt_acc(parity.get('top1_agreement', float('nan')))} on {parity.get('samples', 'n/a')} test images.", ""]
     lines += [f"![Size and accuracy after each stage]({FIGURES['waterfall']})", ""]
-    lines += _pick_lines(inputs)
+    lines += _pick_lines(inputs) + _recipe_lines(inputs)
     lines += ["### Per-class accuracy, baseline vs chosen model (test split)", ""]
     comparison = class_comparison(inputs)
     if comparison.paired:
@@ -294,6 +296,33 @@ def _pick_lines(inputs: Inputs) -> list[str]:
         lines += ["", f"The front's fastest row not resolvably less accurate than the baseline on the test images (its "
                       f"paired drop interval reaches zero): {described(int(lossless[0]['trial']))}."]
     return [*lines, ""]
+
+
+def _recipe_lines(inputs: Inputs) -> list[str]:
+    """What the shelf's distillation recipe contributed, for a pick built on a shelf student: the study's recipe,
+    and the gains ``scripts/student_recipes.py`` measured (paired on the test images) where it has run."""
+    if not inputs.chosen.trial.params.get(STUDENT_WIDTH):
+        return []
+    recipe = inputs.study.students
+    lines = ["### Its student's recipe", "",
+             f"The student was distilled once on the shelf with the study's `[students]` recipe: "
+             f"{recipe.epochs or inputs.study.baseline.epochs} epochs, α {recipe.alpha:g}, T {recipe.temperature:g}, "
+             f"mixup {recipe.mixup:g}, weight average {recipe.weight_average:g}."]
+    measured = inputs.study.run_dir / "student_recipes" / "recipes.json"
+    if not measured.is_file():
+        lines[-1] += " What each setting contributes: `scripts/student_recipes.py` (not run for this study)."
+        return [*lines, ""]
+    document = json.loads(measured.read_text())
+    student, rows = document["student"], document["rows"]
+    lines[-1] += (f" `scripts/student_recipes.py` measured the width-{student['width']:g} {student['architecture']} "
+                  f"student under each recipe, against the first (`{rows[0]['recipe']}`), paired on the test images:")
+    lines += [""] + md_table(["recipe", "epochs", "mixup", "weight average", "test top-1", "gain over the first",
+                              "drop against the baseline", "CPU-minutes"], [
+        [row["recipe"], str(row["epochs"]), f"{row['mixup']:g}", f"{row['weight_average']:g}", fmt_acc(row["test_top1"]),
+         f"{fmt_points(row['test_gain_over_first'])} {fmt_points_ci(tuple(row['test_gain_ci95']))}",
+         f"{fmt_points(row['test_drop'])} {fmt_points_ci(tuple(row['test_drop_ci95']))}", f"{row['train_minutes']:.1f}"]
+        for row in rows])
+    return lines
 
 
 def _floats(values: Any) -> str:
