@@ -22,6 +22,7 @@ import argparse
 import shutil
 import statistics
 import sys
+import time
 from dataclasses import dataclass
 
 import optuna
@@ -34,11 +35,13 @@ from udacisense.search.study.config import load_study
 from udacisense.search.study.storage import open_study
 from udacisense.search.study.trial_record import records
 from udacisense.search.study.workspace import open_workspace
+from udacisense.search.workers.probe_decisions import ensure_probes
 from udacisense.search.workers.runner import run_search
 from udacisense.search.workers.students import train_students
 
 SAMPLERS = ("nsga2", "tpe", "random", "nsga3")
 ARMS = (*SAMPLERS, "study")
+STARTED = "benchmark_started"  # study attribute: when the arm started (epoch seconds), its probes included
 # What a sampler arm changes: the sampler, and nothing else the study's search adds to it (no probes either).
 PLAIN = {"search.screening": False, "search.portfolio": [], "search.halving_rate": 0, "search.probes": False}
 
@@ -66,12 +69,30 @@ def arms(base_name: str, names: list[str], repeats: int, n_trials: int | None, m
 
 
 def run_arm(study_path: str, arm: Arm, n_jobs: int | None) -> None:
-    base = load_study(study_path)
+    """Run one search. With a time limit, the arm's probes are part of its time: probed first, the search gets
+    what is left of the limit."""
+    base, config = load_study(study_path), load_study(study_path, arm.overrides)
     # Same baseline and students for every arm: reused because their settings keys match.
     for folder in ("baseline", "students"):
         if (base.run_dir / folder).is_dir():
-            shutil.copytree(base.run_dir / folder, load_study(study_path, arm.overrides).run_dir / folder, dirs_exist_ok=True)
-    run_search(study_path, n_jobs=n_jobs, overrides=arm.overrides, progress=True)
+            shutil.copytree(base.run_dir / folder, config.run_dir / folder, dirs_exist_ok=True)
+    study = open_study(config)
+    started = time.time()
+    study.set_user_attr(STARTED, started)
+    overrides = dict(arm.overrides)
+    if config.search.probes:
+        ensure_probes(study, open_workspace(config, progress=False), progress=True)
+        if config.search.timeout_minutes:
+            overrides["search.timeout_minutes"] = max(0.1, config.search.timeout_minutes - (time.time() - started) / 60)
+    run_search(study_path, n_jobs=n_jobs, overrides=overrides, progress=True)
+
+
+def minutes_to_first_target_meeting(study_path: str, arm: Arm, trials: list[optuna.trial.FrozenTrial]) -> float | None:
+    """Minutes from the arm's start (its probes included) to its first measured trial meeting every target."""
+    started = open_study(load_study(study_path, arm.overrides), create=False).user_attrs.get(STARTED)
+    done = [t.datetime_complete.timestamp() for t, r in zip(trials, records(trials), strict=True)
+            if r.is_measured and r.meets_targets and t.datetime_complete is not None]
+    return None if started is None or not done else (min(done) - started) / 60
 
 
 def arm_trials(study_path: str, arm: Arm) -> list[optuna.trial.FrozenTrial]:
@@ -115,10 +136,12 @@ def main(argv: list[str] | None = None) -> int:
              else f"first {common} finished trials of each search")
     print(f"\nhypervolume of the measured trials reaching the accuracy floor {floor:.3f}, {scope}")
     print(f"{'arm':<8} {'searches':>8} {'hypervolume mean ± sd':>24} {'x random':>9} {'meet targets':>13} "
-          f"{'finished':>9} {'measured':>9}  seeds")
+          f"{'finished':>9} {'measured':>9} {'first .pte min':>15}  seeds")
     by_arm: dict[str, list[list[optuna.trial.FrozenTrial]]] = {}
+    first_pte: dict[str, list[float | None]] = {}
     for arm, found in searched:
         by_arm.setdefault(arm.name, []).append(found)
+        first_pte.setdefault(arm.name, []).append(minutes_to_first_target_meeting(args.study, arm, found))
     scores = {name: [hypervolume_of_first(found, common, floor) for found in runs] for name, runs in by_arm.items()}
     random_mean = statistics.mean(scores.get("random", [0.0]))
     for name, values in scores.items():
@@ -131,8 +154,17 @@ def main(argv: list[str] | None = None) -> int:
         measured = [sum(1 for r in first if r.is_measured) for first in firsts]
         seeds = {r.sampler_seed for found in by_arm[name] for r in records(found)} - {None}
         print(f"{name:<8} {len(values):>8} {mean:>14.4f} ± {sd:<7.4f} {ratio:>9} {statistics.mean(meets):>13.1f} "
-              f"{statistics.mean(finished):>9.1f} {statistics.mean(measured):>9.1f}  {len(seeds)} distinct")
+              f"{statistics.mean(finished):>9.1f} {statistics.mean(measured):>9.1f} {_minutes(first_pte[name]):>15}  "
+              f"{len(seeds)} distinct")
+    print("first .pte min: minutes from a search's start, its probes included, to its first measured trial meeting "
+          "every target (each search's, then the arm's mean; 'none' for a search that found none)")
     return 0
+
+
+def _minutes(values: list[float | None]) -> str:
+    shown = " ".join("none" if v is None else f"{v:.1f}" for v in values)
+    found = [v for v in values if v is not None]
+    return f"{statistics.mean(found):.1f} ({shown})" if found else f"- ({shown})"
 
 
 if __name__ == "__main__":
