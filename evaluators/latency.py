@@ -21,6 +21,10 @@ import torch
 from udacisense.evaluators.intervals import BlockedRatio, blocked_ratio
 from udacisense.runtime import executorch_threads, request_executorch_threads
 
+# How far one program load's memory placement can shift a sub-millisecond latency ratio (several percent seen
+# between loads of one program): a smaller difference between two single timing runs is no evidence.
+LOAD_SPREAD = 0.10
+
 Timed = Callable[[torch.Tensor], object]
 Loader = Callable[[], Timed]  # loads a fresh runner (a new program load) on each call
 

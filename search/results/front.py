@@ -23,6 +23,7 @@ from udacisense.common.errors import UserError
 from udacisense.common.files import atomic_path, write_json, write_text
 from udacisense.evaluators.evidence import SplitEvidence, resolved_shortfalls, verdict
 from udacisense.evaluators.intervals import paired_comparison
+from udacisense.evaluators.latency import LOAD_SPREAD
 from udacisense.search.study.config import TargetsConfig
 from udacisense.search.study.records import dominates
 from udacisense.search.study.trial_record import TrialRecord
@@ -60,9 +61,10 @@ def front_trials(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.tria
 
 
 def _resolvably_cheaper(cheaper: TrialRecord, other: TrialRecord) -> bool:
-    """Whether ``cheaper`` has over 1% fewer bytes, or a latency below the fast end of ``other``'s timing rounds."""
-    fast_end = other.latency_ratio_p10 if other.latency_ratio_p10 is not None else other.latency_ratio
-    return cheaper.size_ratio < 0.99 * other.size_ratio or cheaper.latency_ratio < fast_end
+    """Whether ``cheaper`` has over 1% fewer bytes, or a latency lower by more than one program load can shift it
+    (trials of one structure, timed once each, differ by that much)."""
+    return (cheaper.size_ratio < 0.99 * other.size_ratio
+            or cheaper.latency_ratio < (1 - LOAD_SPREAD) * other.latency_ratio)
 
 
 COLUMNS = ["trial", "pipeline", "runtime", "target", "deployment", "val_top1", "test_top1", "val_images", "test_images",

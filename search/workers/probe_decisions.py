@@ -11,6 +11,7 @@ from typing import Any
 import optuna
 
 from udacisense.compression.pruning import UnstructuredPruningConfig
+from udacisense.evaluators.latency import LOAD_SPREAD
 from udacisense.models.students import StudentArchitecture
 from udacisense.search.study.config import StudyConfig
 from udacisense.search.study.records import StudyAttr, StudyRecord, store_study
@@ -29,8 +30,6 @@ from udacisense.search.workers.probes import (
 )
 from udacisense.spaces.sampling import orders
 from udacisense.spaces.space import SpaceConfig
-
-LOAD_SPREAD = 0.10  # how far one program load's placement can shift a sub-millisecond ratio (several % seen)
 
 
 def run_probes(workspace: Workspace, *, progress: bool = True) -> ProbeReport:
