@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import optuna
 
 from udacisense.search.workers.probes import Probe, ProbeReport, student_structure
-from udacisense.search.workers.students import contains, why_not
+from udacisense.search.workers.students import contains, distillation_estimate, students_pending, why_not
 
 TEACHER_VAL = 0.55
 LEAN_HALF, LEAN_THREE_QUARTERS = (0.5, "lean"), (0.75, "lean")
@@ -58,3 +58,24 @@ def test_a_student_is_ruled_out_by_a_cheaper_trial_more_accurate_than_all_it_con
 def test_containment_is_by_width_and_operators() -> None:
     assert contains((0.75, "lean"), (0.5, "lean")) and contains((0.5, "standard"), (0.5, "lean"))
     assert not contains((0.5, "lean"), (0.5, "standard")) and not contains((0.5, "lean"), (0.75, "lean"))
+
+
+def _shelf_workspace(trained: set[tuple[float, str]], seconds: float = 900.0) -> SimpleNamespace:
+    space = SimpleNamespace(stages=("distill", "quantize"), student_widths=SimpleNamespace(options=(0.0, 0.5, 0.75)),
+                            student_architectures=SimpleNamespace(options=("standard", "lean")))
+    shelf = SimpleNamespace(trained=lambda w, a: (w, a) in trained, name=lambda w, a: f"width-{w:g}-{a}",
+                            train_seconds=lambda w, a: seconds if (w, a) in trained else None)
+    return SimpleNamespace(study=SimpleNamespace(space=space), students=shelf, profile=WORKSPACE.profile)
+
+
+def test_a_distilled_student_no_trial_has_tried_holds_off_the_plateau_stop() -> None:
+    report, untried = _report(), _shelf_workspace({LEAN_HALF})
+    # Distilled, untried: pending whatever the time left (its first trial may move the front).
+    assert students_pending(_study(), untried, report, seconds_left=60.0)  # type: ignore[arg-type]
+    # Tried, and the next student (1.5x the first's 15 minutes, by width) cannot finish in 10 minutes: nothing pending.
+    tried_once = _study((LEAN_HALF, 0.56, 0.10, 0.05))
+    assert not students_pending(tried_once, untried, report, seconds_left=600.0)  # type: ignore[arg-type]
+    assert distillation_estimate(untried, LEAN_THREE_QUARTERS) == 1350.0  # type: ignore[arg-type]
+    # With time for it, the next one is pending; before any student is distilled, every undecided one is.
+    assert students_pending(tried_once, untried, report, seconds_left=1400.0)  # type: ignore[arg-type]
+    assert students_pending(_study(), _shelf_workspace(set()), report, seconds_left=60.0)  # type: ignore[arg-type]
