@@ -123,3 +123,14 @@ def test_the_front_keeps_a_lossless_costlier_model_that_cheap_students_lead_by_n
     # student's own cost with a lower score and one resolvably less accurate do not.
     assert [t.number for t in front_trials(study.trials)] == [0, 2]
 
+
+
+def test_a_latency_gap_the_retiming_does_not_resolve_is_worth_no_bytes() -> None:
+    generator = torch.Generator().manual_seed(4)
+    val, test = torch.rand(VAL_IMAGES, generator=generator) < 0.56, torch.rand(TEST_IMAGES, generator=generator) < 0.56
+    table = _table([_trial(val, test, 0.11, "8-bit Linear"), _trial(val, test, 0.12, "int4 Linear")])
+    table.loc[:, "size_ratio"] = [0.062, 0.050]
+    table["latency_ratio_ci95"] = [[0.09, 0.13], [0.11, 0.13]]  # re-timed in blocks: overlapping
+    assert knee(table, TARGETS).trial == 1  # equally fast: the fewer bytes decide
+    table["latency_ratio_ci95"] = [[0.105, 0.115], [0.118, 0.125]]  # resolved: the faster one's lead counts
+    assert knee(table, TARGETS).trial == 0
