@@ -33,7 +33,7 @@ from udacisense.search.study.workspace import open_workspace
 real, calls = probes._probe, []
 def probe_then_die(*args):
     calls.append(1)
-    if len(calls) == 2:
+    if len(calls) == 1:
         os.kill(os.getpid(), signal.SIGKILL)
     return real(*args)
 probes._probe = probe_then_die
@@ -50,7 +50,7 @@ def _open(path: Path):
 @pytest.mark.slow
 def test_probes_drop_what_cannot_matter_rank_the_students_and_store_one_decision(seeded_smoke, monkeypatch) -> None:
     path = seeded_smoke(edits=PROBED)
-    # A prober killed midway leaves nothing decided, and the next one probes.
+    # A prober killed during its first program leaves nothing decided, and the next one probes.
     killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_PROBING, str(path)], capture_output=True, timeout=600)
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
     config, workspace, study = _open(path)

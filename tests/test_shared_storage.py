@@ -138,7 +138,8 @@ def test_a_signal_fails_the_running_trial_cleanly_and_the_same_command_resumes(s
     trials = study.get_trials()
     complete = [t for t in trials if t.state is optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 2
-    # Each interrupted trial ran again with its parameters; the last retry finished.
-    retries = [next(t for t in trials if t.system_attrs.get("failed_trial") == number) for number in victims]
-    assert all(retry.params == trials[number].params for retry, number in zip(retries, victims, strict=True))
-    assert retries[-1].state is optuna.trial.TrialState.COMPLETE
+    # Each interrupted trial ran again later with its parameters and finished (a retry interrupted in turn is
+    # queued again, traceable to the first trial it retries).
+    for number in victims:
+        assert any(t.number > number and t.state is optuna.trial.TrialState.COMPLETE
+                   and t.params == trials[number].params for t in trials), number
