@@ -51,8 +51,9 @@ class StudentsConfig:
     alpha: float = bounded(0.7, min=0.0, max=1.0)
     temperature: float = bounded(4.0, min=0.1, max=100.0)
     # Consistent mixup gave the lean width-0.5 student of cifar10-offline +1.1 test points over none (paired 95%
-    # [+0.3, +2.0] on 10,000 images) at 80 epochs, for 1.2x its time; a moving average of the weights gave +0.3
-    # [-0.2, +0.9]: not resolved, so off (scripts/student_recipes.py, 2 cores, one recipe a core).
+    # [+0.3, +2.0] on 10,000 images) at 80 epochs, for 1.2x its time, and nothing at 160 (-0.0 [-0.8, +0.8], 1.03x
+    # the time): kept for the shorter schedules it helps. A moving average of the weights gave +0.3 [-0.2, +0.9]
+    # at 80: not resolved, so off (scripts/student_recipes.py, 2 cores, one recipe a core).
     mixup: float = bounded(0.4, min=0.0, max=10.0, doc="Beta(mixup, mixup) blends of each batch for teacher and "
                            "student alike (training.Distillation); 0: off")
     weight_average: float = bounded(0.0, min=0.0, max=0.99999, doc="per-step decay of the moving average of the "
