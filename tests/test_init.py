@@ -65,7 +65,8 @@ def _train_plain(data: Path, arch: str, size: int, out: Path, epochs: int = 6) -
 def _shrink_search(study: Path) -> None:
     """Edit the written study as a user would for a first try: one quantized trial, few timing runs."""
     tables = tomllib.loads(study.read_text())
-    tables["evaluation"] = {"latency_runs": 10, "latency_warmup": 2}
+    # Only the runtimes the search compares: no TorchScript trace of the baseline.
+    tables["evaluation"] = {"latency_runs": 10, "latency_warmup": 2, "runtimes": ["eager", "executorch"]}
     # Probes (tests/test_probes.py) would lower a Large program per option before this one trial.
     tables["search"] = {"n_trials": 1, "latency_runs": 8, "retime_factor": 1, "retime_blocks": 1, "probes": False}
     tables["space"] = {"stages": ["quantize"], "quant_types": ["static"], "quant_backends": ["xnnpack"],
