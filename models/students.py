@@ -119,6 +119,8 @@ class StudentShelf:
     seed: int = 0
     progress: bool = False
     _loaded: dict[tuple[float, StudentArchitecture], nn.Module] = field(default_factory=dict, repr=False)
+    # How long each student on the shelf took to distil, read with its weights (workers ask before every trial).
+    _seconds: dict[tuple[float, StudentArchitecture], float] = field(default_factory=dict, repr=False)
 
     @property
     def schedule(self) -> TrainConfig:
@@ -160,8 +162,7 @@ class StudentShelf:
         """How long the stored student took to distil; None when it is not on the shelf."""
         if not self.trained(width, architecture):
             return None
-        stored = torch.load(self.path(width, architecture), map_location="cpu", weights_only=True)
-        return float(stored.get("train_seconds", 0.0)) or None
+        return self._seconds.get((width, architecture)) or None
 
     def _stored(self, width: float, architecture: StudentArchitecture) -> nn.Module | None:
         path = self.path(width, architecture)
@@ -175,6 +176,7 @@ class StudentShelf:
             return None
         student = build_student(self.teacher, width, len(self.data.classes), self.seed, architecture)
         student.load_state_dict(checkpoint["state_dict"])
+        self._seconds[width, architecture] = float(checkpoint.get("train_seconds", 0.0))
         return student.eval()
 
     def _train(self, width: float, architecture: StudentArchitecture) -> nn.Module:
@@ -184,7 +186,8 @@ class StudentShelf:
             num_classes=len(self.data.classes), seed=self.seed, progress=self.progress,
             description=f"student {self.name(width, architecture)}", weight_average=self.recipe.weight_average,
             distillation=Distillation(self.teacher, self.recipe.alpha, self.recipe.temperature, self.recipe.mixup))
+        self._seconds[width, architecture] = time.perf_counter() - started
         save_torch(self.path(width, architecture), {"key": self.key(width, architecture), "state_dict": student.state_dict(),
                                                     "width": width, "architecture": architecture,
-                                                    "train_seconds": time.perf_counter() - started})
+                                                    "train_seconds": self._seconds[width, architecture]})
         return student.eval()

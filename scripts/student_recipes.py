@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +76,10 @@ def _distil_and_score(config: StudyConfig, recipe: Recipe, width: float, archite
     # The study's own recipe is its own shelf's: a student the search distilled already is scored, not retrained.
     directory = config.run_dir / "student_recipes" / recipe.name if recipe.changes else workspace.students.directory
     shelf = dataclasses.replace(workspace.students, recipe=recipe.applied(workspace.students.recipe),
-                                directory=directory, _loaded={})
-    started = time.perf_counter()
+                                directory=directory, _loaded={}, _seconds={})
     student = shelf.student(width, architecture)
-    stored = torch.load(shelf.path(width, architecture), map_location="cpu", weights_only=True)
     return {"recipe": recipe.name, "settings": dataclasses.asdict(shelf.recipe),
-            "train_minutes": stored.get("train_seconds", time.perf_counter() - started) / 60,
+            "train_minutes": (shelf.train_seconds(width, architecture) or 0.0) / 60,
             "val_correct": _correct(workspace, student, "val"), "test_correct": _correct(workspace, student, "test")}
 
 
