@@ -142,11 +142,11 @@ def cmd_front(args: argparse.Namespace) -> int:
 
 
 def show_front(study: StudyConfig, optuna_study: optuna.Study, out_dir: Path | None) -> None:
-    from udacisense.search.results.front_text import FRONT_LEGEND, front_text
     """Print the stored front (and write its files into ``out_dir``, when given): reads the storage only."""
     import shutil
 
     from udacisense.search.results.front import front_tables, with_latest_timings, write_front
+    from udacisense.search.results.front_text import FRONT_LEGEND, front_text
     from udacisense.search.study.baseline_profile import FILE_NAME, BaselineProfile
     from udacisense.search.study.records import StudyRecord
     from udacisense.search.study.trial_record import TrialRecord

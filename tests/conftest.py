@@ -18,6 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files holding slow tests first: xdist hands out whole files (``--dist loadfile``) in this order to whichever
+    worker is free, so the longest go out first and the run does not end on one worker finishing a long file
+    while the other idles."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
+
 
 def cli_command(*args: str) -> list[str]:
     """``udacisense ARGS`` as a subprocess of this interpreter. It inherits this run's environment, so it

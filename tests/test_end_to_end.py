@@ -24,6 +24,7 @@ from udacisense.search.study.records import OBJECTIVE_NAMES
 pytestmark = pytest.mark.skipif(not SHARED_ARCHIVE.is_file(), reason="needs ../shared/data/cifar10-jpeg.tar.gz")
 
 
+@pytest.mark.slow
 def test_search_runs_the_budget_and_records_every_trial(smoke_study: Path) -> None:
     config = load_study(smoke_study)
     study = optuna.load_study(study_name=config.name, storage=config.storage_url)

@@ -20,7 +20,7 @@ from PIL import Image
 from tests.conftest import REPO, SHARED_ARCHIVE, smoke_study_file
 from udacisense.search.cli import main
 from udacisense.search.results.export import artifact_problem, retime_front
-from udacisense.search.results.front import pareto_trials, trials_table
+from udacisense.search.results.front import front_trials, trials_table
 from udacisense.search.study.config import load_study
 from udacisense.search.study.records import StudyAttr, store_study
 from udacisense.search.study.trial_record import TrialRecord
@@ -70,7 +70,7 @@ def test_front_reads_a_copied_database_alone_and_creates_nothing(smoke_study: Pa
     assert not [name for name in ("runs", "data", "cache") if (clone / name).exists()]
     # The front and the baseline's accuracy, both read from the copied storage.
     config = load_study(smoke_study)
-    front = pareto_trials(optuna.load_study(study_name=config.name, storage=config.storage_url).trials)
+    front = front_trials(optuna.load_study(study_name=config.name, storage=config.storage_url).trials)
     rows = [line.split()[0] for line in printed.splitlines()[1:len(front) + 1]]
     assert front and sorted(rows) == sorted(str(t.number) for t in front)
     baseline = json.loads((config.run_dir / "baseline" / "metrics.json").read_text())

@@ -42,6 +42,7 @@ def _int8_graph(seed: int, width: float = 0.25) -> torch.fx.GraphModule:
     return _ptq_pt2e(model, [torch.randn(4, 3, 32, 32) * (1 + seed)], [], 8)
 
 
+@pytest.mark.slow
 def test_models_of_one_structure_share_a_key_and_lower_to_the_same_bytes() -> None:
     """The memo's premise: weights change neither the key nor the .pte's bytes; the architecture changes the key."""
     first, second = _int8_graph(0), _int8_graph(1)

@@ -65,6 +65,7 @@ def _running_trial_of(study: optuna.Study, pids: dict[int, subprocess.Popen],
 
 
 @needs_postgres
+@pytest.mark.slow
 def test_three_workers_one_killed_mid_trial_lose_nothing(postgres: str, seeded_smoke) -> None:
     n_trials = 5
     url = create_database(postgres, "udaci_workers")
@@ -108,6 +109,7 @@ def test_three_workers_one_killed_mid_trial_lose_nothing(postgres: str, seeded_s
         drop_database(postgres, "udaci_workers")
 
 
+@pytest.mark.slow
 def test_a_signal_fails_the_running_trial_cleanly_and_the_same_command_resumes(seeded_smoke) -> None:
     # Longer fine-tunes, so each interrupt lands in the training loop of a trial (not between trials).
     path = write_study(seeded_smoke, "", 2, **{"finetune_epochs = [1, 1]": 'finetune_epochs = [4, 4]\nrequired = ["channels"]'})

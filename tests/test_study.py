@@ -24,6 +24,16 @@ def test_shipped_studies_load(name: str) -> None:
     assert study.storage_url == f"sqlite:///runs/{name}/study.db"
 
 
+def test_the_offline_study_without_its_space_table_is_the_same_study(tmp_path: Path) -> None:
+    """The offline study names families only, so deleting its `[space]` table changes nothing the search reads:
+    every default spans all the product can do."""
+    text = (STUDIES / "cifar10-offline.toml").read_text()
+    without = tmp_path / "cifar10-offline.toml"
+    without.write_text(text[:text.index("[space]")])
+    assert "[space]" in text and "[space]" not in without.read_text()
+    assert load_study(without) == load_study(STUDIES / "cifar10-offline.toml")
+
+
 def _write(tmp_path: Path, body: str) -> Path:
     path = tmp_path / "study.toml"
     path.write_text('name = "t"\n[data]\nsource = "imagefolder"\nroot = "x"\n' + body)

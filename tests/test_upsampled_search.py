@@ -63,6 +63,7 @@ finetune_epochs = [1, 1]
 """
 
 
+@pytest.mark.slow
 def test_resolution_search_lowers_flops_and_exports_a_resizing_pte_with_parity(tmp_path: Path) -> None:
     from tests.conftest import REPO
 

@@ -127,6 +127,7 @@ def mixed_study(workspace) -> optuna.Study:
     return _mixed(workspace, _runner(workspace))
 
 
+@pytest.mark.slow
 def test_knee_and_fastest_return_the_absolutely_fastest_artifact(workspace, mixed_study, tmp_path) -> None:
     trials = mixed_study.trials
     assert all(t.state is optuna.trial.TrialState.COMPLETE for t in trials)
