@@ -275,14 +275,20 @@ def export_graph(module: nn.Module, example: torch.Tensor) -> GraphModule:
 _INT4_GROUP = 32  # input features that share one int4 scale; XNNPACK takes multiples of 32 only
 
 
+def int4_linear_layers(module: nn.Module) -> list[str]:
+    """The Linear layers ``linear_weight_bits = 4`` stores in int4: those whose input features split into groups
+    of 32, XNNPACK's int4 kernel."""
+    return [name for name, layer in module.named_modules()
+            if isinstance(layer, nn.Linear) and layer.in_features % _INT4_GROUP == 0]
+
+
 def _int4_linear(module: nn.Module) -> list[str]:
     """Quantize the weights of every Linear whose input features split into groups of 32 to int4 in
     place (torchao; activations int8 on the fly); returns their names. Other widths (channel pruning
     leaves any) have no XNNPACK int4 kernel and stay for the int8 path."""
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig, PerGroup, quantize_
 
-    names = [name for name, layer in module.named_modules()
-             if isinstance(layer, nn.Linear) and layer.in_features % _INT4_GROUP == 0]
+    names = int4_linear_layers(module)
     # torch's type stubs lack the sub-byte dtypes.
     config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,  # type: ignore[attr-defined]
                                                    weight_granularity=PerGroup(_INT4_GROUP))

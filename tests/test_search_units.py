@@ -433,6 +433,10 @@ def test_feasibility_rules_out_float_unstructured_but_not_quantized(tiny_bundle)
     assert infeasibility(quantized, reference, 0.7, 0.6) is None
     narrow_float = footprint(Pipeline((StructuredPruningConfig(ratio=0.6),)), baseline, context, example)
     assert infeasibility(narrow_float, reference, 0.7, 0.6) is None
+    # int4 Linear weights take half a byte: both Linear layers, (288, 512) and (512, 4), split into groups of 32.
+    int8, int4 = (footprint(Pipeline((StaticQuantConfig(backend="xnnpack", linear_weight_bits=bits),)), baseline, context,
+                            example) for bits in (8, 4))
+    assert int8.weight_bytes - int4.weight_bytes == (288 * 512 + 512 * 4) // 2 and int8.flops == int4.flops
 
 
 def test_sampler_scores_count_only_the_first_trials_that_reach_the_floor() -> None:
