@@ -88,3 +88,23 @@ def test_probes_drop_what_cannot_matter_rank_the_students_and_store_one_decision
     learned = "\n".join(section_learned(SimpleNamespace(optuna_study=study, trials=[], floor=0.0)))  # type: ignore[arg-type]
     assert f"{len(report.probes)} programs" in learned and "`stages` prune" in learned
     assert all(p.structure in learned for p in report.probes)
+
+
+def test_the_portfolio_queues_each_start_in_its_safest_form_and_in_its_smallest_file() -> None:
+    """The README run's probes: the lean student's int8 program is the fastest, its int4-Linear one the smallest
+    file; both meet the targets, so both start the search (the 8-bit one first). The baseline's int4 program
+    misses the size target: the baseline starts in 8-bit only."""
+    from udacisense.search.workers.probe_decisions import probe_portfolio
+    from udacisense.spaces.distributions import Choice
+    from udacisense.spaces.space import SpaceConfig
+
+    student = probes.student_structure(0.5, "lean")
+    measured = (probes.Probe(BASELINE, "static xnnpack", 0.40, 0.39, 0.43, 0.281, 1.0),
+                probes.Probe(BASELINE, "static xnnpack int4 Linear", 0.47, 0.46, 0.48, 0.75, 1.0),
+                probes.Probe(student, "static xnnpack", 0.10, 0.09, 0.14, 0.060, 1.0),
+                probes.Probe(student, "static xnnpack int4 Linear", 0.14, 0.12, 0.14, 0.049, 1.0))
+    report = ProbeReport(measured, (), ((0.5, "lean"),), (), 1.0, "cpu")
+    space = SpaceConfig(stages=("distill", "quantize"), quant_types=Choice(("static",)), quant_backends=Choice(("xnnpack",)),
+                        linear_weight_bits=Choice((8, 4)))
+    entries = probe_portfolio(space, [], report, max_latency=0.6, max_size=0.7)
+    assert [(e.get("student_width"), e["linear_weight_bits"]) for e in entries] == [(None, 8), (0.5, 8), (0.5, 4)]

@@ -183,7 +183,9 @@ def narrowed_space(space: SpaceConfig, report: ProbeReport | None) -> SpaceConfi
 def probe_portfolio(space: SpaceConfig, structures: Sequence[Structure], report: ProbeReport, max_latency: float,
                     max_size: float) -> list[dict[str, Any]]:
     """Starting trials: the baseline, the first student and the least aggressive architecture cut, each in the least
-    risky static int8 form whose probed program meets every target (8-bit Linear weights before int4)."""
+    risky static int8 form whose probed program meets every target (8-bit Linear weights before int4), and again in
+    the target-meeting form with the smallest file where that is another (int4 Linear weights): the smaller file is
+    a point of the front that the search might otherwise sample late or never."""
     narrowed = narrowed_space(space, report)
     if not ({"static", "qat"} & set(narrowed.quant_types.options)):
         return []
@@ -191,28 +193,29 @@ def probe_portfolio(space: SpaceConfig, structures: Sequence[Structure], report:
                for bits in narrowed.linear_weight_bits.options}
     off = {f"use_{family}": False for family in narrowed.stages if family != "quantize"}
 
-    def quantized(structure: str) -> dict[str, Any] | None:
+    def quantized(structure: str) -> list[dict[str, Any]]:
         meeting = [p for p in report.probes if p.structure == structure and p.form in allowed and p.meets(max_latency, max_size)]
         if not meeting:
-            return None
-        form = allowed[min(meeting, key=lambda p: (allowed[p.form].linear_bits == 4, p.cost(max_latency, max_size, slow=True))).form]
-        return {"quant_type": "static", "quant_backend": form.backend, "linear_weight_bits": form.linear_bits,
-                "float_prefix_blocks": 0}
+            return []
+        safest = min(meeting, key=lambda p: (allowed[p.form].linear_bits == 4, p.cost(max_latency, max_size, slow=True)))
+        smallest = min(meeting, key=lambda p: p.size_ratio)
+        return [{"quant_type": "static", "quant_backend": allowed[p.form].backend,
+                 "linear_weight_bits": allowed[p.form].linear_bits, "float_prefix_blocks": 0}
+                for p in dict.fromkeys((safest, smallest))]
 
-    entries = []
-    if (quantize := quantized(BASELINE)) is not None:
-        entries.append({**off, **quantize})
-    if report.students and (quantize := quantized(student_structure(*report.students[0]))) is not None:
+    entries = [{**off, **quantize} for quantize in quantized(BASELINE)]
+    if report.students:
         width, architecture = report.students[0]
         # Distillation first in the order: the families after it are asked, and switched off here.
         first = next((o for o in orders(narrowed) if o.startswith("distill")), None)
-        entries.append({**off, **({"order": first} if first and len(orders(narrowed)) > 1 else {}), "use_distill": True,
-                        "student_width": width, "student_architecture": architecture, **quantize})
+        entries += [{**off, **({"order": first} if first and len(orders(narrowed)) > 1 else {}), "use_distill": True,
+                     "student_width": width, "student_architecture": architecture, **quantize}
+                    for quantize in quantized(student_structure(width, architecture))]
     cuts = [(s, q) for s in structures if s.choices and s.choices[0][0] == "architecture_squeeze_excite"
-            and (q := quantized(s.name)) is not None]
+            and (q := quantized(s.name))]
     if cuts and "architecture" in narrowed.stages:
-        cut, quantize = cuts[0]
-        entries.append({**off, "use_architecture": True, **dict(cut.choices), **quantize})
+        cut, forms = cuts[0]
+        entries += [{**off, "use_architecture": True, **dict(cut.choices), **quantize} for quantize in forms]
     return entries
 
 
