@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import optuna
 
+from tests.conftest import TORCHSCRIPT_ARTIFACTS
 from udacisense.search.report.trial_facts import prune_category
 from udacisense.search.study.config import load_study
 from udacisense.search.study.records import Attr, StopReason, store
@@ -51,10 +52,8 @@ def test_a_search_halves_the_outranked_trial_at_its_rung_and_the_others_train_on
         'stages = ["channels", "quantize"]': 'stages = ["distill", "quantize"]\nstudent_widths = [0.0]\n'
                                              "finetune_lr = [0.0001, 10.0]",
         'quant_types = ["static"]': 'quant_types = ["dynamic"]',
-        # Tiny int8 models disagree with their PyTorch model often; parity is not what this tests, nor lowering:
-        # TorchScript artifacts (conftest.TORCHSCRIPT_ARTIFACTS).
-        "latency_warmup = 3": 'latency_warmup = 3\nint8_min_agreement = 0.5\nfloat_runtime = "torchscript"',
-        'quant_backends = ["xnnpack", "x86"]': 'quant_backends = ["x86"]',
+        # Tiny int8 models disagree with their PyTorch model often; parity is not what this tests, nor lowering.
+        **TORCHSCRIPT_ARTIFACTS, "latency_runs = 20": "latency_runs = 20\nint8_min_agreement = 0.5",
         "finetune_epochs = [1, 1]": "finetune_epochs = [1, 2]",
         "heartbeat_seconds = 2": "heartbeat_seconds = 2\nscreening = false\nhalving_rate = 3\nportfolio = ["
                                  f"{{ {pipeline}, finetune_lr = 0.0001 }}, {{ {pipeline}, finetune_lr = 0.0002 }}, "
