@@ -8,7 +8,11 @@
 An arm is a sampler alone (``nsga2``, ``tpe``, ``random``, ``nsga3``: screening and halving off, no portfolio, every
 trained candidate lowered and measured) or ``study``: the study's own ``[search]`` (its sampler, screening,
 halving and portfolio), what ``udacisense search`` runs. Each (arm, repeat) is its own study
-(``<name>-<arm>-<repeat>``) on the same baseline and students (copied, not retrained). Every search process
+(``<name>-<arm>-<repeat>``) on the same baseline (copied, not retrained). With ``--n-trials`` the arms also share
+the students, distilled once before them: an equal trial budget compares sampling, not distilling. With
+``--minutes`` each search distils its own in its time, as ``udacisense search`` does from a user's trained model:
+which students to distil, and when, is part of what the ``study`` arm is compared on (un-probed arms distil every
+student their space lists, in order, while their other workers run trials that need none). Every search process
 draws its own sampler seed (recorded in each trial's ``sampler_seed``), so no two searches share a first
 generation. The score is the hypervolume of the measured trials that reach the accuracy floor (what a user
 can ship): with ``--n-trials``, among the first N finished trials of each search, N the smallest number any
@@ -36,7 +40,7 @@ from udacisense.search.study.storage import open_study
 from udacisense.search.study.trial_record import records
 from udacisense.search.study.workspace import open_workspace
 from udacisense.search.workers.probe_decisions import ensure_probes
-from udacisense.search.workers.runner import run_search
+from udacisense.search.workers.runner import plan_workers, run_search
 from udacisense.search.workers.students import train_students
 
 SAMPLERS = ("nsga2", "tpe", "random", "nsga3")
@@ -68,12 +72,12 @@ def arms(base_name: str, names: list[str], repeats: int, n_trials: int | None, m
             for repeat in range(repeats) for name in names]  # interleaved: load drifts hit every arm alike
 
 
-def run_arm(study_path: str, arm: Arm, n_jobs: int | None) -> None:
+def run_arm(study_path: str, arm: Arm, n_jobs: int | None, shared_students: bool) -> None:
     """Run one search. With a time limit, the arm's probes are part of its time: probed first, the search gets
     what is left of the limit."""
     base, config = load_study(study_path), load_study(study_path, arm.overrides)
-    # Same baseline and students for every arm: reused because their settings keys match.
-    for folder in ("baseline", "students"):
+    # Same baseline (and shared students) for every arm: reused because their settings keys match.
+    for folder in ("baseline", "students") if shared_students else ("baseline",):
         if (base.run_dir / folder).is_dir():
             shutil.copytree(base.run_dir / folder, config.run_dir / folder, dirs_exist_ok=True)
     study = open_study(config)
@@ -81,7 +85,8 @@ def run_arm(study_path: str, arm: Arm, n_jobs: int | None) -> None:
     study.set_user_attr(STARTED, started)
     overrides = dict(arm.overrides)
     if config.search.probes:
-        ensure_probes(study, open_workspace(config, progress=False), progress=True)
+        ensure_probes(study, open_workspace(config, progress=False), progress=True,
+                      processes=plan_workers(config, n_jobs).workers)
         if config.search.timeout_minutes:
             overrides["search.timeout_minutes"] = max(0.1, config.search.timeout_minutes - (time.time() - started) / 60)
     run_search(study_path, n_jobs=n_jobs, overrides=overrides, progress=True)
@@ -119,14 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     base = load_study(args.study)
     workspace = open_workspace(base, progress=not args.summary_only)  # trains the shared baseline once if needed
-    if not args.summary_only and "study" in args.arms:
-        train_students(workspace)  # once, before any arm: the arms compare searching, not distilling
+    shared_students = not args.minutes
+    if not args.summary_only and shared_students:
+        train_students(workspace)  # once, before any arm: the arms compare sampling, not distilling
     floor = workspace.profile.val_top1 - base.targets.max_accuracy_drop
     planned = arms(base.name, args.arms, args.repeats, args.n_trials, args.minutes)
     if not args.summary_only:
         for arm in planned:
             print(f"\n=== {arm.label}: {arm.overrides['name']}", flush=True)
-            run_arm(args.study, arm, args.n_jobs)
+            run_arm(args.study, arm, args.n_jobs, shared_students)
     searched = [(arm, found) for arm in planned if (found := arm_trials(args.study, arm))]
     if not searched:
         print("no search of this benchmark has run yet: run it without --summary-only")

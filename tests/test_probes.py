@@ -30,13 +30,13 @@ from udacisense.search.workers import probe_decisions, probes
 from udacisense.search.study.config import load_study
 from udacisense.search.study.storage import open_study
 from udacisense.search.study.workspace import open_workspace
-real, calls = probes._probe, []
-def probe_then_die(*args):
+real, calls = probes._timed, []
+def time_then_die(*args):
     calls.append(1)
     if len(calls) == 1:
         os.kill(os.getpid(), signal.SIGKILL)
     return real(*args)
-probes._probe = probe_then_die
+probes._timed = time_then_die
 config = load_study(sys.argv[1])
 probe_decisions.ensure_probes(open_study(config), open_workspace(config, progress=False), progress=False)
 """
@@ -55,7 +55,7 @@ def test_probes_drop_what_cannot_matter_rank_the_students_and_store_one_decision
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
     config, workspace, study = _open(path)
     assert StudyRecord.of(study).probes is None and not StudyRecord.of(study).student_decisions
-    report = ensure_probes(study, workspace, progress=False)
+    report = ensure_probes(study, workspace, progress=False, processes=2)  # lowered in 2 forked children
     assert report is not None
     measured = {(p.structure, p.form): p for p in report.probes}
     limits = 1 - config.targets.latency_reduction, 1 - config.targets.size_reduction

@@ -8,7 +8,13 @@ from types import SimpleNamespace
 import optuna
 
 from udacisense.search.workers.probes import Probe, ProbeReport, student_structure
-from udacisense.search.workers.students import contains, distillation_estimate, students_pending, why_not
+from udacisense.search.workers.students import (
+    contains,
+    decide_next_student,
+    distillation_estimate,
+    students_pending,
+    why_not,
+)
 
 TEACHER_VAL = 0.55
 LEAN_HALF, LEAN_THREE_QUARTERS = (0.5, "lean"), (0.75, "lean")
@@ -79,3 +85,16 @@ def test_a_distilled_student_no_trial_has_tried_holds_off_the_plateau_stop() -> 
     # With time for it, the next one is pending; before any student is distilled, every undecided one is.
     assert students_pending(tried_once, untried, report, seconds_left=1400.0)  # type: ignore[arg-type]
     assert students_pending(_study(), _shelf_workspace(set()), report, seconds_left=60.0)  # type: ignore[arg-type]
+
+
+def test_no_search_starts_a_distillation_it_cannot_finish() -> None:
+    """Probed or not: the next student (1.5x the first's 15 minutes, by width) is left undecided with 10 minutes
+    left, rather than distilled past the time limit while no trial runs."""
+    workspace = _shelf_workspace({(0.5, "standard"), LEAN_HALF})
+    distilled: list[tuple[float, str]] = []
+    workspace.students.student = lambda w, a: distilled.append((w, a))
+    for report in (None, _report()):
+        study = _study((LEAN_HALF, 0.56, 0.10, 0.05), ((0.5, "standard"), 0.56, 0.10, 0.05))
+        assert decide_next_student(study, workspace, report, seconds_left=600.0, log=False) is None  # type: ignore[arg-type]
+        assert decide_next_student(study, workspace, report, seconds_left=1400.0, log=False) is not None  # type: ignore[arg-type]
+    assert distilled == [(0.75, "standard"), LEAN_THREE_QUARTERS]

@@ -32,9 +32,9 @@ from udacisense.spaces.sampling import orders
 from udacisense.spaces.space import SpaceConfig
 
 
-def run_probes(workspace: Workspace, *, progress: bool = True) -> ProbeReport:
-    """Measure the probes and decide from them."""
-    return decide(workspace.study, measure_probes(workspace, progress=progress))
+def run_probes(workspace: Workspace, *, progress: bool = True, processes: int = 1) -> ProbeReport:
+    """Measure the probes (lowering on ``processes`` cores) and decide from them."""
+    return decide(workspace.study, measure_probes(workspace, progress=progress, processes=processes))
 
 
 def decide(study: StudyConfig, measured: Measured) -> ProbeReport:
@@ -51,15 +51,17 @@ def stored_probes(study: optuna.Study) -> ProbeReport | None:
     return None if stored is None else ProbeReport.from_dict(stored)
 
 
-def ensure_probes(study: optuna.Study, workspace: Workspace, *, progress: bool = True) -> ProbeReport | None:
-    """The study's probe report: the stored one, else measured now and stored; None for a study whose trials
-    were sampled before probes existed (narrowing its space would no longer match them)."""
+def ensure_probes(study: optuna.Study, workspace: Workspace, *, progress: bool = True,
+                  processes: int = 1) -> ProbeReport | None:
+    """The study's probe report: the stored one, else measured now (lowering on ``processes`` cores) and stored;
+    None for a study whose trials were sampled before probes existed (narrowing its space would no longer match
+    them)."""
     report = stored_probes(study)
     if report is not None or not workspace.study.search.probes:
         return report
     if study.get_trials(deepcopy=False):
         return None
-    report = run_probes(workspace, progress=progress)
+    report = run_probes(workspace, progress=progress, processes=processes)
     # Another process may have probed meanwhile: the first report stored is the study's.
     already = stored_probes(study)
     if already is not None:

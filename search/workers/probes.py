@@ -36,6 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from udacisense.common.env import cpu_name
+from udacisense.common.forked import map_forked
 from udacisense.compression.architecture import ArchitectureConfig
 from udacisense.compression.graph import lower
 from udacisense.compression.pipeline import Pipeline
@@ -221,19 +222,36 @@ def _context(workspace: Workspace) -> StageContext:
     return StageContext(data=workspace.data, seed=workspace.study.seed)  # int8 calibrates on train images, as in a trial
 
 
-def _probe(yardstick: Yardstick, workspace: Workspace, structure: Structure, network: nn.Module, form: Form) -> Probe:
+@dataclass(frozen=True)
+class Lowered:
+    """One probe's program, lowered (in a child process; ``measure_probes``) and waiting for its timing."""
+
+    artifact: bytes
+    runtime: str
+    backend: str | None
+    seconds: float  # to build, quantize and lower it
+
+
+def _lowered(workspace: Workspace, structure: Structure, form: Form) -> Lowered:
     started = time.perf_counter()
     stage = form.stage()
-    model = CompressedModel(copy.deepcopy(network))
+    model = CompressedModel(structure.build())
     if stage is not None:
         model, _ = Pipeline((stage,)).run(model, _context(workspace))
     runtime = runtime_for(form.backend, workspace.study.evaluation.float_runtime)  # type: ignore[arg-type]
     lowered = lower(model, runtime, example_input=workspace.example_input)
     assert lowered.artifact is not None
-    timed = yardstick.measure_latency(load_runner(lowered.artifact, runtime, lowered.backend), runtime).reference
+    return Lowered(lowered.artifact, runtime, lowered.backend, time.perf_counter() - started)
+
+
+def _timed(yardstick: Yardstick, workspace: Workspace, structure: Structure, form: Form, lowered: Lowered) -> Probe:
+    started = time.perf_counter()
+    runner = load_runner(lowered.artifact, lowered.runtime, lowered.backend)  # type: ignore[arg-type]
+    timed = yardstick.measure_latency(runner, lowered.runtime).reference  # type: ignore[arg-type]
     reference = workspace.study.evaluation.reference_runtime
     return Probe(structure.name, form.name, timed.ratio, timed.ratio_p10, timed.ratio_p90,
-                 len(lowered.artifact) / yardstick.baseline_size(reference), time.perf_counter() - started)
+                 len(lowered.artifact) / yardstick.baseline_size(reference),
+                 lowered.seconds + time.perf_counter() - started)
 
 
 @dataclass(frozen=True)
@@ -247,8 +265,13 @@ class Measured:
     cpu: str
 
 
-def measure_probes(workspace: Workspace, *, progress: bool = True) -> Measured:
-    """Lower and time one program per structural option of the space (see the module's docstring)."""
+def measure_probes(workspace: Workspace, *, progress: bool = True, processes: int = 1) -> Measured:
+    """Lower and time one program per structural option of the space (see the module's docstring).
+
+    Each of the three rounds lowers its programs on ``processes`` forked children (lowering takes most of a
+    probe: 10-15 s for a Small program here), then times them here one at a time, with no lowering running:
+    a timing shares the machine with nothing but the search's other processes, as a trial's does.
+    """
     started = time.perf_counter()
     study = workspace.study
     max_latency, max_size = 1 - study.targets.latency_reduction, 1 - study.targets.size_reduction
@@ -257,34 +280,31 @@ def measure_probes(workspace: Workspace, *, progress: bool = True) -> Measured:
     others = structures[1:]
     with_float = "none" in study.space.quant_types.options
     planned = 2 * len(forms) + sum(int(s.float_only or with_float) + int(not s.float_only) for s in others)
-    probes: list[Probe] = []
+    # The yardstick itself: the float baseline is what every ratio is taken against.
+    probes: list[Probe] = [Probe(BASELINE, FLOAT, 1.0, 1.0, 1.0, 1.0, 0.0)] if forms and forms[0].quant_type == "none" else []
     bar = tqdm(total=planned, desc="probes", disable=not progress, leave=False, unit="program")
-    built: dict[str, nn.Module] = {}
 
-    def probe(structure: Structure, form: Form) -> None:
-        if structure.name == BASELINE and form.quant_type == "none":
-            probes.append(Probe(BASELINE, FLOAT, 1.0, 1.0, 1.0, 1.0, 0.0))  # the yardstick itself
-        elif not any(p.structure == structure.name and p.form == form.name for p in probes):
-            network = built.setdefault(structure.name, structure.build())
-            probes.append(_probe(yardstick, workspace, structure, network, form))
-        bar.update(1)
+    def probe(wanted: list[tuple[Structure, Form]]) -> None:
+        todo = list(dict.fromkeys((s, f) for s, f in wanted if not any(p.structure == s.name and p.form == f.name
+                                                                         for p in probes)))
+        bar.update(len(wanted) - len(todo))
+        lowered = map_forked([partial(_lowered, workspace, s, f) for s, f in todo], processes)
+        for (structure, form), program in zip(todo, lowered, strict=True):
+            probes.append(_timed(yardstick, workspace, structure, form, program))
+            bar.update(1)
 
-    for form in forms:
-        probe(structures[0], form)
+    probe([(structures[0], form) for form in forms])
     # The other structures in the baseline's cheapest int8 form, judged at the slow end of its timing rounds: one
     # lucky reading must not send every structure to a slow form.
     baseline_int8 = [p for p in probes if p.structure == BASELINE and p.form != FLOAT]
     int8 = None if not baseline_int8 else next(
         f for f in forms if f.name == min(baseline_int8, key=lambda p: p.cost(max_latency, max_size, slow=True)).form)
-    for structure in others:
-        if structure.float_only or with_float:
-            probe(structure, Form("none"))
-        if int8 is not None and not structure.float_only:
-            probe(structure, int8)
+    probe([(structure, form) for structure in others
+           for form in ([Form("none")] if structure.float_only or with_float else [])
+           + ([int8] if int8 is not None and not structure.float_only else [])])
     # Every form again on the cheapest structure: each form's cheapest case is measured, not extrapolated.
     cheapest = min((s for s in structures if not s.float_only),
                    key=lambda s: min(p.cost(max_latency, max_size) for p in probes if p.structure == s.name))
-    for form in forms:
-        probe(cheapest, form)
+    probe([(cheapest, form) for form in forms])
     bar.close()
     return Measured(tuple(structures), tuple(forms), tuple(probes), (time.perf_counter() - started) / 60, cpu_name())

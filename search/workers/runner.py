@@ -308,8 +308,8 @@ def run_search(study_path: str, n_jobs: int | None = None, storage: str | None =
     # Stored here, before the workers start, so that they find it stored rather than all write it at once.
     workspace.profile.record(study)
     check_portfolio(study_config.space, study_config.search.portfolio)
-    # Probed once here, before the workers start: they read the stored report.
-    report = ensure_probes(study, workspace, progress=progress)
+    # Probed once here, before the workers start, on as many cores as they will use: they read the stored report.
+    report = ensure_probes(study, workspace, progress=progress, processes=plan.workers)
     if progress and report is not None:
         print(report.describe(), flush=True)
     workspace = dataclasses.replace(workspace, study=narrowed_study(study_config, report))

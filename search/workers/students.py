@@ -127,7 +127,7 @@ def decide_next_student(study: optuna.Study, workspace: Workspace, report: Probe
     None when it is not yet time (a distilled student not tried yet), a distillation would outlast the search's
     ``seconds_left`` (undecided: a longer run distils it), or none is left.
 
-    Without probes every student the space lists is distilled, in its order, as before probes existed.
+    Without probes every student the space lists is distilled, in its order, each once there is time for it.
     """
     undecided = undecided_students(study, workspace, report)
     if not undecided:
@@ -137,7 +137,7 @@ def decide_next_student(study: optuna.Study, workspace: Workspace, report: Probe
         return None  # its first measurement decides whether the next student could still matter
     student = undecided[0]
     estimate = distillation_estimate(workspace, student)
-    if report is not None and seconds_left is not None and estimate is not None and estimate > seconds_left:
+    if seconds_left is not None and estimate is not None and estimate > seconds_left:
         return None
     name = workspace.students.name(*student)
     reason = why_not(study, workspace, report, student) if report is not None else None

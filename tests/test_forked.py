@@ -1,0 +1,50 @@
+"""Tasks on forked children: results in order from state the children inherit, a task's error raised here with its
+traceback, a child that dies reported instead of waited for."""
+
+from __future__ import annotations
+
+import os
+import signal
+from functools import partial
+
+import pytest
+import torch
+
+from udacisense.common.forked import ForkedTaskError, map_forked
+
+
+def _norm_and_pid(weights: torch.Tensor, row: int) -> tuple[float, int]:
+    return float(weights[row].norm()), os.getpid()
+
+
+def test_children_compute_from_inherited_tensors_and_return_in_task_order() -> None:
+    weights = torch.randn(9, 64, generator=torch.Generator().manual_seed(0))  # never pickled: inherited by fork
+    results = map_forked([partial(_norm_and_pid, weights, row) for row in range(9)], processes=2)
+    assert [norm for norm, _ in results] == pytest.approx([float(r.norm()) for r in weights])
+    assert os.getpid() not in {pid for _, pid in results}  # computed in the children, not here
+
+
+def test_one_process_runs_the_tasks_here() -> None:
+    assert {pid for _, pid in map_forked([partial(_norm_and_pid, torch.ones(2, 2), 0)] * 3, processes=1)} == {os.getpid()}
+
+
+def _fails_on(bad: int, index: int) -> int:
+    if index == bad:
+        raise ValueError(f"task {index} cannot be lowered")
+    return index
+
+
+def test_a_task_error_is_raised_with_the_childs_traceback() -> None:
+    with pytest.raises(ForkedTaskError, match=r"(?s)1 of 4 task\(s\) failed.*ValueError: task 2 cannot be lowered"):
+        map_forked([partial(_fails_on, 2, i) for i in range(4)], processes=2)
+
+
+def _dies(index: int) -> int:
+    if index == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return index
+
+
+def test_a_child_killed_mid_task_is_reported_not_waited_for() -> None:
+    with pytest.raises(ForkedTaskError, match="got no result"):
+        map_forked([partial(_dies, i) for i in range(3)], processes=2)
