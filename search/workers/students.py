@@ -147,8 +147,9 @@ def decide_next_student(study: optuna.Study, workspace: Workspace, report: Probe
             print(f"[students] {name} not distilled: {reason}", flush=True)
         return student
     if log:
-        print(f"[students] distilling {name} (ranked {ranked_students(workspace, report).index(student) + 1} by its probes)",
-              flush=True)
+        place = ranked_students(workspace, report).index(student) + 1
+        print(f"[students] distilling {name} (" + (f"ranked {place} by its probes" if report is not None
+                                                   else f"student {place} in the space's order; not probed") + ")", flush=True)
     workspace.students.student(*student)
     record_decision(study, name, DISTILLED)
     return student
