@@ -17,7 +17,10 @@ draws its own sampler seed (recorded in each trial's ``sampler_seed``), so no tw
 generation. The score is the hypervolume of the measured trials that reach the accuracy floor (what a user
 can ship): with ``--n-trials``, among the first N finished trials of each search, N the smallest number any
 search finished (a search cut short still compares fairly); with ``--minutes``, of everything each search
-measured in that wall time. Prints mean ± sd per arm and the ratio of each mean to random's.
+measured in that wall time. Two reference points: the study's (accuracy from 0, ratios up to 2), and the
+targets' region (accuracy from the floor, latency and bytes up to their allowances) of the trials that meet every
+target, parity included: what a user could ship, which separates fronts that all meet the targets. Prints mean ± sd per arm and the ratio of
+each mean to random's.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import optuna
 
 from udacisense.common.errors import UserError
 from udacisense.common.logs import quiet_libraries
-from udacisense.search.results.hypervolume import hypervolume_of_first
+from udacisense.search.results.hypervolume import hypervolume_of_first, target_region
 from udacisense.search.study.budget import finished_in_budget
 from udacisense.search.study.config import load_study
 from udacisense.search.study.storage import open_study
@@ -140,31 +143,41 @@ def main(argv: list[str] | None = None) -> int:
     common = (max if args.minutes else min)(len(finished_in_budget(found)) for _, found in searched)
     scope = (f"everything each search measured in {args.minutes:g} min" if args.minutes
              else f"first {common} finished trials of each search")
-    print(f"\nhypervolume of the measured trials reaching the accuracy floor {floor:.3f}, {scope}")
-    print(f"{'arm':<8} {'searches':>8} {'hypervolume mean ± sd':>24} {'x random':>9} {'meet targets':>13} "
-          f"{'finished':>9} {'measured':>9} {'first .pte min':>15}  seeds")
+    print(f"\nhypervolume of the measured trials reaching the accuracy floor {floor:.3f}, {scope}: against the study's "
+          f"reference (accuracy from 0, ratios up to 2), and of those meeting every target (parity included) in the "
+          f"targets' region (accuracy from the floor, latency up to x{1 - base.targets.latency_reduction:.2f}, bytes up "
+          f"to x{1 - base.targets.size_reduction:.2f})")
+    print(f"{'arm':<8} {'searches':>8} {'hypervolume mean ± sd':>24} {'x random':>9} {'in targets mean ± sd':>24} "
+          f"{'x random':>9} {'meet targets':>13} {'finished':>9} {'measured':>9} {'first .pte min':>15}  seeds")
     by_arm: dict[str, list[list[optuna.trial.FrozenTrial]]] = {}
     first_pte: dict[str, list[float | None]] = {}
     for arm, found in searched:
         by_arm.setdefault(arm.name, []).append(found)
         first_pte.setdefault(arm.name, []).append(minutes_to_first_target_meeting(args.study, arm, found))
+    region = target_region(floor, 1 - base.targets.latency_reduction, 1 - base.targets.size_reduction)
     scores = {name: [hypervolume_of_first(found, common, floor) for found in runs] for name, runs in by_arm.items()}
-    random_mean = statistics.mean(scores.get("random", [0.0]))
-    for name, values in scores.items():
-        mean = statistics.mean(values)
-        sd = statistics.stdev(values) if len(values) > 1 else float("nan")
-        ratio = f"{mean / random_mean:.2f}" if random_mean > 0 else "n/a"
+    in_region = {name: [hypervolume_of_first(found, common, floor, region, shippable=True) for found in runs]
+                 for name, runs in by_arm.items()}
+    for name in by_arm:
         firsts = [records(finished_in_budget(found)[:common]) for found in by_arm[name]]
         meets = [sum(1 for r in first if r.meets_targets) for first in firsts]
         finished = [len(first) for first in firsts]
         measured = [sum(1 for r in first if r.is_measured) for first in firsts]
         seeds = {r.sampler_seed for found in by_arm[name] for r in records(found)} - {None}
-        print(f"{name:<8} {len(values):>8} {mean:>14.4f} ± {sd:<7.4f} {ratio:>9} {statistics.mean(meets):>13.1f} "
-              f"{statistics.mean(finished):>9.1f} {statistics.mean(measured):>9.1f} {_minutes(first_pte[name]):>15}  "
-              f"{len(seeds)} distinct")
+        print(f"{name:<8} {len(scores[name]):>8} {_against_random(scores, name)} {_against_random(in_region, name)} "
+              f"{statistics.mean(meets):>13.1f} {statistics.mean(finished):>9.1f} {statistics.mean(measured):>9.1f} "
+              f"{_minutes(first_pte[name]):>15}  {len(seeds)} distinct")
     print("first .pte min: minutes from a search's start, its probes included, to its first measured trial meeting "
           "every target (each search's, then the arm's mean; 'none' for a search that found none)")
     return 0
+
+
+def _against_random(scores: dict[str, list[float]], name: str) -> str:
+    """An arm's mean ± sd, and its mean over random's."""
+    values, random_mean = scores[name], statistics.mean(scores.get("random", [0.0]))
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+    ratio = f"{statistics.mean(values) / random_mean:.2f}" if random_mean > 0 else "n/a"
+    return f"{statistics.mean(values):>14.4f} ± {sd:<7.4f} {ratio:>9}"
 
 
 def _minutes(values: list[float | None]) -> str:

@@ -25,7 +25,7 @@ from udacisense.runtime import Delegation
 from udacisense.search.report.trial_facts import epoch_seconds_by_kind, remaining_training
 from udacisense.search.results.export import delegation_line
 from udacisense.search.results.front import pareto_trials, pick, trials_table
-from udacisense.search.results.hypervolume import hypervolume, hypervolume_of_first
+from udacisense.search.results.hypervolume import hypervolume, hypervolume_of_first, target_region
 from udacisense.search.study.budget import budget_left, is_surplus
 from udacisense.search.study.config import TargetsConfig, load_study
 from udacisense.search.study.records import Attr, StopReason, store
@@ -451,6 +451,25 @@ def test_sampler_scores_count_only_the_first_trials_that_reach_the_floor() -> No
     assert hypervolume_of_first(trials, 2, floor=0.7) == pytest.approx(hypervolume([(0.8, 0.5, 0.3)]))
     assert hypervolume_of_first(trials, 3, floor=0.7) == pytest.approx(hypervolume([(0.8, 0.5, 0.3), (0.9, 0.2, 0.2)]))
     assert hypervolume_of_first(trials, 2) > hypervolume_of_first(trials, 2, floor=0.7)
+
+
+def test_the_targets_region_counts_only_shippable_trials_from_the_floor_to_the_allowances() -> None:
+    def measured(values, meets):
+        return optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, values=list(values),
+                                         user_attrs={"fidelity": "measured", "meets_targets": meets})
+
+    trials = [measured((0.45, 0.10, 0.06), True), measured((0.50, 0.05, 0.05), False),  # fails parity: not shipped
+              measured((0.44, 0.15, 0.12), True), measured((0.60, 0.65, 0.50), True)]  # over the latency allowance
+    for number, trial in enumerate(trials):
+        trial.number = number
+    region = target_region(0.35, 0.6, 0.7)
+    # The parity failure and the slow one are out; the third lies inside the first's box, from the floor and the
+    # allowances.
+    assert hypervolume_of_first(trials, 4, 0.35, region, shippable=True) == pytest.approx((0.45 - 0.35) * 0.5 * 0.64)
+    assert hypervolume_of_first(trials, 4, 0.35, region) > hypervolume_of_first(trials, 4, 0.35, region, shippable=True)
+    # Against the study's reference, fronts that all meet the targets barely differ; in the region they do.
+    assert hypervolume_of_first(trials[:1], 1, 0.35) / hypervolume_of_first(trials[2:3], 1, 0.35) < 1.1
+    assert hypervolume_of_first(trials[:1], 1, 0.35, region) / hypervolume_of_first(trials[2:3], 1, 0.35, region) > 1.2
 
 
 def test_the_search_benchmark_counts_measured_trials_only(tmp_path) -> None:
