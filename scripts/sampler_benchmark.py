@@ -19,8 +19,8 @@ can ship): with ``--n-trials``, among the first N finished trials of each search
 search finished (a search cut short still compares fairly); with ``--minutes``, of everything each search
 measured in that wall time. Two reference points: the study's (accuracy from 0, ratios up to 2), and the
 targets' region (accuracy from the floor, latency and bytes up to their allowances) of the trials that meet every
-target, parity included: what a user could ship, which separates fronts that all meet the targets. Prints mean ± sd per arm and the ratio of
-each mean to random's.
+target, parity included: what a user could ship, which separates fronts that all meet the targets. Prints mean
+± sd per arm and the ratio of each mean to random's.
 """
 
 from __future__ import annotations
@@ -143,10 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     common = (max if args.minutes else min)(len(finished_in_budget(found)) for _, found in searched)
     scope = (f"everything each search measured in {args.minutes:g} min" if args.minutes
              else f"first {common} finished trials of each search")
+    region = target_region(floor, base.targets)
     print(f"\nhypervolume of the measured trials reaching the accuracy floor {floor:.3f}, {scope}: against the study's "
           f"reference (accuracy from 0, ratios up to 2), and of those meeting every target (parity included) in the "
-          f"targets' region (accuracy from the floor, latency up to x{1 - base.targets.latency_reduction:.2f}, bytes up "
-          f"to x{1 - base.targets.size_reduction:.2f})")
+          f"targets' region (accuracy from the floor, latency up to x{region[1]:.2f}, bytes up to x{region[2]:.2f})")
     print(f"{'arm':<8} {'searches':>8} {'hypervolume mean ± sd':>24} {'x random':>9} {'in targets mean ± sd':>24} "
           f"{'x random':>9} {'meet targets':>13} {'finished':>9} {'measured':>9} {'first .pte min':>15}  seeds")
     by_arm: dict[str, list[list[optuna.trial.FrozenTrial]]] = {}
@@ -154,7 +154,6 @@ def main(argv: list[str] | None = None) -> int:
     for arm, found in searched:
         by_arm.setdefault(arm.name, []).append(found)
         first_pte.setdefault(arm.name, []).append(minutes_to_first_target_meeting(args.study, arm, found))
-    region = target_region(floor, 1 - base.targets.latency_reduction, 1 - base.targets.size_reduction)
     scores = {name: [hypervolume_of_first(found, common, floor) for found in runs] for name, runs in by_arm.items()}
     in_region = {name: [hypervolume_of_first(found, common, floor, region, shippable=True) for found in runs]
                  for name, runs in by_arm.items()}

@@ -462,7 +462,7 @@ def test_the_targets_region_counts_only_shippable_trials_from_the_floor_to_the_a
               measured((0.44, 0.15, 0.12), True), measured((0.60, 0.65, 0.50), True)]  # over the latency allowance
     for number, trial in enumerate(trials):
         trial.number = number
-    region = target_region(0.35, 0.6, 0.7)
+    region = target_region(0.35, TargetsConfig(size_reduction=0.3, latency_reduction=0.4))
     # The parity failure and the slow one are out; the third lies inside the first's box, from the floor and the
     # allowances.
     assert hypervolume_of_first(trials, 4, 0.35, region, shippable=True) == pytest.approx((0.45 - 0.35) * 0.5 * 0.64)

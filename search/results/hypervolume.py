@@ -8,6 +8,7 @@ import numpy as np
 import optuna
 
 from udacisense.search.study.budget import finished_in_budget
+from udacisense.search.study.config import TargetsConfig
 from udacisense.search.study.records import HV_REFERENCE, OBJECTIVES, as_losses
 from udacisense.search.study.trial_record import TrialRecord
 
@@ -62,10 +63,10 @@ def hypervolume_of_first(trials: list[optuna.trial.FrozenTrial], n: int, floor: 
     return hypervolume(values, reference) if values else 0.0
 
 
-def target_region(floor: float, max_latency_ratio: float, max_size_ratio: float) -> tuple[float, float, float]:
+def target_region(floor: float, targets: TargetsConfig) -> tuple[float, float, float]:
     """The reference point (minimisation form) whose hypervolume counts only what meets every target: accuracy
     above the floor, latency and bytes within their allowances. ``HV_REFERENCE`` counts accuracy from 0 and the
     ratios from x2, so fronts that all meet the targets barely differ there: at equal accuracy, going from x0.15
     latency and x0.12 bytes to x0.10 and x0.06 gains 6% of its volume, and 23% of the targets' region at
     x0.60 and x0.70."""
-    return (-floor, max_latency_ratio, max_size_ratio)
+    return (-floor, 1 - targets.latency_reduction, 1 - targets.size_reduction)

@@ -281,7 +281,7 @@ def measure_probes(workspace: Workspace, *, progress: bool = True, processes: in
     with_float = "none" in study.space.quant_types.options
     planned = 2 * len(forms) + sum(int(s.float_only or with_float) + int(not s.float_only) for s in others)
     # The yardstick itself: the float baseline is what every ratio is taken against.
-    probes: list[Probe] = [Probe(BASELINE, FLOAT, 1.0, 1.0, 1.0, 1.0, 0.0)] if forms and forms[0].quant_type == "none" else []
+    probes: list[Probe] = [Probe(BASELINE, FLOAT, 1.0, 1.0, 1.0, 1.0, 0.0)] if with_float else []
     bar = tqdm(total=planned, desc="probes", disable=not progress, leave=False, unit="program")
 
     def probe(wanted: list[tuple[Structure, Form]]) -> None:

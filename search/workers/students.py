@@ -148,8 +148,8 @@ def decide_next_student(study: optuna.Study, workspace: Workspace, report: Probe
         return student
     if log:
         place = ranked_students(workspace, report).index(student) + 1
-        print(f"[students] distilling {name} (" + (f"ranked {place} by its probes" if report is not None
-                                                   else f"student {place} in the space's order; not probed") + ")", flush=True)
+        order = f"ranked {place} by its probes" if report is not None else f"student {place} in the space's order; not probed"
+        print(f"[students] distilling {name} ({order})", flush=True)
     workspace.students.student(*student)
     record_decision(study, name, DISTILLED)
     return student
