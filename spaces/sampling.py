@@ -11,6 +11,9 @@ from udacisense.spaces.families import FAMILIES, STUDENT_WIDTH
 from udacisense.spaces.space import FamilyName, SpaceConfig
 from udacisense.training import TrainConfig
 
+# The parameter that orders the permuted families.
+ORDER = "order"
+
 
 def orders(space: SpaceConfig) -> list[str]:
     """Every order of the space's permuted families, as ``a>b>c`` strings (the choices of ``order``).
@@ -34,7 +37,7 @@ def _order(trial: optuna.Trial, space: SpaceConfig) -> list[FamilyName]:
     # one. Absent families drop out and the present ones keep their relative order.
     choices = orders(space)
     # With fewer than two permuted families there is no order to search.
-    permuted = trial.suggest_categorical("order", choices).split(">") if len(choices) > 1 else _permuted(space)
+    permuted = trial.suggest_categorical(ORDER, choices).split(">") if len(choices) > 1 else _permuted(space)
     return [*permuted, *(f for f, family in FAMILIES.items() if family.place == "last" and f in space.stages)]
 
 

@@ -9,15 +9,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from optuna.trial import TrialState
 
 from udacisense.search.report.learned import section_learned
 from udacisense.search.study.config import load_study
 from udacisense.search.study.records import StudyRecord
 from udacisense.search.study.storage import open_study
+from udacisense.search.study.trial_record import records
 from udacisense.search.study.workspace import open_workspace
 from udacisense.search.workers import probe_decisions, probes
 from udacisense.search.workers.probe_decisions import ensure_probes, narrowed_space, portfolio_entries
 from udacisense.search.workers.probes import BASELINE, FLOAT, ProbeReport
+from udacisense.spaces.sampling import sample_pipeline
 
 PROBED = {'stages = ["channels", "quantize"]': 'stages = ["distill", "prune", "quantize"]\nstudent_widths = [0.0, 0.5]\n'
           'student_architectures = ["standard", "lean"]',
@@ -29,6 +32,7 @@ import os, signal, sys
 from udacisense.search.workers import probe_decisions, probes
 from udacisense.search.study.config import load_study
 from udacisense.search.study.storage import open_study
+from udacisense.search.study.trial_record import records
 from udacisense.search.study.workspace import open_workspace
 real, calls = probes._timed, []
 def time_then_die(*args):
@@ -55,8 +59,14 @@ def test_probes_drop_what_cannot_matter_rank_the_students_and_store_one_decision
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
     config, workspace, study = _open(path)
     assert StudyRecord.of(study).probes is None and not StudyRecord.of(study).student_decisions
+    assert not study.get_trials()  # its opening trial ran, but left the study alone
     report = ensure_probes(study, workspace, progress=False, processes=2)  # lowered in 2 forked children
     assert report is not None
+    # The opening trial ran before the probes, as the first trial, and entered the study in the narrowed space.
+    opening = records(study.get_trials())
+    assert [(r.opening, r.pipeline) for r in opening] == [(True, "ptq(xnnpack)")] and opening[0].is_measured
+    kept = opening[0].artifact_path  # where its own process put it, apart from the study's trials
+    assert (kept is not None) == opening[0].parity_ok and (kept is None or ("opening" in kept.parts and kept.is_file()))
     measured = {(p.structure, p.form): p for p in report.probes}
     limits = 1 - config.targets.latency_reduction, 1 - config.targets.size_reduction
     assert {(BASELINE, "static xnnpack"), (BASELINE, "static x86")} <= set(measured)
@@ -77,6 +87,9 @@ def test_probes_drop_what_cannot_matter_rank_the_students_and_store_one_decision
     assert costs == sorted(costs)
     narrowed = narrowed_space(config.space, report)
     assert "prune" not in narrowed.stages and set(narrowed.quant_backends.options) <= set(config.space.quant_backends.options)
+    later = study.ask()  # the narrowed space samples beside the opening trial (Optuna refuses changed choices)
+    assert sample_pipeline(later, narrowed).check() is not None
+    study.tell(later, state=TrialState.FAIL)
     entries = portfolio_entries(config, report)
     assert all(not e.get("student_width") or (e["student_width"], e.get("student_architecture", "standard"))
                == report.students[0] for e in entries)

@@ -16,9 +16,9 @@ from tests.conftest import SHARED_ARCHIVE
 from udacisense.search.study.budget import stop_if_not_needed
 from udacisense.search.study.config import load_study
 from udacisense.search.study.records import DIRECTIONS, Attr, Fidelity, StopReason, queued_attrs
-from udacisense.search.study.trial_record import TrialRecord
+from udacisense.search.study.trial_record import TrialRecord, describe_trial
 from udacisense.search.trial.portfolio import enqueue_portfolio
-from udacisense.search.workers.runner import describe_trial, requeue
+from udacisense.search.workers.runner import requeue
 
 DISTILL = "distill(α=0.7, T=4, 4 ep)"
 

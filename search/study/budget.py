@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import optuna
 
-from udacisense.search.study.records import UNSPENT, Attr, StopReason, record_stop
+from udacisense.search.study.records import UNSPENT, StopReason, record_stop
 from udacisense.search.study.trial_record import TrialRecord
 
 TrialState = optuna.trial.TrialState
@@ -47,7 +47,7 @@ def duplicate_of(study: optuna.Study, number: int, params: dict[str, object], pi
     for trial in study.get_trials(deepcopy=False, states=HOLDERS):
         if not holds_configuration(trial):
             continue
-        same_pipeline = pipeline_key is not None and trial.user_attrs.get(Attr.PIPELINE_KEY) == pipeline_key
+        same_pipeline = pipeline_key is not None and TrialRecord.of(trial).pipeline_key == pipeline_key
         if trial.number not in (number, exempt) and (trial.params == params or same_pipeline):
             return trial.number
     return None

@@ -109,6 +109,7 @@ class Attr(enum.StrEnum):
     FIDELITY = "fidelity"  # a Fidelity
     PROMOTED_FROM = "promoted_from"  # the screened trial this one runs again to lower and measure it
     PORTFOLIO_ENTRY = "portfolio_entry"  # the index in search.portfolio of the known-good pipeline it was queued as
+    OPENING = "opening"  # True: run before the probes, as an opening trial (workers.opening)
     # How it ended, in the product's words (TrialRecord.outcome): the dashboard shows user attributes, not our stop reasons.
     OUTCOME = "outcome"
 

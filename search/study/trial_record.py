@@ -96,6 +96,11 @@ class TrialRecord:
         return optional_int(self._attr(Attr.PORTFOLIO_ENTRY))
 
     @property
+    def opening(self) -> bool:
+        """Whether it ran before the probes, as one of the search's opening trials (``workers.opening``)."""
+        return bool(self._attr(Attr.OPENING))
+
+    @property
     def values(self) -> tuple[float, ...]:
         """The objective values in ``OBJECTIVE_NAMES`` order."""
         if not self.has_values:
@@ -121,6 +126,12 @@ class TrialRecord:
     @property
     def pipeline(self) -> str:
         return str(self._attr(Attr.PIPELINE, ""))
+
+    @property
+    def pipeline_key(self) -> str | None:
+        """``Pipeline.key()`` of what it ran; None if it stopped before sampling one."""
+        key = self._attr(Attr.PIPELINE_KEY)
+        return None if key is None else str(key)
 
     @property
     def stages(self) -> list[dict[str, Any]]:
@@ -347,3 +358,21 @@ class TrialRecord:
 
 def records(trials: Iterable[FrozenTrial]) -> list[TrialRecord]:
     return [TrialRecord.of(t) for t in trials]
+
+
+def describe_trial(trial: FrozenTrial) -> str:
+    """The trial in one line, as a worker logs it when it ends."""
+    record = TrialRecord.of(trial)
+    pipeline = record.pipeline or "?"
+    if record.has_values and not record.is_measured:
+        accuracy, latency, size = record.values
+        return (f"#{trial.number} {pipeline}: screened, not lowered (a measured trial dominates its optimistic point; "
+                f"estimated from the {record.estimate.get('source', '?')}: acc {accuracy:.3f} latency x{latency:.2f} size x{size:.2f})")
+    if record.has_values:
+        parity = "" if record.parity_ok else " FAILS PARITY (infeasible, artifact not kept)"
+        latency_ms = float("nan") if record.latency_ms is None else record.latency_ms
+        return (f"#{trial.number} {pipeline}: acc {record.val_accuracy:.3f} latency {latency_ms:.3f} ms "
+                f"x{record.latency_ratio:.2f} of the float {record.reference_runtime or 'baseline'} "
+                f"size x{record.size_ratio:.2f}{parity}")
+    reason = record.stop_message or record.error or ""
+    return f"#{trial.number} {pipeline}: {record.outcome}" + (f" — {reason}" if reason else "")

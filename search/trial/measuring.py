@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import optuna
 import torch
@@ -196,10 +197,11 @@ class Yardstick:
         }
 
 
-def store_artifact(trial: optuna.Trial, candidate: Candidate, workspace: Workspace,
+def store_artifact(trial: optuna.Trial, candidate: Candidate, trials_dir: Path,
                    artifact_store: optuna.artifacts.FileSystemArtifactStore) -> None:
-    """Keep the artifact (and the logits export checks it against); only parity-checked ones are kept."""
-    artifact_dir = workspace.study.run_dir / "trials" / f"{trial.number:05d}"
+    """Keep the artifact (and the logits export checks it against) under ``trials_dir``, in a folder named for the
+    trial's number; only parity-checked ones are kept."""
+    artifact_dir = trials_dir / f"{trial.number:05d}"
     save_torch(artifact_dir / "reference_logits.pt", candidate.reference_logits)
     path = write_bytes(artifact_dir / f"model{ARTIFACT_SUFFIX[candidate.runtime]}", candidate.artifact)
     store(trial, {Attr.ARTIFACT_PATH: str(path), Attr.ARTIFACT_SHA256: sha256_of(path)})

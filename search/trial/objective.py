@@ -8,6 +8,7 @@ import socket
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import cast
 
 import optuna
@@ -59,6 +60,7 @@ class TrialRunner:
     sampler_seed: int | None = None  # this process's sampler seed, recorded so its trials can be replayed
     failure: Exception | None = None  # why the last trial failed, for the worker to judge (Optuna keeps only text)
     phases: PhaseClock = field(default_factory=PhaseClock)  # the running trial's seconds per phase
+    trials_dir: Path | None = None  # where artifacts are kept, a folder per trial; None: the study's ``trials`` folder
     yardstick: Yardstick = field(init=False)
     _baseline_footprint: Footprint | None = None
 
@@ -208,5 +210,5 @@ class TrialRunner:
         attrs = self.yardstick.measured_attrs(candidate, model.backend, constraints)
         store(trial, attrs)
         if attrs[Attr.PARITY_OK]:
-            store_artifact(trial, candidate, self.workspace, self.artifact_store)
+            store_artifact(trial, candidate, self.trials_dir or self.workspace.study.run_dir / "trials", self.artifact_store)
         return candidate.val.top1, candidate.latency_ratio, candidate.size_ratio

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution
 
 from udacisense.common.errors import UserError
+from udacisense.compression.pipeline import Pipeline
 from udacisense.search.study.records import Attr, queued_attrs
 from udacisense.search.study.trial_record import records
 from udacisense.search.trial.screening import ScreeningRule, promotions
@@ -56,6 +60,25 @@ def fit_to_space(space: SpaceConfig, params: Entry) -> Entry | None:
         return None
     fitted = {name: value for name, value in params.items() if name in trial.params}
     return fitted if all(trial.params[name] == value for name, value in fitted.items()) else None
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """A pipeline as a space samples it: the parameters the trial asks (with their distributions) and the pipeline."""
+
+    params: dict[str, Any]
+    distributions: dict[str, BaseDistribution]
+    pipeline: Pipeline
+
+
+def sampled_as(space: SpaceConfig, params: Entry) -> Sampled | None:
+    """How ``space`` samples the pipeline that ``params`` choose (seeded, for the parameters they leave open): None
+    when it cannot take one of their values. Parameters it does not ask with the others are left out."""
+    try:
+        trial = _sampled(space, params)
+    except ValueError:
+        return None
+    return Sampled(trial.params, trial.distributions, sample_pipeline(trial, space))
 
 
 def enqueue_portfolio(study: optuna.Study, entries: Sequence[Entry], ready: Callable[[Entry], bool]) -> list[int]:

@@ -17,6 +17,7 @@ from udacisense.search.study.config import StudyConfig
 from udacisense.search.study.records import StudyAttr, StudyRecord, store_study
 from udacisense.search.study.workspace import Workspace
 from udacisense.search.trial.portfolio import Entry, fit_to_space
+from udacisense.search.workers.opening import record_opening, run_opening
 from udacisense.search.workers.probes import (
     BASELINE,
     Dropped,
@@ -28,7 +29,7 @@ from udacisense.search.workers.probes import (
     measure_probes,
     student_structure,
 )
-from udacisense.spaces.sampling import orders
+from udacisense.spaces.sampling import ORDER, orders
 from udacisense.spaces.space import SpaceConfig
 
 
@@ -53,14 +54,15 @@ def stored_probes(study: optuna.Study) -> ProbeReport | None:
 
 def ensure_probes(study: optuna.Study, workspace: Workspace, *, progress: bool = True,
                   processes: int = 1) -> ProbeReport | None:
-    """The study's probe report: the stored one, else measured now (lowering on ``processes`` cores) and stored;
-    None for a study whose trials were sampled before probes existed (narrowing its space would no longer match
-    them)."""
+    """The study's probe report: the stored one, else measured now (lowering on ``processes`` cores) and stored,
+    after the opening trials (``workers.opening``), which then enter the study; None for a study whose trials were
+    sampled before probes existed (narrowing its space would no longer match them)."""
     report = stored_probes(study)
     if report is not None or not workspace.study.search.probes:
         return report
     if study.get_trials(deepcopy=False):
         return None
+    opening = run_opening(workspace, processes=processes, progress=progress)
     report = run_probes(workspace, progress=progress, processes=processes)
     # Another process may have probed meanwhile: the first report stored is the study's.
     already = stored_probes(study)
@@ -71,6 +73,9 @@ def ensure_probes(study: optuna.Study, workspace: Workspace, *, progress: bool =
     store_study(study, {StudyAttr.STUDENTS: {shelf.name(*d.value): f"not distilled: dropped by the probes: {d.reason}"
                                              for d in report.dropped if d.setting == "student"}})
     store_study(study, {StudyAttr.PROBES: report.as_dict()})
+    # After the report: a process killed in between loses the opening trials, but leaves no trial that keeps a
+    # later process from probing.
+    record_opening(study, opening, narrowed_space(workspace.study.space, report))
     return report
 
 
@@ -210,7 +215,7 @@ def probe_portfolio(space: SpaceConfig, structures: Sequence[Structure], report:
         width, architecture = report.students[0]
         # Distillation first in the order: the families after it are asked, and switched off here.
         first = next((o for o in orders(narrowed) if o.startswith("distill")), None)
-        entries += [{**off, **({"order": first} if first and len(orders(narrowed)) > 1 else {}), "use_distill": True,
+        entries += [{**off, **({ORDER: first} if first and len(orders(narrowed)) > 1 else {}), "use_distill": True,
                      "student_width": width, "student_architecture": architecture, **quantize}
                     for quantize in quantized(student_structure(width, architecture))]
     cuts = [(s, q) for s in structures if s.choices and s.choices[0][0] == "architecture_squeeze_excite"

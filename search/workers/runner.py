@@ -24,7 +24,7 @@ from udacisense.search.study.budget import budget_left, is_wasted_sample
 from udacisense.search.study.config import SearchConfig, StudyConfig, load_study
 from udacisense.search.study.records import UNSPENT, Attr, queued_attrs
 from udacisense.search.study.storage import artifact_store, open_study
-from udacisense.search.study.trial_record import TrialRecord, records
+from udacisense.search.study.trial_record import TrialRecord, describe_trial, records
 from udacisense.search.study.workspace import Workspace, open_workspace
 from udacisense.search.trial.objective import TrialRunner
 from udacisense.search.trial.portfolio import check_portfolio, enqueue_portfolio, enqueue_promotions
@@ -257,23 +257,6 @@ def requeue(study: optuna.Study, number: int) -> None:
         user_attrs=queued_attrs({Attr.SEED: record.seed, Attr.STOPPED_TRIAL: record.stopped_trial,
                                  Attr.PROMOTED_FROM: record.promoted_from, Attr.PORTFOLIO_ENTRY: record.portfolio_entry}),
     ))
-
-
-def describe_trial(trial: optuna.trial.FrozenTrial) -> str:
-    record = TrialRecord.of(trial)
-    pipeline = record.pipeline or "?"
-    if record.has_values and not record.is_measured:
-        accuracy, latency, size = record.values
-        return (f"#{trial.number} {pipeline}: screened, not lowered (a measured trial dominates its optimistic point; "
-                f"estimated from the {record.estimate.get('source', '?')}: acc {accuracy:.3f} latency x{latency:.2f} size x{size:.2f})")
-    if record.has_values:
-        parity = "" if record.parity_ok else " FAILS PARITY (infeasible, artifact not kept)"
-        latency_ms = float("nan") if record.latency_ms is None else record.latency_ms
-        return (f"#{trial.number} {pipeline}: acc {record.val_accuracy:.3f} latency {latency_ms:.3f} ms "
-                f"x{record.latency_ratio:.2f} of the float {record.reference_runtime or 'baseline'} "
-                f"size x{record.size_ratio:.2f}{parity}")
-    reason = record.stop_message or record.error or ""
-    return f"#{trial.number} {pipeline}: {record.outcome}" + (f" — {reason}" if reason else "")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,97 @@
+"""Opening trials: the trained model in each post-training form of the runtime its artifact ships on, run before the
+probes, while nothing else is known.
+
+They train nothing (a calibration at most, then a lowering), so a search has judged candidates, often shippable
+ones, in its first minute rather than after the probes (about 3 min of a 2-core machine). They run in studies of
+their own and enter the search's study once the probes have decided its space: Optuna refuses a categorical
+parameter whose choices change within a study, and only the narrowed space says which parameters, with which
+choices, sample their pipeline there. An opening trial whose pipeline the narrowed space cannot sample stays out
+of the study (its log line and its files remain).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+import optuna
+from tqdm.auto import tqdm
+
+from udacisense.common.forked import map_forked
+from udacisense.compression.quantization import DynamicQuantConfig, StaticQuantConfig
+from udacisense.search.study.records import DIRECTIONS, Attr, queued_attrs
+from udacisense.search.study.storage import artifact_store
+from udacisense.search.study.trial_record import TrialRecord, describe_trial
+from udacisense.search.study.workspace import Workspace
+from udacisense.search.trial.objective import TrialRunner
+from udacisense.search.trial.portfolio import Entry, sampled_as
+from udacisense.spaces.sampling import ORDER
+from udacisense.spaces.space import SpaceConfig
+
+# The runtime a phone runs the artifact on; the legacy TorchScript backends only where a space has no other.
+SHIPPING_BACKEND = "xnnpack"
+
+
+def opening_entries(space: SpaceConfig) -> list[Entry]:
+    """The baseline in each post-training quantization type ``space`` allows (dynamic, then static), on the shipping
+    backend, with 8-bit Linear weights and nothing kept in float; none where the space would add a training stage."""
+    options = space.quant_backends.options
+    backend = SHIPPING_BACKEND if SHIPPING_BACKEND in options else options[0]
+    off = {f"use_{family}": False for family in space.stages if family != "quantize"}
+    plain = {"dynamic_backend": backend, "quant_backend": backend, "linear_weight_bits": 8,
+             "float_prefix_blocks": space.float_prefix_blocks.low, "float_sensitive_units": space.float_sensitive_units.low}
+    entries = []
+    for quant_type in ("dynamic", "static"):
+        if quant_type not in space.quant_types.options:
+            continue
+        sampled = sampled_as(space, {**off, **plain, "quant_type": quant_type})
+        stages = () if sampled is None else sampled.pipeline.stages
+        if len(stages) == 1 and isinstance(stages[0], DynamicQuantConfig | StaticQuantConfig):
+            entries.append(sampled.params)  # type: ignore[union-attr]
+    return entries
+
+
+def run_opening(workspace: Workspace, *, processes: int = 1, progress: bool = True) -> list[optuna.trial.FrozenTrial]:
+    """Run the opening trials, one per process (forked, sharing the trained baseline), each in an in-memory study of
+    its own; their artifacts go under the study's ``opening`` folder, apart from every other process's."""
+    entries = opening_entries(workspace.study.space)
+    if not entries:
+        return []
+    if progress:
+        tqdm.write(f"opening: {len(entries)} trial(s) of the trained model in post-training forms, before the probes")
+    folder = workspace.study.run_dir / "opening" / f"{socket.gethostname()}-{os.getpid()}"
+    trials = map_forked([partial(_run_one, workspace, folder / str(index), entry)
+                         for index, entry in enumerate(entries)], processes)
+    if progress:
+        for trial in trials:
+            tqdm.write(f"[opening] {describe_trial(trial)}")
+    return trials
+
+
+def _run_one(workspace: Workspace, trials_dir: Path, entry: Entry) -> optuna.trial.FrozenTrial:
+    scratch = optuna.create_study(directions=list(DIRECTIONS), sampler=optuna.samplers.RandomSampler(workspace.study.seed))
+    scratch.enqueue_trial(dict(entry), user_attrs=queued_attrs({Attr.OPENING: True}))
+    runner = TrialRunner(workspace, artifact_store(workspace.study), trials_dir=trials_dir)
+    scratch.optimize(runner, n_trials=1, catch=(Exception,))
+    return scratch.get_trials()[0]
+
+
+def record_opening(study: optuna.Study, trials: Sequence[optuna.trial.FrozenTrial], space: SpaceConfig) -> list[int]:
+    """Add the opening ``trials`` to ``study`` as ``space`` (the narrowed one) samples their pipelines, with their
+    outcomes, attributes and times; returns the numbers they got."""
+    numbers = []
+    for trial in trials:
+        # The order of families none of which it has: the narrowed space may not offer it, and it changes nothing.
+        sampled = sampled_as(space, {name: value for name, value in trial.params.items() if name != ORDER})
+        if sampled is None or sampled.pipeline.key() != TrialRecord.of(trial).pipeline_key:
+            continue
+        recorded = optuna.trial.create_trial(state=trial.state, values=trial.values, params=sampled.params,
+                                             distributions=sampled.distributions, user_attrs=trial.user_attrs,
+                                             system_attrs=trial.system_attrs)
+        recorded.datetime_start, recorded.datetime_complete = trial.datetime_start, trial.datetime_complete
+        study.add_trial(recorded)
+        numbers.append(study.get_trials(deepcopy=False)[-1].number)
+    return numbers
