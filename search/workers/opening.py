@@ -43,14 +43,13 @@ def opening_entries(space: SpaceConfig) -> list[Entry]:
     off = {f"use_{family}": False for family in space.stages if family != "quantize"}
     plain = {"dynamic_backend": backend, "quant_backend": backend, "linear_weight_bits": 8,
              "float_prefix_blocks": space.float_prefix_blocks.low, "float_sensitive_units": space.float_sensitive_units.low}
-    entries = []
+    entries: list[Entry] = []
     for quant_type in ("dynamic", "static"):
         if quant_type not in space.quant_types.options:
             continue
         sampled = sampled_as(space, {**off, **plain, "quant_type": quant_type})
-        stages = () if sampled is None else sampled.pipeline.stages
-        if len(stages) == 1 and isinstance(stages[0], DynamicQuantConfig | StaticQuantConfig):
-            entries.append(sampled.params)  # type: ignore[union-attr]
+        if sampled is not None and [type(s) for s in sampled.pipeline.stages] in ([DynamicQuantConfig], [StaticQuantConfig]):
+            entries.append(sampled.params)
     return entries
 
 
