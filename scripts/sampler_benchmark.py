@@ -134,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     planned = arms(base.name, args.arms, args.repeats, args.n_trials, args.minutes)
     if not args.summary_only:
         for arm in planned:
+            if arm_trials(args.study, arm):
+                # Resumed after an interruption, or adding an arm: a search is never extended past its budget.
+                print(f"\n=== {arm.label}: {arm.overrides['name']} has searched already; kept as it is (delete its "
+                      "runs folder to search it again)", flush=True)
+                continue
             print(f"\n=== {arm.label}: {arm.overrides['name']}", flush=True)
             run_arm(args.study, arm, args.n_jobs, shared_students)
     searched = [(arm, found) for arm in planned if (found := arm_trials(args.study, arm))]
