@@ -162,8 +162,8 @@ def show_front(study: StudyConfig, optuna_study: optuna.Study, out_dir: Path | N
     print(front_text(front, shutil.get_terminal_size((120, 24)).columns))
     reference = study.evaluation.reference_runtime
     print(FRONT_LEGEND.format(reference=reference))
-    print(f"baseline val top-1 {baseline_val:.3f}; targets: size x{1 - study.targets.size_reduction:.2f}, "
-          f"latency x{1 - study.targets.latency_reduction:.2f}, accuracy >= {baseline_val - study.targets.max_accuracy_drop:.3f}")
+    print(f"baseline val top-1 {baseline_val:.3f}; targets: size x{study.targets.max_size_ratio:.2f}, "
+          f"latency x{study.targets.max_latency_ratio:.2f}, accuracy >= {baseline_val - study.targets.max_accuracy_drop:.3f}")
     if out_dir is not None:
         paths = write_front(front, everything, study.targets, baseline_val, out_dir)
         print("wrote " + ", ".join(str(p) for p in paths.values()))

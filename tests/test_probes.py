@@ -68,7 +68,7 @@ def test_probes_drop_what_cannot_matter_rank_the_students_and_store_one_decision
     kept = opening[0].artifact_path  # where its own process put it, apart from the study's trials
     assert (kept is not None) == opening[0].parity_ok and (kept is None or ("opening" in kept.parts and kept.is_file()))
     measured = {(p.structure, p.form): p for p in report.probes}
-    limits = 1 - config.targets.latency_reduction, 1 - config.targets.size_reduction
+    limits = config.targets.max_latency_ratio, config.targets.max_size_ratio
     assert {(BASELINE, "static xnnpack"), (BASELINE, "static x86")} <= set(measured)
     assert all(form != FLOAT for structure, form in measured if not structure.startswith("prune("))  # no float in the space
     # Zeroed weights are stored dense: the pruned program has the baseline's bytes, so pruning leaves the space.

@@ -52,11 +52,11 @@ class Inputs:
 
     @property
     def max_latency_ratio(self) -> float:
-        return 1 - self.study.targets.latency_reduction
+        return self.study.targets.max_latency_ratio
 
     @property
     def max_size_ratio(self) -> float:
-        return 1 - self.study.targets.size_reduction
+        return self.study.targets.max_size_ratio
 
     def trial(self, number: int) -> TrialRecord:
         return next(t for t in self.trials if t.number == number)

@@ -188,7 +188,7 @@ def _card(workspace: Workspace, record: TrialRecord, artifact: Path, reference: 
     data, profile, study = workspace.data, workspace.profile, workspace.study
     runtime, backend = record.runtime, record.backend
     targets, reference_runtime = study.targets, study.evaluation.reference_runtime
-    max_latency, max_size = 1 - targets.latency_reduction, 1 - targets.size_reduction
+    max_latency, max_size = targets.max_latency_ratio, targets.max_size_ratio
     constraints = target_constraints(targets, yardstick.floor, record.val_accuracy, latency.ratio.ratio, record.size_ratio,
                                      rule.shortfall(parity))
     test = record.evidence("test")

@@ -127,7 +127,7 @@ def mark_targets(table: pd.DataFrame, targets: TargetsConfig, baseline_val: floa
     the picks select on) and its verdict_* columns: each target met with confidence, on the point estimate
     only, or missed, judged on test accuracy (never used to select) and on the latency ratio's interval
     across timing blocks where the row was re-timed in blocks (see ``search.evidence.verdict``)."""
-    max_latency, max_size = 1 - targets.latency_reduction, 1 - targets.size_reduction
+    max_latency, max_size = targets.max_latency_ratio, targets.max_size_ratio
 
     def accuracy_verdict(row: pd.Series) -> str | None:
         interval = row["test_drop_ci95"]
@@ -258,8 +258,8 @@ def _nearest_ideal(pool: pd.DataFrame, shortfall: pd.Series, targets: TargetsCon
     # one outlier (a x4 slower TorchScript model) make every other latency look alike.
     distance = pd.DataFrame({
         "acc": shortfall / max(targets.max_accuracy_drop, 1e-3),
-        "lat": _resolved_latency(pool) / max(1 - targets.latency_reduction, 1e-3),
-        "size": pool["size_ratio"] / max(1 - targets.size_reduction, 1e-3),
+        "lat": _resolved_latency(pool) / max(targets.max_latency_ratio, 1e-3),
+        "size": pool["size_ratio"] / max(targets.max_size_ratio, 1e-3),
     })
     return int(pool.loc[(distance**2).sum(axis=1).idxmin(), "trial"])
 
@@ -305,9 +305,9 @@ def missed_targets(front: pd.DataFrame, chosen: int, targets: TargetsConfig, bas
     reference = row["reference_runtime"] or "the reference runtime"
     misses = [text for ok, text in (
         (row["meets_accuracy"], f"val top-1 {row['val_top1']:.3f} < floor {baseline_val - targets.max_accuracy_drop:.3f}"),
-        (row["meets_latency"], f"latency x{row['latency_ratio']:.2f} > x{1 - targets.latency_reduction:.2f} "
+        (row["meets_latency"], f"latency x{row['latency_ratio']:.2f} > x{targets.max_latency_ratio:.2f} "
                                f"of the float baseline in {reference}"),
-        (row["meets_size"], f"size x{row['size_ratio']:.2f} > x{1 - targets.size_reduction:.2f}"),
+        (row["meets_size"], f"size x{row['size_ratio']:.2f} > x{targets.max_size_ratio:.2f}"),
         (row["parity_ok"], "its artifact fails the parity check"),
     ) if not ok]
     feasible = int(front["meets_all"].sum())
@@ -324,8 +324,8 @@ def plot_front(all_trials: pd.DataFrame, front: pd.DataFrame, targets: TargetsCo
     floor = baseline_val - targets.max_accuracy_drop
     reference = next((r for r in front["reference_runtime"] if r), "reference runtime")
     for axis, column, limit, label in (
-        (axes[0], "latency_ratio", 1 - targets.latency_reduction, f"latency / float baseline in {reference}"),
-        (axes[1], "size_ratio", 1 - targets.size_reduction, f"artifact size / float baseline in {reference}"),
+        (axes[0], "latency_ratio", targets.max_latency_ratio, f"latency / float baseline in {reference}"),
+        (axes[1], "size_ratio", targets.max_size_ratio, f"artifact size / float baseline in {reference}"),
     ):
         axis.scatter(all_trials[column], all_trials["val_top1"], s=18, c="#bbbbbb", label="completed trials")
         for runtime, marker, name in (("executorch", "o", ".pte"), ("torchscript", "s", "TorchScript")):

@@ -69,4 +69,4 @@ def target_region(floor: float, targets: TargetsConfig) -> tuple[float, float, f
     ratios from x2, so fronts that all meet the targets barely differ there: at equal accuracy, going from x0.15
     latency and x0.12 bytes to x0.10 and x0.06 gains 6% of its volume, and 23% of the targets' region at
     x0.60 and x0.70."""
-    return (-floor, 1 - targets.latency_reduction, 1 - targets.size_reduction)
+    return (-floor, targets.max_latency_ratio, targets.max_size_ratio)

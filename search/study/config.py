@@ -49,6 +49,16 @@ class TargetsConfig:
     latency_reduction: float = bounded(0.40, min=0.0, max=0.99)
     max_accuracy_drop: float = bounded(0.05, min=0.0, max=1.0)
 
+    @property
+    def max_latency_ratio(self) -> float:
+        """The latency allowed, as a ratio to the float baseline's."""
+        return 1 - self.latency_reduction
+
+    @property
+    def max_size_ratio(self) -> float:
+        """The artifact bytes allowed, as a ratio to the float baseline's."""
+        return 1 - self.size_reduction
+
 
 @dataclass(frozen=True)
 class SearchConfig:

@@ -360,19 +360,19 @@ def records(trials: Iterable[FrozenTrial]) -> list[TrialRecord]:
     return [TrialRecord.of(t) for t in trials]
 
 
-def describe_trial(trial: FrozenTrial) -> str:
-    """The trial in one line, as a worker logs it when it ends."""
+def describe_trial(trial: FrozenTrial, *, numbered: bool = True) -> str:
+    """The trial in one line, as a worker logs it when it ends (``numbered``: after its number in the study)."""
     record = TrialRecord.of(trial)
-    pipeline = record.pipeline or "?"
+    pipeline = (f"#{trial.number} " if numbered else "") + (record.pipeline or "?")
     if record.has_values and not record.is_measured:
         accuracy, latency, size = record.values
-        return (f"#{trial.number} {pipeline}: screened, not lowered (a measured trial dominates its optimistic point; "
+        return (f"{pipeline}: screened, not lowered (a measured trial dominates its optimistic point; "
                 f"estimated from the {record.estimate.get('source', '?')}: acc {accuracy:.3f} latency x{latency:.2f} size x{size:.2f})")
     if record.has_values:
         parity = "" if record.parity_ok else " FAILS PARITY (infeasible, artifact not kept)"
         latency_ms = float("nan") if record.latency_ms is None else record.latency_ms
-        return (f"#{trial.number} {pipeline}: acc {record.val_accuracy:.3f} latency {latency_ms:.3f} ms "
+        return (f"{pipeline}: acc {record.val_accuracy:.3f} latency {latency_ms:.3f} ms "
                 f"x{record.latency_ratio:.2f} of the float {record.reference_runtime or 'baseline'} "
                 f"size x{record.size_ratio:.2f}{parity}")
     reason = record.stop_message or record.error or ""
-    return f"#{trial.number} {pipeline}: {record.outcome}" + (f" — {reason}" if reason else "")
+    return f"{pipeline}: {record.outcome}" + (f" — {reason}" if reason else "")

@@ -74,8 +74,8 @@ class TrialLatency:
 def target_constraints(targets: TargetsConfig, floor: float, accuracy: float, latency_ratio: float, size_ratio: float,
                        parity_shortfall: float = 0.0) -> dict[str, float]:
     """Optuna's constraints (feasible when every one is <= 0): how far each objective is from its target."""
-    return {"accuracy": floor - accuracy, "size": size_ratio - (1 - targets.size_reduction),
-            "latency": latency_ratio - (1 - targets.latency_reduction), "parity": parity_shortfall}
+    return {"accuracy": floor - accuracy, "size": size_ratio - targets.max_size_ratio,
+            "latency": latency_ratio - targets.max_latency_ratio, "parity": parity_shortfall}
 
 
 @dataclass

@@ -200,7 +200,7 @@ class TrialRunner:
             self._baseline_footprint = footprint(type(pipeline)(()), model, context, example)
         targets = self.workspace.study.targets
         stop_if_infeasible(trial, footprint(pipeline, model, context, example), self._baseline_footprint,
-                           1 - targets.size_reduction, 1 - targets.latency_reduction)
+                           targets.max_size_ratio, targets.max_latency_ratio)
 
     def _measure(self, trial: optuna.Trial, model: CompressedModel, runtime: LoweredRuntime) -> tuple[float, float, float]:
         candidate = self.yardstick.evaluate(model, runtime, self.phases)

@@ -66,7 +66,7 @@ def run_opening(workspace: Workspace, *, processes: int = 1, progress: bool = Tr
                          for index, entry in enumerate(entries)], processes)
     if progress:
         for trial in trials:
-            tqdm.write(f"[opening] {describe_trial(trial)}")
+            tqdm.write(f"[opening] {describe_trial(trial, numbered=False)}")  # numbered in the study later
     return trials
 
 

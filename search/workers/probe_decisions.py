@@ -39,7 +39,7 @@ def run_probes(workspace: Workspace, *, progress: bool = True, processes: int = 
 
 
 def decide(study: StudyConfig, measured: Measured) -> ProbeReport:
-    max_latency, max_size = 1 - study.targets.latency_reduction, 1 - study.targets.size_reduction
+    max_latency, max_size = study.targets.max_latency_ratio, study.targets.max_size_ratio
     structures, probes = measured.structures, measured.probes
     dropped = _dropped(study.space, structures, measured.forms, probes, max_latency, max_size)
     students = _ranked_students(structures, probes, dropped, max_latency, max_size)

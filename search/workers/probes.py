@@ -274,7 +274,7 @@ def measure_probes(workspace: Workspace, *, progress: bool = True, processes: in
     """
     started = time.perf_counter()
     study = workspace.study
-    max_latency, max_size = 1 - study.targets.latency_reduction, 1 - study.targets.size_reduction
+    max_latency, max_size = study.targets.max_latency_ratio, study.targets.max_size_ratio
     yardstick = Yardstick(workspace)
     structures, forms = _structures(workspace), _forms(study.space)
     others = structures[1:]
