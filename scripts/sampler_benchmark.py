@@ -10,7 +10,7 @@ trained candidate lowered and measured) or ``study``: the study's own ``[search]
 halving and portfolio), what ``udacisense search`` runs. Each (arm, repeat) is its own study
 (``<name>-<arm>-<repeat>``) on the same baseline (copied, not retrained). With ``--n-trials`` the arms also share
 the students, distilled once before them: an equal trial budget compares sampling, not distilling. With
-``--minutes`` each search distils its own in its time, as ``udacisense search`` does from a user's trained model:
+``--minutes`` each search distils its own in its time (and probes, opening trials first, in it), as ``udacisense search`` does from a user's trained model:
 which students to distil, and when, is part of what the ``study`` arm is compared on (un-probed arms distil every
 student their space lists, in order, while their other workers run trials that need none). Every search process
 draws its own sampler seed (recorded in each trial's ``sampler_seed``), so no two searches share a first
@@ -20,7 +20,8 @@ search finished (a search cut short still compares fairly); with ``--minutes``, 
 measured in that wall time. Two reference points: the study's (accuracy from 0, ratios up to 2), and the
 targets' region (accuracy from the floor, latency and bytes up to their allowances) of the trials that meet every
 target, parity included: what a user could ship, which separates fronts that all meet the targets. Prints mean
-± sd per arm and the ratio of each mean to random's.
+± sd per arm and the ratio of each mean to random's. A search whose study has trials is kept, never extended: a
+benchmark run again runs only the searches it lacks (delete a search's runs folder to run it again).
 """
 
 from __future__ import annotations
