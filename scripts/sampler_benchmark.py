@@ -10,9 +10,10 @@ trained candidate lowered and measured) or ``study``: the study's own ``[search]
 halving and portfolio), what ``udacisense search`` runs. Each (arm, repeat) is its own study
 (``<name>-<arm>-<repeat>``) on the same baseline (copied, not retrained). With ``--n-trials`` the arms also share
 the students, distilled once before them: an equal trial budget compares sampling, not distilling. With
-``--minutes`` each search distils its own in its time (and probes, opening trials first, in it), as ``udacisense search`` does from a user's trained model:
-which students to distil, and when, is part of what the ``study`` arm is compared on (un-probed arms distil every
-student their space lists, in order, while their other workers run trials that need none). Every search process
+``--minutes`` each search distils its own in its time (and probes, opening trials first, in it), as
+``udacisense search`` does from a user's trained model: which students to distil, and when, is part of what the
+``study`` arm is compared on (un-probed arms distil every student their space lists, in order, while their other
+workers run trials that need none). Every search process
 draws its own sampler seed (recorded in each trial's ``sampler_seed``), so no two searches share a first
 generation. The score is the hypervolume of the measured trials that reach the accuracy floor (what a user
 can ship): with ``--n-trials``, among the first N finished trials of each search, N the smallest number any

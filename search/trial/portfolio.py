@@ -54,12 +54,11 @@ def check_portfolio(space: SpaceConfig, entries: Sequence[Entry]) -> None:
 def fit_to_space(space: SpaceConfig, params: Entry) -> Entry | None:
     """``params`` without the parameters ``space`` does not sample with them (a setting with a single choice is not
     sampled); None when the space cannot take one of its values."""
-    try:
-        trial = _sampled(space, params)
-    except ValueError:
+    sampled = sampled_as(space, params)
+    if sampled is None:
         return None
-    fitted = {name: value for name, value in params.items() if name in trial.params}
-    return fitted if all(trial.params[name] == value for name, value in fitted.items()) else None
+    fitted = {name: value for name, value in params.items() if name in sampled.params}
+    return fitted if all(sampled.params[name] == value for name, value in fitted.items()) else None
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,8 @@ class Sampled:
 
 def sampled_as(space: SpaceConfig, params: Entry) -> Sampled | None:
     """How ``space`` samples the pipeline that ``params`` choose (seeded, for the parameters they leave open): None
-    when it cannot take one of their values. Parameters it does not ask with the others are left out."""
+    when Optuna refuses one of their values (a choice the space lacks). Parameters it does not ask with the others
+    are left out; a number outside its range is sampled anew (``fit_to_space`` refuses it)."""
     try:
         trial = _sampled(space, params)
     except ValueError:
