@@ -3,11 +3,14 @@ models, data) instead of receiving it pickled, and only the tasks' results trave
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import queue
+import signal
+import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import torch
 
@@ -35,31 +38,72 @@ def map_forked(tasks: Sequence[Callable[[], T]], processes: int) -> list[T]:
     results: multiprocessing.Queue = context.Queue()
 
     def work() -> None:
-        torch.set_num_threads(1)
+        _as_child()
         while True:
             with next_task.get_lock():
                 index = next_task.value
                 next_task.value += 1
             if index >= len(tasks):
                 return
-            try:
-                results.put((index, True, tasks[index]()))
-            except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
-                results.put((index, False, traceback.format_exc()))
+            _put_result(results, index, tasks[index])
 
     children = [context.Process(target=work, daemon=True) for _ in range(min(processes, len(tasks)))]
     for child in children:
         child.start()
+    return _gather(results, children, len(tasks))
+
+
+class Beside(Generic[T]):
+    """One task running in a forked child while the caller goes on with its own work; ``result()`` waits for it.
+
+    The child inherits the caller's memory as ``map_forked``'s do, trains on one torch thread, and dies with the
+    caller: a search killed while its child distils leaves no orphan finishing the work behind it.
+    """
+
+    def __init__(self, task: Callable[[], T]) -> None:
+        context = multiprocessing.get_context("fork")
+        self._results: multiprocessing.Queue = context.Queue()
+
+        def work() -> None:
+            _as_child()
+            _put_result(self._results, 0, task)
+
+        self._child = context.Process(target=work, daemon=True)
+        self._child.start()
+
+    def result(self) -> T:
+        """The task's result, once it has one; raises ``ForkedTaskError`` when the task raised or its child died."""
+        return _gather(self._results, [self._child], 1)[0]
+
+
+def _as_child() -> None:
+    torch.set_num_threads(1)
+    if sys.platform == "linux":  # ask the kernel to end this child with its parent, however the parent ends
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _put_result(results: multiprocessing.Queue, index: int, task: Callable[[], T]) -> None:
+    try:
+        results.put((index, True, task()))
+    except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
+        results.put((index, False, traceback.format_exc()))
+
+
+def _gather(results: multiprocessing.Queue, children: Sequence[multiprocessing.process.BaseProcess], count: int) -> list[T]:
+    """The ``count`` results ``children`` put in ``results``, in their tasks' order, once every child has ended."""
     done: dict[int, T] = {}
     failures: list[str] = []
     try:
-        while len(done) + len(failures) < len(tasks):
+        while len(done) + len(failures) < count:
             try:
                 index, ok, value = results.get(timeout=POLL_SECONDS)
             except queue.Empty:
                 if not any(child.is_alive() for child in children):
                     dead = [c.exitcode for c in children if c.exitcode]
-                    raise ForkedTaskError(f"{len(tasks) - len(done) - len(failures)} task(s) got no result: their "
+                    raise ForkedTaskError(f"{count - len(done) - len(failures)} task(s) got no result: their "
                                           f"process(es) ended with exit code(s) {dead or [0]}") from None
                 continue
             if ok:
@@ -73,5 +117,5 @@ def map_forked(tasks: Sequence[Callable[[], T]], processes: int) -> list[T]:
                 child.kill()
                 child.join()
     if failures:
-        raise ForkedTaskError(f"{len(failures)} of {len(tasks)} task(s) failed; the first:\n{failures[0]}")
-    return [done[index] for index in range(len(tasks))]
+        raise ForkedTaskError(f"{len(failures)} of {count} task(s) failed; the first:\n{failures[0]}")
+    return [done[index] for index in range(count)]

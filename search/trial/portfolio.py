@@ -15,7 +15,7 @@ from udacisense.search.study.records import Attr, queued_attrs
 from udacisense.search.study.trial_record import records
 from udacisense.search.trial.screening import ScreeningRule, promotions
 from udacisense.spaces.families import STUDENT_WIDTH
-from udacisense.spaces.sampling import sample_pipeline
+from udacisense.spaces.sampling import ORDER, orders, sample_pipeline
 from udacisense.spaces.space import SpaceConfig
 
 Entry = Mapping[str, str | int | float | bool]
@@ -79,6 +79,19 @@ def sampled_as(space: SpaceConfig, params: Entry) -> Sampled | None:
     except ValueError:
         return None
     return Sampled(trial.params, trial.distributions, sample_pipeline(trial, space))
+
+
+def only_quantize(space: SpaceConfig) -> dict[str, bool]:
+    """Parameters that switch off every family of ``space`` but quantization."""
+    return {f"use_{family}": False for family in space.stages if family != "quantize"}
+
+
+def distilled_first(space: SpaceConfig, width: float, architecture: str) -> dict[str, Any]:
+    """Parameters that distil into the student of ``width`` and ``architecture`` before any other family, every
+    family but quantization off (asked, since distillation comes first in the order)."""
+    first = next((o for o in orders(space) if o.startswith("distill")), None)
+    return {**only_quantize(space), **({ORDER: first} if first and len(orders(space)) > 1 else {}), "use_distill": True,
+            "student_width": width, "student_architecture": architecture}
 
 
 def enqueue_portfolio(study: optuna.Study, entries: Sequence[Entry], ready: Callable[[Entry], bool]) -> list[int]:

@@ -1,56 +1,86 @@
 """Opening trials: the trained model in each post-training form of the runtime its artifact ships on, run before the
-probes, while nothing else is known.
+probes, while nothing else is known; and the cheapest student, distilled beside the probes.
 
-They train nothing (a calibration at most, then a lowering), so a search has judged candidates, often shippable
-ones, in its first minute rather than after the probes (about 3 min of a 2-core machine). They run in studies of
-their own and enter the search's study once the probes have decided its space: Optuna refuses a categorical
-parameter whose choices change within a study, and only the narrowed space says which parameters, with which
-choices, sample their pipeline there. An opening trial whose pipeline the narrowed space cannot sample stays out
-of the study (its log line and its files remain).
+The trained model's train nothing (a calibration at most, then a lowering), so a search has judged candidates, often
+shippable ones, in its first minute rather than after the probes (3-4 min of a 2-core machine). Where only a student
+can meet the targets, waiting for the probes to rank the students would put the first shippable candidate after
+them and a distillation; but one student needs no ranking: the one every other student of the space contains (the
+narrowest, lean where the space has lean students) costs no more than any of them, so it is distilled in a process
+of its own while the probes run, and tried in the safest int8 form. All run in studies of their own and enter the
+search's study once the probes have decided its space: Optuna refuses a categorical parameter whose choices change
+within a study, and only the narrowed space says which parameters, with which choices, sample their pipeline there.
+An opening trial whose pipeline the narrowed space cannot sample stays out of the study (its log line and its files
+remain).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from collections.abc import Sequence
 from functools import partial
+from multiprocessing.synchronize import Event
 from pathlib import Path
+from typing import Any
 
 import optuna
 from tqdm.auto import tqdm
 
 from udacisense.common.forked import map_forked
+from udacisense.compression.distillation import DistillationConfig
 from udacisense.compression.quantization import DynamicQuantConfig, StaticQuantConfig
+from udacisense.models.students import StudentArchitecture
 from udacisense.search.study.records import DIRECTIONS, Attr, queued_attrs
 from udacisense.search.study.storage import artifact_store
 from udacisense.search.study.trial_record import TrialRecord, describe_trial
 from udacisense.search.study.workspace import Workspace
 from udacisense.search.trial.objective import TrialRunner
-from udacisense.search.trial.portfolio import Entry, sampled_as
+from udacisense.search.trial.portfolio import Entry, distilled_first, only_quantize, sampled_as
 from udacisense.spaces.sampling import ORDER
 from udacisense.spaces.space import SpaceConfig
+
+Student = tuple[float, StudentArchitecture]
 
 # The runtime a phone runs the artifact on; the legacy TorchScript backends only where a space has no other.
 SHIPPING_BACKEND = "xnnpack"
 
 
+def _plain_int8(space: SpaceConfig) -> dict[str, Any]:
+    """Quantization parameters of the least risky int8 form on the shipping backend: 8-bit Linear weights, nothing
+    kept in float."""
+    options = space.quant_backends.options
+    backend = SHIPPING_BACKEND if SHIPPING_BACKEND in options else options[0]
+    return {"dynamic_backend": backend, "quant_backend": backend, "linear_weight_bits": 8,
+            "float_prefix_blocks": space.float_prefix_blocks.low, "float_sensitive_units": space.float_sensitive_units.low}
+
+
 def opening_entries(space: SpaceConfig) -> list[Entry]:
     """The baseline in each post-training quantization type ``space`` allows (dynamic, then static), on the shipping
     backend, with 8-bit Linear weights and nothing kept in float; none where the space would add a training stage."""
-    options = space.quant_backends.options
-    backend = SHIPPING_BACKEND if SHIPPING_BACKEND in options else options[0]
-    off = {f"use_{family}": False for family in space.stages if family != "quantize"}
-    plain = {"dynamic_backend": backend, "quant_backend": backend, "linear_weight_bits": 8,
-             "float_prefix_blocks": space.float_prefix_blocks.low, "float_sensitive_units": space.float_sensitive_units.low}
     entries: list[Entry] = []
     for quant_type in ("dynamic", "static"):
         if quant_type not in space.quant_types.options:
             continue
-        sampled = sampled_as(space, {**off, **plain, "quant_type": quant_type})
+        sampled = sampled_as(space, {**only_quantize(space), **_plain_int8(space), "quant_type": quant_type})
         if sampled is not None and [type(s) for s in sampled.pipeline.stages] in ([DynamicQuantConfig], [StaticQuantConfig]):
             entries.append(sampled.params)
     return entries
+
+
+def opening_student(space: SpaceConfig) -> tuple[Student, Entry] | None:
+    """The student every other student of ``space`` contains (its narrowest width, lean where it has lean students),
+    and its opening trial: distilled first, then static int8 on the shipping backend (with the sampled distillation
+    settings of a seeded draw); None when the space distils no student or cannot run that pipeline."""
+    widths = [w for w in space.student_widths.options if w]
+    if "distill" not in space.stages or not widths or "static" not in space.quant_types.options:
+        return None
+    architectures = space.student_architectures.options
+    student: Student = (min(widths), "lean" if "lean" in architectures else architectures[0])
+    sampled = sampled_as(space, {**distilled_first(space, *student), **_plain_int8(space), "quant_type": "static"})
+    if sampled is None or [type(s) for s in sampled.pipeline.stages] != [DistillationConfig, StaticQuantConfig]:
+        return None
+    return student, sampled.params
 
 
 def run_opening(workspace: Workspace, *, processes: int = 1, progress: bool = True) -> list[optuna.trial.FrozenTrial]:
@@ -61,13 +91,36 @@ def run_opening(workspace: Workspace, *, processes: int = 1, progress: bool = Tr
         return []
     if progress:
         tqdm.write(f"opening: {len(entries)} trial(s) of the trained model in post-training forms, before the probes")
-    folder = workspace.study.run_dir / "opening" / f"{socket.gethostname()}-{os.getpid()}"
+    folder = _opening_folder(workspace)
     trials = map_forked([partial(_run_one, workspace, folder / str(index), entry)
                          for index, entry in enumerate(entries)], processes)
     if progress:
         for trial in trials:
             tqdm.write(f"[opening] {describe_trial(trial, numbered=False)}")  # numbered in the study later
     return trials
+
+
+def distil_and_open(workspace: Workspace, student: Student, entry: Entry, probing: Event, *,
+                    progress: bool = True) -> list[optuna.trial.FrozenTrial]:
+    """Distil ``student`` onto the study's shelf, then, if ``probing`` is still set (the probes have not ended), run
+    its opening trial ``entry``: meant for a process beside the probes (``opening_student`` says why). Its artifact
+    goes under the study's ``opening`` folder. Once the probes end, the student's first trials are the search's."""
+    name = workspace.students.name(*student)
+    if progress:
+        tqdm.write(f"[students] distilling {name} beside the opening trials and the probes: every other student of the "
+                   "space contains it, so none costs less whatever the probes find")
+    # No progress bar from this process: it would interleave with the probes'.
+    dataclasses.replace(workspace.students, progress=False).student(*student)
+    if not probing.is_set():
+        return []
+    trial = _run_one(workspace, _opening_folder(workspace) / name, entry)
+    if progress:
+        tqdm.write(f"[opening] {describe_trial(trial, numbered=False)}")
+    return [trial]
+
+
+def _opening_folder(workspace: Workspace) -> Path:
+    return workspace.study.run_dir / "opening" / f"{socket.gethostname()}-{os.getpid()}"
 
 
 def _run_one(workspace: Workspace, trials_dir: Path, entry: Entry) -> optuna.trial.FrozenTrial:

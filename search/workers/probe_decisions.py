@@ -4,20 +4,22 @@ the students' order, the starting trials, and the study's one stored report that
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
 import optuna
 
+from udacisense.common.forked import Beside
 from udacisense.compression.pruning import UnstructuredPruningConfig
 from udacisense.evaluators.latency import LOAD_SPREAD
 from udacisense.models.students import StudentArchitecture
 from udacisense.search.study.config import StudyConfig
-from udacisense.search.study.records import StudyAttr, StudyRecord, store_study
+from udacisense.search.study.records import DISTILLED, StudyAttr, StudyRecord, store_study
 from udacisense.search.study.workspace import Workspace
-from udacisense.search.trial.portfolio import Entry, fit_to_space
-from udacisense.search.workers.opening import record_opening, run_opening
+from udacisense.search.trial.portfolio import Entry, distilled_first, fit_to_space, only_quantize
+from udacisense.search.workers.opening import distil_and_open, opening_student, record_opening, run_opening
 from udacisense.search.workers.probes import (
     BASELINE,
     Dropped,
@@ -29,7 +31,6 @@ from udacisense.search.workers.probes import (
     measure_probes,
     student_structure,
 )
-from udacisense.spaces.sampling import ORDER, orders
 from udacisense.spaces.space import SpaceConfig
 
 
@@ -55,23 +56,42 @@ def stored_probes(study: optuna.Study) -> ProbeReport | None:
 def ensure_probes(study: optuna.Study, workspace: Workspace, *, progress: bool = True,
                   processes: int = 1) -> ProbeReport | None:
     """The study's probe report: the stored one, else measured now (lowering on ``processes`` cores) and stored,
-    after the opening trials (``workers.opening``), which then enter the study; None for a study whose trials were
-    sampled before probes existed (narrowing its space would no longer match them)."""
+    after the opening trials (``workers.opening``) and beside the distillation of the space's cheapest student and
+    its opening trial, which then enter the study; None for a study whose trials were sampled before probes existed
+    (narrowing its space would no longer match them)."""
     report = stored_probes(study)
     if report is not None or not workspace.study.search.probes:
         return report
     if study.get_trials(deepcopy=False):
         return None
+    first_student = opening_student(workspace.study.space)
+    probing = multiprocessing.get_context("fork").Event()
+    probing.set()
+    # One more process than cores while it runs: the probes' lowering and the distillation share them.
+    beside = None if first_student is None else Beside(partial(distil_and_open, workspace, *first_student, probing,
+                                                               progress=progress))
     opening = run_opening(workspace, processes=processes, progress=progress)
     report = run_probes(workspace, progress=progress, processes=processes)
+    if beside is not None and first_student is not None:
+        if workspace.students.trained(*first_student[0]):
+            opening += beside.result()  # its opening trial, running or about to
+        else:
+            # A longer distillation than the probes: the search starts beside it, and the student's portfolio
+            # trials wait for it (``workers.students``), rather than the search waiting for its opening trial.
+            probing.clear()
     # Another process may have probed meanwhile: the first report stored is the study's.
     already = stored_probes(study)
     if already is not None:
         return already
     # The students' decisions first: the report's presence says the probing finished.
     shelf = workspace.students
-    store_study(study, {StudyAttr.STUDENTS: {shelf.name(*d.value): f"not distilled: dropped by the probes: {d.reason}"
-                                             for d in report.dropped if d.setting == "student"}})
+    decisions = {shelf.name(*d.value): f"not distilled: dropped by the probes: {d.reason}"
+                 for d in report.dropped if d.setting == "student"}
+    if first_student is not None:
+        name = shelf.name(*first_student[0])
+        decisions[name] = (DISTILLED if name not in decisions else
+                           decisions[name].replace("not distilled:", "distilled beside the probes, then", 1))
+    store_study(study, {StudyAttr.STUDENTS: decisions})
     store_study(study, {StudyAttr.PROBES: report.as_dict()})
     # After the report: a process killed in between loses the opening trials, but leaves no trial that keeps a
     # later process from probing.
@@ -198,7 +218,7 @@ def probe_portfolio(space: SpaceConfig, structures: Sequence[Structure], report:
         return []
     allowed = {Form("static", b, bits).name: Form("static", b, bits) for b in narrowed.quant_backends.options
                for bits in narrowed.linear_weight_bits.options}
-    off = {f"use_{family}": False for family in narrowed.stages if family != "quantize"}
+    off = only_quantize(narrowed)
 
     def quantized(structure: str) -> list[dict[str, Any]]:
         meeting = [p for p in report.probes if p.structure == structure and p.form in allowed and p.meets(max_latency, max_size)]
@@ -213,10 +233,7 @@ def probe_portfolio(space: SpaceConfig, structures: Sequence[Structure], report:
     entries = [{**off, **quantize} for quantize in quantized(BASELINE)]
     if report.students:
         width, architecture = report.students[0]
-        # Distillation first in the order: the families after it are asked, and switched off here.
-        first = next((o for o in orders(narrowed) if o.startswith("distill")), None)
-        entries += [{**off, **({ORDER: first} if first and len(orders(narrowed)) > 1 else {}), "use_distill": True,
-                     "student_width": width, "student_architecture": architecture, **quantize}
+        entries += [{**distilled_first(narrowed, width, architecture), **quantize}
                     for quantize in quantized(student_structure(width, architecture))]
     cuts = [(s, q) for s in structures if s.choices and s.choices[0][0] == "architecture_squeeze_excite"
             and (q := quantized(s.name))]

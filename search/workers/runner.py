@@ -32,6 +32,7 @@ from udacisense.search.trial.screening import ScreeningRule, ScreeningSummary
 from udacisense.search.workers.probe_decisions import ensure_probes, narrowed_study, portfolio_entries
 from udacisense.search.workers.probes import ProbeReport
 from udacisense.search.workers.students import (
+    being_distilled,
     decide_next_student,
     ranked_students,
     student_ready,
@@ -67,7 +68,8 @@ def sampler_while_students_train(sampler: optuna.samplers.BaseSampler, study: op
     shelf, trials sample freely: one picking a student not distilled is rejected before compute.
     """
     ranked = ranked_students(workspace, report)
-    if (0.0 not in workspace.study.space.student_widths.options or not undecided_students(study, workspace, report)
+    waiting = undecided_students(study, workspace, report) or being_distilled(study, workspace, report)
+    if (0.0 not in workspace.study.space.student_widths.options or not waiting
             or (report is not None and any(workspace.students.trained(*s) for s in ranked))):
         return sampler
     with warnings.catch_warnings():  # experimental since Optuna 2.4, and still the way to fix a parameter
@@ -196,12 +198,13 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
     try:
         while deadline is None or time.monotonic() < deadline:
             seconds_left = None if deadline is None else deadline - time.monotonic()
-            if distil_students and decide_next_student(study, workspace, report, seconds_left=seconds_left,
-                                                       log=progress) is not None:
-                # A student's portfolio pipelines wait for it: queued earlier, another worker would have taken
-                # one and waited idle for this distillation.
+            if distil_students:
+                decided = decide_next_student(study, workspace, report, seconds_left=seconds_left, log=progress)
+                # A student's portfolio pipelines wait for it (this worker's, or one distilling beside the probes):
+                # queued earlier, another worker would have taken one and waited idle for the distillation.
                 enqueue_portfolio(study, entries, ready=lambda entry: student_ready(workspace, entry))
-                continue
+                if decided is not None:
+                    continue
             action = next_action(study, budget)
             if action == "done":
                 break
@@ -302,7 +305,7 @@ def run_search(study_path: str, n_jobs: int | None = None, storage: str | None =
     # before the workers started, they kept one of 2 cores idle for 11-17 min (32x32 batches are too small
     # to split: the width-0.5 student with its teacher trained at 4.3 batches/s on 1 thread and 3.2 on 2);
     # on demand, one worker waited for the other's.
-    distil = bool(undecided_students(study, workspace, report))
+    distil = bool(undecided_students(study, workspace, report) or being_distilled(study, workspace, report))
     if progress:
         students = " (worker 0 decides the students between its trials)" if distil else ""
         print(f"search: {plan.workers} worker process(es), {plan.threads} torch thread(s) each{students}", flush=True)

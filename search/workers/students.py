@@ -47,6 +47,14 @@ def undecided_students(study: optuna.Study, workspace: Workspace, report: ProbeR
             if not workspace.students.trained(w, a) and workspace.students.name(w, a) not in decisions]
 
 
+def being_distilled(study: optuna.Study, workspace: Workspace, report: ProbeReport | None) -> list[Student]:
+    """The ranked students decided ``distilled`` but not on the shelf yet: distilling beside the probes (or on
+    another machine's shelf)."""
+    decisions = StudyRecord.of(study).student_decisions
+    return [(w, a) for w, a in ranked_students(workspace, report)
+            if not workspace.students.trained(w, a) and decisions.get(workspace.students.name(w, a)) == DISTILLED]
+
+
 def record_decision(study: optuna.Study, name: str, decision: str) -> None:
     """Add one student's decision to the study's (one worker decides students, so read-modify-write is safe)."""
     store_study(study, {StudyAttr.STUDENTS: {**StudyRecord.of(study).student_decisions, name: decision}})
@@ -133,6 +141,7 @@ def decide_next_student(study: optuna.Study, workspace: Workspace, report: Probe
     if not undecided:
         return None
     distilled = [s for s in ranked_students(workspace, report) if workspace.students.trained(*s)]
+    distilled += being_distilled(study, workspace, report)
     if report is not None and distilled and not all(tried(study, workspace, s) for s in distilled):
         return None  # its first measurement decides whether the next student could still matter
     student = undecided[0]
