@@ -7,7 +7,9 @@ distilled student can beat its teacher, and a wider one is expected to do at lea
 measured trial (parity passed) is more accurate than that and as cheap, the student cannot add a point to the front,
 and its 5-15 minutes of distillation go to trials instead.
 The decision on each student is stored on the study (``StudyAttr.STUDENTS``), so a trial of any worker that
-samples a student not distilled is rejected before compute rather than distilling it on the spot.
+samples a student not distilled is rejected before compute rather than distilling it on the spot. The cheapest
+student may still be distilling beside the probes (``workers.opening``) when the search starts: decided
+``distilled`` before it is on the shelf, it holds the next decision until a trial has tried it.
 """
 
 from __future__ import annotations
