@@ -1,5 +1,6 @@
-"""Zero-argument tasks run in forked processes, one per core: each child inherits the caller's memory (trained
-models, data) instead of receiving it pickled, and only the tasks' results travel back."""
+"""Zero-argument tasks run in other processes: forked ones, one per core, that inherit the caller's memory (trained
+models, data) instead of receiving it pickled, so that only the tasks' results travel back; and one spawned task
+beside the caller's work, for training, which a forked child of a process that has trained cannot do."""
 
 from __future__ import annotations
 
@@ -54,26 +55,31 @@ def map_forked(tasks: Sequence[Callable[[], T]], processes: int) -> list[T]:
 
 
 class Beside(Generic[T]):
-    """One task running in a forked child while the caller goes on with its own work; ``result()`` waits for it.
+    """One task running in a fresh process while the caller goes on with its own work; ``result()`` waits for it.
 
-    The child inherits the caller's memory as ``map_forked``'s do, trains on one torch thread, and dies with the
-    caller: a search killed while its child distils leaves no orphan finishing the work behind it.
+    Spawned, not forked: a process whose autograd engine has run (it trained a baseline) forks children that raise
+    on their first backward pass, so a task that trains cannot inherit the caller's memory; it travels pickled (a
+    module-level function and its arguments) and rebuilds what it needs. The child trains on one torch thread and
+    dies with the caller: a search killed while its child distils leaves no orphan finishing the work behind it.
+    Synchronisation objects for the task come from ``SPAWNED``.
     """
 
     def __init__(self, task: Callable[[], T]) -> None:
-        context = multiprocessing.get_context("fork")
-        self._results: multiprocessing.Queue = context.Queue()
-
-        def work() -> None:
-            _as_child()
-            _put_result(self._results, 0, task)
-
-        self._child = context.Process(target=work, daemon=True)
+        self._results: multiprocessing.Queue = SPAWNED.Queue()
+        self._child = SPAWNED.Process(target=_run_beside, args=(task, self._results), daemon=True)
         self._child.start()
 
     def result(self) -> T:
         """The task's result, once it has one; raises ``ForkedTaskError`` when the task raised or its child died."""
         return _gather(self._results, [self._child], 1)[0]
+
+
+SPAWNED = multiprocessing.get_context("spawn")
+
+
+def _run_beside(task: Callable[[], T], results: multiprocessing.Queue) -> None:
+    _as_child()
+    _put_result(results, 0, task)
 
 
 def _as_child() -> None:

@@ -1,5 +1,5 @@
 """Tasks on forked children: results in order from state the children inherit, a task's error raised here with its
-traceback, a child that dies reported instead of waited for."""
+traceback, a child that dies reported instead of waited for; a task beside the caller that trains, even after the caller has."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from functools import partial
 import pytest
 import torch
 
-from udacisense.common.forked import ForkedTaskError, map_forked
+from udacisense.common.forked import Beside, ForkedTaskError, map_forked
 
 
 def _norm_and_pid(weights: torch.Tensor, row: int) -> tuple[float, int]:
@@ -48,3 +48,27 @@ def _dies(index: int) -> int:
 def test_a_child_killed_mid_task_is_reported_not_waited_for() -> None:
     with pytest.raises(ForkedTaskError, match="got no result"):
         map_forked([partial(_dies, i) for i in range(3)], processes=2)
+
+
+def _trained_loss(seed: int) -> float:
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(4, 1)
+    inputs = torch.randn(32, 4, generator=torch.Generator().manual_seed(seed))
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(20):
+        optimiser.zero_grad()
+        loss = (model(inputs) - inputs.sum(1, keepdim=True)).pow(2).mean()
+        loss.backward()
+        optimiser.step()
+    return float(loss)
+
+
+def test_a_process_that_has_trained_runs_a_training_task_beside_its_work() -> None:
+    here = _trained_loss(0)  # autograd has run here: a forked child's first backward pass would raise
+    beside = Beside(partial(_trained_loss, 0))
+    assert beside.result() == pytest.approx(here)
+
+
+def test_a_task_error_beside_is_raised_here() -> None:
+    with pytest.raises(ForkedTaskError, match="ValueError: task 2 cannot be lowered"):
+        Beside(partial(_fails_on, 2, 2)).result()

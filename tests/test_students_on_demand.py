@@ -6,6 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import optuna
+import pytest
 
 from udacisense.search.workers.probes import Probe, ProbeReport, student_structure
 from udacisense.search.workers.students import (
@@ -98,3 +99,32 @@ def test_no_search_starts_a_distillation_it_cannot_finish() -> None:
         assert decide_next_student(study, workspace, report, seconds_left=600.0, log=False) is None  # type: ignore[arg-type]
         assert decide_next_student(study, workspace, report, seconds_left=1400.0, log=False) is not None  # type: ignore[arg-type]
     assert distilled == [(0.75, "standard"), LEAN_THREE_QUARTERS]
+
+
+def test_a_student_still_distilling_beside_the_probes_holds_the_next_decision_and_keeps_samples_off_students() -> None:
+    """The search started before the student distilled beside its probes is on the shelf (decided ``distilled``):
+    no second distillation starts, and the workers sample no student until it is there and tried."""
+    from udacisense.search.study.records import DISTILLED, StudyAttr, store_study
+    from udacisense.search.workers.runner import sampler_while_students_train
+    from udacisense.search.workers.students import being_distilled
+
+    on_shelf: set[tuple[float, str]] = set()
+    workspace = _shelf_workspace(on_shelf)
+    workspace.students.student = lambda w, a: pytest.fail(f"distilled {w} {a} while the first was still distilling")
+    study, report = _study(), _report()
+    store_study(study, {StudyAttr.STUDENTS: {"width-0.5-lean": DISTILLED}})
+    assert being_distilled(study, workspace, report) == [LEAN_HALF]  # type: ignore[arg-type]
+    assert decide_next_student(study, workspace, report, log=False) is None  # type: ignore[arg-type]
+    sampler = optuna.samplers.RandomSampler(seed=0)
+    fixed = sampler_while_students_train(sampler, study, workspace, report)  # type: ignore[arg-type]
+    assert isinstance(fixed, optuna.samplers.PartialFixedSampler) and fixed._fixed_params == {"student_width": 0.0}
+    # On the shelf: trials sample students again; once one has tried it, the next student is decided.
+    on_shelf.add(LEAN_HALF)
+    assert not being_distilled(study, workspace, report)  # type: ignore[arg-type]
+    assert sampler_while_students_train(sampler, study, workspace, report) is sampler  # type: ignore[arg-type]
+    tried = _study((LEAN_HALF, 0.56, 0.10, 0.05))
+    store_study(tried, {StudyAttr.STUDENTS: {"width-0.5-lean": DISTILLED}})
+    decided: list[tuple[float, str]] = []
+    workspace.students.student = lambda w, a: decided.append((w, a))
+    assert decide_next_student(tried, workspace, report, log=False) == LEAN_THREE_QUARTERS  # type: ignore[arg-type]
+    assert decided == [LEAN_THREE_QUARTERS]

@@ -31,10 +31,11 @@ from udacisense.common.forked import map_forked
 from udacisense.compression.distillation import DistillationConfig
 from udacisense.compression.quantization import DynamicQuantConfig, StaticQuantConfig
 from udacisense.models.students import StudentArchitecture
+from udacisense.search.study.config import StudyConfig
 from udacisense.search.study.records import DIRECTIONS, Attr, queued_attrs
 from udacisense.search.study.storage import artifact_store
 from udacisense.search.study.trial_record import TrialRecord, describe_trial
-from udacisense.search.study.workspace import Workspace
+from udacisense.search.study.workspace import Workspace, open_workspace
 from udacisense.search.trial.objective import TrialRunner
 from udacisense.search.trial.portfolio import Entry, distilled_first, only_quantize, sampled_as
 from udacisense.spaces.sampling import ORDER
@@ -100,11 +101,13 @@ def run_opening(workspace: Workspace, *, processes: int = 1, progress: bool = Tr
     return trials
 
 
-def distil_and_open(workspace: Workspace, student: Student, entry: Entry, probing: Event, *,
+def distil_and_open(study: StudyConfig, student: Student, entry: Entry, probing: Event, *,
                     progress: bool = True) -> list[optuna.trial.FrozenTrial]:
-    """Distil ``student`` onto the study's shelf, then, if ``probing`` is still set (the probes have not ended), run
-    its opening trial ``entry``: meant for a process beside the probes (``opening_student`` says why). Its artifact
-    goes under the study's ``opening`` folder. Once the probes end, the student's first trials are the search's."""
+    """Distil ``student`` onto the shelf of ``study`` (its workspace opened anew: this runs in a process of its own
+    beside the probes, ``opening_student`` says why), then, if ``probing`` is still set (the probes have not ended),
+    run its opening trial ``entry``, whose artifact goes under the study's ``opening`` folder. Once the probes end,
+    the student's first trials are the search's."""
+    workspace = open_workspace(study, progress=False)
     name = workspace.students.name(*student)
     if progress:
         tqdm.write(f"[students] distilling {name} beside the opening trials and the probes: every other student of the "

@@ -4,14 +4,13 @@ the students' order, the starting trials, and the study's one stored report that
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
 import optuna
 
-from udacisense.common.forked import Beside
+from udacisense.common.forked import SPAWNED, Beside
 from udacisense.compression.pruning import UnstructuredPruningConfig
 from udacisense.evaluators.latency import LOAD_SPREAD
 from udacisense.models.students import StudentArchitecture
@@ -65,10 +64,10 @@ def ensure_probes(study: optuna.Study, workspace: Workspace, *, progress: bool =
     if study.get_trials(deepcopy=False):
         return None
     first_student = opening_student(workspace.study.space)
-    probing = multiprocessing.get_context("fork").Event()
+    probing = SPAWNED.Event()
     probing.set()
     # One more process than cores while it runs: the probes' lowering and the distillation share them.
-    beside = None if first_student is None else Beside(partial(distil_and_open, workspace, *first_student, probing,
+    beside = None if first_student is None else Beside(partial(distil_and_open, workspace.study, *first_student, probing,
                                                                progress=progress))
     opening = run_opening(workspace, processes=processes, progress=progress)
     report = run_probes(workspace, progress=progress, processes=processes)
