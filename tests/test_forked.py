@@ -60,7 +60,7 @@ def _trained_loss(seed: int) -> float:
         loss = (model(inputs) - inputs.sum(1, keepdim=True)).pow(2).mean()
         loss.backward()
         optimiser.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def test_a_process_that_has_trained_runs_a_training_task_beside_its_work() -> None:
