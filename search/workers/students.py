@@ -142,8 +142,10 @@ def decide_next_student(study: optuna.Study, workspace: Workspace, report: Probe
     undecided = undecided_students(study, workspace, report)
     if not undecided:
         return None
-    distilled = [s for s in ranked_students(workspace, report) if workspace.students.trained(*s)]
-    distilled += being_distilled(study, workspace, report)
+    # On the shelf, or decided and still distilling (beside the probes).
+    decisions = StudyRecord.of(study).student_decisions
+    distilled = [s for s in ranked_students(workspace, report)
+                 if workspace.students.trained(*s) or decisions.get(workspace.students.name(*s)) == DISTILLED]
     if report is not None and distilled and not all(tried(study, workspace, s) for s in distilled):
         return None  # its first measurement decides whether the next student could still matter
     student = undecided[0]
