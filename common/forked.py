@@ -79,7 +79,9 @@ SPAWNED = multiprocessing.get_context("spawn")
 
 def _run_beside(task: Callable[[], T], results: multiprocessing.Queue) -> None:
     _as_child()
-    _put_result(results, 0, task)
+    failure = _put_result(results, 0, task)
+    if failure is not None:  # said here too: the caller may have stopped waiting for the result
+        print(f"A task beside the caller failed:\n{failure}", file=sys.stderr, flush=True)
 
 
 def _as_child() -> None:
@@ -91,11 +93,15 @@ def _as_child() -> None:
 _PR_SET_PDEATHSIG = 1
 
 
-def _put_result(results: multiprocessing.Queue, index: int, task: Callable[[], T]) -> None:
+def _put_result(results: multiprocessing.Queue, index: int, task: Callable[[], T]) -> str | None:
+    """Put the task's result, or its traceback, which is also returned."""
     try:
         results.put((index, True, task()))
     except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
-        results.put((index, False, traceback.format_exc()))
+        failure = traceback.format_exc()
+        results.put((index, False, failure))
+        return failure
+    return None
 
 
 def _gather(results: multiprocessing.Queue, children: Sequence[multiprocessing.process.BaseProcess], count: int) -> list[T]:

@@ -30,3 +30,16 @@ def exclusive(lock_path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def held(lock_path: Path) -> bool:
+    """Whether a process (this one included) holds ``lock_path`` with ``exclusive`` now; asking never waits."""
+    if not lock_path.is_file():
+        return False
+    with open(lock_path, "a", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False

@@ -30,7 +30,7 @@ from torch import nn
 from udacisense.common.files import save_torch
 from udacisense.common.schema import bounded, check_bounds
 from udacisense.datasources.loaders import DataBundle
-from udacisense.evaluators.exclusive import exclusive
+from udacisense.evaluators.exclusive import exclusive, held
 from udacisense.models.config import Arch
 from udacisense.models.lean import lean_network
 from udacisense.models.mobilenet import BUILDERS, ResizeInput, arch_of
@@ -147,7 +147,7 @@ class StudentShelf:
         """The student of ``width`` and ``architecture`` distilled over the full schedule (trained now if no worker has yet)."""
         if (width, architecture) not in self._loaded:
             # One worker trains a student while the others that need it wait, instead of all training it.
-            with exclusive(self.directory / f"{self.name(width, architecture)}.lock"):
+            with exclusive(self._lock(width, architecture)):
                 self._loaded[width, architecture] = self._stored(width, architecture) or self._train(width, architecture)
         return self._loaded[width, architecture]
 
@@ -157,6 +157,14 @@ class StudentShelf:
         if (width, architecture) not in self._loaded and (stored := self._stored(width, architecture)) is not None:
             self._loaded[width, architecture] = stored
         return (width, architecture) in self._loaded
+
+    def distilling(self, width: float, architecture: StudentArchitecture = "standard") -> bool:
+        """Whether a process of this machine is distilling the student now (it holds the student's lock; the kernel
+        releases it when that process ends, however it ends)."""
+        return not self.trained(width, architecture) and held(self._lock(width, architecture))
+
+    def _lock(self, width: float, architecture: StudentArchitecture) -> Path:
+        return self.directory / f"{self.name(width, architecture)}.lock"
 
     def train_seconds(self, width: float, architecture: StudentArchitecture = "standard") -> float | None:
         """How long the stored student took to distil; None when it is not on the shelf."""

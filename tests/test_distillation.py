@@ -6,6 +6,10 @@ import copy
 import dataclasses
 import hashlib
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -146,6 +150,40 @@ def test_shelf_distils_a_width_once_and_every_later_request_reuses_it(tiny_bundl
     # The study's [students] epochs replace the baseline's (0 keeps them), and name another student.
     longer = StudentShelf(teacher, "teacher-a", tiny_bundle, schedule, tmp_path, StudentsConfig(epochs=12), seed=3)
     assert longer.schedule.epochs == 12 and shelf.schedule.epochs == 6 and longer.key(0.35) != shelf.key(0.35)
+
+
+KILLED_WHILE_DISTILLING = """
+import sys, torchvision
+from pathlib import Path
+from tests.conftest import make_bundle
+from udacisense.models.students import StudentShelf
+from udacisense.training import TrainConfig
+teacher = torchvision.models.mobilenet_v3_small(num_classes=4).eval()
+StudentShelf(teacher, "teacher", make_bundle(), TrainConfig(epochs=1000, lr=0.1), Path(sys.argv[1])).student(0.35)
+"""
+
+
+def test_a_student_whose_distilling_process_was_killed_is_distilled_by_the_next_that_asks(tiny_bundle, teacher, tmp_path):
+    """What the search reads to tell a student still distilling (beside its probes) from one whose process died."""
+    shelf = StudentShelf(teacher, "teacher", tiny_bundle, TrainConfig(epochs=1, lr=0.1), tmp_path)
+    assert not shelf.distilling(0.35)
+    child = subprocess.Popen([sys.executable, "-c", KILLED_WHILE_DISTILLING, str(tmp_path)],
+                             cwd=Path(__file__).parents[1], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not shelf.distilling(0.35):
+            assert child.poll() is None, f"it ended before distilling: {child.stderr.read().decode()[-2000:]}"  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "it took no lock in 5 min"
+            time.sleep(0.2)
+        assert not shelf.trained(0.35)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == -9
+    # Killed mid-schedule: nothing on the shelf, and nobody distilling it; the next request trains it, not waits.
+    assert not shelf.distilling(0.35) and not shelf.trained(0.35)
+    shelf.student(0.35)
+    assert shelf.trained(0.35) and not shelf.distilling(0.35)
 
 
 def test_distill_starts_a_narrower_student_from_the_shelf(tiny_bundle, teacher, tiny_model, tmp_path):

@@ -69,6 +69,8 @@ def test_a_process_that_has_trained_runs_a_training_task_beside_its_work() -> No
     assert beside.result() == pytest.approx(here)
 
 
-def test_a_task_error_beside_is_raised_here() -> None:
+def test_a_task_error_beside_is_raised_here_and_said_there(capfd: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ForkedTaskError, match="ValueError: task 2 cannot be lowered"):
         Beside(partial(_fails_on, 2, 2)).result()
+    # Said by the child too, for a caller that stopped waiting for the result.
+    assert "ValueError: task 2 cannot be lowered" in capfd.readouterr().err

@@ -67,11 +67,14 @@ def test_containment_is_by_width_and_operators() -> None:
     assert not contains((0.5, "lean"), (0.5, "standard")) and not contains((0.5, "lean"), (0.75, "lean"))
 
 
-def _shelf_workspace(trained: set[tuple[float, str]], seconds: float = 900.0) -> SimpleNamespace:
+def _shelf_workspace(trained: set[tuple[float, str]], seconds: float = 900.0,
+                     distilling: set[tuple[float, str]] | None = None) -> SimpleNamespace:
+    """A shelf holding the ``trained`` students, distilled in ``seconds`` each; ``distilling`` by a live process."""
     space = SimpleNamespace(stages=("distill", "quantize"), student_widths=SimpleNamespace(options=(0.0, 0.5, 0.75)),
                             student_architectures=SimpleNamespace(options=("standard", "lean")))
     shelf = SimpleNamespace(trained=lambda w, a: (w, a) in trained, name=lambda w, a: f"width-{w:g}-{a}",
-                            train_seconds=lambda w, a: seconds if (w, a) in trained else None)
+                            train_seconds=lambda w, a: seconds if (w, a) in trained else None,
+                            distilling=lambda w, a: (w, a) in (distilling or set()))
     return SimpleNamespace(study=SimpleNamespace(space=space), students=shelf, profile=WORKSPACE.profile)
 
 
@@ -109,7 +112,7 @@ def test_a_student_still_distilling_beside_the_probes_holds_the_next_decision_an
     from udacisense.search.workers.students import being_distilled
 
     on_shelf: set[tuple[float, str]] = set()
-    workspace = _shelf_workspace(on_shelf)
+    workspace = _shelf_workspace(on_shelf, distilling={LEAN_HALF})
     workspace.students.student = lambda w, a: pytest.fail(f"distilled {w} {a} while the first was still distilling")
     study, report = _study(), _report()
     store_study(study, {StudyAttr.STUDENTS: {"width-0.5-lean": DISTILLED}})
@@ -128,3 +131,17 @@ def test_a_student_still_distilling_beside_the_probes_holds_the_next_decision_an
     workspace.students.student = lambda w, a: decided.append((w, a))
     assert decide_next_student(tried, workspace, report, log=False) == LEAN_THREE_QUARTERS  # type: ignore[arg-type]
     assert decided == [LEAN_THREE_QUARTERS]
+
+
+def test_a_student_whose_distilling_process_ended_first_is_distilled_by_the_first_worker() -> None:
+    """Decided ``distilled`` beside the probes, but its process ended (failed, or the search was killed and resumed)
+    before the student was on the shelf: worker 0 distils it rather than waiting for it for ever."""
+    from udacisense.search.study.records import DISTILLED, StudyAttr, store_study
+
+    workspace = _shelf_workspace(set())
+    distilled: list[tuple[float, str]] = []
+    workspace.students.student = lambda w, a: distilled.append((w, a))
+    study = _study()
+    store_study(study, {StudyAttr.STUDENTS: {"width-0.5-lean": DISTILLED}})
+    assert decide_next_student(study, workspace, _report(), log=False) == LEAN_HALF  # type: ignore[arg-type]
+    assert distilled == [LEAN_HALF]  # that one, not the next undecided student

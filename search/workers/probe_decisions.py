@@ -67,16 +67,18 @@ def ensure_probes(study: optuna.Study, workspace: Workspace, *, progress: bool =
     probing = SPAWNED.Event()
     probing.set()
     # One more process than cores while it runs: the probes' lowering and the distillation share them.
-    beside = None if first_student is None else Beside(partial(distil_and_open, workspace.study, *first_student, probing,
-                                                               progress=progress))
+    beside = None if first_student is None else (first_student[0], Beside(partial(
+        distil_and_open, workspace.study, *first_student, probing, progress=progress)))
     opening = run_opening(workspace, processes=processes, progress=progress)
     report = run_probes(workspace, progress=progress, processes=processes)
-    if beside is not None and first_student is not None:
-        if workspace.students.trained(*first_student[0]):
-            opening += beside.result()  # its opening trial, running or about to
+    if beside is not None:
+        student, distillation = beside
+        if workspace.students.trained(*student):
+            opening += distillation.result()  # its opening trial, running or about to
         else:
             # A longer distillation than the probes: the search starts beside it, and the student's portfolio
-            # trials wait for it (``workers.students``), rather than the search waiting for its opening trial.
+            # trials wait for it (``workers.students``), rather than the search waiting for its opening trial. Should
+            # its process end first, the first worker distils the student.
             probing.clear()
     # Another process may have probed meanwhile: the first report stored is the study's.
     already = stored_probes(study)

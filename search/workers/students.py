@@ -9,7 +9,8 @@ and its 5-15 minutes of distillation go to trials instead.
 The decision on each student is stored on the study (``StudyAttr.STUDENTS``), so a trial of any worker that
 samples a student not distilled is rejected before compute rather than distilling it on the spot. The cheapest
 student may still be distilling beside the probes (``workers.opening``) when the search starts: decided
-``distilled`` before it is on the shelf, it holds the next decision until a trial has tried it.
+``distilled`` before it is on the shelf, it holds the next decision until a trial has tried it. If the process
+distilling it ends before it is there (it failed, or the search was stopped and resumed), the first worker distils it.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ def undecided_students(study: optuna.Study, workspace: Workspace, report: ProbeR
 
 
 def being_distilled(study: optuna.Study, workspace: Workspace, report: ProbeReport | None) -> list[Student]:
-    """The ranked students decided ``distilled`` but not on the shelf yet: distilling beside the probes (or on
-    another machine's shelf)."""
+    """The ranked students decided ``distilled`` but not on this machine's shelf yet: distilling beside the probes,
+    or left unfinished by a process that ended (``decide_next_student`` distils those)."""
     decisions = StudyRecord.of(study).student_decisions
     return [(w, a) for w, a in ranked_students(workspace, report)
             if not workspace.students.trained(w, a) and decisions.get(workspace.students.name(w, a)) == DISTILLED]
@@ -133,26 +134,34 @@ def students_pending(study: optuna.Study, workspace: Workspace, report: ProbeRep
 
 def decide_next_student(study: optuna.Study, workspace: Workspace, report: ProbeReport | None, *,
                         seconds_left: float | None = None, log: bool = True) -> Student | None:
-    """Distil the most promising undecided student, or record why it cannot matter; returns the student decided,
-    None when it is not yet time (a distilled student not tried yet), a distillation would outlast the search's
-    ``seconds_left`` (undecided: a longer run distils it), or none is left.
+    """Distil a student decided ``distilled`` that no process is distilling, else the most promising undecided
+    student, or record why it cannot matter; returns the student distilled or decided, None when it is not yet time
+    (a distilled student not tried yet), a distillation would outlast the search's ``seconds_left`` (undecided: a
+    longer run distils it), or none is left.
 
     Without probes every student the space lists is distilled, in its order, each once there is time for it.
     """
+    shelf = workspace.students
+    unfinished = [s for s in being_distilled(study, workspace, report) if not shelf.distilling(*s)]
+    if unfinished:
+        if log:
+            print(f"[students] distilling {shelf.name(*unfinished[0])}: decided distilled, but no process of this "
+                  "machine is distilling it and it is not on the shelf (its process ended first)", flush=True)
+        shelf.student(*unfinished[0])
+        return unfinished[0]
     undecided = undecided_students(study, workspace, report)
     if not undecided:
         return None
     # On the shelf, or decided and still distilling (beside the probes).
     decisions = StudyRecord.of(study).student_decisions
-    distilled = [s for s in ranked_students(workspace, report)
-                 if workspace.students.trained(*s) or decisions.get(workspace.students.name(*s)) == DISTILLED]
+    distilled = [s for s in ranked_students(workspace, report) if shelf.trained(*s) or decisions.get(shelf.name(*s)) == DISTILLED]
     if report is not None and distilled and not all(tried(study, workspace, s) for s in distilled):
         return None  # its first measurement decides whether the next student could still matter
     student = undecided[0]
     estimate = distillation_estimate(workspace, student)
     if seconds_left is not None and estimate is not None and estimate > seconds_left:
         return None
-    name = workspace.students.name(*student)
+    name = shelf.name(*student)
     reason = why_not(study, workspace, report, student) if report is not None else None
     if reason is not None:
         record_decision(study, name, f"not distilled: {reason}")
@@ -163,7 +172,7 @@ def decide_next_student(study: optuna.Study, workspace: Workspace, report: Probe
         place = ranked_students(workspace, report).index(student) + 1
         order = f"ranked {place} by its probes" if report is not None else f"student {place} in the space's order; not probed"
         print(f"[students] distilling {name} ({order})", flush=True)
-    workspace.students.student(*student)
+    shelf.student(*student)
     record_decision(study, name, DISTILLED)
     return student
 
