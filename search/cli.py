@@ -19,7 +19,7 @@ from udacisense.common.logs import quiet_libraries, quiet_native_logs
 quiet_native_logs()  # before anything imports torch: its C++ log level is read once, at import
 
 from udacisense.common.errors import UserError, os_problem  # noqa: E402
-from udacisense.search.study.config import StudyConfig, load_study  # noqa: E402
+from udacisense.search.study.config import StudyConfig, TargetsConfig, load_study  # noqa: E402
 
 if TYPE_CHECKING:
     import optuna
@@ -160,6 +160,7 @@ def show_front(study: StudyConfig, optuna_study: optuna.Study, out_dir: Path | N
     front, everything = (with_latest_timings(table, stored.exported_card, stored.retimed_front, study.targets, baseline_val)
                          for table in front_tables(optuna_study, study.targets, baseline_val))
     print(front_text(front, shutil.get_terminal_size((120, 24)).columns))
+    _say_left_off(optuna_study, study.targets)
     reference = study.evaluation.reference_runtime
     print(FRONT_LEGEND.format(reference=reference))
     print(f"baseline val top-1 {baseline_val:.3f}; targets: size x{study.targets.max_size_ratio:.2f}, "
@@ -167,6 +168,16 @@ def show_front(study: StudyConfig, optuna_study: optuna.Study, out_dir: Path | N
     if out_dir is not None:
         paths = write_front(front, everything, study.targets, baseline_val, out_dir)
         print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _say_left_off(optuna_study: optuna.Study, targets: TargetsConfig) -> None:
+    from udacisense.search.results.front import left_off_front
+
+    left_off = left_off_front(optuna_study.get_trials(deepcopy=False), targets)
+    if left_off:
+        print(f"  the front within the cost targets (latency x{targets.max_latency_ratio:.2f}, size "
+              f"x{targets.max_size_ratio:.2f}); left off, Pareto-optimal but missing one: trial(s) "
+              f"{', '.join(map(str, left_off))} (pareto_front.png shows every measured trial)")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -189,6 +200,7 @@ def cmd_export(args: argparse.Namespace) -> int:
               f"blocks before picking `{args.pick}` "
               f"(written to {paths['csv'].parent}):")
         print(front_text(front, shutil.get_terminal_size((120, 24)).columns))
+        _say_left_off(optuna_study, study.targets)
         for _, row in front[~front["retimed"]].iterrows():
             print(f"  trial {row['trial']} not re-timed (search-time figures, not exportable): {row['retime_note']}")
         # Only a re-timed row's artifact can be exported, and its figures are the ones a pick compares.

@@ -81,7 +81,7 @@ def load_inputs(study: StudyConfig, storage: str | None, trial_number: int | Non
     retimed = StudyRecord.of(optuna_study).retimed_front
     front, everything = (with_latest_timings(trials_table(members, study.targets, profile.val_top1), exported, retimed,
                                         study.targets, profile.val_top1)
-                         for members in (front_trials(complete), complete))
+                         for members in (front_trials(complete, study.targets), complete))
     if trial_number is not None:
         match = [t for t in trials if t.number == trial_number]
         if not match:
