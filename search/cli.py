@@ -23,6 +23,7 @@ from udacisense.search.study.config import StudyConfig, TargetsConfig, load_stud
 
 if TYPE_CHECKING:
     import optuna
+    import pandas as pd
 
     from udacisense.search.workers.runner import WorkerSummary
 
@@ -145,7 +146,7 @@ def show_front(study: StudyConfig, optuna_study: optuna.Study, out_dir: Path | N
     """Print the stored front (and write its files into ``out_dir``, when given): reads the storage only."""
     import shutil
 
-    from udacisense.search.results.front import front_tables, with_latest_timings, write_front
+    from udacisense.search.results.front import front_tables, with_latest_timings, within_cost_targets, write_front
     from udacisense.search.results.front_text import FRONT_LEGEND, front_text
     from udacisense.search.study.baseline_profile import FILE_NAME, BaselineProfile
     from udacisense.search.study.records import StudyRecord
@@ -159,8 +160,9 @@ def show_front(study: StudyConfig, optuna_study: optuna.Study, out_dir: Path | N
     stored = StudyRecord.of(optuna_study)
     front, everything = (with_latest_timings(table, stored.exported_card, stored.retimed_front, study.targets, baseline_val)
                          for table in front_tables(optuna_study, study.targets, baseline_val))
+    front = within_cost_targets(front)
     print(front_text(front, shutil.get_terminal_size((120, 24)).columns))
-    _say_left_off(optuna_study, study.targets)
+    _say_left_off(optuna_study, study.targets, front)
     reference = study.evaluation.reference_runtime
     print(FRONT_LEGEND.format(reference=reference))
     print(f"baseline val top-1 {baseline_val:.3f}; targets: size x{study.targets.max_size_ratio:.2f}, "
@@ -170,10 +172,10 @@ def show_front(study: StudyConfig, optuna_study: optuna.Study, out_dir: Path | N
         print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
-def _say_left_off(optuna_study: optuna.Study, targets: TargetsConfig) -> None:
+def _say_left_off(optuna_study: optuna.Study, targets: TargetsConfig, shown: pd.DataFrame) -> None:
     from udacisense.search.results.front import left_off_front
 
-    left_off = left_off_front(optuna_study.get_trials(deepcopy=False), targets)
+    left_off = left_off_front(optuna_study.get_trials(deepcopy=False), shown)
     if left_off:
         print(f"  the front within the cost targets (latency x{targets.max_latency_ratio:.2f}, size "
               f"x{targets.max_size_ratio:.2f}); left off, Pareto-optimal but missing one: trial(s) "
@@ -184,7 +186,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import shutil
 
     from udacisense.search.results.export import delegation_line, export_trial, keep_retimed_front, retime_front
-    from udacisense.search.results.front import front_tables, knee, missed_targets, pick
+    from udacisense.search.results.front import front_tables, knee, missed_targets, pick, within_cost_targets
     from udacisense.search.results.front_text import front_text
     from udacisense.search.trial.measuring import Yardstick
 
@@ -194,13 +196,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     if number is None:
         baseline_val = workspace.profile.val_top1
         front, everything = front_tables(optuna_study, study.targets, baseline_val)
-        front = retime_front(front, optuna_study, yardstick)
+        front = within_cost_targets(retime_front(front, optuna_study, yardstick))
         paths = keep_retimed_front(optuna_study, front, everything, workspace, study.run_dir / "front")
         print(f"front re-timed with {study.search.retime_factor}x the runs in {study.search.retime_blocks} independent "
               f"blocks before picking `{args.pick}` "
               f"(written to {paths['csv'].parent}):")
         print(front_text(front, shutil.get_terminal_size((120, 24)).columns))
-        _say_left_off(optuna_study, study.targets)
+        _say_left_off(optuna_study, study.targets, front)
         for _, row in front[~front["retimed"]].iterrows():
             print(f"  trial {row['trial']} not re-timed (search-time figures, not exportable): {row['retime_note']}")
         # Only a re-timed row's artifact can be exported, and its figures are the ones a pick compares.

@@ -8,7 +8,16 @@ import torch
 
 from udacisense.evaluators.evidence import split_evidence
 from udacisense.evaluators.intervals import holm, pack_correct
-from udacisense.search.results.front import front_trials, knee, pareto_trials, pick, trials_table
+from udacisense.search.results.front import (
+    front_trials,
+    knee,
+    left_off_front,
+    mark_targets,
+    pareto_trials,
+    pick,
+    trials_table,
+    within_cost_targets,
+)
 from udacisense.search.study.config import TargetsConfig
 
 TARGETS = TargetsConfig()
@@ -135,6 +144,12 @@ def test_the_front_shown_is_the_one_within_the_cost_targets_when_any_trial_meets
     assert [t.number for t in front_trials(study.trials)] == [0, 1]
     assert [t.number for t in front_trials(study.trials, TARGETS)] == [1]
     assert [t.number for t in front_trials(study.trials, TargetsConfig(size_reduction=0.96))] == [0, 1]  # none meets it
+    # A row that met them at search time and misses them once timed again leaves the shown front too, and is named.
+    table = trials_table(front_trials(study.trials), TARGETS, baseline_val=0.6)
+    retimed = mark_targets(table.assign(latency_ratio=[0.67, 0.61]), TARGETS, baseline_val=0.6)
+    assert list(within_cost_targets(table)["trial"]) == [1]
+    assert list(within_cost_targets(retimed)["trial"]) == [0, 1]  # none meets them: the whole front
+    assert left_off_front(study.trials, within_cost_targets(table)) == [0]
 
 
 def test_a_latency_gap_the_retiming_does_not_resolve_is_worth_no_bytes() -> None:

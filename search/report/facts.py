@@ -17,7 +17,15 @@ from udacisense.common.errors import UserError
 from udacisense.evaluators.evidence import ClassDifference, SplitEvidence, resolved_class_drops
 from udacisense.evaluators.intervals import Interval, wilson
 from udacisense.search.results.export import CARD_NAME
-from udacisense.search.results.front import TIMINGS, front_trials, knee, pick, trials_table, with_latest_timings
+from udacisense.search.results.front import (
+    TIMINGS,
+    front_trials,
+    knee,
+    pick,
+    trials_table,
+    with_latest_timings,
+    within_cost_targets,
+)
 from udacisense.search.study.baseline_profile import FILE_NAME, BaselineProfile
 from udacisense.search.study.config import StudyConfig
 from udacisense.search.study.records import StudyAttr, StudyRecord
@@ -82,6 +90,7 @@ def load_inputs(study: StudyConfig, storage: str | None, trial_number: int | Non
     front, everything = (with_latest_timings(trials_table(members, study.targets, profile.val_top1), exported, retimed,
                                         study.targets, profile.val_top1)
                          for members in (front_trials(complete, study.targets), complete))
+    front = within_cost_targets(front)
     if trial_number is not None:
         match = [t for t in trials if t.number == trial_number]
         if not match:

@@ -67,12 +67,17 @@ def front_trials(trials: Sequence[optuna.trial.FrozenTrial], targets: TargetsCon
     return [r.trial for r in complete if kept(r)]
 
 
-def left_off_front(trials: Sequence[optuna.trial.FrozenTrial], targets: TargetsConfig) -> list[int]:
-    """The trials of the front without targets that the front within them leaves off, for missing a cost target."""
-    complete = [t for t in trials if TrialRecord.of(t).is_measured]
-    within = {t.number for t in front_trials(complete, targets)}
-    return [t.number for t in front_trials(complete)
-            if t.number not in within and not meets_cost_targets(TrialRecord.of(t), targets)]
+def within_cost_targets(front: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``front`` whose latest latency and bytes meet the targets (its ``meets_*`` columns), when any
+    does: a row that met them at search time can miss them once timed again."""
+    meeting = front[front["meets_latency"] & front["meets_size"]]
+    return front if meeting.empty else meeting.reset_index(drop=True)
+
+
+def left_off_front(trials: Sequence[optuna.trial.FrozenTrial], shown: pd.DataFrame) -> list[int]:
+    """The trials of the front without targets that the ``shown`` front leaves off (for missing a cost target)."""
+    return [t.number for t in front_trials([t for t in trials if TrialRecord.of(t).is_measured])
+            if t.number not in set(shown["trial"])]
 
 
 def meets_cost_targets(record: TrialRecord, targets: TargetsConfig) -> bool:
