@@ -76,8 +76,9 @@ def within_cost_targets(front: pd.DataFrame) -> pd.DataFrame:
 
 def left_off_front(trials: Sequence[optuna.trial.FrozenTrial], shown: pd.DataFrame) -> list[int]:
     """The trials of the front without targets that the ``shown`` front leaves off (for missing a cost target)."""
+    shown_numbers = set(shown["trial"])
     return [t.number for t in front_trials([t for t in trials if TrialRecord.of(t).is_measured])
-            if t.number not in set(shown["trial"])]
+            if t.number not in shown_numbers]
 
 
 def meets_cost_targets(record: TrialRecord, targets: TargetsConfig) -> bool:
