@@ -75,7 +75,8 @@ def convergence(trials: Sequence[optuna.trial.FrozenTrial]) -> Convergence | Non
     final, half = steps[-1][1], minutes.total_seconds() / 120
     noise = front_noise(pareto_trials([t for _, t in measured]))
     grown_by_half = max((volume for minute, volume in steps if minute <= half), default=0.0)
-    settled_at = next(minute for minute, volume in steps if final - volume <= noise)
+    # The last step settles it by definition; named as the default too, since a noise of NaN compares false.
+    settled_at = next((minute for minute, volume in steps if final - volume <= noise), steps[-1][0])
     return Convergence(minutes.total_seconds() / 60, final, noise, final - grown_by_half, settled_at)
 
 
