@@ -72,3 +72,13 @@ def test_the_noise_is_what_measuring_the_front_again_could_add() -> None:
     lucky = [(0.62, 0.40 * 0.98, 0.20), (0.52, 0.20 * 0.98, 0.20)]
     assert front_noise(front) == pytest.approx(hypervolume(lucky) - hypervolume([t.values for t in front]))
     assert front_noise([_trial(0, 1, (0.60, 0.40, 0.20), accuracy_noise=0.04)]) > front_noise(front[:1])
+
+
+def test_a_ratio_of_medians_below_its_rounds_10th_percentile_settles_a_one_point_front() -> None:
+    # With few timing rounds the objective (median over all runs / median) can sit below the 10th percentile of
+    # the per-round ratios; the lucky end is then the point itself, not a worse one (a negative noise settled no
+    # minute: the large-model search of test_init crashed on it).
+    trials = [_trial(0, 3, (0.55, 0.30, 0.10), latency_ratio_p10=0.33, accuracy_noise=0.0)]
+    assert front_noise(trials) == 0.0
+    state = convergence(trials)
+    assert state is not None and state.settled_at == 3

@@ -19,10 +19,14 @@ from udacisense.search.study.trial_record import TrialRecord
 
 def _optimistic(record: TrialRecord) -> list[float]:
     """The trial's point at the lucky end of its measurements: validation top-1 at the top of its 95% (Wilson)
-    interval, latency ratio at the 10th percentile of its timing rounds; bytes are exact."""
+    interval, latency ratio at the 10th percentile of its timing rounds; bytes are exact. Never worse than the
+    point itself: the objective's ratio is the ratio of medians over all runs, which can fall below the 10th
+    percentile of the per-round ratios when rounds are few (a negative noise would leave no minute settled)."""
     val = record.evidence("val")
-    return [val.top1_ci95[1] if val is not None else record.val_accuracy,
-            record.latency_ratio_p10 if record.latency_ratio_p10 is not None else record.latency_ratio, record.size_ratio]
+    accuracy = max(record.val_accuracy, val.top1_ci95[1]) if val is not None else record.val_accuracy
+    p10 = record.latency_ratio_p10
+    latency = min(record.latency_ratio, p10) if p10 is not None else record.latency_ratio
+    return [accuracy, latency, record.size_ratio]
 
 
 def front_noise(front: Sequence[optuna.trial.FrozenTrial]) -> float:
@@ -75,8 +79,7 @@ def convergence(trials: Sequence[optuna.trial.FrozenTrial]) -> Convergence | Non
     final, half = steps[-1][1], minutes.total_seconds() / 120
     noise = front_noise(pareto_trials([t for _, t in measured]))
     grown_by_half = max((volume for minute, volume in steps if minute <= half), default=0.0)
-    # The last step settles it by definition; named as the default too, since a noise of NaN compares false.
-    settled_at = next((minute for minute, volume in steps if final - volume <= noise), steps[-1][0])
+    settled_at = next(minute for minute, volume in steps if final - volume <= noise)
     return Convergence(minutes.total_seconds() / 60, final, noise, final - grown_by_half, settled_at)
 
 
