@@ -3,6 +3,7 @@ cannot matter dropped with their measured reasons, one decision per study that a
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from udacisense.search.study.workspace import open_workspace
 from udacisense.search.workers import probe_decisions, probes
 from udacisense.search.workers.probe_decisions import ensure_probes, narrowed_space, portfolio_entries
 from udacisense.search.workers.probes import BASELINE, FLOAT, ProbeReport
+from udacisense.spaces.distributions import IntRange
 from udacisense.spaces.sampling import sample_pipeline
 
 PROBED = {'stages = ["channels", "quantize"]': 'stages = ["distill", "prune", "quantize"]\nstudent_widths = [0.0, 0.5]\n'
@@ -131,3 +133,56 @@ def test_the_portfolio_queues_each_start_in_its_safest_form_and_in_its_smallest_
                         linear_weight_bits=Choice((8, 4)))
     entries = probe_portfolio(space, [], report, max_latency=0.6, max_size=0.7)
     assert [(e.get("student_width"), e["linear_weight_bits"]) for e in entries] == [(None, 8), (0.5, 8), (0.5, 4)]
+
+
+def _portfolio_with_a_cut_student(cut_latency: float) -> list[dict]:
+    """The README run's probes on the EPYC (static XNNPACK int8): the baseline at x0.68 misses the x0.60 latency
+    target, squeeze-excite kept with ReLU meets it on its median but not at the slow end of its rounds; the lean
+    student meets every target, and with its last block dropped runs at ``cut_latency``."""
+    from udacisense.search.workers.probe_decisions import probe_portfolio
+    from udacisense.spaces.distributions import Choice, IntRange
+    from udacisense.spaces.space import SpaceConfig
+
+    student = probes.student_structure(0.5, "lean")
+    measured = (probes.Probe(BASELINE, "static xnnpack", 0.68, 0.64, 0.71, 0.281, 1.0),
+                probes.Probe("architecture(ReLU)", "static xnnpack", 0.59, 0.59, 0.61, 0.235, 1.0),
+                probes.Probe("architecture(no SE)", "static xnnpack", 0.44, 0.44, 0.45, 0.151, 1.0),
+                probes.Probe(student, "static xnnpack", 0.24, 0.23, 0.25, 0.060, 1.0),
+                probes.Probe(f"{student} → architecture(-1 block)", "static xnnpack", cut_latency, cut_latency - 0.01,
+                             cut_latency + 0.01, 0.055, 1.0))
+    cuts = [probes.Structure(name, lambda: None, (("architecture_squeeze_excite", se), ("architecture_activation", act)))
+            for name, se, act in (("architecture(ReLU)", "keep", "relu"), ("architecture(no SE)", "remove", "hard"))]
+    report = ProbeReport(measured, (), ((0.5, "lean"),), (), 1.0, "cpu")
+    space = SpaceConfig(stages=("distill", "architecture", "quantize"), quant_types=Choice(("static",)),
+                        quant_backends=Choice(("xnnpack",)), linear_weight_bits=Choice((8,)),
+                        architecture_drop_blocks=IntRange(0, 6))
+    entries = probe_portfolio(space, cuts, report, max_latency=0.6, max_size=0.7)
+    from udacisense.search.trial.portfolio import sampled_as
+    return [sampled_as(space, entry).pipeline.describe() for entry in entries]  # type: ignore[union-attr]
+
+
+def test_the_portfolio_starts_the_first_student_again_with_its_last_block_dropped_where_that_is_cheaper() -> None:
+    pipelines = _portfolio_with_a_cut_student(0.22)
+    # No baseline start (it misses x0.60), the student, the student less its last block, then the first architecture
+    # cut that meets the targets at the slow end of its rounds (squeeze-excite removed: the ReLU one is borderline).
+    assert len(pipelines) == 3, pipelines
+    assert pipelines[0].startswith("distill(") and "architecture" not in pipelines[0]
+    assert pipelines[1].startswith("distill(") and "architecture(-1 block)" in pipelines[1]
+    assert pipelines[2].startswith("architecture(no SE") and "distill" not in pipelines[2]
+    # A cut that saves nothing on this CPU starts no trial.
+    assert not any("-1 block" in p for p in _portfolio_with_a_cut_student(0.25))
+
+
+@pytest.mark.slow
+def test_the_depth_cut_probe_is_the_student_less_its_last_block(seeded_smoke) -> None:
+
+    config, workspace, _ = _open(seeded_smoke(edits={**PROBED, 'stages = ["distill", "prune", "quantize"]':
+                                                     'stages = ["distill", "architecture", "quantize"]'}))
+    cut = probes.depth_cut(config.space)
+    assert cut is not None and cut.drop_blocks == 1
+    student = next(s for s in probes._structures(workspace) if s.student == (0.5, "lean"))
+    whole, less = student.build(), probes.depth_cut_structure(student, cut, workspace).build()
+    assert sum(p.numel() for p in less.parameters()) < sum(p.numel() for p in whole.parameters())
+    images = workspace.example_input
+    assert less(images).shape == whole(images).shape == (images.shape[0], len(workspace.data.classes))
+    assert probes.depth_cut(dataclasses.replace(config.space, architecture_drop_blocks=IntRange(0, 0))) is None
