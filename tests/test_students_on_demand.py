@@ -8,7 +8,9 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
+from udacisense.search.study.records import DISTILLED, StudyAttr, store_study
 from udacisense.search.workers.probes import Probe, ProbeReport, student_structure
+from udacisense.search.workers.runner import open_questions
 from udacisense.search.workers.students import (
     contains,
     decide_next_student,
@@ -89,6 +91,21 @@ def test_a_distilled_student_no_trial_has_tried_holds_off_the_plateau_stop() -> 
     # With time for it, the next one is pending; before any student is distilled, every undecided one is.
     assert students_pending(tried_once, untried, report, seconds_left=1400.0)  # type: ignore[arg-type]
     assert students_pending(_study(), _shelf_workspace(set()), report, seconds_left=60.0)  # type: ignore[arg-type]
+
+
+def test_a_student_distilling_or_a_queued_trial_holds_off_the_plateau_stop() -> None:
+    """The README run at 34b489a ended on a plateau of the trained model's cuts while the student distilled beside
+    the probes was not on the shelf yet, and its portfolio starts waited for it."""
+    report, shelf = _report(), _shelf_workspace({LEAN_HALF})
+    tried_once = _study((LEAN_HALF, 0.56, 0.10, 0.05))  # the first student tried; no time for the next
+    assert not open_questions(tried_once, shelf, report, seconds_left=600.0)  # type: ignore[arg-type]
+    # The next one decided distilled and not on the shelf yet: pending, however little time is left.
+    store_study(tried_once, {StudyAttr.STUDENTS: {"width-0.75-lean": DISTILLED}})
+    assert students_pending(tried_once, shelf, report, seconds_left=60.0)  # type: ignore[arg-type]
+    # Nothing left of the students, but a start queued: the search has its own question open.
+    idle = _study((LEAN_HALF, 0.56, 0.10, 0.05))
+    idle.enqueue_trial({"student_width": 0.5})
+    assert open_questions(idle, shelf, report, seconds_left=600.0)  # type: ignore[arg-type]
 
 
 def test_no_search_starts_a_distillation_it_cannot_finish() -> None:

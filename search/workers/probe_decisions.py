@@ -250,7 +250,9 @@ def probe_portfolio(space: SpaceConfig, structures: Sequence[Structure], report:
             and (q := quantized(s.name))]
     if cuts and "architecture" in narrowed.stages:
         cut, forms = cuts[0]
-        entries += [{**off, "use_architecture": True, **dict(cut.choices), **quantize} for quantize in forms]
+        # The cut as probed: no blocks dropped beyond the fewest the space drops (else the sampler draws a depth).
+        entries += [{**off, "use_architecture": True, **dict(cut.choices),
+                     "architecture_drop_blocks": narrowed.architecture_drop_blocks.low, **quantize} for quantize in forms]
     return entries
 
 

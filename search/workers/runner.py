@@ -103,6 +103,14 @@ def next_action(study: optuna.Study, n_trials: int) -> str:
     return "wait" if TrialState.RUNNING in states else "done"
 
 
+def open_questions(study: optuna.Study, workspace: Workspace, report: ProbeReport | None, seconds_left: float | None) -> bool:
+    """Whether the search has questions of its own still open: queued trials (the portfolio's starts, promotions)
+    or students still to come (``students_pending``). A plateau reached before they are answered is no convergence
+    on what the search can reach, so it ends no search."""
+    return (bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+            or students_pending(study, workspace, report, seconds_left))
+
+
 @dataclass(frozen=True)
 class WorkerSummary:
     worker: int
@@ -211,7 +219,7 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
             if action == "wait":
                 time.sleep(study_config.search.heartbeat_seconds)
                 continue
-            if stop_rule is not None and not students_pending(study, workspace, report, seconds_left):
+            if stop_rule is not None and not open_questions(study, workspace, report, seconds_left):
                 stopped = stop_rule(study)
                 if stopped is not None:
                     break

@@ -123,10 +123,13 @@ def distillation_estimate(workspace: Workspace, student: Student) -> float | Non
 
 def students_pending(study: optuna.Study, workspace: Workspace, report: ProbeReport | None,
                      seconds_left: float | None) -> bool:
-    """Whether a student could still move the front: one distilled that no finished trial has tried yet, or an
-    undecided one that could still be distilled in ``seconds_left``. A search with either has not converged on
-    what it can reach."""
+    """Whether a student could still move the front: one distilled that no finished trial has tried yet, one being
+    distilled (beside the probes, typically: the README run on the EPYC ended on a plateau of the trained model's
+    cuts while its most promising student was 2 minutes from the shelf), or an undecided one that could still be
+    distilled in ``seconds_left``. A search with any has not converged on what it can reach."""
     if any(workspace.students.trained(*s) and not tried(study, workspace, s) for s in ranked_students(workspace, report)):
+        return True
+    if being_distilled(study, workspace, report):
         return True
     return any(seconds_left is None or (estimate := distillation_estimate(workspace, s)) is None or estimate <= seconds_left
                for s in undecided_students(study, workspace, report))
