@@ -19,11 +19,15 @@ SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files holding slow tests first: xdist hands out whole files (``--dist loadfile``) in this order to whichever
-    worker is free, so the longest go out first and the run does not end on one worker finishing a long file
-    while the other idles."""
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
+    """Files holding slow tests first, the longest (``@pytest.mark.slow(minutes=...)``, 1 unless said) first of all:
+    xdist hands out whole files (``--dist loadfile``) in this order to whichever worker is free, so the run does not
+    end on one worker finishing a long file while the other idles (the probes' test, 5-6 min, went out sixth)."""
+    weight: dict[Path, float] = {}
+    for item in items:
+        marker = item.get_closest_marker("slow")
+        if marker is not None:
+            weight[item.path] = max(weight.get(item.path, 0.0), float(marker.kwargs.get("minutes", 1)))
+    items.sort(key=lambda item: -weight.get(item.path, 0.0))
 
 
 def cli_command(*args: str) -> list[str]:

@@ -39,13 +39,10 @@ from udacisense.search.study.config import load_study
 from udacisense.search.study.storage import open_study
 from udacisense.search.study.trial_record import records
 from udacisense.search.study.workspace import open_workspace
-real, calls = probes._timed, []
-def time_then_die(*args):
-    calls.append(1)
-    if len(calls) == 1:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return real(*args)
-probes._timed = time_then_die
+def lower_and_die(*args):
+    os.kill(os.getpid(), signal.SIGKILL)
+probes._lowered = lower_and_die  # in this process: one process lowers here
+probe_decisions.opening_student = lambda space: None  # no student beside (a killed one: tests/test_distillation.py)
 config = load_study(sys.argv[1])
 probe_decisions.ensure_probes(open_study(config), open_workspace(config, progress=False), progress=False)
 """
@@ -56,10 +53,10 @@ def _open(path: Path):
     return config, open_workspace(config, progress=False), open_study(config)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=5)
 def test_probes_drop_what_cannot_matter_rank_the_students_and_store_one_decision(seeded_smoke, monkeypatch) -> None:
     path = seeded_smoke(edits=PROBED)
-    # A prober killed during its first program leaves nothing decided, and the next one probes.
+    # A prober killed during its first program (after its opening trial) leaves nothing decided, and the next one probes.
     killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_PROBING, str(path)], capture_output=True, timeout=600)
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
     config, workspace, study = _open(path)

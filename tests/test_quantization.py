@@ -380,7 +380,7 @@ def test_ptq_keeps_the_measured_most_sensitive_units_float(float_model, context,
         apply_stage(float_model, StaticQuantConfig(backend="x86", float_sensitive_units=14), context)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=2)
 def test_qat_with_int4_linear_weights_trains_converts_and_lowers_to_a_smaller_pte(wide_model, context, tiny_bundle):
     # The fine-tune lays convolutions out channels_last and back: the int4 weights (a torchao tensor
     # subclass) must be left alone, or nn.Module._apply fails to swap them (found by a real search).

@@ -13,7 +13,7 @@ from udacisense.search.study.trial_record import TrialRecord
 from udacisense.search.workers.runner import run_search
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=2)
 def test_a_search_screens_a_repeated_structure_and_measures_it_once_promoted(seeded_smoke) -> None:
     """Real trials: two pipelines of one structure (channel pruning 0.5, int8); the first recovers for 6
     epochs, the second hardly at all. The second is screened on the memo; with a larger accuracy margin it is
