@@ -28,6 +28,7 @@ from udacisense.search.workers.probes import (
     ProbeReport,
     Structure,
     depth_cut,
+    depth_cut_name,
     measure_probes,
     student_structure,
 )
@@ -241,11 +242,11 @@ def probe_portfolio(space: SpaceConfig, structures: Sequence[Structure], report:
         student = student_structure(width, architecture)
         entries += [{**distilled_first(narrowed, width, architecture), **quantize} for quantize in quantized(student)]
         depth = depth_cut(narrowed)
-        if depth is not None and _cheaper(report.probes, f"{student} → {depth.describe()}", student):
+        if depth is not None and _cheaper(report.probes, depth_cut_name(student, depth), student):
             entries += [{**distilled_first(narrowed, width, architecture), "use_architecture": True,
                          "architecture_squeeze_excite": depth.squeeze_excite, "architecture_activation": depth.activation,
                          "architecture_drop_blocks": depth.drop_blocks, **quantize}
-                        for quantize in quantized(f"{student} → {depth.describe()}")]
+                        for quantize in quantized(depth_cut_name(student, depth))]
     cuts = [(s, q) for s in structures if s.choices and s.choices[0][0] == "architecture_squeeze_excite"
             and (q := quantized(s.name))]
     if cuts and "architecture" in narrowed.stages:

@@ -219,9 +219,14 @@ def depth_cut(space: SpaceConfig) -> ArchitectureConfig | None:
     return ArchitectureConfig(squeeze_excite="keep", activation="hard", drop_blocks=blocks)
 
 
+def depth_cut_name(structure: str, cut: ArchitectureConfig) -> str:
+    """The name of the probed structure ``structure`` with ``cut``'s blocks dropped."""
+    return f"{structure} → {cut.describe()}"
+
+
 def depth_cut_structure(structure: Structure, cut: ArchitectureConfig, workspace: Workspace) -> Structure:
     """``structure`` with ``cut``'s blocks dropped."""
-    return Structure(f"{structure.name} → {cut.describe()}", _cut(structure.build, cut, workspace),
+    return Structure(depth_cut_name(structure.name, cut), _cut(structure.build, cut, workspace),
                      (*structure.choices, ("architecture_drop_blocks", cut.drop_blocks)))
 
 
