@@ -104,16 +104,18 @@ class Probe:
     size_ratio: float  # artifact bytes / the float baseline .pte's
     seconds: float  # to build, lower and time it
 
+    def latency(self, *, slow: bool = False) -> float:
+        """Its latency ratio (``slow``: at the 90th percentile of its timing rounds)."""
+        return self.latency_ratio_p90 if slow else self.latency_ratio
+
     def meets(self, max_latency: float, max_size: float, *, slow: bool = False) -> bool:
-        """Within both allowances (``slow``: at the 90th percentile of its timing rounds)."""
-        latency = self.latency_ratio_p90 if slow else self.latency_ratio
-        return latency <= max_latency and self.size_ratio <= max_size
+        """Within both allowances (``slow``: see ``latency``)."""
+        return self.latency(slow=slow) <= max_latency and self.size_ratio <= max_size
 
     def cost(self, max_latency: float, max_size: float, *, slow: bool = False) -> float:
         """Distance from zero latency and bytes in units of the allowances: how much room it leaves for accuracy
         (``slow``: its latency at the 90th percentile of its rounds)."""
-        latency = self.latency_ratio_p90 if slow else self.latency_ratio
-        return math.hypot(latency / max_latency, self.size_ratio / max_size)
+        return math.hypot(self.latency(slow=slow) / max_latency, self.size_ratio / max_size)
 
 
 @dataclass(frozen=True)
@@ -333,10 +335,13 @@ def measure_probes(workspace: Workspace, *, progress: bool = True, processes: in
     cheapest = min((s for s in structures if not s.float_only), key=cost)
     # And the most promising student with its last block dropped: at phone-app input sizes each block costs its
     # operators, whatever its width, so a student meeting the targets may become a cheaper one (a starting trial).
+    wanted = [(cheapest, form) for form in forms]
     cut = depth_cut(study.space)
     students = [s for s in structures if s.student is not None]
-    deeper = [] if cut is None or int8 is None or not students else [depth_cut_structure(min(students, key=cost), cut, workspace)]
-    structures += deeper
-    probe([(cheapest, form) for form in forms] + [(structure, int8) for structure in deeper if int8 is not None])
+    if cut is not None and int8 is not None and students:
+        deeper = depth_cut_structure(min(students, key=cost), cut, workspace)
+        structures.append(deeper)
+        wanted.append((deeper, int8))
+    probe(wanted)
     bar.close()
     return Measured(tuple(structures), tuple(forms), tuple(probes), (time.perf_counter() - started) / 60, cpu_name())
