@@ -12,7 +12,7 @@ import pytest
 from udacisense.search.study.records import DIRECTIONS, Attr, queued_attrs
 from udacisense.search.trial.portfolio import sampled_as
 from udacisense.search.workers.opening import opening_entries, record_opening
-from udacisense.spaces.distributions import Choice
+from udacisense.spaces.distributions import Choice, IntRange
 from udacisense.spaces.sampling import sample_pipeline
 from udacisense.spaces.space import SpaceConfig
 
@@ -31,6 +31,21 @@ def test_the_opening_quantizes_the_trained_model_after_training_only_on_the_ship
     # Nothing that trains: no opening where the space insists on a training stage or offers only QAT.
     assert _pipelines(dataclasses.replace(SPACE, required=("prune",))) == []
     assert _pipelines(dataclasses.replace(SPACE, quant_types=Choice(("none", "qat")))) == []
+
+
+def test_the_opening_cuts_every_operator_the_architecture_family_removes_and_no_block_before_the_rest() -> None:
+    cutting = dataclasses.replace(SPACE, stages=("distill", "architecture", "quantize"), architecture_drop_blocks=IntRange(1, 6))
+    assert _pipelines(cutting) == ["architecture(no SE, ReLU, -1 block) → ptq(xnnpack)", "dynamic(int8, xnnpack)", "ptq(xnnpack)"]
+    cut = sampled_as(cutting, opening_entries(cutting)[0])
+    assert cut is not None and cut.params["finetune_epochs"] == cutting.finetune_epochs.high  # fine-tuned the longest
+    # Only the operators the space lets it remove; none where it removes none, or has no architecture family.
+    assert _pipelines(dataclasses.replace(cutting, architecture_activation=Choice(("hard",))))[0] == \
+        "architecture(no SE, -1 block) → ptq(xnnpack)"
+    assert _pipelines(dataclasses.replace(cutting, architecture_activation=Choice(("hard",)),
+                                          architecture_squeeze_excite=Choice(("keep",)))) == _pipelines(SPACE)
+    # Never in a space that insists on another training stage, nor without static int8.
+    assert _pipelines(dataclasses.replace(cutting, required=("distill",))) == []
+    assert _pipelines(dataclasses.replace(cutting, quant_types=Choice(("dynamic",)))) == ["dynamic(int8, xnnpack)"]
 
 
 def _ran(space: SpaceConfig) -> list[optuna.trial.FrozenTrial]:

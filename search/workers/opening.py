@@ -1,16 +1,22 @@
-"""Opening trials: the trained model in each post-training form of the runtime its artifact ships on, run before the
-probes, while nothing else is known; and the cheapest student, distilled beside the probes.
+"""Opening trials: the trained model in each post-training form of the runtime its artifact ships on, and in its
+cheapest operator cut, run before the probes, while nothing else is known; and the cheapest student, distilled beside
+the probes.
 
-The trained model's train nothing (a calibration at most, then a lowering), so a search has judged candidates, often
-shippable ones, in its first minute rather than after the probes (3-4 min of a 2-core machine). Where only a student
-can meet the targets, waiting for the probes to rank the students would put the first shippable candidate after
-them and a distillation; but one student needs no ranking: the one every other student of the space contains (the
-narrowest, lean where the space has lean students) costs no more than any of them, so it is distilled in a process
-of its own while the probes run, and tried in the safest int8 form. All run in studies of their own and enter the
-search's study once the probes have decided its space: Optuna refuses a categorical parameter whose choices change
-within a study, and only the narrowed space says which parameters, with which choices, sample their pipeline there.
-An opening trial whose pipeline the narrowed space cannot sample stays out of the study (its log line and its files
-remain).
+The trained model's post-training forms train nothing (a calibration at most, then a lowering), so a search has judged
+candidates, often shippable ones, in its first minute rather than after the probes (3-7 min of a 2-core machine). At
+32x32 a program pays per operator, so int8 alone may miss a latency target that a cut network meets (the trained
+model in static int8 ran at x0.71 of the float `.pte` on an AVX-512 EPYC, with hard activations swapped for ReLU at
+x0.56); of the cuts the architecture family makes, the one without every operator it can remove (squeeze-excite,
+hard activations) and without a block dropped is the cheapest at the least depth risk, whatever the probes find,
+so it is one more opening trial, fine-tuned for the most epochs the space allows (one pass over the data here) and
+run first, while the others share the other processes. Where only a student can meet the targets, waiting for the
+probes to rank the students would put the first shippable candidate after them and a distillation; but one student
+needs no ranking: the one every other student of the space contains (the narrowest, lean where the space has lean
+students) costs no more than any of them, so it is distilled in a process of its own while the probes run, and
+tried in the safest int8 form. All run in studies of their own and enter the search's study once the probes have
+decided its space: Optuna refuses a categorical parameter whose choices change within a study, and only the
+narrowed space says which parameters, with which choices, sample their pipeline there. An opening trial whose
+pipeline the narrowed space cannot sample stays out of the study (its log line and its files remain).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import optuna
 from tqdm.auto import tqdm
 
 from udacisense.common.forked import map_forked
+from udacisense.compression.architecture import ArchitectureConfig
 from udacisense.compression.distillation import DistillationConfig
 from udacisense.compression.quantization import DynamicQuantConfig, StaticQuantConfig
 from udacisense.models.students import StudentArchitecture
@@ -57,9 +64,15 @@ def _plain_int8(space: SpaceConfig) -> dict[str, Any]:
 
 
 def opening_entries(space: SpaceConfig) -> list[Entry]:
-    """The baseline in each post-training quantization type ``space`` allows (dynamic, then static), on the shipping
-    backend, with 8-bit Linear weights and nothing kept in float; none where the space would add a training stage."""
+    """The baseline's operator cut (``operator_cut``) in static int8 first, then the baseline in each post-training
+    quantization type ``space`` allows (dynamic, then static), on the shipping backend, with 8-bit Linear weights
+    and nothing kept in float; none where the space would add another training stage."""
     entries: list[Entry] = []
+    cut = operator_cut(space)
+    if cut is not None and "static" in space.quant_types.options:
+        sampled = sampled_as(space, {**only_quantize(space), **cut, **_plain_int8(space), "quant_type": "static"})
+        if sampled is not None and [type(s) for s in sampled.pipeline.stages] == [ArchitectureConfig, StaticQuantConfig]:
+            entries.append(sampled.params)
     for quant_type in ("dynamic", "static"):
         if quant_type not in space.quant_types.options:
             continue
@@ -67,6 +80,20 @@ def opening_entries(space: SpaceConfig) -> list[Entry]:
         if sampled is not None and [type(s) for s in sampled.pipeline.stages] in ([DynamicQuantConfig], [StaticQuantConfig]):
             entries.append(sampled.params)
     return entries
+
+
+def operator_cut(space: SpaceConfig) -> Entry | None:
+    """Parameters of the architecture family's cut of the trained model that removes every operator ``space`` lets it
+    remove (squeeze-excite blocks, hard activations) and drops the fewest blocks it allows, fine-tuned for the most
+    epochs it allows (its cost is what it is tried for; its accuracy is the question); None where the space has no
+    architecture family or its cuts remove no operator."""
+    squeeze_excite, activation = space.architecture_squeeze_excite.options, space.architecture_activation.options
+    if "architecture" not in space.stages or ("remove" not in squeeze_excite and "relu" not in activation):
+        return None
+    return {"use_architecture": True,
+            "architecture_squeeze_excite": "remove" if "remove" in squeeze_excite else squeeze_excite[0],
+            "architecture_activation": "relu" if "relu" in activation else activation[0],
+            "architecture_drop_blocks": space.architecture_drop_blocks.low, "finetune_epochs": space.finetune_epochs.high}
 
 
 def opening_student(space: SpaceConfig) -> tuple[Student, Entry] | None:
@@ -91,7 +118,8 @@ def run_opening(workspace: Workspace, *, processes: int = 1, progress: bool = Tr
     if not entries:
         return []
     if progress:
-        tqdm.write(f"opening: {len(entries)} trial(s) of the trained model in post-training forms, before the probes")
+        tqdm.write(f"opening: {len(entries)} trial(s) of the trained model in post-training forms (and its operator cut), "
+                   "before the probes")
     folder = _opening_folder(workspace)
     trials = map_forked([partial(_run_one, workspace, folder / str(index), entry)
                          for index, entry in enumerate(entries)], processes)
