@@ -146,7 +146,7 @@ def show_front(study: StudyConfig, optuna_study: optuna.Study, out_dir: Path | N
     """Print the stored front (and write its files into ``out_dir``, when given): reads the storage only."""
     import shutil
 
-    from udacisense.search.results.front import front_tables, with_latest_timings, within_cost_targets, write_front
+    from udacisense.search.results.front import shown_tables, write_front
     from udacisense.search.results.front_text import FRONT_LEGEND, front_text
     from udacisense.search.study.baseline_profile import FILE_NAME, BaselineProfile
     from udacisense.search.study.records import StudyRecord
@@ -158,9 +158,7 @@ def show_front(study: StudyConfig, optuna_study: optuna.Study, out_dir: Path | N
     baseline_val = BaselineProfile.of_study(optuna_study, study.run_dir / "baseline" / FILE_NAME).val_top1
     # Each row with its latest timing (the export's, else the re-timed front's), as the report and the card show it.
     stored = StudyRecord.of(optuna_study)
-    front, everything = (with_latest_timings(table, stored.exported_card, stored.retimed_front, study.targets, baseline_val)
-                         for table in front_tables(optuna_study, study.targets, baseline_val))
-    front = within_cost_targets(front)
+    front, everything = shown_tables(optuna_study, study.targets, baseline_val, stored.exported_card, stored.retimed_front)
     print(front_text(front, shutil.get_terminal_size((120, 24)).columns))
     _say_left_off(optuna_study, study.targets, front)
     reference = study.evaluation.reference_runtime

@@ -19,12 +19,9 @@ from udacisense.evaluators.intervals import Interval, wilson
 from udacisense.search.results.export import CARD_NAME
 from udacisense.search.results.front import (
     TIMINGS,
-    front_trials,
     knee,
     pick,
-    trials_table,
-    with_latest_timings,
-    within_cost_targets,
+    shown_tables,
 )
 from udacisense.search.study.baseline_profile import FILE_NAME, BaselineProfile
 from udacisense.search.study.config import StudyConfig
@@ -86,11 +83,8 @@ def load_inputs(study: StudyConfig, storage: str | None, trial_number: int | Non
         raise UserError(f"The study {study.name!r} has no measured trials ({len(trials)} trial(s) in total), "
                         "so there is nothing to report on.", "run `udacisense search --study ...` until trials complete.")
     exported, card_dir = _exported_card(optuna_study, study, trials)
-    retimed = StudyRecord.of(optuna_study).retimed_front
-    front, everything = (with_latest_timings(trials_table(members, study.targets, profile.val_top1), exported, retimed,
-                                        study.targets, profile.val_top1)
-                         for members in (front_trials(complete, study.targets), complete))
-    front = within_cost_targets(front)
+    front, everything = shown_tables(optuna_study, study.targets, profile.val_top1, exported,
+                                     StudyRecord.of(optuna_study).retimed_front)
     if trial_number is not None:
         match = [t for t in trials if t.number == trial_number]
         if not match:

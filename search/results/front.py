@@ -385,6 +385,15 @@ def front_tables(study: optuna.Study, targets: TargetsConfig, baseline_val: floa
     return trials_table(front_trials(complete, targets), targets, baseline_val), trials_table(complete, targets, baseline_val)
 
 
+def shown_tables(study: optuna.Study, targets: TargetsConfig, baseline_val: float, card: dict[str, Any] | None,
+                 retimed_rows: list[dict[str, Any]] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``front_tables`` as every reader shows them: each row with its latest timing (``with_latest_timings``), the
+    front then within the cost targets on those figures (``within_cost_targets``)."""
+    front, everything = (with_latest_timings(table, card, retimed_rows, targets, baseline_val)
+                         for table in front_tables(study, targets, baseline_val))
+    return within_cost_targets(front), everything
+
+
 def public_rows(table: pd.DataFrame) -> pd.DataFrame:
     """The table as written and stored: without the columns kept only for computing (per-image results)."""
     return table.drop(columns=[c for c in INTERNAL_COLUMNS if c in table.columns])
