@@ -21,7 +21,9 @@ SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Files holding slow tests first, the longest (``@pytest.mark.slow(minutes=...)``, 1 unless said) first of all:
     xdist hands out whole files (``--dist loadfile``) in this order to whichever worker is free, so the run does not
-    end on one worker finishing a long file while the other idles (the probes' test, 5-6 min, went out sixth)."""
+    end on one worker finishing a long file while the other idles (the probes' test, 5-6 min, went out sixth). Only
+    with ``--no-loadscope-reorder`` (pyproject's addopts): by default xdist re-sorts the files by their number of
+    tests, which left one worker 170 s of tests after the other's last."""
     weight: dict[Path, float] = {}
     for item in items:
         marker = item.get_closest_marker("slow")
