@@ -67,17 +67,17 @@ def opening_entries(space: SpaceConfig) -> list[Entry]:
     """The baseline's operator cut (``operator_cut``) in static int8 first, then the baseline in each post-training
     quantization type ``space`` allows (dynamic, then static), on the shipping backend, with 8-bit Linear weights
     and nothing kept in float; none where the space would add another training stage."""
-    entries: list[Entry] = []
     cut = operator_cut(space)
-    if cut is not None and "static" in space.quant_types.options:
-        sampled = sampled_as(space, {**only_quantize(space), **cut, **_plain_int8(space), "quant_type": "static"})
-        if sampled is not None and [type(s) for s in sampled.pipeline.stages] == [ArchitectureConfig, StaticQuantConfig]:
-            entries.append(sampled.params)
-    for quant_type in ("dynamic", "static"):
-        if quant_type not in space.quant_types.options:
+    # Each opening's parameters beyond the plain int8 ones, and the stages it must run (no other training stage).
+    openings: list[tuple[Entry, list[type]]] = [] if cut is None else [
+        ({**cut, "quant_type": "static"}, [ArchitectureConfig, StaticQuantConfig])]
+    openings += [({"quant_type": "dynamic"}, [DynamicQuantConfig]), ({"quant_type": "static"}, [StaticQuantConfig])]
+    entries: list[Entry] = []
+    for params, stages in openings:
+        if params["quant_type"] not in space.quant_types.options:
             continue
-        sampled = sampled_as(space, {**only_quantize(space), **_plain_int8(space), "quant_type": quant_type})
-        if sampled is not None and [type(s) for s in sampled.pipeline.stages] in ([DynamicQuantConfig], [StaticQuantConfig]):
+        sampled = sampled_as(space, {**only_quantize(space), **_plain_int8(space), **params})
+        if sampled is not None and [type(s) for s in sampled.pipeline.stages] == stages:
             entries.append(sampled.params)
     return entries
 
@@ -118,8 +118,7 @@ def run_opening(workspace: Workspace, *, processes: int = 1, progress: bool = Tr
     if not entries:
         return []
     if progress:
-        tqdm.write(f"opening: {len(entries)} trial(s) of the trained model in post-training forms (and its operator cut), "
-                   "before the probes")
+        tqdm.write(f"opening: {len(entries)} trial(s) of the trained model, before the probes")
     folder = _opening_folder(workspace)
     trials = map_forked([partial(_run_one, workspace, folder / str(index), entry)
                          for index, entry in enumerate(entries)], processes)
