@@ -22,14 +22,16 @@ CLASSES = ("blue", "green", "red")
 
 
 def _write_folder(root: Path, size: int, per_class: dict[str, int], seed: int = 0) -> Path:
-    """Noisy images whose class is the dominant colour channel, in train/ and test/ class folders."""
+    """Dark noisy images whose class is the dominant colour channel, in train/ and test/ class folders. Their
+    statistics are far from ImageNet's, so a model trained with one normalisation misreads images given the other
+    (with brighter images either serves, and which one init names is a coin toss)."""
     rng = np.random.default_rng(seed)
     for split, count in per_class.items():
         for label, name in enumerate(CLASSES):
             (root / split / name).mkdir(parents=True, exist_ok=True)
             for i in range(count):
-                pixels = rng.integers(0, 110, (size, size, 3))
-                pixels[..., 2 - label] += rng.integers(90, 146)  # RGB: red is channel 0, blue channel 2
+                pixels = rng.integers(0, 60, (size, size, 3))
+                pixels[..., 2 - label] += rng.integers(30, 61)  # RGB: red is channel 0, blue channel 2
                 Image.fromarray(pixels.astype(np.uint8)).save(root / split / name / f"{i:03d}.png")
     return root
 
@@ -82,7 +84,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_a_large_trained_outside_the_product_is_searched_to_a_verified_pte(workdir: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(workdir)
-    folder = _write_folder(workdir / "colors", 32, {"train": 40, "test": 12})
+    folder = _write_folder(workdir / "colors", 32, {"train": 40, "test": 30})
     model = _train_plain(folder, "large", 32, workdir / "large.pth")
     assert main(["init", "--model", str(model), "--data", str(folder), "--name", "colors-large"]) == 0
     said = capsys.readouterr().out
@@ -102,7 +104,7 @@ def test_a_large_trained_outside_the_product_is_searched_to_a_verified_pte(workd
 
 def test_a_small_on_64_pixel_images_gets_a_study_at_their_size(workdir: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(workdir)
-    folder = _write_folder(workdir / "colors64", 64, {"train": 24, "test": 6}, seed=1)
+    folder = _write_folder(workdir / "colors64", 64, {"train": 24, "test": 16}, seed=1)
     model = _train_plain(folder, "small", 64, workdir / "small64.pth", epochs=5)
     assert main(["init", "--model", str(model), "--data", str(folder), "--name", "colors64"]) == 0
     written = tomllib.loads((workdir / "studies" / "colors64.toml").read_text())

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from udacisense.common.errors import UserError
 from udacisense.common.files import write_text
 from udacisense.datasources.config import DataConfig
 from udacisense.datasources.inspection import FolderReport, inspect_folder
 from udacisense.datasources.loaders import DataBundle, load_data
-from udacisense.evaluators.accuracy import evaluate_accuracy
+from udacisense.evaluators.accuracy import accuracy_from_logits, predict_logits
 from udacisense.evaluators.intervals import wilson
 from udacisense.models.checkpoints import CheckpointInfo, check_classes, inspect_checkpoint
 from udacisense.models.config import ModelConfig
@@ -91,24 +93,28 @@ def _validation(folder: FolderReport) -> dict[str, Any]:
     return {"val_fraction": min(1 / 3, max(0.05, VALIDATION_IMAGES / pool))}
 
 
-def _score(info: CheckpointInfo, model_config: ModelConfig, bundle: DataBundle) -> float:
+def _score(info: CheckpointInfo, model_config: ModelConfig, bundle: DataBundle) -> tuple[float, float]:
+    """The model's mean cross-entropy and top-1 on the validation images."""
     model = build_model(model_config, info.num_classes, bundle.config.image_size)
     model.load_state_dict(info.state_dict)
-    return evaluate_accuracy(model.eval(), bundle.loader("val"), len(bundle.classes)).top1
+    logits, labels = predict_logits(model.eval(), bundle.loader("val"))
+    return float(nn.functional.cross_entropy(logits, labels)), accuracy_from_logits(logits, labels, len(bundle.classes)).top1
 
 
 def _best_normalisation(info: CheckpointInfo, model_config: ModelConfig,
                         bundle: DataBundle) -> tuple[tuple[float, ...], tuple[float, ...], float, str]:
-    """The normalisation the model scores best with: the one its checkpoint stores, else the better of the
-    training split's statistics and ImageNet's (a model fed the wrong one scores near chance)."""
+    """The normalisation the model fits best: the one its checkpoint stores, else the better of the training
+    split's statistics and ImageNet's (a model fed the wrong one scores near chance). Judged by cross-entropy,
+    which weighs every image's confidence: on a few dozen validation images two normalisations often tie on
+    top-1, and the first of a tie would win whatever the model was trained with."""
     if info.mean and info.std:
         tried = [(info.mean, info.std, "the checkpoint's normalisation")]
     else:
         tried = [(bundle.mean, bundle.std, "normalised by the training images' statistics"),
                  (*IMAGENET, "normalised as ImageNet")]
-    scored = [(_score(info, model_config, dataclasses.replace(bundle, mean=mean, std=std)), mean, std, label)
+    scored = [(*_score(info, model_config, dataclasses.replace(bundle, mean=mean, std=std)), mean, std, label)
               for mean, std, label in tried]
-    top1, mean, std, label = max(scored, key=lambda s: s[0])
+    _, top1, mean, std, label = min(scored, key=lambda s: s[0])
     return tuple(mean), tuple(std), top1, label
 
 
