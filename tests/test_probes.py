@@ -14,10 +14,11 @@ from optuna.trial import TrialState
 
 from udacisense.search.report.learned import section_learned
 from udacisense.search.study.config import load_study
-from udacisense.search.study.records import StudyRecord
+from udacisense.search.study.records import Probe, StudyRecord
 from udacisense.search.study.storage import open_study
 from udacisense.search.study.trial_record import records
 from udacisense.search.study.workspace import open_workspace
+from udacisense.search.trial.screening import ScreeningRule, estimate
 from udacisense.search.workers import probe_decisions, probes
 from udacisense.search.workers.probe_decisions import ensure_probes, narrowed_space, portfolio_entries
 from udacisense.search.workers.probes import BASELINE, FLOAT, ProbeReport
@@ -30,6 +31,7 @@ PROBED = {'stages = ["channels", "quantize"]': 'stages = ["distill", "prune", "q
           # The smoke baseline's static XNNPACK int8 program runs at x0.37-0.66 of the float one, by CPU: a latency
           # target it meets on any, so that what the probes keep does not depend on the machine.
           "latency_reduction = 0.40": "latency_reduction = 0.0"}
+RULE = ScreeningRule(latency_margin=0.1, accuracy_margin=0.0)
 
 
 KILLED_WHILE_PROBING = """
@@ -39,6 +41,7 @@ from udacisense.search.study.config import load_study
 from udacisense.search.study.storage import open_study
 from udacisense.search.study.trial_record import records
 from udacisense.search.study.workspace import open_workspace
+from udacisense.search.trial.screening import ScreeningRule, estimate
 def lower_and_die(*args):
     os.kill(os.getpid(), signal.SIGKILL)
 probes._lowered = lower_and_die  # in this process: one process lowers here
@@ -78,6 +81,13 @@ def test_probes_drop_what_cannot_matter_rank_the_students_and_store_one_decision
         assert (kept is not None) == record.parity_ok and (kept is None or ("opening" in kept.parts and kept.is_file()))
     measured = {(p.structure, p.form): p for p in report.probes}
     limits = config.targets.max_latency_ratio, config.targets.max_size_ratio
+    # A probe keys its program as a trial keys its model: the opening trials (the baseline and the student in static
+    # int8) are probed programs, so the screen's memo knows what they cost before the search's first trial.
+    for record, structure in zip(opening, (BASELINE, probes.student_structure(0.5, "lean")), strict=True):
+        probe = measured[(structure, "static xnnpack")]
+        assert record.structure is not None and probe.program is not None and probe.program.key == record.structure.key
+        known = estimate(record.structure, 0.5, record.runtime, True, [], RULE, report.probes)
+        assert known is not None and known.source == "memo" and known.size_ratio == probe.size_ratio
     assert {(BASELINE, "static xnnpack"), (BASELINE, "static x86")} <= set(measured)
     assert all(form != FLOAT for structure, form in measured if not structure.startswith("prune("))  # no float in the space
     # Zeroed weights are stored dense: the pruned program has the baseline's bytes, so pruning leaves the space.
@@ -121,10 +131,10 @@ def test_the_portfolio_queues_each_start_in_its_safest_form_and_in_its_smallest_
     from udacisense.spaces.space import SpaceConfig
 
     student = probes.student_structure(0.5, "lean")
-    measured = (probes.Probe(BASELINE, "static xnnpack", 0.40, 0.39, 0.43, 0.281, 1.0),
-                probes.Probe(BASELINE, "static xnnpack int4 Linear", 0.47, 0.46, 0.48, 0.75, 1.0),
-                probes.Probe(student, "static xnnpack", 0.10, 0.09, 0.14, 0.060, 1.0),
-                probes.Probe(student, "static xnnpack int4 Linear", 0.14, 0.12, 0.14, 0.049, 1.0))
+    measured = (Probe(BASELINE, "static xnnpack", 0.40, 0.39, 0.43, 0.281, 1.0),
+                Probe(BASELINE, "static xnnpack int4 Linear", 0.47, 0.46, 0.48, 0.75, 1.0),
+                Probe(student, "static xnnpack", 0.10, 0.09, 0.14, 0.060, 1.0),
+                Probe(student, "static xnnpack int4 Linear", 0.14, 0.12, 0.14, 0.049, 1.0))
     report = ProbeReport(measured, (), ((0.5, "lean"),), (), 1.0, "cpu")
     space = SpaceConfig(stages=("distill", "quantize"), quant_types=Choice(("static",)), quant_backends=Choice(("xnnpack",)),
                         linear_weight_bits=Choice((8, 4)))
@@ -141,11 +151,11 @@ def _portfolio_with_a_cut_student(cut_latency: float) -> list[dict]:
     from udacisense.spaces.space import SpaceConfig
 
     student = probes.student_structure(0.5, "lean")
-    measured = (probes.Probe(BASELINE, "static xnnpack", 0.68, 0.64, 0.71, 0.281, 1.0),
-                probes.Probe("architecture(ReLU)", "static xnnpack", 0.59, 0.59, 0.61, 0.235, 1.0),
-                probes.Probe("architecture(no SE)", "static xnnpack", 0.44, 0.44, 0.45, 0.151, 1.0),
-                probes.Probe(student, "static xnnpack", 0.24, 0.23, 0.25, 0.060, 1.0),
-                probes.Probe(f"{student} → architecture(-1 block)", "static xnnpack", cut_latency, cut_latency - 0.01,
+    measured = (Probe(BASELINE, "static xnnpack", 0.68, 0.64, 0.71, 0.281, 1.0),
+                Probe("architecture(ReLU)", "static xnnpack", 0.59, 0.59, 0.61, 0.235, 1.0),
+                Probe("architecture(no SE)", "static xnnpack", 0.44, 0.44, 0.45, 0.151, 1.0),
+                Probe(student, "static xnnpack", 0.24, 0.23, 0.25, 0.060, 1.0),
+                Probe(f"{student} → architecture(-1 block)", "static xnnpack", cut_latency, cut_latency - 0.01,
                              cut_latency + 0.01, 0.055, 1.0))
     cuts = [probes.Structure(name, lambda: None, (("architecture_squeeze_excite", se), ("architecture_activation", act)))
             for name, se, act in (("architecture(ReLU)", "keep", "relu"), ("architecture(no SE)", "remove", "hard"))]

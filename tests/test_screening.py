@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import optuna
@@ -16,7 +17,7 @@ from udacisense.evaluators.structure import Structure, structure_of
 from udacisense.search.results.front import front_tables, pareto_trials
 from udacisense.search.results.hypervolume import hypervolume_of_first
 from udacisense.search.study.config import load_study
-from udacisense.search.study.records import Attr, Fidelity, queued_attrs
+from udacisense.search.study.records import Attr, Fidelity, Probe, queued_attrs
 from udacisense.search.study.storage import open_study
 from udacisense.search.study.trial_record import TrialRecord, records
 from udacisense.search.trial.portfolio import check_portfolio, enqueue_portfolio, enqueue_promotions, needs_no_student
@@ -142,6 +143,39 @@ def test_the_cost_model_needs_three_structures_and_fits_operators_and_weights() 
     _measured(study, skewed, (0.5, truth.latency_ratio(skewed) * 1.5, truth.size_ratio(skewed)), 0.5)
     wider = estimate(unseen, 0.5, "executorch", True, records(study.trials), RULE)
     assert wider is not None and wider.latency_ratio_low < wider.latency_ratio * 0.8
+
+
+def test_the_probes_programs_seed_the_memo_and_the_cost_model_before_any_trial() -> None:
+    truth = CostModel((0.08, 0.05, 0.01), (0.4, 0.002, 0.02), 0)
+
+    def probe(key: str, operators: int, weights: int, *, runtime: str = "executorch",
+              backend: str | None = "xnnpack") -> Probe:
+        program = _structure(key, operators, weights)
+        latency = truth.latency_ratio(program)
+        return Probe(key, "static xnnpack", latency, latency * 0.95, latency * 1.1, truth.size_ratio(program), 1.0,
+                     program, runtime, backend)
+
+    probes = [probe("a", 440, 1_200_000), probe("b", 200, 400_000), probe("c", 240, 900_000), probe("d", 436, 300_000)]
+    # Programs of another runtime or form, and a probe stored before probes kept their programs: none of this memo.
+    others = [probe("x", 300, 600_000, runtime="torchscript"), probe("y", 300, 600_000, backend=None),
+              dataclasses.replace(probe("w", 300, 600_000), program=None)]
+    known = probes[1].program
+    assert known is not None and estimate(known, 0.5, "executorch", True, [], RULE) is None  # no trial: nothing known
+    found = estimate(known, 0.5, "executorch", True, [], RULE, [*probes, *others])
+    assert found is not None and found.source == "memo"
+    assert found.size_ratio == probes[1].size_ratio and found.latency_ratio_low == probes[1].latency_ratio
+    # The unseen structure is estimated by a model fit on the four probed programs alone.
+    unseen = _structure("z", 300, 600_000)
+    fitted = estimate(unseen, 0.5, "executorch", True, [], RULE, [*probes, *others])
+    assert fitted is not None and fitted.source == "model"
+    assert fitted.latency_ratio == pytest.approx(truth.latency_ratio(unseen), rel=1e-4)
+    assert estimate(unseen, 0.5, "executorch", True, [], RULE, [*probes[:3], *others]) is None  # three: no held-out error
+    # A measured trial of a probed structure joins its probe's timings.
+    study = _study()
+    _measured(study, known, (0.52, 0.9 * probes[1].latency_ratio, probes[1].size_ratio), model_val=0.52)
+    both = estimate(known, 0.5, "executorch", True, records(study.trials), RULE, probes)
+    assert both is not None and both.latency_ratio_low == pytest.approx(0.9 * probes[1].latency_ratio)
+    assert both.latency_ratio == pytest.approx(0.95 * probes[1].latency_ratio)  # the median of the two timings
 
 
 def test_the_summary_counts_fidelity_memo_hits_and_the_cost_model_s_error() -> None:

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-from udacisense.search.study.records import DISTILLED, StudyAttr, store_study
-from udacisense.search.workers.probes import Probe, ProbeReport, student_structure
+from udacisense.search.study.records import DISTILLED, Probe, StudyAttr, store_study
+from udacisense.search.workers.probes import ProbeReport, student_structure
 from udacisense.search.workers.runner import open_questions
 from udacisense.search.workers.students import (
     contains,

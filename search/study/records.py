@@ -9,11 +9,14 @@ still read, and the dashboard shows the same readable attributes.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import optuna
+
+from udacisense.evaluators.structure import Structure
 
 
 @dataclass(frozen=True)
@@ -242,6 +245,46 @@ class FalseStops:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """One program the probes lowered and timed before any trial trained (``workers.probes``): a structure in one
+    form, its costs against the float baseline's ``.pte`` (timed in the same alternating rounds as a trial's)."""
+
+    structure: str
+    form: str
+    latency_ratio: float
+    latency_ratio_p10: float
+    latency_ratio_p90: float
+    size_ratio: float  # artifact bytes / the float baseline .pte's
+    seconds: float  # to build, lower and time it
+    # What lowering saw, keyed as a trial keys its model (``evaluators.structure``): the screen's memo and cost
+    # model start from it. None for the float baseline (the yardstick itself) and in reports stored before.
+    program: Structure | None = None
+    runtime: str | None = None
+    backend: str | None = None
+
+    def latency(self, *, slow: bool = False) -> float:
+        """Its latency ratio (``slow``: at the 90th percentile of its timing rounds)."""
+        return self.latency_ratio_p90 if slow else self.latency_ratio
+
+    def meets(self, max_latency: float, max_size: float, *, slow: bool = False) -> bool:
+        """Within both allowances (``slow``: see ``latency``)."""
+        return self.latency(slow=slow) <= max_latency and self.size_ratio <= max_size
+
+    def cost(self, max_latency: float, max_size: float, *, slow: bool = False) -> float:
+        """Distance from zero latency and bytes in units of the allowances: how much room it leaves for accuracy
+        (``slow``: its latency at the 90th percentile of its rounds)."""
+        return math.hypot(self.latency(slow=slow) / max_latency, self.size_ratio / max_size)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any]) -> Probe:
+        program = document.get("program")
+        return cls(**{**document, "program": None if program is None else Structure.from_dict(program)})
+
+
+@dataclass(frozen=True)
 class StudyRecord:
     """A stored study's user attributes as their readers see them; one an older study lacks reads as None."""
 
@@ -286,6 +329,11 @@ class StudyRecord:
     def probes(self) -> dict[str, Any] | None:
         """The probe report (``workers.probes.ProbeReport.as_dict``); None before the study was probed."""
         return self._document(StudyAttr.PROBES)
+
+    @property
+    def probed(self) -> tuple[Probe, ...]:
+        """The probe report's programs; none before the study was probed."""
+        return tuple(Probe.from_dict(p) for p in (self.probes or {}).get("probes", []))
 
     @property
     def student_decisions(self) -> dict[str, str]:

@@ -11,7 +11,7 @@ from optuna.distributions import BaseDistribution
 
 from udacisense.common.errors import UserError
 from udacisense.compression.pipeline import Pipeline
-from udacisense.search.study.records import Attr, queued_attrs
+from udacisense.search.study.records import Attr, StudyRecord, queued_attrs
 from udacisense.search.study.trial_record import records
 from udacisense.search.trial.screening import ScreeningRule, promotions
 from udacisense.spaces.families import STUDENT_WIDTH
@@ -112,7 +112,7 @@ def enqueue_promotions(study: optuna.Study, rule: ScreeningRule) -> list[int]:
     """Queue again, with its parameters and seed, every screened trial the measured front and cost model no
     longer rule out (queued or run promotions count as done); the rerun is lowered and measured. Returns the
     promoted trials' numbers."""
-    due = promotions(records(study.get_trials(deepcopy=False)), rule)
+    due = promotions(records(study.get_trials(deepcopy=False)), rule, StudyRecord.of(study).probed)
     for record in due:
         study.enqueue_trial(dict(record.trial.params), user_attrs=queued_attrs(
             {Attr.SEED: record.seed, Attr.PROMOTED_FROM: record.number}), skip_if_exists=False)

@@ -4,12 +4,13 @@ Lowering a ``.pte`` and measuring it (artifact accuracy, parity, latency) is a t
 compute here. A dense program's bytes and single-thread latency are fixed by its structure
 (``evaluators.structure``), so before lowering a candidate the search looks it up:
 
-- **memo**: a structure lowered before in this study has its bytes exactly and its latency as measured
-  (the best of its measurements: another lowering would only draw the timing noise again);
+- **memo**: a structure lowered before in this study, by a trial or by the probes, has its bytes exactly and
+  its latency as measured (the best of its measurements: another lowering would only draw the timing noise
+  again);
 - **cost model**: an unseen structure's latency and size ratios by non-negative least squares on the
-  study's measured trials of its runtime and form (operators, weight elements, stored weight bytes), its
-  margin the larger of the rule's and the model's own error on structures it has not seen (leave one
-  structure out);
+  study's measured programs of its runtime and form (trials and probes; operators, weight elements, stored
+  weight bytes), its margin the larger of the rule's and the model's own error on structures it has not
+  seen (leave one structure out);
 - **accuracy**: its PyTorch model's validation top-1 (for int8, the converted model's simulation) plus a 90%
   upper bound of its model-to-artifact gap from the gaps seen so far (``gap_bound``): the objective is
   measured on the same images.
@@ -39,7 +40,7 @@ from scipy.optimize import nnls
 
 from udacisense.evaluators.structure import Structure
 from udacisense.search.study.config import SearchConfig
-from udacisense.search.study.records import Attr, Fidelity, dominates, store
+from udacisense.search.study.records import Attr, Fidelity, Probe, StudyRecord, dominates, store
 from udacisense.search.study.trial_record import TrialRecord, records
 
 Source = Literal["memo", "model"]
@@ -91,6 +92,25 @@ def measured_points(history: Sequence[TrialRecord], runtime: str, quantized: boo
 
 
 @dataclass(frozen=True)
+class CostPoint:
+    """A lowered program's structure and its measured cost ratios: a measured trial's, or a probe's."""
+
+    structure: Structure
+    latency_ratio: float
+    size_ratio: float
+
+
+def cost_points(history: Sequence[TrialRecord], probes: Sequence[Probe], runtime: str, quantized: bool) -> list[CostPoint]:
+    """Every measured program of one runtime and form: the study's trials, then its probes (timed against the same
+    float reference before any trial trained), so the memo and the cost model know the space's structures from
+    the search's first trial."""
+    trials = [CostPoint(r.structure, r.latency_ratio, r.size_ratio)
+              for r in measured_points(history, runtime, quantized) if r.structure is not None]
+    return trials + [CostPoint(p.program, p.latency_ratio, p.size_ratio) for p in probes
+                     if p.program is not None and (p.runtime, p.backend is not None) == (runtime, quantized)]
+
+
+@dataclass(frozen=True)
 class CostModel:
     """Latency and size ratios as non-negative combinations of a structure's counts, fit on measured trials."""
 
@@ -107,17 +127,16 @@ class CostModel:
         return [structure.weight_bytes / 1e6, structure.operators / 100, 1.0]
 
     @classmethod
-    def fit(cls, measured: Sequence[TrialRecord]) -> CostModel | None:
-        """Fit on ``measured`` (one runtime and form); None with fewer than ``MIN_MEASURED`` distinct structures."""
-        points = [(r.structure, r.latency_ratio, r.size_ratio) for r in measured if r.structure is not None]
-        if len({s.key for s, _, _ in points}) < MIN_MEASURED:
+    def fit(cls, points: Sequence[CostPoint]) -> CostModel | None:
+        """Fit on ``points`` (one runtime and form); None with fewer than ``MIN_MEASURED`` distinct structures."""
+        if len({p.structure.key for p in points}) < MIN_MEASURED:
             return None
 
         def solve(kind: Literal["latency", "size"], target: list[float]) -> tuple[float, ...]:
-            weights, _ = nnls(np.array([cls._features(s, kind) for s, _, _ in points]), np.array(target))
+            weights, _ = nnls(np.array([cls._features(p.structure, kind) for p in points]), np.array(target))
             return tuple(float(w) for w in weights)
 
-        return cls(solve("latency", [lat for _, lat, _ in points]), solve("size", [size for _, _, size in points]), len(points))
+        return cls(solve("latency", [p.latency_ratio for p in points]), solve("size", [p.size_ratio for p in points]), len(points))
 
     def latency_ratio(self, structure: Structure) -> float:
         return float(np.dot(self.latency_weights, self._features(structure, "latency")))
@@ -134,19 +153,18 @@ class HeldOutErrors:
     size: tuple[float, ...]
 
 
-def held_out_errors(measured: Sequence[TrialRecord]) -> HeldOutErrors | None:
+def held_out_errors(points: Sequence[CostPoint]) -> HeldOutErrors | None:
     """Leave one structure out: how wrong the model is on structures it has not seen, which is what it
     estimates. None until a model can be fit without any one of them."""
-    keys = sorted({r.structure.key for r in measured if r.structure is not None})
+    keys = sorted({p.structure.key for p in points})
     latency, size = [], []
     for key in keys:
-        model = CostModel.fit([r for r in measured if r.structure is not None and r.structure.key != key])
+        model = CostModel.fit([p for p in points if p.structure.key != key])
         if model is None:
             return None
-        for record in (r for r in measured if r.structure is not None and r.structure.key == key):
-            assert record.structure is not None
-            latency.append(abs(model.latency_ratio(record.structure) / record.latency_ratio - 1))
-            size.append(abs(model.size_ratio(record.structure) / record.size_ratio - 1))
+        for point in (p for p in points if p.structure.key == key):
+            latency.append(abs(model.latency_ratio(point.structure) / point.latency_ratio - 1))
+            size.append(abs(model.size_ratio(point.structure) / point.size_ratio - 1))
     return HeldOutErrors(tuple(latency), tuple(size)) if keys else None
 
 
@@ -158,13 +176,12 @@ class Memo:
     latency_ratios: tuple[float, ...]
 
 
-def memo(history: Sequence[TrialRecord]) -> dict[str, Memo]:
+def memo(points: Sequence[CostPoint]) -> dict[str, Memo]:
     """Every structure lowered and measured so far in the study, by key."""
-    found: dict[str, list[TrialRecord]] = {}
-    for record in history:
-        if record.is_measured and record.structure is not None:
-            found.setdefault(record.structure.key, []).append(record)
-    return {key: Memo(same[0].size_ratio, tuple(r.latency_ratio for r in same)) for key, same in found.items()}
+    found: dict[str, list[CostPoint]] = {}
+    for point in points:
+        found.setdefault(point.structure.key, []).append(point)
+    return {key: Memo(same[0].size_ratio, tuple(p.latency_ratio for p in same)) for key, same in found.items()}
 
 
 def model_errors(history: Sequence[TrialRecord]) -> list[float]:
@@ -205,11 +222,11 @@ class ScreeningRule:
 
 
 def estimate(structure: Structure, model_val_top1: float, runtime: str, quantized: bool,
-             history: Sequence[TrialRecord], rule: ScreeningRule) -> Estimate | None:
+             history: Sequence[TrialRecord], rule: ScreeningRule, probes: Sequence[Probe] = ()) -> Estimate | None:
     """The candidate's objectives before lowering, or None when neither the memo nor a fitted model knows its cost."""
-    measured = measured_points(history, runtime, quantized)
-    mean_gap, high_gap = _accuracy_gap(measured)
+    mean_gap, high_gap = _accuracy_gap(measured_points(history, runtime, quantized))
     accuracy = (model_val_top1 + mean_gap, model_val_top1 + max(mean_gap, high_gap) + rule.accuracy_margin)
+    measured = cost_points(history, probes, runtime, quantized)
     known = memo(measured).get(structure.key)
     if known is not None:
         best = min(known.latency_ratios)
@@ -243,7 +260,8 @@ def screen(trial: optuna.Trial, structure: Structure, model_val_top1: float, run
     structure; return the estimate when the candidate is screened (recorded on estimates, never lowered): screening
     is on, it is no promotion, and it could not join the measured front."""
     history = records(trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    estimated = estimate(structure, model_val_top1, runtime, quantized, history, ScreeningRule.of(search))
+    estimated = estimate(structure, model_val_top1, runtime, quantized, history, ScreeningRule.of(search),
+                         StudyRecord.of(trial.study).probed)
     store(trial, {Attr.STRUCTURE: structure.as_dict(), Attr.ESTIMATE: None if estimated is None else estimated.as_dict()})
     if estimated is None or not search.screening or promoted_from is not None or could_matter(estimated, structure, history):
         return None
@@ -259,7 +277,7 @@ def record_screened(trial: optuna.Trial, estimated: Estimate, constraints: dict[
     return estimated.values
 
 
-def promotions(history: Sequence[TrialRecord], rule: ScreeningRule) -> list[TrialRecord]:
+def promotions(history: Sequence[TrialRecord], rule: ScreeningRule, probes: Sequence[Probe] = ()) -> list[TrialRecord]:
     """Screened trials that the current front and cost model no longer rule out, not yet promoted."""
     promoted = {r.promoted_from for r in history} - {None}
     due = []
@@ -269,7 +287,7 @@ def promotions(history: Sequence[TrialRecord], rule: ScreeningRule) -> list[Tria
         structure, model_val = record.structure, record.model_val_top1
         if structure is None or model_val is None:
             continue
-        again = estimate(structure, model_val, *_group(record), history, rule)
+        again = estimate(structure, model_val, *_group(record), history, rule, probes)
         if again is None or could_matter(again, structure, history):
             due.append(record)
     return due

@@ -26,7 +26,6 @@ every worker, on any machine, reads the same decision, and a process killed whil
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -44,8 +43,11 @@ from udacisense.compression.pipeline import Pipeline
 from udacisense.compression.pruning import StructuredPruningConfig, UnstructuredPruningConfig
 from udacisense.compression.quantization import DynamicQuantConfig, StaticQuantConfig
 from udacisense.compression.stage import CompressedModel, StageConfig, StageContext
+from udacisense.evaluators.structure import Structure as ProgramStructure
+from udacisense.evaluators.structure import structure_of
 from udacisense.models.students import StudentArchitecture, build_student
 from udacisense.runtime import load_runner, runtime_for
+from udacisense.search.study.records import Probe
 from udacisense.search.study.workspace import Workspace
 from udacisense.search.trial.measuring import Yardstick
 from udacisense.spaces.space import SpaceConfig
@@ -95,30 +97,6 @@ class Structure:
 
 
 @dataclass(frozen=True)
-class Probe:
-    structure: str
-    form: str
-    latency_ratio: float  # to the float baseline's .pte, timed in the same alternating rounds
-    latency_ratio_p10: float
-    latency_ratio_p90: float
-    size_ratio: float  # artifact bytes / the float baseline .pte's
-    seconds: float  # to build, lower and time it
-
-    def latency(self, *, slow: bool = False) -> float:
-        """Its latency ratio (``slow``: at the 90th percentile of its timing rounds)."""
-        return self.latency_ratio_p90 if slow else self.latency_ratio
-
-    def meets(self, max_latency: float, max_size: float, *, slow: bool = False) -> bool:
-        """Within both allowances (``slow``: see ``latency``)."""
-        return self.latency(slow=slow) <= max_latency and self.size_ratio <= max_size
-
-    def cost(self, max_latency: float, max_size: float, *, slow: bool = False) -> float:
-        """Distance from zero latency and bytes in units of the allowances: how much room it leaves for accuracy
-        (``slow``: its latency at the 90th percentile of its rounds)."""
-        return math.hypot(self.latency(slow=slow) / max_latency, self.size_ratio / max_size)
-
-
-@dataclass(frozen=True)
 class Dropped:
     setting: str  # a [space] setting, or "stages" for a whole family, or "student" for one (width, architecture)
     value: Any
@@ -135,13 +113,13 @@ class ProbeReport:
     cpu: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {"probes": [asdict(p) for p in self.probes], "dropped": [asdict(d) for d in self.dropped],
+        return {"probes": [p.as_dict() for p in self.probes], "dropped": [asdict(d) for d in self.dropped],
                 "students": [list(s) for s in self.students], "portfolio": list(self.portfolio),
                 "minutes": self.minutes, "cpu": self.cpu}
 
     @classmethod
     def from_dict(cls, stored: dict[str, Any]) -> ProbeReport:
-        return cls(tuple(Probe(**p) for p in stored["probes"]),
+        return cls(tuple(Probe.from_dict(p) for p in stored["probes"]),
                    tuple(Dropped(d["setting"], _tuple(d["value"]), d["reason"]) for d in stored["dropped"]),
                    tuple((float(w), str(a)) for w, a in stored["students"]), tuple(stored["portfolio"]),
                    float(stored["minutes"]), str(stored["cpu"]))
@@ -254,6 +232,7 @@ class Lowered:
     artifact: bytes
     runtime: str
     backend: str | None
+    program: ProgramStructure  # keyed as a trial keys its model before lowering
     seconds: float  # to build, quantize and lower it
 
 
@@ -264,9 +243,10 @@ def _lowered(workspace: Workspace, structure: Structure, form: Form) -> Lowered:
     if stage is not None:
         model, _ = Pipeline((stage,)).run(model, _context(workspace))
     runtime = runtime_for(form.backend, workspace.study.evaluation.float_runtime)  # type: ignore[arg-type]
+    program = structure_of(model.module, runtime, str(model.backend))
     lowered = lower(model, runtime, example_input=workspace.example_input)
     assert lowered.artifact is not None
-    return Lowered(lowered.artifact, runtime, lowered.backend, time.perf_counter() - started)
+    return Lowered(lowered.artifact, runtime, lowered.backend, program, time.perf_counter() - started)
 
 
 def _timed(yardstick: Yardstick, workspace: Workspace, structure: Structure, form: Form, lowered: Lowered) -> Probe:
@@ -276,7 +256,7 @@ def _timed(yardstick: Yardstick, workspace: Workspace, structure: Structure, for
     reference = workspace.study.evaluation.reference_runtime
     return Probe(structure.name, form.name, timed.ratio, timed.ratio_p10, timed.ratio_p90,
                  len(lowered.artifact) / yardstick.baseline_size(reference),
-                 lowered.seconds + time.perf_counter() - started)
+                 lowered.seconds + time.perf_counter() - started, lowered.program, lowered.runtime, lowered.backend)
 
 
 @dataclass(frozen=True)
