@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -31,6 +32,9 @@ from udacisense.evaluators.size import parameter_counts
 from udacisense.models import students as students_module
 from udacisense.models.mobilenet import ResizeInput
 from udacisense.models.students import StudentsConfig, StudentShelf
+from udacisense.search.workers.students import distilling_beside
+from udacisense.spaces.distributions import Choice
+from udacisense.spaces.space import SpaceConfig
 from udacisense.training import Distillation, TrainConfig, fit
 
 ONE_STEP = TrainConfig(epochs=1, lr=0.05, max_batches_per_epoch=1)
@@ -166,6 +170,9 @@ StudentShelf(teacher, "teacher", make_bundle(), TrainConfig(epochs=1000, lr=0.1)
 def test_a_student_whose_distilling_process_was_killed_is_distilled_by_the_next_that_asks(tiny_bundle, teacher, tmp_path):
     """What the search reads to tell a student still distilling (beside its probes) from one whose process died."""
     shelf = StudentShelf(teacher, "teacher", tiny_bundle, TrainConfig(epochs=1, lr=0.1), tmp_path)
+    space = SpaceConfig(stages=("distill", "quantize"), student_widths=Choice((0.0, 0.35)),
+                        student_architectures=Choice(("standard",)), quant_types=Choice(("static",)))
+    workspace = SimpleNamespace(study=SimpleNamespace(space=space), students=shelf)
     assert not shelf.distilling(0.35)
     child = subprocess.Popen([sys.executable, "-c", KILLED_WHILE_DISTILLING, str(tmp_path)],
                              cwd=Path(__file__).parents[1], stderr=subprocess.PIPE)
@@ -176,14 +183,16 @@ def test_a_student_whose_distilling_process_was_killed_is_distilled_by_the_next_
             assert time.monotonic() < deadline, "it took no lock in 5 min"
             time.sleep(0.2)
         assert not shelf.trained(0.35)
+        # A search started now would have its last worker wait for this process (the space's opening student).
+        assert distilling_beside(workspace) == (0.35, "standard")  # type: ignore[arg-type]
     finally:
         child.kill()
         child.wait()
     assert child.returncode == -9
     # Killed mid-schedule: nothing on the shelf, and nobody distilling it; the next request trains it, not waits.
-    assert not shelf.distilling(0.35) and not shelf.trained(0.35)
+    assert not shelf.distilling(0.35) and not shelf.trained(0.35) and distilling_beside(workspace) is None  # type: ignore[arg-type]
     shelf.student(0.35)
-    assert shelf.trained(0.35) and not shelf.distilling(0.35)
+    assert shelf.trained(0.35) and not shelf.distilling(0.35) and distilling_beside(workspace) is None  # type: ignore[arg-type]
 
 
 def test_distill_starts_a_narrower_student_from_the_shelf(tiny_bundle, teacher, tiny_model, tmp_path):

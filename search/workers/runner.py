@@ -32,8 +32,10 @@ from udacisense.search.trial.screening import ScreeningRule, ScreeningSummary
 from udacisense.search.workers.probe_decisions import ensure_probes, narrowed_study, portfolio_entries
 from udacisense.search.workers.probes import ProbeReport
 from udacisense.search.workers.students import (
+    Student,
     being_distilled,
     decide_next_student,
+    distilling_beside,
     ranked_students,
     student_ready,
     students_pending,
@@ -42,6 +44,8 @@ from udacisense.search.workers.students import (
 from udacisense.spaces.families import STUDENT_WIDTH
 
 TrialState = optuna.trial.TrialState
+# How often a worker waiting for a student's distillation looks again: a few seconds of a 5-30 minute wait.
+DISTILLATION_POLL_SECONDS = 5
 
 
 def make_sampler(search: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
@@ -173,7 +177,8 @@ StopRule = Callable[[optuna.Study], str | None]
 
 def run_worker(study_path: str, worker: int = 0, storage: str | None = None, progress: bool = True,
                n_trials: int | None = None, overrides: Mapping[str, Any] | None = None,
-               threads: int | None = None, distil_students: bool = False, stop_rule: StopRule | None = None) -> WorkerSummary:
+               threads: int | None = None, distil_students: bool = False, stop_rule: StopRule | None = None,
+               wait_for: Student | None = None) -> WorkerSummary:
     """Join the study and run trials until its budget (``n_trials`` or the study's) is spent.
 
     ``overrides`` changes dotted study keys (e.g. ``{"search.sampler": "random"}``) for benchmarks.
@@ -181,6 +186,8 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
     ``distil_students``: decide the students the probes ranked, one at a time between trials (``workers.students``);
     meanwhile other workers sample only trials that need none until the first is distilled.
     ``stop_rule``: end early when it gives a reason, once no student is left undecided.
+    ``wait_for``: a student a process beside the workers distils (``students.distilling_beside``): this worker takes
+    no trial until that process ends (the student on the shelf, or abandoned), so that the processes fit the cores.
     """
     quiet_libraries()  # joblib workers are fresh processes: the CLI's settings do not reach them
     if threads is not None:
@@ -205,6 +212,13 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
                disable=not progress or worker != 0, unit="trial")
     try:
         while deadline is None or time.monotonic() < deadline:
+            if wait_for is not None:
+                if workspace.students.distilling(*wait_for):
+                    time.sleep(DISTILLATION_POLL_SECONDS)
+                    continue
+                if progress:
+                    tqdm.write(f"[worker {worker}] {workspace.students.name(*wait_for)} no longer distilling: taking trials")
+                wait_for = None
             seconds_left = None if deadline is None else deadline - time.monotonic()
             if distil_students:
                 decided = decide_next_student(study, workspace, report, seconds_left=seconds_left, log=progress)
@@ -314,13 +328,20 @@ def run_search(study_path: str, n_jobs: int | None = None, storage: str | None =
     # to split: the width-0.5 student with its teacher trained at 4.3 batches/s on 1 thread and 3.2 on 2);
     # on demand, one worker waited for the other's.
     distil = bool(undecided_students(study, workspace, report) or being_distilled(study, workspace, report))
+    # A distillation that outlasted the probes would share the cores with every worker: on 2 cores it got two thirds
+    # of one, and the most promising student reached the shelf 28 min after the opening, 2 min before the time limit.
+    # So the last worker waits for it, and the processes fit the cores (a single worker keeps taking trials).
+    beside = distilling_beside(workspace) if plan.workers > 1 else None
     if progress:
         students = " (worker 0 decides the students between its trials)" if distil else ""
-        print(f"search: {plan.workers} worker process(es), {plan.threads} torch thread(s) each{students}", flush=True)
+        waiting = (f"; worker {plan.workers - 1} waits while {workspace.students.name(*beside)} distils beside them"
+                   if beside is not None else "")
+        print(f"search: {plan.workers} worker process(es), {plan.threads} torch thread(s) each{students}{waiting}", flush=True)
     if plan.workers == 1:
         return [run_worker(study_path, 0, storage, progress, overrides=overrides, threads=plan.threads,
                            distil_students=distil, stop_rule=stop_rule)]
     return list(joblib.Parallel(n_jobs=plan.workers, backend="loky")(
         joblib.delayed(run_worker)(study_path, worker, storage, progress, overrides=overrides, threads=plan.threads,
-                                   distil_students=distil and worker == 0, stop_rule=stop_rule)
+                                   distil_students=distil and worker == 0, stop_rule=stop_rule,
+                                   wait_for=beside if worker == plan.workers - 1 else None)
         for worker in range(plan.workers)))

@@ -24,6 +24,7 @@ from udacisense.models.students import StudentArchitecture
 from udacisense.search.study.records import DISTILLED, StudyAttr, StudyRecord, store_study
 from udacisense.search.study.trial_record import records
 from udacisense.search.study.workspace import Workspace
+from udacisense.search.workers.opening import opening_student
 from udacisense.search.workers.probe_decisions import student_probe
 from udacisense.search.workers.probes import ProbeReport
 from udacisense.spaces.families import STUDENT_ARCHITECTURE, STUDENT_WIDTH
@@ -56,6 +57,13 @@ def being_distilled(study: optuna.Study, workspace: Workspace, report: ProbeRepo
     decisions = StudyRecord.of(study).student_decisions
     return [(w, a) for w, a in ranked_students(workspace, report)
             if not workspace.students.trained(w, a) and decisions.get(workspace.students.name(w, a)) == DISTILLED]
+
+
+def distilling_beside(workspace: Workspace) -> Student | None:
+    """The student distilled beside the opening trials and the probes (``workers.opening``) while a process distils
+    it still: when it outlasts the probes, it runs beside the search's workers."""
+    opening = opening_student(workspace.study.space)
+    return opening[0] if opening is not None and workspace.students.distilling(*opening[0]) else None
 
 
 def record_decision(study: optuna.Study, name: str, decision: str) -> None:
