@@ -112,7 +112,7 @@ def cost_points(history: Sequence[TrialRecord], probes: Sequence[Probe], runtime
 
 @dataclass(frozen=True)
 class CostModel:
-    """Latency and size ratios as non-negative combinations of a structure's counts, fit on measured trials."""
+    """Latency and size ratios as non-negative combinations of a structure's counts, fit on measured programs."""
 
     latency_weights: tuple[float, ...]
     size_weights: tuple[float, ...]
