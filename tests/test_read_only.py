@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import socket
 import sqlite3
@@ -71,8 +72,12 @@ def test_front_reads_a_copied_database_alone_and_creates_nothing(smoke_study: Pa
     # The front and the baseline's accuracy, both read from the copied storage.
     config = load_study(smoke_study)
     front = front_trials(optuna.load_study(study_name=config.name, storage=config.storage_url).trials)
-    rows = [line.split()[0] for line in printed.splitlines()[1:len(front) + 1]]
-    assert front and sorted(rows) == sorted(str(t.number) for t in front)
+    # Each front trial is a row, or named as left off for missing a cost target (which trials miss one depends on
+    # the machine's timings).
+    rows = {int(line.split()[0]) for line in printed.splitlines()[1:] if line.split() and line.split()[0].isdigit()}
+    named = re.search(r"left off, Pareto-optimal but missing one: trial\(s\) ([\d, ]+)", printed)
+    left_off = {int(n) for n in named.group(1).split(", ")} if named else set()
+    assert rows and not rows & left_off and rows | left_off == {t.number for t in front}
     baseline = json.loads((config.run_dir / "baseline" / "metrics.json").read_text())
     assert f"baseline val top-1 {baseline['accuracy']['val']['top1']:.3f}" in printed
 
