@@ -158,7 +158,8 @@ def show_front(study: StudyConfig, optuna_study: optuna.Study, out_dir: Path | N
     baseline_val = BaselineProfile.of_study(optuna_study, study.run_dir / "baseline" / FILE_NAME).val_top1
     # Each row with its latest timing (the export's, else the re-timed front's), as the report and the card show it.
     stored = StudyRecord.of(optuna_study)
-    front, everything = shown_tables(optuna_study, study.targets, baseline_val, stored.exported_card, stored.retimed_front)
+    front, everything = shown_tables(optuna_study.get_trials(deepcopy=False), study.targets, baseline_val,
+                                     stored.exported_card, stored.retimed_front)
     print(front_text(front, shutil.get_terminal_size((120, 24)).columns))
     _say_left_off(optuna_study, study.targets, front)
     reference = study.evaluation.reference_runtime
@@ -193,7 +194,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     number, paragraph, picked_by = args.trial, None, None
     if number is None:
         baseline_val = workspace.profile.val_top1
-        front, everything = front_tables(optuna_study, study.targets, baseline_val)
+        front, everything = front_tables(optuna_study.get_trials(deepcopy=False), study.targets, baseline_val)
         front = within_cost_targets(retime_front(front, optuna_study, yardstick))
         paths = keep_retimed_front(optuna_study, front, everything, workspace, study.run_dir / "front")
         print(f"front re-timed with {study.search.retime_factor}x the runs in {study.search.retime_blocks} independent "

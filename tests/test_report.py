@@ -451,6 +451,6 @@ def test_smoke_report_numbers_are_the_stored_ones(smoke_report: tuple[Path, Path
     assert f"`{card['sha256']}` ({checked}" in markdown
     # The front it shows is the one `front` prints: on the latest timings, within the cost targets where any row is
     # (which rows miss one depends on the machine's timings).
-    shown, _ = shown_tables(study, config.targets, baseline_val, card, StudyRecord.of(study).retimed_front)
+    shown, _ = shown_tables(trials, config.targets, baseline_val, card, StudyRecord.of(study).retimed_front)
     rows = {int(found.group(1)) for line in markdown.splitlines() if (found := re.match(r"^\| (\d+)( ◀)? \| ", line))}
     assert len(shown) and set(shown["trial"]) <= rows and set(shown["trial"]) <= set(front["trial"])

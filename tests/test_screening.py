@@ -204,7 +204,7 @@ def test_a_screened_trial_reaches_neither_the_front_nor_the_export_nor_the_repor
     trials = study.get_trials()
     assert TrialRecord.of(trials[screened]).has_values and not TrialRecord.of(trials[screened]).is_measured
     assert screened not in {t.number for t in pareto_trials(trials)}
-    front, everything = front_tables(study, config.targets, 0.8)
+    front, everything = front_tables(study.get_trials(), config.targets, 0.8)
     assert screened not in set(front["trial"]) | set(everything["trial"]) and set(front["fidelity"]) == {"measured"}
     assert hypervolume_of_first(trials, len(trials)) == hypervolume_of_first(trials[:screened], len(trials))
     with pytest.raises(UserError, match="screened"):

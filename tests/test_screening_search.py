@@ -44,4 +44,4 @@ def test_a_search_screens_a_repeated_structure_and_measures_it_once_promoted(see
     assert promoted.is_measured and promoted.artifact_path is not None and promoted.artifact_path.is_file()
     assert promoted.size_ratio == pytest.approx(second.size_ratio, rel=1e-9)  # the memo's bytes were exact
     assert promoted.number in {t.number for t in pareto_trials([trials[-1]])}
-    assert promoted.number in set(front_tables(open_study(config, create=False), config.targets, 0.0)[1]["trial"])
+    assert promoted.number in set(front_tables(open_study(config, create=False).get_trials(), config.targets, 0.0)[1]["trial"])

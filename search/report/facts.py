@@ -83,7 +83,7 @@ def load_inputs(study: StudyConfig, storage: str | None, trial_number: int | Non
         raise UserError(f"The study {study.name!r} has no measured trials ({len(trials)} trial(s) in total), "
                         "so there is nothing to report on.", "run `udacisense search --study ...` until trials complete.")
     exported, card_dir = _exported_card(optuna_study, study, trials)
-    front, everything = shown_tables(optuna_study, study.targets, profile.val_top1, exported,
+    front, everything = shown_tables(trials, study.targets, profile.val_top1, exported,
                                      StudyRecord.of(optuna_study).retimed_front)
     if trial_number is not None:
         match = [t for t in trials if t.number == trial_number]

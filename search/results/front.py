@@ -378,19 +378,20 @@ def plot_front(all_trials: pd.DataFrame, front: pd.DataFrame, targets: TargetsCo
     return path
 
 
-def front_tables(study: optuna.Study, targets: TargetsConfig, baseline_val: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The front (``front_trials`` within the cost ``targets``) and every measured trial (screened ones' estimates
-    are no measurement), as stored: read only, nothing measured or written."""
-    complete = [t for t in study.get_trials(deepcopy=False) if TrialRecord.of(t).is_measured]
+def front_tables(trials: Sequence[optuna.trial.FrozenTrial], targets: TargetsConfig,
+                 baseline_val: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Of a study's ``trials``, the front (``front_trials`` within the cost ``targets``) and every measured trial
+    (screened ones' estimates are no measurement), as stored: nothing measured or written."""
+    complete = [t for t in trials if TrialRecord.of(t).is_measured]
     return trials_table(front_trials(complete, targets), targets, baseline_val), trials_table(complete, targets, baseline_val)
 
 
-def shown_tables(study: optuna.Study, targets: TargetsConfig, baseline_val: float, card: dict[str, Any] | None,
-                 retimed_rows: list[dict[str, Any]] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def shown_tables(trials: Sequence[optuna.trial.FrozenTrial], targets: TargetsConfig, baseline_val: float,
+                 card: dict[str, Any] | None, retimed_rows: list[dict[str, Any]] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``front_tables`` as every reader shows them: each row with its latest timing (``with_latest_timings``), the
     front then within the cost targets on those figures (``within_cost_targets``)."""
     front, everything = (with_latest_timings(table, card, retimed_rows, targets, baseline_val)
-                         for table in front_tables(study, targets, baseline_val))
+                         for table in front_tables(trials, targets, baseline_val))
     return within_cost_targets(front), everything
 
 

@@ -100,12 +100,11 @@ class CostPoint:
     size_ratio: float
 
 
-def cost_points(history: Sequence[TrialRecord], probes: Sequence[Probe], runtime: str, quantized: bool) -> list[CostPoint]:
-    """Every measured program of one runtime and form: the study's trials, then its probes (timed against the same
-    float reference before any trial trained), so the memo and the cost model know the space's structures from
-    the search's first trial."""
-    trials = [CostPoint(r.structure, r.latency_ratio, r.size_ratio)
-              for r in measured_points(history, runtime, quantized) if r.structure is not None]
+def cost_points(measured: Sequence[TrialRecord], probes: Sequence[Probe], runtime: str, quantized: bool) -> list[CostPoint]:
+    """Every measured program of one runtime and form: its ``measured_points``, then the study's probes of that
+    runtime and form (timed against the same float reference before any trial trained), so the memo and the cost
+    model know the space's structures from the search's first trial."""
+    trials = [CostPoint(r.structure, r.latency_ratio, r.size_ratio) for r in measured if r.structure is not None]
     return trials + [CostPoint(p.program, p.latency_ratio, p.size_ratio) for p in probes
                      if p.program is not None and (p.runtime, p.backend is not None) == (runtime, quantized)]
 
@@ -224,9 +223,10 @@ class ScreeningRule:
 def estimate(structure: Structure, model_val_top1: float, runtime: str, quantized: bool,
              history: Sequence[TrialRecord], rule: ScreeningRule, probes: Sequence[Probe] = ()) -> Estimate | None:
     """The candidate's objectives before lowering, or None when neither the memo nor a fitted model knows its cost."""
-    mean_gap, high_gap = _accuracy_gap(measured_points(history, runtime, quantized))
+    trials = measured_points(history, runtime, quantized)
+    mean_gap, high_gap = _accuracy_gap(trials)
     accuracy = (model_val_top1 + mean_gap, model_val_top1 + max(mean_gap, high_gap) + rule.accuracy_margin)
-    measured = cost_points(history, probes, runtime, quantized)
+    measured = cost_points(trials, probes, runtime, quantized)
     known = memo(measured).get(structure.key)
     if known is not None:
         best = min(known.latency_ratios)
