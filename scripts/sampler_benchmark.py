@@ -44,8 +44,7 @@ from udacisense.search.study.config import load_study
 from udacisense.search.study.storage import open_study
 from udacisense.search.study.trial_record import records
 from udacisense.search.study.workspace import open_workspace
-from udacisense.search.workers.probe_decisions import ensure_probes
-from udacisense.search.workers.runner import plan_workers, run_search
+from udacisense.search.workers.runner import run_search
 from udacisense.search.workers.students import train_students
 
 SAMPLERS = ("nsga2", "tpe", "random", "nsga3")
@@ -78,8 +77,8 @@ def arms(base_name: str, names: list[str], repeats: int, n_trials: int | None, m
 
 
 def run_arm(study_path: str, arm: Arm, n_jobs: int | None, shared_students: bool) -> None:
-    """Run one search. With a time limit, the arm's probes are part of its time: probed first, the search gets
-    what is left of the limit."""
+    """Run one search. With a time limit, the arm's opening trials and probes are part of its time, as in every
+    search (``runner.search_deadline``)."""
     base, config = load_study(study_path), load_study(study_path, arm.overrides)
     # Same baseline (and shared students) for every arm: reused because their settings keys match.
     for folder in ("baseline", "students") if shared_students else ("baseline",):
@@ -88,13 +87,7 @@ def run_arm(study_path: str, arm: Arm, n_jobs: int | None, shared_students: bool
     study = open_study(config)
     started = time.time()
     study.set_user_attr(STARTED, started)
-    overrides = dict(arm.overrides)
-    if config.search.probes:
-        ensure_probes(study, open_workspace(config, progress=False), progress=True,
-                      processes=plan_workers(config, n_jobs).workers)
-        if config.search.timeout_minutes:
-            overrides["search.timeout_minutes"] = max(0.1, config.search.timeout_minutes - (time.time() - started) / 60)
-    run_search(study_path, n_jobs=n_jobs, overrides=overrides, progress=True)
+    run_search(study_path, n_jobs=n_jobs, overrides=arm.overrides, progress=True)
 
 
 def minutes_to_first_target_meeting(study_path: str, arm: Arm, trials: list[optuna.trial.FrozenTrial]) -> float | None:

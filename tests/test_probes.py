@@ -22,6 +22,7 @@ from udacisense.search.trial.screening import ScreeningRule, estimate
 from udacisense.search.workers import probe_decisions, probes
 from udacisense.search.workers.probe_decisions import ensure_probes, narrowed_space, portfolio_entries
 from udacisense.search.workers.probes import BASELINE, FLOAT, ProbeReport
+from udacisense.search.workers.runner import run_search
 from udacisense.spaces.distributions import IntRange
 from udacisense.spaces.sampling import sample_pipeline
 
@@ -65,8 +66,16 @@ def test_probes_drop_what_cannot_matter_rank_the_students_and_store_one_decision
     config, workspace, study = _open(path)
     assert StudyRecord.of(study).probes is None and not StudyRecord.of(study).student_decisions
     assert not study.get_trials()  # its opening trial ran, but left the study alone
-    report = ensure_probes(study, workspace, progress=False, processes=2)  # lowered in 2 forked children
-    assert report is not None
+    # A search on 3 cores whose time limit (0.06 s) ends before its probes do: the limit counts them, so its
+    # workers take no trial, and the probes leave the student distilling beside them a core of its own (2 others).
+    cores: list[int] = []
+    measure = probe_decisions.run_probes
+    monkeypatch.setattr(probe_decisions, "run_probes", lambda *a, processes, **k: cores.append(processes) or
+                        measure(*a, processes=processes, **k))
+    run_search(str(path), n_jobs=3, progress=False, overrides={"search.timeout_minutes": 0.001})
+    assert cores == [2]
+    report = probe_decisions.stored_probes(study)
+    assert report is not None and all(r.opening for r in records(study.get_trials()))
     # The opening trial ran before the probes, as the first trial, and entered the study in the narrowed space.
     # Beside them, the student every other one contains was distilled (in a process of its own: the smoke schedule
     # is shorter than the probes) and tried in static int8.

@@ -65,7 +65,8 @@ class SearchConfig:
     """Budget, sampler and early stopping of the search (``[search]``)."""
 
     n_trials: int = bounded(40, min=1, max=100000)
-    timeout_minutes: float = bounded(0.0, min=0.0, doc="0: no time limit")
+    timeout_minutes: float = bounded(0.0, min=0.0, doc="minutes from the trained baseline, the opening trials and "
+                                     "probes included, after which no trial starts; 0: no time limit")
     sampler: Literal["nsga2", "tpe", "random", "nsga3"] = "tpe"  # scripts/sampler_benchmark.py: see the README
     population_size: int = bounded(12, min=2, max=1000)
     early_stopping: bool = True

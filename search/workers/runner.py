@@ -170,6 +170,16 @@ def search_summary(study: optuna.Study, summaries: list[WorkerSummary]) -> str:
             f"screening: {ScreeningSummary.of(records(trials)).describe()}")
 
 
+def search_deadline(search: SearchConfig) -> float | None:
+    """When (``time.time()``) a search starting now ends at its time limit; None without one.
+
+    The limit counts from the trained baseline: the opening trials, the probes and the students distilled beside them
+    are the search's work as much as its trials are, and a limit that started after them (3-12 min on 2 cores) left
+    the README command's length to how long they took.
+    """
+    return time.time() + search.timeout_minutes * 60 if search.timeout_minutes else None
+
+
 # Whether a search should end before its time limit and budget: a reason to print, or None (``results.convergence``
 # supplies it from the CLI; this room cannot read the front itself).
 StopRule = Callable[[optuna.Study], str | None]
@@ -178,7 +188,7 @@ StopRule = Callable[[optuna.Study], str | None]
 def run_worker(study_path: str, worker: int = 0, storage: str | None = None, progress: bool = True,
                n_trials: int | None = None, overrides: Mapping[str, Any] | None = None,
                threads: int | None = None, distil_students: bool = False, stop_rule: StopRule | None = None,
-               wait_for: Student | None = None) -> WorkerSummary:
+               wait_for: Student | None = None, deadline: float | None = None) -> WorkerSummary:
     """Join the study and run trials until its budget (``n_trials`` or the study's) is spent.
 
     ``overrides`` changes dotted study keys (e.g. ``{"search.sampler": "random"}``) for benchmarks.
@@ -188,6 +198,8 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
     ``stop_rule``: end early when it gives a reason, once no student is left undecided.
     ``wait_for``: a student a process beside the workers distils (``students.distilling_beside``): this worker takes
     no trial until that process ends (the student on the shelf, or abandoned), so that the processes fit the cores.
+    ``deadline``: when (``time.time()``) this worker takes no more trials; None: the study's time limit from now, the
+    probes included when this worker runs them (``search_deadline``).
     """
     quiet_libraries()  # joblib workers are fresh processes: the CLI's settings do not reach them
     if threads is not None:
@@ -200,18 +212,18 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
     # sampler state accounts for the other workers' and earlier runs' trials.
     study = open_study(study_config, storage, make_sampler(study_config.search, seed))
     workspace.profile.record(study)  # what `front` and `report` read on machines without this baseline
+    deadline = deadline if deadline is not None else search_deadline(study_config.search)
     report = ensure_probes(study, workspace, progress=progress and worker == 0)
     workspace = dataclasses.replace(workspace, study=narrowed_study(study_config, report))
     entries = portfolio_entries(workspace.study, report)
     runner = TrialRunner(workspace, artifact_store(study_config), progress=False, budget=budget, sampler_seed=seed)
-    deadline = time.monotonic() + study_config.search.timeout_minutes * 60 if study_config.search.timeout_minutes else None
     started, ran, stopped = time.perf_counter(), [], None
     rule = ScreeningRule.of(study_config.search)
     sampler = study.sampler
     bar = tqdm(total=budget, initial=budget - max(0, budget_left(study, budget)), desc=f"search {study_config.name}",
                disable=not progress or worker != 0, unit="trial")
     try:
-        while deadline is None or time.monotonic() < deadline:
+        while deadline is None or time.time() < deadline:
             if wait_for is not None:
                 if workspace.students.distilling(*wait_for):
                     time.sleep(DISTILLATION_POLL_SECONDS)
@@ -219,7 +231,7 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
                 if progress:
                     tqdm.write(f"[worker {worker}] {workspace.students.name(*wait_for)} no longer distilling: taking trials")
                 wait_for = None
-            seconds_left = None if deadline is None else deadline - time.monotonic()
+            seconds_left = None if deadline is None else deadline - time.time()
             if distil_students:
                 decided = decide_next_student(study, workspace, report, seconds_left=seconds_left, log=progress)
                 # A student's portfolio pipelines wait for it (this worker's, or one distilling beside the probes):
@@ -315,6 +327,7 @@ def run_search(study_path: str, n_jobs: int | None = None, storage: str | None =
     workspace = open_workspace(study_config, progress=progress)
     # Stored here, before the workers start, so that they find it stored rather than all write it at once.
     workspace.profile.record(study)
+    deadline = search_deadline(study_config.search)
     check_portfolio(study_config.space, study_config.search.portfolio)
     # Probed once here, before the workers start, on as many cores as they will use: they read the stored report.
     report = ensure_probes(study, workspace, progress=progress, processes=plan.workers)
@@ -339,9 +352,9 @@ def run_search(study_path: str, n_jobs: int | None = None, storage: str | None =
         print(f"search: {plan.workers} worker process(es), {plan.threads} torch thread(s) each{students}{waiting}", flush=True)
     if plan.workers == 1:
         return [run_worker(study_path, 0, storage, progress, overrides=overrides, threads=plan.threads,
-                           distil_students=distil, stop_rule=stop_rule)]
+                           distil_students=distil, stop_rule=stop_rule, deadline=deadline)]
     return list(joblib.Parallel(n_jobs=plan.workers, backend="loky")(
         joblib.delayed(run_worker)(study_path, worker, storage, progress, overrides=overrides, threads=plan.threads,
                                    distil_students=distil and worker == 0, stop_rule=stop_rule,
-                                   wait_for=beside if worker == plan.workers - 1 else None)
+                                   wait_for=beside if worker == plan.workers - 1 else None, deadline=deadline)
         for worker in range(plan.workers)))
