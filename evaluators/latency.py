@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 
+from udacisense.common.threads import torch_threads
 from udacisense.evaluators.intervals import BlockedRatio, blocked_ratio
 from udacisense.runtime import executorch_threads, request_executorch_threads
 
@@ -85,16 +85,6 @@ class BlockedComparison:
 
     def as_dict(self) -> dict[str, object]:
         return {**self.ratio.as_dict(), "block_comparisons": [block.as_dict() for block in self.blocks]}
-
-
-@contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _pool_for(runtime: str, threads: int) -> int | None:

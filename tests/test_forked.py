@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from udacisense.common.forked import Beside, ForkedTaskError, map_forked
+from udacisense.common.threads import torch_threads
 
 
 def _norm_and_pid(weights: torch.Tensor, row: int) -> tuple[float, int]:
@@ -24,8 +25,17 @@ def test_children_compute_from_inherited_tensors_and_return_in_task_order() -> N
     assert os.getpid() not in {pid for _, pid in results}  # computed in the children, not here
 
 
-def test_one_process_runs_the_tasks_here() -> None:
-    assert {pid for _, pid in map_forked([partial(_norm_and_pid, torch.ones(2, 2), 0)] * 3, processes=1)} == {os.getpid()}
+def _pid_and_threads() -> tuple[int, int]:
+    return os.getpid(), torch.get_num_threads()
+
+
+def test_one_process_runs_the_tasks_here_on_one_thread_and_children_on_one_each() -> None:
+    # One process: the caller may use one core, so its tasks get one thread, whatever the caller had.
+    with torch_threads(2):
+        here = map_forked([_pid_and_threads] * 3, processes=1)
+        assert torch.get_num_threads() == 2
+    assert here == [(os.getpid(), 1)] * 3
+    assert {threads for _, threads in map_forked([_pid_and_threads] * 2, processes=2)} == {1}
 
 
 def _fails_on(bad: int, index: int) -> int:

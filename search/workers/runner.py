@@ -333,6 +333,11 @@ def run_search(study_path: str, n_jobs: int | None = None, storage: str | None =
     report = ensure_probes(study, workspace, progress=progress, processes=plan.workers)
     if progress and report is not None:
         print(report.describe(), flush=True)
+    # A distillation that outlasted the probes would share the cores with every worker: on 2 cores it got two thirds
+    # of one, and the most promising student reached the shelf 28 min after the opening, 2 min before the time limit.
+    # So the last worker waits for it, and the processes fit the cores (a single worker keeps taking trials). Asked
+    # of the study's own space, whose student the process beside distils whether or not the probes kept it.
+    beside = distilling_beside(workspace) if plan.workers > 1 else None
     workspace = dataclasses.replace(workspace, study=narrowed_study(study_config, report))
     enqueue_portfolio(study, portfolio_entries(workspace.study, report),
                       ready=lambda entry: student_ready(workspace, entry))
@@ -341,10 +346,6 @@ def run_search(study_path: str, n_jobs: int | None = None, storage: str | None =
     # to split: the width-0.5 student with its teacher trained at 4.3 batches/s on 1 thread and 3.2 on 2);
     # on demand, one worker waited for the other's.
     distil = bool(undecided_students(study, workspace, report) or being_distilled(study, workspace, report))
-    # A distillation that outlasted the probes would share the cores with every worker: on 2 cores it got two thirds
-    # of one, and the most promising student reached the shelf 28 min after the opening, 2 min before the time limit.
-    # So the last worker waits for it, and the processes fit the cores (a single worker keeps taking trials).
-    beside = distilling_beside(workspace) if plan.workers > 1 else None
     if progress:
         students = " (worker 0 decides the students between its trials)" if distil else ""
         waiting = (f"; worker {plan.workers - 1} waits while {workspace.students.name(*beside)} distils beside them"
