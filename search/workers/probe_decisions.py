@@ -70,10 +70,10 @@ def ensure_probes(study: optuna.Study, workspace: Workspace, *, progress: bool =
     probing.set()
     beside = None if first_student is None else (first_student[0], Beside(partial(
         distil_and_open, workspace.study, *first_student, probing, progress=progress)))
-    # The distillation keeps a core to itself: it is the longest task before the student's trials (16 min of a core
-    # on an Intel Xeon), and one process more than cores slows every process beyond its share (a 1-thread
-    # distillation epoch took 9.9 s beside two busy processes on 2 cores, 6.0 s beside one, 5.0 alone), so it got
-    # 0.63-0.78 of a core while the opening and the probes ran on both cores.
+    # The distillation keeps a core to itself: it is the longest task before the student's trials (19-20 min on an
+    # Intel Xeon), and one process more than cores slows every process beyond its share (a 1-thread distillation
+    # epoch took 9.9 s beside two busy processes on 2 cores, 6.0 s beside one, 5.0 alone), so it got 0.63-0.78 of a
+    # core while the opening and the probes ran on both cores.
     processes = max(1, processes - 1) if beside is not None else processes
     opening = run_opening(workspace, processes=processes, progress=progress)
     report = run_probes(workspace, progress=progress, processes=processes)
