@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,12 +21,14 @@ from udacisense.search.study.storage import open_study
 from udacisense.search.study.trial_record import records
 from udacisense.search.study.workspace import open_workspace
 from udacisense.search.trial.screening import ScreeningRule, estimate
-from udacisense.search.workers import probe_decisions, probes
+from udacisense.search.workers import probe_decisions, probes, runner
 from udacisense.search.workers.probe_decisions import ensure_probes, narrowed_space, portfolio_entries
 from udacisense.search.workers.probes import BASELINE, FLOAT, ProbeReport
 from udacisense.search.workers.runner import run_search
 from udacisense.spaces.distributions import IntRange
 from udacisense.spaces.sampling import sample_pipeline
+
+from tests.conftest import TORCHSCRIPT_ARTIFACTS
 
 PROBED = {'stages = ["channels", "quantize"]': 'stages = ["distill", "prune", "quantize"]\nstudent_widths = [0.0, 0.5]\n'
           'student_architectures = ["standard", "lean"]',
@@ -66,16 +70,13 @@ def test_probes_drop_what_cannot_matter_rank_the_students_and_store_one_decision
     config, workspace, study = _open(path)
     assert StudyRecord.of(study).probes is None and not StudyRecord.of(study).student_decisions
     assert not study.get_trials()  # its opening trial ran, but left the study alone
-    # A search on 3 cores whose time limit (0.06 s) ends before its probes do: the limit counts them, so its
-    # workers take no trial, and the probes leave the student distilling beside them a core of its own (2 others).
+    # Given 3 cores, the probes leave the student distilling beside them a core of its own: lowered in 2 children.
     cores: list[int] = []
     measure = probe_decisions.run_probes
     monkeypatch.setattr(probe_decisions, "run_probes", lambda *a, processes, **k: cores.append(processes) or
                         measure(*a, processes=processes, **k))
-    run_search(str(path), n_jobs=3, progress=False, overrides={"search.timeout_minutes": 0.001})
-    assert cores == [2]
-    report = probe_decisions.stored_probes(study)
-    assert report is not None and all(r.opening for r in records(study.get_trials()))
+    report = ensure_probes(study, workspace, progress=False, processes=3)
+    assert report is not None and cores == [2]
     # The opening trial ran before the probes, as the first trial, and entered the study in the narrowed space.
     # Beside them, the student every other one contains was distilled (in a process of its own: the smoke schedule
     # is shorter than the probes) and tried in static int8.
@@ -129,6 +130,22 @@ def test_probes_drop_what_cannot_matter_rank_the_students_and_store_one_decision
     learned = "\n".join(section_learned(SimpleNamespace(optuna_study=study, trials=[], floor=0.0)))  # type: ignore[arg-type]
     assert f"{len(report.probes)} programs" in learned and "`stages` prune" in learned
     assert all(p.structure in learned for p in report.probes)
+
+
+def test_the_time_limit_counts_the_probes(seeded_smoke, monkeypatch) -> None:
+    """A search's time limit counts from the trained baseline: probes (here, 2 s of them) that outlast it leave its
+    worker no trial; with time left after them, the same search runs one."""
+    path = seeded_smoke(n_trials=1, edits=TORCHSCRIPT_ARTIFACTS)
+
+    def probes_taking(seconds: float) -> Callable[..., None]:
+        return lambda *args, **kwargs: time.sleep(seconds)
+
+    monkeypatch.setattr(runner, "ensure_probes", probes_taking(2.0))
+    run_search(str(path), n_jobs=1, progress=False, overrides={"search.timeout_minutes": 0.02})  # 1.2 s
+    assert not open_study(load_study(path), create=False).get_trials()
+    monkeypatch.setattr(runner, "ensure_probes", probes_taking(0.0))
+    run_search(str(path), n_jobs=1, progress=False, overrides={"search.timeout_minutes": 0.5})
+    assert len(open_study(load_study(path), create=False).get_trials()) == 1
 
 
 def test_the_portfolio_queues_each_start_in_its_safest_form_and_in_its_smallest_file() -> None:
