@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 from optuna.trial import TrialState
 
+from tests.conftest import TORCHSCRIPT_ARTIFACTS
 from udacisense.search.report.learned import section_learned
 from udacisense.search.study.config import load_study
 from udacisense.search.study.records import Probe, StudyRecord
@@ -27,8 +28,6 @@ from udacisense.search.workers.probes import BASELINE, FLOAT, ProbeReport
 from udacisense.search.workers.runner import run_search
 from udacisense.spaces.distributions import IntRange
 from udacisense.spaces.sampling import sample_pipeline
-
-from tests.conftest import TORCHSCRIPT_ARTIFACTS
 
 PROBED = {'stages = ["channels", "quantize"]': 'stages = ["distill", "prune", "quantize"]\nstudent_widths = [0.0, 0.5]\n'
           'student_architectures = ["standard", "lean"]',
