@@ -3,7 +3,7 @@ cheapest operator cut, run before the probes, while nothing else is known; and t
 the probes.
 
 The trained model's post-training forms train nothing (a calibration at most, then a lowering), so a search has judged
-candidates, often shippable ones, in its first minute rather than after the probes (6-9 min of a 2-core machine). At
+candidates, often shippable ones, in its first minute rather than after the probes (5-8 min of a 2-core machine). At
 32x32 a program pays per operator, so int8 alone may miss a latency target that a cut network meets (on an AVX-512
 EPYC the trained model in static int8 ran at x0.76 of the float `.pte`, without squeeze-excite and with ReLU at
 x0.43, validation 0.544 against 0.563 after 4 epochs). Of the cuts the architecture family makes, the one without

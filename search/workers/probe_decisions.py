@@ -56,10 +56,10 @@ def stored_probes(study: optuna.Study) -> ProbeReport | None:
 
 def ensure_probes(study: optuna.Study, workspace: Workspace, *, progress: bool = True,
                   processes: int = 1) -> ProbeReport | None:
-    """The study's probe report: the stored one, else measured now (lowering on ``processes`` cores, but one left to
-    the distillation beside them) and stored, after the opening trials (``workers.opening``) and beside the
-    distillation of the space's cheapest student and its opening trial, which then enter the study; None for a study
-    whose trials were sampled before probes existed (narrowing its space would no longer match them)."""
+    """The study's probe report: the stored one, else measured now (lowering on ``processes`` cores) and stored,
+    after the opening trials (``workers.opening``) and beside the distillation of the space's cheapest student and
+    its opening trial, which then enter the study; None for a study whose trials were sampled before probes existed
+    (narrowing its space would no longer match them)."""
     report = stored_probes(study)
     if report is not None or not workspace.study.search.probes:
         return report
@@ -70,11 +70,11 @@ def ensure_probes(study: optuna.Study, workspace: Workspace, *, progress: bool =
     probing.set()
     beside = None if first_student is None else (first_student[0], Beside(partial(
         distil_and_open, workspace.study, *first_student, probing, progress=progress)))
-    # The distillation keeps a core to itself: it is the longest task before the student's trials (19-20 min on an
-    # Intel Xeon), and one process more than cores slows every process beyond its share (a 1-thread distillation
-    # epoch took 9.9 s beside two busy processes on 2 cores, 6.0 s beside one, 5.0 alone), so it got 0.63-0.78 of a
-    # core while the opening and the probes ran on both cores.
-    processes = max(1, processes - 1) if beside is not None else processes
+    # One more process than cores while it runs: the probes' lowering and the distillation share them. Leaving the
+    # distillation a core of its own (an Intel Xeon, 2 cores, one README run each) brought the student to the shelf
+    # 18.8 min after it started against 19.6 sharing, but the probes took 8.5 min on the other core against 6.1 on
+    # both: later trials for every structure, for 0.8 min of the student's; and a short search spent its whole
+    # limit probing.
     opening = run_opening(workspace, processes=processes, progress=progress)
     report = run_probes(workspace, progress=progress, processes=processes)
     if beside is not None:
