@@ -167,10 +167,11 @@ def test_the_model_card_names_its_test_images_and_no_local_path(smoke_study: Pat
     assert all(card["classes"][image["label"]] == image["path"].split("/")[1] for image in images)
     assert listed["sha256"] == hashlib.sha256(json.dumps(images, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     assert listed["normalisation"] == card["input"]["normalisation"] and listed["image_size"] == config.data.image_size
-    # Stored with the study too, for `report` on machines without the export folder (the latest export's card:
-    # another test may have exported the same pick since, with its own timings).
+    # Stored with the study too, for `report` on machines without the export folder: the latest export's card, and
+    # another test may have exported since (test_end_to_end, elsewhere), with its own timings and, the knee re-timing
+    # the front, maybe another trial (a different artifact); every export of the study names the same test images.
     stored = stored_attrs(smoke_study)[StudyAttr.EXPORTED_CARD.value]
-    assert stored["sha256"] == card["sha256"] and stored["test_images"] == listed
+    assert stored["test_images"] == listed and stored["study"] == card["study"]
 
 
 @needs_archive
