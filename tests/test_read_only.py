@@ -169,9 +169,12 @@ def test_the_model_card_names_its_test_images_and_no_local_path(smoke_study: Pat
     assert listed["normalisation"] == card["input"]["normalisation"] and listed["image_size"] == config.data.image_size
     # Stored with the study too, for `report` on machines without the export folder: the latest export's card, and
     # another test may have exported since (test_end_to_end, elsewhere), with its own timings and, the knee re-timing
-    # the front, maybe another trial (a different artifact); every export of the study names the same test images.
-    stored = stored_attrs(smoke_study)[StudyAttr.EXPORTED_CARD.value]
-    assert stored["test_images"] == listed and stored["study"] == card["study"]
+    # the front, maybe another trial: the stored card is the artifact of the trial it names, on the same test images.
+    searched = optuna.load_study(study_name=config.name, storage=config.storage_url)
+    stored = searched.user_attrs[StudyAttr.EXPORTED_CARD.value]
+    for exported in (stored, card):
+        assert exported["sha256"] == TrialRecord.of(searched.trials[exported["trial"]]).artifact_sha256
+    assert stored["test_images"] == listed
 
 
 @needs_archive
