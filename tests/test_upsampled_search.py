@@ -43,6 +43,7 @@ lr = 0.05
 [evaluation]
 latency_runs = 10
 latency_warmup = 2
+runtimes = ["eager", "executorch"]  # no TorchScript trace of the baseline: the search compares .pte programs
 
 [targets]
 max_accuracy_drop = 0.5
