@@ -13,6 +13,7 @@ from torch import nn
 
 from tests.conftest import train_briefly
 from udacisense.common.errors import UserError
+from udacisense.compression.graph import lower
 from udacisense.compression.quantization import StaticQuantConfig
 from udacisense.compression.stage import CompressedModel, StageContext, apply_stage
 from udacisense.evaluators.latency import measure_latency
@@ -21,12 +22,13 @@ from udacisense.models.baseline import Baseline
 from udacisense.models.config import ModelConfig
 from udacisense.models.mobilenet import build_model
 from udacisense.models.students import StudentsConfig, StudentShelf
-from udacisense.runtime import executorch_bytes, executorch_threads, load_runner, request_executorch_threads
+from udacisense.runtime import Backend, LoweredRuntime, executorch_bytes, executorch_threads, load_runner, request_executorch_threads
 from udacisense.search.results.export import export_trial, read_card, retime_front
 from udacisense.search.results.front import missed_targets, pareto_trials, pick, trials_table
 from udacisense.search.study.baseline_profile import BaselineProfile
 from udacisense.search.study.config import TargetsConfig, parse_study
 from udacisense.search.study.workspace import Workspace, baseline_artifact, first_test_image
+from udacisense.search.trial import measuring
 from udacisense.search.trial.early_stopping import stop_if_below_floor
 from udacisense.search.trial.objective import TrialRunner
 from udacisense.search.workers.runner import sampler_while_students_train
@@ -113,24 +115,50 @@ def _run_trial(study: optuna.Study, runner: TrialRunner, model: CompressedModel,
     return trial.number
 
 
-def _mixed(workspace: Workspace, runner: TrialRunner) -> optuna.Study:
-    """Float TorchScript, x86 int8 TorchScript and xnnpack int8 .pte trials of the same baseline."""
+Mixed = list[tuple[CompressedModel, LoweredRuntime, Backend | None]]
+
+
+def _mixed_models(workspace: Workspace) -> Mixed:
+    """Float TorchScript, x86 int8 TorchScript and xnnpack int8 .pte: the same baseline three ways."""
     context = StageContext(data=workspace.data, seed=0)
     baseline = CompressedModel(workspace.baseline.model)
+    return [(baseline, "torchscript", None),
+            (apply_stage(baseline, StaticQuantConfig(backend="x86"), context), "torchscript", "x86"),
+            (apply_stage(baseline, StaticQuantConfig(backend="xnnpack"), context), "executorch", "xnnpack")]
+
+
+def _mixed(runner: TrialRunner, models: Mixed) -> optuna.Study:
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
-    _run_trial(study, runner, baseline, "torchscript", None)
-    _run_trial(study, runner, apply_stage(baseline, StaticQuantConfig(backend="x86"), context), "torchscript", "x86")
-    _run_trial(study, runner, apply_stage(baseline, StaticQuantConfig(backend="xnnpack"), context), "executorch", "xnnpack")
+    for model, runtime, backend in models:
+        _run_trial(study, runner, model, runtime, backend)
     return study
 
 
 @pytest.fixture(scope="module")
-def mixed_study(workspace) -> optuna.Study:
-    return _mixed(workspace, _runner(workspace))
+def mixed(workspace) -> tuple[optuna.Study, Mixed]:
+    """The mixed trials measured against the float .pte, and the programs they lowered (to measure them again without
+    lowering: a .pte takes 20-40 s)."""
+    lowered: list[CompressedModel] = []
+
+    def lower_and_keep(model: CompressedModel, runtime: LoweredRuntime | None = None, **kwargs) -> CompressedModel:
+        lowered.append(lower(model, runtime, **kwargs))
+        return lowered[-1]
+
+    models = _mixed_models(workspace)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(measuring, "lower", lower_and_keep)
+        study = _mixed(_runner(workspace), models)
+    return study, [(program, runtime, backend) for program, (_, runtime, backend) in zip(lowered, models, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def mixed_study(mixed) -> optuna.Study:
+    return mixed[0]
 
 
 @pytest.mark.slow
-def test_knee_and_fastest_return_the_absolutely_fastest_artifact(workspace, mixed_study, tmp_path) -> None:
+def test_knee_and_fastest_return_the_absolutely_fastest_artifact(workspace, mixed, tmp_path) -> None:
+    mixed_study, programs = mixed
     trials = mixed_study.trials
     assert all(t.state is optuna.trial.TrialState.COMPLETE for t in trials)
     for t in trials:  # one denominator for every runtime: the float .pte timed in the same rounds
@@ -151,7 +179,7 @@ def test_knee_and_fastest_return_the_absolutely_fastest_artifact(workspace, mixe
     # `fastest` needs a point meeting the targets: an int8 .pte of this tiny model is about as fast as the
     # float .pte (ratio ~1, within noise), so the same artifacts are measured on a TorchScript yardstick too.
     runner = _runner(workspace, runs_dir=tmp_path, reference_runtime="torchscript")
-    on_torchscript = _mixed(runner.workspace, runner)
+    on_torchscript = _mixed(runner, programs)
     assert {t.user_attrs["reference_runtime"] for t in on_torchscript.trials} == {"torchscript"}
     pte = next(t for t in on_torchscript.trials if t.user_attrs["runtime"] == "executorch")
     assert pte.values[1] < 0.6 and pte.user_attrs["latency_ratio_same_runtime"] > pte.values[1]
