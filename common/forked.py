@@ -27,9 +27,10 @@ class ForkedTaskError(RuntimeError):
     """A task raised in its child process (the child's traceback is the message), or a child died."""
 
 
-def map_forked(tasks: Sequence[Callable[[], T]], processes: int) -> list[T]:
+def map_forked(tasks: Sequence[Callable[[], T]], processes: int, before_fork: Callable[[], None] | None = None) -> list[T]:
     """Run ``tasks`` on ``processes`` forked children, each taking the next task when it finishes one; the results
-    in the tasks' order. With one process or one task they run here, in order.
+    in the tasks' order. With one process or one task they run here, in order. ``before_fork`` runs here first when
+    children are forked: what it leaves in memory (a warmed cache) every child inherits instead of building its own.
 
     Children train and run nothing in parallel themselves (one torch thread each): ``processes`` is meant to be
     the cores the caller may use, and tasks run here use no more threads than that (a search's opening trials, run
@@ -39,6 +40,8 @@ def map_forked(tasks: Sequence[Callable[[], T]], processes: int) -> list[T]:
     if processes <= 1 or len(tasks) <= 1:
         with torch_threads(min(torch.get_num_threads(), max(1, processes))):
             return [task() for task in tasks]
+    if before_fork is not None:
+        before_fork()
     context = multiprocessing.get_context("fork")
     next_task = context.Value("i", 0)
     results: multiprocessing.Queue = context.Queue()

@@ -24,6 +24,7 @@ from udacisense.runtime.lowering import (
     executorch_program,
     lower_program,
     torchscript_bytes,
+    warm_executorch_lowering,
 )
 from udacisense.runtime.runners import LoweredModule, Runner, load_runner
 from udacisense.runtime.threads import executorch_threads, request_executorch_threads
@@ -32,6 +33,7 @@ __all__ = [
     "ARTIFACT_SUFFIX", "FX_BACKENDS", "Backend", "FxBackend", "LoweredRuntime", "Runtime", "quantized_engine", "quiet_legacy_apis",
     "runtime_for", "Delegation", "LoweredProgram", "artifact_bytes", "executorch_bytes", "executorch_program",
     "lower_program",
-    "torchscript_bytes", "LoweredModule", "Runner", "load_runner", "executorch_threads", "request_executorch_threads",
+    "torchscript_bytes", "warm_executorch_lowering", "LoweredModule", "Runner", "load_runner", "executorch_threads",
+    "request_executorch_threads",
     "deployment_label",
 ]

@@ -38,6 +38,26 @@ def test_one_process_runs_the_tasks_here_on_one_thread_and_children_on_one_each(
     assert {threads for _, threads in map_forked([_pid_and_threads] * 2, processes=2)} == {1}
 
 
+def _warmed(cache: dict[str, int]) -> tuple[int, int]:
+    return cache.get("warmed", 0), os.getpid()
+
+
+def test_before_fork_runs_once_here_and_its_state_reaches_every_child_only_when_children_fork() -> None:
+    cache: dict[str, int] = {}
+
+    def warm() -> None:  # as warming a lowering cache does: state left in this process's memory
+        cache["warmed"] = cache.get("warmed", 0) + 1
+
+    forked = map_forked([partial(_warmed, cache)] * 4, processes=2, before_fork=warm)
+    assert cache == {"warmed": 1} and {warmed for warmed, _ in forked} == {1}
+    assert os.getpid() not in {pid for _, pid in forked}
+    cache.clear()
+    # Tasks run here warm whatever they need themselves (their first lowering): nothing runs before them.
+    assert map_forked([partial(_warmed, cache)] * 2, processes=1, before_fork=warm) == [(0, os.getpid())] * 2
+    assert map_forked([partial(_warmed, cache)], processes=2, before_fork=warm) == [(0, os.getpid())]
+    assert not cache
+
+
 def _fails_on(bad: int, index: int) -> int:
     if index == bad:
         raise ValueError(f"task {index} cannot be lowered")

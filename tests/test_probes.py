@@ -40,7 +40,7 @@ RULE = ScreeningRule(latency_margin=0.1, accuracy_margin=0.0)
 
 KILLED_WHILE_PROBING = """
 import os, signal, sys
-from udacisense.search.workers import probe_decisions, probes
+from udacisense.search.workers import opening, probe_decisions, probes
 from udacisense.search.study.config import load_study
 from udacisense.search.study.storage import open_study
 from udacisense.search.study.trial_record import records
@@ -50,6 +50,15 @@ def lower_and_die(*args):
     os.kill(os.getpid(), signal.SIGKILL)
 probes._lowered = lower_and_die  # in this process: one process lowers here
 probe_decisions.opening_student = lambda space: None  # no student beside (a killed one: tests/test_distillation.py)
+# Its opening trial on x86 (TorchScript, 1 s to write): what is checked is where its record goes, not a .pte's lowering.
+planned = opening.opening_entries
+opening.opening_entries = lambda space: [{**entry, "quant_backend": "x86"} for entry in planned(space)]
+run_opening = probe_decisions.run_opening
+def opened(*args, **kwargs):
+    trials = run_opening(*args, **kwargs)
+    print("opened:", [trial.state.name for trial in trials], flush=True)
+    return trials
+probe_decisions.run_opening = opened
 config = load_study(sys.argv[1])
 probe_decisions.ensure_probes(open_study(config), open_workspace(config, progress=False), progress=False)
 """
@@ -66,6 +75,7 @@ def test_probes_drop_what_cannot_matter_rank_the_students_and_store_one_decision
     # A prober killed during its first program (after its opening trial) leaves nothing decided, and the next one probes.
     killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_PROBING, str(path)], capture_output=True, timeout=600)
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
+    assert b"opened: ['COMPLETE']" in killed.stdout, killed.stderr.decode()[-2000:]
     config, workspace, study = _open(path)
     assert StudyRecord.of(study).probes is None and not StudyRecord.of(study).student_decisions
     assert not study.get_trials()  # its opening trial ran, but left the study alone

@@ -370,13 +370,13 @@ def test_ptq_keeps_the_measured_most_sensitive_units_float(float_model, context,
     batches = _calibration_batches(context, config.calibration_samples)  # what the stage calibrates on
     kept = _most_sensitive(module, config, context, lambda m, left: _ptq_fx(m, "x86", batches, left), [])
     assert len(kept) == 2
-    quantized = apply_stage(float_model, config, context).module
+    quantized = apply_stage(float_model, config, context)
 
     def quantized_layers(unit: str) -> int:
-        return sum("quantized" in type(m).__module__ for m in quantized.get_submodule(unit).modules())
+        return sum("quantized" in type(m).__module__ for m in quantized.module.get_submodule(unit).modules())
 
     assert [unit for unit in quantization_units(module) if quantized_layers(unit) == 0] == sorted(kept, key=quantization_units(module).index)
-    report = parity(model_runner(float_model), model_runner(apply_stage(float_model, config, context)), tiny_bundle.loader("test"))
+    report = parity(model_runner(float_model), model_runner(quantized), tiny_bundle.loader("test"))
     assert report.top1_agreement >= MIN_AGREEMENT, report
     with pytest.raises(UserError, match="only 14 units"):
         apply_stage(float_model, StaticQuantConfig(backend="x86", float_sensitive_units=14), context)

@@ -74,7 +74,9 @@ def test_resolution_search_lowers_flops_and_exports_a_resizing_pte_with_parity(t
     config = load_study(study_path)
     for resolution in (48, 32):  # both resize targets, whatever the sampler would draw
         open_study(config).enqueue_trial({"resolution": resolution})
-    assert main(["search", "--study", str(study_path), "--quiet"]) == 0
+    # One worker, in this process: the resize is what is tested, not parallel workers (the smoke search's), and two
+    # fresh worker processes would each pay a first lowering (~15 s more than a later one).
+    assert main(["search", "--study", str(study_path), "--quiet", "--n-jobs", "1"]) == 0
 
     baseline = json.loads((config.run_dir / "baseline" / "metrics.json").read_text())
     baseline_flops = baseline["flops"]["flops"]

@@ -38,6 +38,7 @@ from udacisense.compression.architecture import ArchitectureConfig
 from udacisense.compression.distillation import DistillationConfig
 from udacisense.compression.quantization import DynamicQuantConfig, StaticQuantConfig
 from udacisense.models.students import StudentArchitecture
+from udacisense.runtime import warm_executorch_lowering
 from udacisense.search.study.config import StudyConfig
 from udacisense.search.study.records import DIRECTIONS, Attr, queued_attrs
 from udacisense.search.study.storage import artifact_store
@@ -120,8 +121,10 @@ def run_opening(workspace: Workspace, *, processes: int = 1, progress: bool = Tr
     if progress:
         tqdm.write(f"opening: {len(entries)} trial(s) of the trained model, before the probes")
     folder = _opening_folder(workspace)
+    to_pte = any("xnnpack" in (entry.get("quant_backend"), entry.get("dynamic_backend")) for entry in entries)
     trials = map_forked([partial(_run_one, workspace, folder / str(index), entry)
-                         for index, entry in enumerate(entries)], processes)
+                         for index, entry in enumerate(entries)], processes,
+                        before_fork=warm_executorch_lowering if to_pte else None)
     if progress:
         for trial in trials:
             tqdm.write(f"[opening] {describe_trial(trial, numbered=False)}")  # numbered in the study later

@@ -46,7 +46,7 @@ from udacisense.compression.stage import CompressedModel, StageConfig, StageCont
 from udacisense.evaluators.structure import Structure as ProgramStructure
 from udacisense.evaluators.structure import structure_of
 from udacisense.models.students import StudentArchitecture, build_student
-from udacisense.runtime import load_runner, runtime_for
+from udacisense.runtime import load_runner, runtime_for, warm_executorch_lowering
 from udacisense.search.study.records import Probe
 from udacisense.search.study.workspace import Workspace
 from udacisense.search.trial.measuring import Yardstick
@@ -294,7 +294,10 @@ def measure_probes(workspace: Workspace, *, progress: bool = True, processes: in
         todo = list(dict.fromkeys((s, f) for s, f in wanted if not any(p.structure == s.name and p.form == f.name
                                                                          for p in probes)))
         bar.update(len(wanted) - len(todo))
-        lowered = map_forked([partial(_lowered, workspace, s, f) for s, f in todo], processes)
+        to_pte = any(runtime_for(f.backend, study.evaluation.float_runtime) == "executorch"  # type: ignore[arg-type]
+                     for _, f in todo)
+        lowered = map_forked([partial(_lowered, workspace, s, f) for s, f in todo], processes,
+                             before_fork=warm_executorch_lowering if to_pte else None)
         for (structure, form), program in zip(todo, lowered, strict=True):
             probes.append(_timed(yardstick, workspace, structure, form, program))
             bar.update(1)
