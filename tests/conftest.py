@@ -199,6 +199,12 @@ def unchanged(module: torch.nn.Module, before: dict[str, torch.Tensor]) -> bool:
     return after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
 
 
+def weight_elements(module: torch.nn.Module) -> int:
+    """The convolution and Linear weights a program of ``module`` stores whatever it folds (BatchNorm into them):
+    four bytes each bound its float ``.pte`` from below, without lowering it (20-40 s for a MobileNetV3)."""
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear))
+
+
 def train_briefly(model: torch.nn.Module, bundle: DataBundle, epochs: int = 15) -> torch.nn.Module:
     from udacisense.training import TrainConfig, fit
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.conftest import snapshot, unchanged
+from tests.conftest import snapshot, unchanged, weight_elements
 from udacisense.common.errors import IncompatiblePipelineError, UserError
 from udacisense.compression import pruning
 from udacisense.compression.pruning import (
@@ -227,8 +227,10 @@ def test_head_ratio_prunes_the_hidden_classifier_layer_and_shrinks_the_pte(tiny_
     assert classifier.in_features == hidden.out_features and classifier.out_features == 4
     # Ratio 0 for the features: only the head shrank.
     assert [m.out_channels for m in module.features.modules() if isinstance(m, nn.Conv2d)] == features_before
-    example = torch.randn(1, 3, 32, 32)
-    assert len(executorch_bytes(module, example)) < 0.8 * len(executorch_bytes(tiny_model, example))
+    # Smaller than the unpruned network's float weights alone, a lower bound of its program (measured: 391 kB against
+    # 456 kB of weights and a 506 kB program).
+    pruned = len(executorch_bytes(module, torch.randn(1, 3, 32, 32)))
+    assert pruned < 0.9 * 4 * weight_elements(tiny_model), (pruned, 4 * weight_elements(tiny_model))
     assert config.describe() == "channels(l2, 0.00, head 0.75)"
 
 

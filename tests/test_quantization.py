@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import snapshot, train_briefly, unchanged
+from tests.conftest import snapshot, train_briefly, unchanged, weight_elements
 from udacisense.common.errors import IncompatiblePipelineError, UserError
 from udacisense.compression.graph import TorchScriptConfig, model_runner
 from udacisense.compression.quantization import (
@@ -196,11 +196,6 @@ def test_dynamic_quantizes_only_linear_layers(float_model, context, tiny_bundle,
     assert len(lowered.artifact) < float_torchscript_bytes  # only the classifier (a third of the weights) shrinks
 
 
-def _weight_elements(module: nn.Module) -> int:
-    """The convolution and Linear weights a program of ``module`` stores whatever it folds (BatchNorm into them)."""
-    return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Conv2d | nn.Linear))
-
-
 def test_xnnpack_dynamic_ships_an_int8_pte_that_agrees_with_float(float_model, context, tiny_bundle):
     from udacisense.compression.graph import ExecuTorchConfig
 
@@ -208,7 +203,7 @@ def test_xnnpack_dynamic_ships_an_int8_pte_that_agrees_with_float(float_model, c
     assert (quantized.form, quantized.backend, quantized.runtime) == (ModelForm.QUANTIZED, "xnnpack", "executorch")
     lowered = apply_stage(quantized, ExecuTorchConfig(), context)
     # int8 classifier weights inside the .pte: smaller than the float weights alone, which bound the float .pte from below.
-    float_weight_bytes = 4 * _weight_elements(float_model.module)
+    float_weight_bytes = 4 * weight_elements(float_model.module)
     assert len(lowered.artifact) < 0.9 * float_weight_bytes, (len(lowered.artifact), float_weight_bytes)
     report = parity(model_runner(float_model), model_runner(lowered), tiny_bundle.loader("test"))
     assert report.top1_agreement >= 0.95, report
