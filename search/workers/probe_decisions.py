@@ -16,6 +16,7 @@ from udacisense.evaluators.latency import LOAD_SPREAD
 from udacisense.models.students import StudentArchitecture
 from udacisense.search.study.config import StudyConfig
 from udacisense.search.study.records import DISTILLED, StudyAttr, StudyRecord, store_study
+from udacisense.search.study.trial_record import TrialRecord, records
 from udacisense.search.study.workspace import Workspace
 from udacisense.search.trial.portfolio import Entry, distilled_first, fit_to_space, only_quantize
 from udacisense.search.workers.opening import distil_and_open, opening_student, record_opening, run_opening
@@ -35,9 +36,11 @@ from udacisense.search.workers.probes import (
 from udacisense.spaces.space import SpaceConfig
 
 
-def run_probes(workspace: Workspace, *, progress: bool = True, processes: int = 1) -> ProbeReport:
-    """Measure the probes (lowering on ``processes`` cores) and decide from them."""
-    return decide(workspace.study, measure_probes(workspace, progress=progress, processes=processes))
+def run_probes(workspace: Workspace, *, progress: bool = True, processes: int = 1,
+               opening: Sequence[TrialRecord] = ()) -> ProbeReport:
+    """Measure the probes (lowering on ``processes`` cores, timing the programs the ``opening`` trials kept) and
+    decide from them."""
+    return decide(workspace.study, measure_probes(workspace, progress=progress, processes=processes, opening=opening))
 
 
 def decide(study: StudyConfig, measured: Measured) -> ProbeReport:
@@ -76,7 +79,7 @@ def ensure_probes(study: optuna.Study, workspace: Workspace, *, progress: bool =
     # both: later trials for every structure, for 0.8 min of the student's; and a short search spent its whole
     # limit probing.
     opening = run_opening(workspace, processes=processes, progress=progress)
-    report = run_probes(workspace, progress=progress, processes=processes)
+    report = run_probes(workspace, progress=progress, processes=processes, opening=records(opening))
     if beside is not None:
         student, distillation = beside
         if workspace.students.trained(*student):

@@ -6,7 +6,8 @@ A dense program's bytes and single-thread latency are fixed by its structure, no
 the baseline in every quantized form of the space, every other structure (each student, each squeeze-excite
 and activation cut, the widest channel cut, the sparsest unstructured pruning) in float and in the baseline's
 cheapest int8 form, and every form again on the cheapest structure (and the cheapest student with its last block
-dropped, in that int8 form). An option leaves the space when
+dropped, in that int8 form). The baseline's programs that the opening trials kept (``workers.opening``) are timed
+here, not lowered again. An option leaves the space when
 
 - its **cheapest case cannot meet the targets**: no probed program with it is within the latency and the
   size allowances (TorchScript int8 from the x86 backend on a phone's single thread), or
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
@@ -48,6 +49,7 @@ from udacisense.evaluators.structure import structure_of
 from udacisense.models.students import StudentArchitecture, build_student
 from udacisense.runtime import load_runner, runtime_for, warm_executorch_lowering
 from udacisense.search.study.records import Probe
+from udacisense.search.study.trial_record import TrialRecord
 from udacisense.search.study.workspace import Workspace
 from udacisense.search.trial.measuring import Yardstick
 from udacisense.spaces.space import SpaceConfig
@@ -249,6 +251,20 @@ def _lowered(workspace: Workspace, structure: Structure, form: Form) -> Lowered:
     return Lowered(lowered.artifact, runtime, lowered.backend, program, time.perf_counter() - started)
 
 
+def _kept_by_opening(structure: Structure, form: Form, opening: Sequence[TrialRecord]) -> Lowered | None:
+    """The program an opening trial kept of the baseline in ``form`` (an opening trial quantizes the trained model
+    alone), to be timed as a probe instead of lowered again; None where none kept one (e.g. it failed parity)."""
+    stage = form.stage()
+    if structure.name != BASELINE or stage is None:
+        return None
+    for record in opening:
+        path, program = record.artifact_path, record.structure
+        if (record.is_measured and record.pipeline == stage.describe() and program is not None
+                and path is not None and path.is_file()):
+            return Lowered(path.read_bytes(), record.runtime, record.backend, program, seconds=0.0)  # lowered already
+    return None
+
+
 def _timed(yardstick: Yardstick, workspace: Workspace, structure: Structure, form: Form, lowered: Lowered) -> Probe:
     started = time.perf_counter()
     runner = load_runner(lowered.artifact, lowered.runtime, lowered.backend)  # type: ignore[arg-type]
@@ -270,7 +286,8 @@ class Measured:
     cpu: str
 
 
-def measure_probes(workspace: Workspace, *, progress: bool = True, processes: int = 1) -> Measured:
+def measure_probes(workspace: Workspace, *, progress: bool = True, processes: int = 1,
+                   opening: Sequence[TrialRecord] = ()) -> Measured:
     """Lower and time one program per structural option of the space (see the module's docstring).
 
     Each of the three rounds lowers its programs on ``processes`` forked children (lowering takes most of a
@@ -294,12 +311,14 @@ def measure_probes(workspace: Workspace, *, progress: bool = True, processes: in
         todo = list(dict.fromkeys((s, f) for s, f in wanted if not any(p.structure == s.name and p.form == f.name
                                                                          for p in probes)))
         bar.update(len(wanted) - len(todo))
+        programs = {(s, f): kept for s, f in todo if (kept := _kept_by_opening(s, f, opening)) is not None}
+        lowering = [(s, f) for s, f in todo if (s, f) not in programs]
         to_pte = any(runtime_for(f.backend, study.evaluation.float_runtime) == "executorch"  # type: ignore[arg-type]
-                     for _, f in todo)
-        lowered = map_forked([partial(_lowered, workspace, s, f) for s, f in todo], processes,
-                             before_fork=warm_executorch_lowering if to_pte else None)
-        for (structure, form), program in zip(todo, lowered, strict=True):
-            probes.append(_timed(yardstick, workspace, structure, form, program))
+                     for _, f in lowering)
+        programs |= zip(lowering, map_forked([partial(_lowered, workspace, s, f) for s, f in lowering], processes,
+                                             before_fork=warm_executorch_lowering if to_pte else None), strict=True)
+        for structure, form in todo:
+            probes.append(_timed(yardstick, workspace, structure, form, programs[(structure, form)]))
             bar.update(1)
 
     probe([(structures[0], form) for form in forms])
