@@ -227,10 +227,10 @@ def test_head_ratio_prunes_the_hidden_classifier_layer_and_shrinks_the_pte(tiny_
     assert classifier.in_features == hidden.out_features and classifier.out_features == 4
     # Ratio 0 for the features: only the head shrank.
     assert [m.out_channels for m in module.features.modules() if isinstance(m, nn.Conv2d)] == features_before
-    # Smaller than the unpruned network's float weights alone, a lower bound of its program (measured: 391 kB against
-    # 456 kB of weights and a 506 kB program).
+    # Below 0.88 of the unpruned network's float weights alone, a lower bound of its program: no looser than the
+    # 0.8 of its program this compared with before (measured: 391 kB against 456 kB of weights, a 506 kB program).
     pruned = len(executorch_bytes(module, torch.randn(1, 3, 32, 32)))
-    assert pruned < 0.9 * 4 * weight_elements(tiny_model), (pruned, 4 * weight_elements(tiny_model))
+    assert pruned < 0.88 * 4 * weight_elements(tiny_model), (pruned, 4 * weight_elements(tiny_model))
     assert config.describe() == "channels(l2, 0.00, head 0.75)"
 
 
