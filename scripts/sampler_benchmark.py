@@ -38,11 +38,11 @@ import optuna
 
 from udacisense.common.errors import UserError
 from udacisense.common.logs import quiet_libraries
-from udacisense.search.results.hypervolume import hypervolume_of_first, target_region
+from udacisense.search.results.hypervolume import hypervolume, hypervolume_of_first, target_region
 from udacisense.search.study.budget import finished_in_budget
 from udacisense.search.study.config import load_study
 from udacisense.search.study.storage import open_study
-from udacisense.search.study.trial_record import records
+from udacisense.search.study.trial_record import TrialRecord, records
 from udacisense.search.study.workspace import open_workspace
 from udacisense.search.workers.runner import run_search
 from udacisense.search.workers.students import train_students
@@ -168,7 +168,22 @@ def main(argv: list[str] | None = None) -> int:
               f"{_minutes(first_pte[name]):>15}  {len(seeds)} distinct")
     print("first .pte min: minutes from a search's start, its probes included, to its first measured trial meeting "
           "every target (each search's, then the arm's mean; 'none' for a search that found none)")
+    print(_ceiling(scores, by_arm, common, floor))
     return 0
+
+
+def _ceiling(scores: dict[str, list[float]], by_arm: dict[str, list[list[optuna.trial.FrozenTrial]]], common: int,
+             floor: float) -> str:
+    """What the study's reference can credit at most: the most accurate measured trial of any search, at no latency
+    and no bytes. Fronts near it differ little there, whatever their costs (then compare in the targets' region)."""
+    accuracies = [t.values[0] for runs in by_arm.values() for found in runs for t in finished_in_budget(found)[:common]
+                  if TrialRecord.of(t).is_measured and t.values[0] >= floor]
+    if not accuracies:
+        return "no search measured a trial reaching the floor"
+    ceiling = hypervolume([(max(accuracies), 0.0, 0.0)])
+    shares = ", ".join(f"{name}'s mean is {statistics.mean(values) / ceiling:.0%} of it" for name, values in scores.items())
+    return (f"ceiling of the study's reference: {ceiling:.4f} (the most accurate measured trial of any search, top-1 "
+            f"{max(accuracies):.3f}, at no latency and no bytes); {shares}")
 
 
 def _against_random(scores: dict[str, list[float]], name: str) -> str:
