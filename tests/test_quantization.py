@@ -15,13 +15,13 @@ from torch import nn
 
 from tests.conftest import snapshot, train_briefly, unchanged, weight_elements
 from udacisense.common.errors import IncompatiblePipelineError, UserError
+from udacisense.compression import quantization
 from udacisense.compression.graph import TorchScriptConfig, model_runner
 from udacisense.compression.quantization import (
     DynamicQuantConfig,
     QATConfig,
     StaticQuantConfig,
     _calibration_batches,
-    _most_sensitive,
     _ptq_fx,
     export_graph,
     feature_blocks,
@@ -212,7 +212,6 @@ def test_xnnpack_dynamic_ships_an_int8_pte_that_agrees_with_float(float_model, c
 
 
 def test_calibration_sees_every_class_of_a_class_sorted_split(context, tiny_bundle):
-    from udacisense.compression.quantization import _calibration_batches
     from udacisense.datasources.loaders import stratified_sample
 
     labels = tiny_bundle.train.labels
@@ -290,7 +289,7 @@ def test_pt2e_bn_freeze_survives_train_and_eval():
 @pytest.fixture(scope="module")
 def wide_model() -> CompressedModel:
     """Width 0.5: the classifier's Linear(288, 512) and Linear(512, 4) split into int4 groups of 32. Untrained: what is
-    checked is the graph quantization makes (training it took 30-46 s here)."""
+    checked is the graph quantization makes."""
     torch.manual_seed(0)
     return CompressedModel(build_model(ModelConfig(width_mult=0.5), num_classes=4, image_size=32).eval())
 
@@ -358,14 +357,22 @@ def test_sensitivity_measures_every_unit_alone_and_ranks_the_most_hurt_first(flo
     assert all(0.0 <= s.top1_agreement <= 1.0 for s in ranking)
 
 
-def test_ptq_keeps_the_measured_most_sensitive_units_float(float_model, context, tiny_bundle):
+def test_ptq_keeps_the_measured_most_sensitive_units_float(float_model, context, tiny_bundle, monkeypatch):
     config = StaticQuantConfig(backend="x86", float_sensitive_units=2, sensitivity_probe=32)
     assert config.describe() == "ptq(x86, 2 most sensitive float)"
     module = float_model.module
-    batches = _calibration_batches(context, config.calibration_samples)  # what the stage calibrates on
-    kept = _most_sensitive(module, config, context, lambda m, left: _ptq_fx(m, "x86", batches, left), [])
-    assert len(kept) == 2
+    # The units the stage measured as most sensitive (the measurement itself: the test above), read as it ran.
+    measured: list[list[str]] = []
+    most_sensitive = quantization._most_sensitive
+
+    def noted(*args, **kwargs) -> list[str]:
+        measured.append(most_sensitive(*args, **kwargs))
+        return measured[-1]
+
+    monkeypatch.setattr(quantization, "_most_sensitive", noted)
     quantized = apply_stage(float_model, config, context)
+    (kept,) = measured
+    assert len(kept) == 2
 
     def quantized_layers(unit: str) -> int:
         return sum("quantized" in type(m).__module__ for m in quantized.module.get_submodule(unit).modules())
