@@ -265,7 +265,9 @@ def run_worker(study_path: str, worker: int = 0, storage: str | None = None, pro
                 requeue(study, finished)
                 raise problem
             if progress and finished is not None:
-                bar.n = budget - max(0, budget_left(study, budget))
+                # Never backwards: a queued trial counted at the start may leave the budget (a duplicate not run), and
+                # a count below the bar's start showed a negative rate and time left.
+                bar.n = max(bar.n, budget - max(0, budget_left(study, budget)))
                 bar.refresh()
                 tqdm.write(f"[worker {worker}] {describe_trial(study.get_trials(deepcopy=False)[finished])}")
     except KeyboardInterrupt:
