@@ -62,6 +62,19 @@ def test_mistakes_name_the_key_and_the_fix(tmp_path: Path, body: str, expected: 
     assert caught.value.fix
 
 
+def test_a_space_shipping_in_a_runtime_the_baseline_is_not_measured_in_is_refused(tmp_path: Path) -> None:
+    # The x86 backend ships TorchScript: its trials' ratios need the baseline measured in TorchScript too.
+    measured = '[evaluation]\nruntimes = ["eager", "executorch"]\n'
+    with pytest.raises(UserError, match="can ship in torchscript") as caught:
+        load_study(_write(tmp_path, measured + '[space]\nstages = ["quantize"]\nquant_backends = ["x86", "xnnpack"]\n'))
+    assert "'torchscript'" in caught.value.fix
+    assert load_study(_write(tmp_path, measured + '[space]\nstages = ["quantize"]\nquant_backends = ["xnnpack"]\n'))
+    # Float trials ship in `evaluation.float_runtime`.
+    with pytest.raises(UserError, match="can ship in torchscript"):
+        load_study(_write(tmp_path, '[evaluation]\nruntimes = ["eager", "executorch"]\nfloat_runtime = "torchscript"\n'
+                                    '[space]\nstages = ["channels"]\n'))
+
+
 def test_missing_required_key(tmp_path: Path) -> None:
     path = tmp_path / "s.toml"
     path.write_text('name = "t"\n')

@@ -13,7 +13,7 @@ from udacisense.common.schema import bounded, parse_dataclass
 from udacisense.datasources.config import DataConfig
 from udacisense.models.config import BaselineConfig, ModelConfig
 from udacisense.models.students import StudentsConfig
-from udacisense.runtime.backends import LoweredRuntime, Runtime
+from udacisense.runtime.backends import LoweredRuntime, Runtime, runtime_for
 from udacisense.spaces.space import SpaceConfig
 
 
@@ -128,6 +128,13 @@ class StudyConfig:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
             raise UserError(f"Study name {self.name!r} is not usable as a folder name.",
                             "use letters, digits, '-', '_' or '.' only.")
+        # A trial's ratios in its own runtime divide by the baseline measured there: without it, every such trial fails.
+        unmeasured = sorted(_shipped_runtimes(self.space, self.evaluation.float_runtime) - set(self.evaluation.runtimes))
+        if unmeasured:
+            raise UserError(f"The space's trials can ship in {' and '.join(unmeasured)}, which `evaluation.runtimes` "
+                            f"({list(self.evaluation.runtimes)}) does not measure the baseline in: every such trial "
+                            "would fail.", f"add {' and '.join(map(repr, unmeasured))} to `evaluation.runtimes`, or leave "
+                            "out of `[space]` the backends (`quant_backends`) that ship there.")
 
     @property
     def run_dir(self) -> Path:
@@ -136,6 +143,15 @@ class StudyConfig:
     @property
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{self.run_dir / 'study.db'}"
+
+
+def _shipped_runtimes(space: SpaceConfig, float_runtime: LoweredRuntime) -> set[LoweredRuntime]:
+    """The runtimes the space's trials can ship in: a quantized model in its backend's, a float one in ``float_runtime``."""
+    types = set(space.quant_types.options) if "quantize" in space.stages else {"none"}
+    shipped = {float_runtime} if "none" in types or "quantize" not in space.required else set()
+    if types - {"none"}:
+        shipped |= {runtime_for(backend) for backend in space.quant_backends.options}
+    return shipped
 
 
 def parse_study(mapping: Mapping[str, Any]) -> StudyConfig:
