@@ -69,10 +69,12 @@ def test_a_space_shipping_in_a_runtime_the_baseline_is_not_measured_in_is_refuse
         load_study(_write(tmp_path, measured + '[space]\nstages = ["quantize"]\nquant_backends = ["x86", "xnnpack"]\n'))
     assert "'torchscript'" in caught.value.fix
     assert load_study(_write(tmp_path, measured + '[space]\nstages = ["quantize"]\nquant_backends = ["xnnpack"]\n'))
-    # Float trials ship in `evaluation.float_runtime`.
+    # Float trials ship in `evaluation.float_runtime`; a space whose every trial quantizes has none.
+    float_in_torchscript = '[evaluation]\nruntimes = ["eager", "executorch"]\nfloat_runtime = "torchscript"\n'
     with pytest.raises(UserError, match="can ship in torchscript"):
-        load_study(_write(tmp_path, '[evaluation]\nruntimes = ["eager", "executorch"]\nfloat_runtime = "torchscript"\n'
-                                    '[space]\nstages = ["channels"]\n'))
+        load_study(_write(tmp_path, float_in_torchscript + '[space]\nstages = ["channels"]\n'))
+    assert load_study(_write(tmp_path, float_in_torchscript + '[space]\nstages = ["channels", "quantize"]\n'
+                                                             'quant_types = ["static"]\nquant_backends = ["xnnpack"]\n'))
 
 
 def test_missing_required_key(tmp_path: Path) -> None:

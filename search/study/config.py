@@ -146,9 +146,10 @@ class StudyConfig:
 
 
 def _shipped_runtimes(space: SpaceConfig, float_runtime: LoweredRuntime) -> set[LoweredRuntime]:
-    """The runtimes the space's trials can ship in: a quantized model in its backend's, a float one in ``float_runtime``."""
+    """The runtimes the space's trials can ship in: a quantized model in its backend's, a float one in ``float_runtime``
+    (the quantize family runs in every trial of a space that has it: only its "none" type leaves a model float)."""
     types = set(space.quant_types.options) if "quantize" in space.stages else {"none"}
-    shipped = {float_runtime} if "none" in types or "quantize" not in space.required else set()
+    shipped = {float_runtime} if "none" in types else set()
     if types - {"none"}:
         shipped |= {runtime_for(backend) for backend in space.quant_backends.options}
     return shipped
