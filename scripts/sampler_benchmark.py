@@ -38,11 +38,11 @@ import optuna
 
 from udacisense.common.errors import UserError
 from udacisense.common.logs import quiet_libraries
-from udacisense.search.results.hypervolume import hypervolume, hypervolume_of_first, target_region
+from udacisense.search.results.hypervolume import hypervolume, hypervolume_of_first, measured_values, target_region
 from udacisense.search.study.budget import finished_in_budget
 from udacisense.search.study.config import load_study
 from udacisense.search.study.storage import open_study
-from udacisense.search.study.trial_record import TrialRecord, records
+from udacisense.search.study.trial_record import records
 from udacisense.search.study.workspace import open_workspace
 from udacisense.search.workers.runner import run_search
 from udacisense.search.workers.students import train_students
@@ -176,8 +176,7 @@ def _ceiling(scores: dict[str, list[float]], by_arm: dict[str, list[list[optuna.
              floor: float) -> str:
     """What the study's reference can credit at most: the most accurate measured trial of any search, at no latency
     and no bytes. Fronts near it differ little there, whatever their costs (then compare in the targets' region)."""
-    accuracies = [t.values[0] for runs in by_arm.values() for found in runs for t in finished_in_budget(found)[:common]
-                  if TrialRecord.of(t).is_measured and t.values[0] >= floor]
+    accuracies = [values[0] for runs in by_arm.values() for found in runs for values in measured_values(found, common, floor)]
     if not accuracies:
         return "no search measured a trial reaching the floor"
     ceiling = hypervolume([(max(accuracies), 0.0, 0.0)])

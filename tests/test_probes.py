@@ -198,9 +198,8 @@ def test_students_rank_by_cost_and_leave_when_unreachable_or_matched_by_a_safer_
     from udacisense.search.workers.probe_decisions import decide
 
     def student(width: float, architecture: str) -> probes.Structure:
-        # Risk as the probes order it: narrower, then lean, is further from the baseline.
         return probes.Structure(probes.student_structure(width, architecture), lambda: None,
-                                (("student", (width, architecture)),), (-int(width * 100), int(architecture == "lean")))
+                                (("student", (width, architecture)),), probes.student_risk(width, architecture))
 
     costs = {(0.75, "standard"): (0.30, 0.28, 0.32, 0.20), (0.5, "standard"): (0.35, 0.33, 0.37, 0.25),
              (0.5, "lean"): (0.15, 0.14, 0.16, 0.06), (0.75, "lean"): (0.70, 0.68, 0.72, 0.10)}

@@ -53,13 +53,19 @@ def hypervolume(values: Sequence[Sequence[float]], reference: Sequence[float] = 
 
 
 
+def measured_values(trials: list[optuna.trial.FrozenTrial], n: int, floor: float | None = None, *,
+                    shippable: bool = False) -> list[list[float]]:
+    """Objective values of the measured trials (screened ones' estimates are no result) among the first ``n`` that spent
+    the budget; with ``floor``, only of those whose accuracy reaches it (what a user can ship); ``shippable``: only of
+    those that meet every target, artifact parity included."""
+    return [t.values for t in finished_in_budget(trials)[:n] if (record := TrialRecord.of(t)).is_measured
+            and (floor is None or t.values[0] >= floor) and (not shippable or record.meets_targets)]
+
+
 def hypervolume_of_first(trials: list[optuna.trial.FrozenTrial], n: int, floor: float | None = None,
                          reference: Sequence[float] = HV_REFERENCE, *, shippable: bool = False) -> float:
-    """Hypervolume of the measured trials (screened ones' estimates are no result) among the first ``n`` that spent the budget; with ``floor``,
-    only of those whose accuracy reaches it (what a user can ship), so searches compare at equal budget;
-    ``shippable``: only of those that meet every target, artifact parity included."""
-    values = [t.values for t in finished_in_budget(trials)[:n] if (record := TrialRecord.of(t)).is_measured
-              and (floor is None or t.values[0] >= floor) and (not shippable or record.meets_targets)]
+    """Hypervolume of ``measured_values``, so searches compare at equal budget."""
+    values = measured_values(trials, n, floor, shippable=shippable)
     return hypervolume(values, reference) if values else 0.0
 
 

@@ -147,6 +147,12 @@ def student_name(width: float, architecture: str) -> str:
     return f"width {width:g}" + (" lean" if architecture == "lean" else "")
 
 
+def student_risk(width: float, architecture: str) -> tuple[int, ...]:
+    """A student's accuracy risk against the others (``Structure.risk``): narrower, then lean, is further from the
+    baseline."""
+    return -int(width * 100), int(architecture == "lean")
+
+
 def student_structure(width: float, architecture: str) -> str:
     """The name of a student's probed structure."""
     return f"student {student_name(width, architecture)}"
@@ -174,7 +180,7 @@ def _structures(workspace: Workspace) -> list[Structure]:
             for architecture in space.student_architectures.options:
                 structures.append(Structure(
                     student_structure(width, architecture), partial(_student, baseline, width, classes, seed, architecture),
-                    (("student", (width, architecture)),), (-int(width * 100), int(architecture == "lean"))))
+                    (("student", (width, architecture)),), student_risk(width, architecture)))
     if "architecture" in space.stages:
         for squeeze_excite in space.architecture_squeeze_excite.options:
             for activation in space.architecture_activation.options:
